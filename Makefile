@@ -1,0 +1,66 @@
+# mailgate: `make run` starts it on conf.d/, `make test` sets up everything and runs the suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= conf.d
+
+# The real peers the tests run against (Debian packages). Installed without their services.
+APT_PACKAGES := postfix postfix-pcre swaks clamav-daemon clamav-milter spamd spamassassin \
+	spamass-milter opendkim opendkim-tools opendmarc rspamd postgresql miltertest \
+	libmilter-dev publicsuffix gcc
+
+.PHONY: run test venv peers lint typecheck unit bench-smoke bench clean
+
+run: $(VENV)/.installed-run
+	$(BIN)/mailgate serve --config $(CONFIG)
+
+# `make run` needs only mailgate itself; the test extras (pymilter) need libmilter-dev first.
+$(VENV)/.installed-run: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+venv: $(VENV)/.installed-test
+
+$(VENV)/.installed-test: pyproject.toml | peers
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+# apt must not start the daemons it installs: policy-rc.d says no, tests start their own.
+peers:
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing test peers:$$missing"; \
+		printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			--no-install-recommends $$missing; \
+	fi
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest -q
+
+bench-smoke: venv peers
+	MAILGATE_BENCH=smoke $(BIN)/pytest -q tests/bench
+
+bench: venv peers
+	$(BIN)/python -m tests.bench
+
+test: peers venv
+	$(MAKE) lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,156 @@
+"""The plugin contract: every hook mailgate calls, in SMTP order.
+
+A plugin is a class registered under the entry-point group ``mailgate.plugins``. mailgate makes
+one instance per enabled ``conf.d`` file, passing the file's settings::
+
+    class Plugin:
+        def __init__(self, settings: mailgate.config.PluginSettings) -> None: ...
+
+        @hookimpl
+        async def on_rcpt(self, session, transaction, recipient):
+            if recipient.domain == "example.invalid":
+                return Verdict.reject(550, "5.1.1", "No such domain")
+            return None
+
+Rules every hook follows:
+
+- An implementation may be a plain function or a coroutine function, and may take any subset
+  of the arguments in the spec below; mailgate passes only what it asks for.
+- Decision hooks return ``None`` (go on) or a :class:`mailgate.Verdict`. Plugins are asked in
+  ``conf.d`` order; the first verdict ends the stage. ``Verdict.accept()`` ends it too, with
+  the remaining plugins not asked.
+- Each call has the plugin's ``timeout``; an exception or a timeout applies the plugin's
+  ``on_error`` policy (``tempfail``, ``accept``, ``reject`` or ``ignore``) instead of a blanket
+  answer.
+- A plugin whose ``when`` expression is false for this session/transaction is not called.
+- Plugins change the message only through :class:`mailgate.Transaction` methods
+  (``add_header``, ``delete_recipient``, ...), never by writing to the message directly.
+- A hook is never told which way the message came in (SMTP or milter) or will leave.
+"""
+
+from __future__ import annotations
+
+from mailgate.message import Header, Message
+from mailgate.plugin import hookspec
+from mailgate.session import Address, Session, Transaction
+from mailgate.verdict import Verdict
+
+# -------------------------------------------------------------------------------------------
+# connection
+# -------------------------------------------------------------------------------------------
+
+
+@hookspec
+def on_connect(session: Session) -> Verdict | None:
+    """A client connected.
+
+    :param session: the new session: ``client_ip``, ``client_port``, ``client_name`` (reverse
+        name, if known), ``listener``, ``tls``.
+
+    A reject or tempfail here is the greeting (``554``/``421``) and the client may only QUIT.
+    """
+
+
+@hookspec
+def on_helo(session: Session, name: str) -> Verdict | None:
+    """The client said HELO or EHLO.
+
+    :param name: the name it gave (also in ``session.helo``).
+
+    A refusal answers the HELO/EHLO; the client may try again.
+    """
+
+
+@hookspec(firstresult=True)
+def authenticate(session: Session, mechanism: str, login: str, secret: str) -> bool | None:
+    """Check credentials given with AUTH. Stops at the first non-None result.
+
+    :param mechanism: ``PLAIN`` or ``LOGIN``.
+    :return: True to accept (``session.auth_login`` is then set), False to refuse, None when
+        this plugin has no opinion on this login.
+    """
+
+
+# -------------------------------------------------------------------------------------------
+# envelope
+# -------------------------------------------------------------------------------------------
+
+
+@hookspec
+def on_mail(session: Session, transaction: Transaction, sender: Address) -> Verdict | None:
+    """MAIL FROM, at the start of a transaction.
+
+    :param sender: the reverse path and its ESMTP parameters (also ``transaction.sender``);
+        an empty ``address`` is the null sender ``<>``.
+
+    A refusal answers MAIL FROM and no transaction starts.
+    """
+
+
+@hookspec
+def on_rcpt(session: Session, transaction: Transaction, recipient: Address) -> Verdict | None:
+    """RCPT TO, once per recipient.
+
+    :param recipient: this recipient and its ESMTP parameters. It is appended to
+        ``transaction.recipients`` only if every plugin lets it through.
+
+    A refusal answers this RCPT only; the transaction goes on with the other recipients.
+    """
+
+
+@hookspec
+def on_data(session: Session, transaction: Transaction) -> Verdict | None:
+    """DATA, before the 354: the recipients are final.
+
+    A refusal answers DATA and no message is read.
+    """
+
+
+# -------------------------------------------------------------------------------------------
+# content
+# -------------------------------------------------------------------------------------------
+
+
+@hookspec
+def on_headers(session: Session, transaction: Transaction, headers: list[Header]) -> Verdict | None:
+    """The header block is complete; the body may not have arrived yet.
+
+    :param headers: the parsed headers, in order. Do not change them here: use the
+        transaction's modification methods in :func:`on_message`.
+
+    A refusal is given at the end of data (SMTP cannot answer earlier).
+    """
+
+
+@hookspec
+def on_message(session: Session, transaction: Transaction, message: Message) -> Verdict | None:
+    """The whole message has arrived: scan it, score it, change it.
+
+    :param message: headers and body; the body is spooled to disk past a threshold, so read it
+        in chunks (``message.iter_body()``).
+
+    Plugins that declare ``concurrent = True`` (scanners that only read the message) run at the
+    same time as their concurrent neighbours in ``conf.d`` order, so a message costs the
+    slowest scan, not their sum; their modifications are applied afterwards in ``conf.d``
+    order. Every other plugin sees the message as the plugins before it left it.
+    """
+
+
+# -------------------------------------------------------------------------------------------
+# after the decision
+# -------------------------------------------------------------------------------------------
+
+
+@hookspec
+def on_outcome(session: Session, transaction: Transaction, verdict: Verdict) -> None:
+    """What was finally decided for this transaction, after delivery was attempted.
+
+    :param verdict: accept (delivered or queued), reject, tempfail, discard or quarantine.
+
+    For metrics and reports; the result is ignored and errors are only logged.
+    """
+
+
+@hookspec
+def on_disconnect(session: Session) -> None:
+    """The connection is closed. ``session.counters`` holds its totals. Errors are only logged."""

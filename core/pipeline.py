@@ -1,0 +1,296 @@
+"""The pipeline: calls each hook on the enabled plugins, in `conf.d` order, and decides.
+
+pluggy registers and validates the plugins; it cannot await coroutines, so the calls are made
+here. Each call gets the plugin's timeout and, when it raises or times out, the plugin's own
+`on_error` policy. Concurrent scanners at the end of data run at the same time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pluggy
+import structlog
+
+from mailgate import hookspecs
+from mailgate.message import Header
+from mailgate.modifications import Modification
+from mailgate.plugin import PROJECT
+from mailgate.session import Address, Session, Transaction, pending_modifications
+from mailgate.verdict import Verdict, VerdictKind
+
+log = structlog.get_logger("mailgate.pipeline")
+
+
+class ErrorPolicy(enum.Enum):
+    """What a plugin's failure (exception or timeout) turns into."""
+
+    TEMPFAIL = "tempfail"
+    """Answer 451 4.3.0: the client tries again later (the safe default)."""
+    REJECT = "reject"
+    """Answer 554 5.3.0."""
+    ACCEPT = "accept"
+    """Go on as if the plugin had said nothing (fail open)."""
+
+
+class Condition(Protocol):
+    """A compiled `when` expression."""
+
+    def __call__(self, session: Session, transaction: Transaction | None) -> bool: ...
+
+
+@dataclass(slots=True)
+class EnabledPlugin:
+    """One plugin as enabled by one `conf.d` file."""
+
+    name: str
+    instance: object
+    when: Condition | None = None
+    timeout: float = 30.0
+    on_error: ErrorPolicy = ErrorPolicy.TEMPFAIL
+    concurrent: bool = False
+    source: str = ""
+
+
+@dataclass(slots=True)
+class _Call:
+    plugin: EnabledPlugin
+    function: Callable[..., Any]
+    argnames: tuple[str, ...]
+    is_async: bool
+
+
+@dataclass(slots=True)
+class _Outcome:
+    verdict: Verdict | None = None
+    modifications: list[Modification] = field(default_factory=list)
+
+
+def error_verdict(policy: ErrorPolicy) -> Verdict | None:
+    """The verdict a plugin failure becomes under `policy` (None: go on)."""
+    if policy is ErrorPolicy.TEMPFAIL:
+        return Verdict.tempfail(451, "4.3.0", "Temporary local problem, try again later")
+    if policy is ErrorPolicy.REJECT:
+        return Verdict.reject(554, "5.3.0", "Local policy failure")
+    return None
+
+
+def new_plugin_manager() -> pluggy.PluginManager:
+    """A plugin manager that knows mailgate's hook specifications."""
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+class Pipeline:
+    """The plugin chain of one configuration. Ingress modules call one method per stage.
+
+    A new configuration (SIGHUP) builds a new `Pipeline`; sessions already running keep the one
+    they started with.
+    """
+
+    def __init__(self, plugins: Sequence[EnabledPlugin]) -> None:
+        self.plugins = list(plugins)
+        self.pm = new_plugin_manager()
+        for p in self.plugins:
+            self.pm.register(p.instance, name=p.name)
+        self.pm.check_pending()
+        self._calls: dict[str, list[_Call]] = {}
+        for hook_name in (n for n in dir(hookspecs) if n.startswith(("on_", "authenticate"))):
+            self._calls[hook_name] = self._collect(hook_name)
+
+    def _collect(self, hook_name: str) -> list[_Call]:
+        caller: pluggy.HookCaller = getattr(self.pm.hook, hook_name)
+        by_plugin = {id(impl.plugin): impl for impl in caller.get_hookimpls()}
+        calls = []
+        for p in self.plugins:
+            impl = by_plugin.get(id(p.instance))
+            if impl is not None:
+                fn = impl.function
+                calls.append(_Call(p, fn, tuple(impl.argnames), inspect.iscoroutinefunction(fn)))
+        return calls
+
+    def implements(self, hook_name: str) -> bool:
+        """True if some enabled plugin implements `hook_name` (ingress may skip work if not)."""
+        return bool(self._calls.get(hook_name))
+
+    # -- one call --------------------------------------------------------------------------------
+
+    async def _invoke(
+        self, call: _Call, kwargs: dict[str, Any], session: Session, tx: Transaction | None
+    ) -> tuple[bool, Any]:
+        """Call one plugin; return (ok, result). A failure is logged and counted."""
+        p = call.plugin
+        if p.when is not None and not p.when(session, tx):
+            return True, None
+        args = {k: kwargs[k] for k in call.argnames}
+        started = time.perf_counter()
+        try:
+            if call.is_async:
+                async with asyncio.timeout(p.timeout):
+                    result = await call.function(**args)
+            else:
+                result = call.function(**args)
+                if inspect.isawaitable(result):
+                    async with asyncio.timeout(p.timeout):
+                        result = await result
+        except TimeoutError:
+            self._failed(p, session, tx, f"timed out after {p.timeout:g}s", started)
+            return False, None
+        except Exception as exc:
+            self._failed(p, session, tx, f"{type(exc).__name__}: {exc}", started, exc)
+            return False, None
+        return True, result
+
+    @staticmethod
+    def _failed(
+        p: EnabledPlugin,
+        session: Session,
+        tx: Transaction | None,
+        why: str,
+        started: float,
+        exc: BaseException | None = None,
+    ) -> None:
+        session.count("plugin_errors")
+        if tx is not None:
+            tx.set_result(p.name, "error", reason=why)
+        log.error(
+            "plugin failed",
+            plugin=p.name,
+            reason=why,
+            policy=p.on_error.value,
+            elapsed_ms=round((time.perf_counter() - started) * 1000, 2),
+            exc_info=exc,
+        )
+
+    async def _decide(
+        self, hook_name: str, session: Session, tx: Transaction | None, **kwargs: Any
+    ) -> Verdict | None:
+        calls = self._calls[hook_name]
+        if not calls:
+            return None
+        kwargs["session"] = session
+        kwargs["transaction"] = tx
+        for call in calls:
+            ok, result = await self._invoke(call, kwargs, session, tx)
+            verdict = result if ok else error_verdict(call.plugin.on_error)
+            if verdict is not None:
+                return self._checked(call.plugin, verdict)
+        return None
+
+    @staticmethod
+    def _checked(p: EnabledPlugin, verdict: object) -> Verdict:
+        if not isinstance(verdict, Verdict):
+            raise TypeError(f"plugin {p.name} returned {verdict!r}, not a Verdict or None")
+        return verdict
+
+    # -- stages ----------------------------------------------------------------------------------
+
+    async def connect(self, session: Session) -> Verdict | None:
+        """Run `on_connect`."""
+        return await self._decide("on_connect", session, None)
+
+    async def helo(self, session: Session, name: str) -> Verdict | None:
+        """Run `on_helo`."""
+        return await self._decide("on_helo", session, None, name=name)
+
+    async def authenticate(
+        self, session: Session, mechanism: str, login: str, secret: str
+    ) -> bool | None:
+        """Run `authenticate` until a plugin gives a True/False answer."""
+        kwargs: dict[str, Any] = {
+            "session": session,
+            "mechanism": mechanism,
+            "login": login,
+            "secret": secret,
+        }
+        for call in self._calls["authenticate"]:
+            ok, result = await self._invoke(call, kwargs, session, None)
+            if not ok:
+                return False
+            if result is not None:
+                return bool(result)
+        return None
+
+    async def mail(self, session: Session, tx: Transaction) -> Verdict | None:
+        """Run `on_mail` for the transaction's sender."""
+        return await self._decide("on_mail", session, tx, sender=tx.sender)
+
+    async def rcpt(self, session: Session, tx: Transaction, recipient: Address) -> Verdict | None:
+        """Run `on_rcpt` for one recipient (not yet in `tx.recipients`)."""
+        return await self._decide("on_rcpt", session, tx, recipient=recipient)
+
+    async def data(self, session: Session, tx: Transaction) -> Verdict | None:
+        """Run `on_data`."""
+        return await self._decide("on_data", session, tx)
+
+    async def headers(
+        self, session: Session, tx: Transaction, headers: list[Header]
+    ) -> Verdict | None:
+        """Run `on_headers`."""
+        return await self._decide("on_headers", session, tx, headers=headers)
+
+    async def message(self, session: Session, tx: Transaction) -> Verdict | None:
+        """Run `on_message`: concurrent neighbours together, the others one by one."""
+        calls = self._calls["on_message"]
+        if not calls:
+            return None
+        assert tx.message is not None, "on_message needs transaction.message"
+        kwargs: dict[str, Any] = {"session": session, "transaction": tx, "message": tx.message}
+        i = 0
+        while i < len(calls):
+            group = [calls[i]]
+            while calls[i].plugin.concurrent and i + len(group) < len(calls):
+                nxt = calls[i + len(group)]
+                if not nxt.plugin.concurrent:
+                    break
+                group.append(nxt)
+            i += len(group)
+            if len(group) == 1:
+                ok, result = await self._invoke(group[0], kwargs, session, tx)
+                verdict = result if ok else error_verdict(group[0].plugin.on_error)
+            else:
+                verdict = await self._run_concurrently(group, kwargs, session, tx)
+            if verdict is not None:
+                return self._checked(group[-1].plugin, verdict)
+        return None
+
+    async def _run_concurrently(
+        self, group: list[_Call], kwargs: dict[str, Any], session: Session, tx: Transaction
+    ) -> Verdict | None:
+        async def one(call: _Call) -> _Outcome:
+            out = _Outcome()
+            pending_modifications.set(out.modifications)
+            ok, result = await self._invoke(call, kwargs, session, tx)
+            out.verdict = result if ok else error_verdict(call.plugin.on_error)
+            if out.verdict is not None:
+                self._checked(call.plugin, out.verdict)
+            return out
+
+        outcomes = await asyncio.gather(*(one(c) for c in group))
+        first: Verdict | None = None
+        for out in outcomes:
+            if first is not None and first.kind is VerdictKind.ACCEPT:
+                break
+            for mod in out.modifications:
+                tx.apply(mod)
+            if first is None:
+                first = out.verdict
+        return first
+
+    async def outcome(self, session: Session, tx: Transaction, verdict: Verdict) -> None:
+        """Run `on_outcome` on every plugin; failures are only logged."""
+        kwargs: dict[str, Any] = {"session": session, "transaction": tx, "verdict": verdict}
+        for call in self._calls["on_outcome"]:
+            await self._invoke(call, kwargs, session, tx)
+
+    async def disconnect(self, session: Session) -> None:
+        """Run `on_disconnect` on every plugin; failures are only logged."""
+        for call in self._calls["on_disconnect"]:
+            await self._invoke(call, {"session": session}, session, None)

@@ -1,0 +1,1 @@
+"""The plugins that ship with mailgate; each registers under the `mailgate.plugins` entry points."""
