@@ -47,6 +47,9 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 typecheck: venv
+	rm -rf .typecheck && mkdir -p .typecheck/mailgate
+	for f in core/*; do ln -s ../../$$f .typecheck/mailgate/; done
+	ln -s ../../plugins .typecheck/mailgate/plugins
 	$(BIN)/mypy
 
 unit: venv

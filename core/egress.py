@@ -63,9 +63,9 @@ class DownstreamTransaction(Protocol):
 class Egress(Protocol):
     """Where accepted messages go."""
 
-    async def begin(self, session: Session, transaction: Transaction) -> tuple[
-        Reply, DownstreamTransaction | None
-    ]:
+    async def begin(
+        self, session: Session, transaction: Transaction
+    ) -> tuple[Reply, DownstreamTransaction | None]:
         """Start a transaction downstream with MAIL FROM; None if the downstream refused it."""
         ...
 

@@ -44,7 +44,7 @@ class Header:
 
 def new_spool(threshold: int = DEFAULT_SPOOL_THRESHOLD) -> IO[bytes]:
     """A binary file that stays in memory up to `threshold` bytes, then moves to disk."""
-    return tempfile.SpooledTemporaryFile(max_size=threshold, mode="w+b")  # noqa: SIM115
+    return tempfile.SpooledTemporaryFile(max_size=threshold, mode="w+b")
 
 
 class Message:
@@ -56,7 +56,9 @@ class Message:
 
     __slots__ = ("_body", "body_size", "headers")
 
-    def __init__(self, headers: list[Header], body: IO[bytes], body_size: int | None = None) -> None:
+    def __init__(
+        self, headers: list[Header], body: IO[bytes], body_size: int | None = None
+    ) -> None:
         self.headers = headers
         self._body = body
         if body_size is None:

@@ -15,8 +15,8 @@ from mailgate.message import Message
 _ids = itertools.count(1)
 _pid_prefix = f"{os.getpid():x}"
 
-pending_modifications: contextvars.ContextVar[list[m.Modification] | None] = (
-    contextvars.ContextVar("pending_modifications", default=None)
+pending_modifications: contextvars.ContextVar[list[m.Modification] | None] = contextvars.ContextVar(
+    "pending_modifications", default=None
 )
 """Set by the dispatcher while plugins run concurrently: their changes are collected here and
 applied afterwards in `conf.d` order, so the result does not depend on which scan ended first."""

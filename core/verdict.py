@@ -120,4 +120,6 @@ class Verdict:
 
     def smtp_reply(self) -> str:
         """The reply line as aiosmtpd expects it, e.g. ``"550 5.7.1 No thanks"``."""
-        return f"{self.code} {self.status} {self.text}" if self.status else f"{self.code} {self.text}"
+        return (
+            f"{self.code} {self.status} {self.text}" if self.status else f"{self.code} {self.text}"
+        )

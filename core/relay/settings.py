@@ -1,0 +1,83 @@
+"""`RelaySettings`: how mailgate reaches the downstream MTA (the ``[relay]`` table)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STARTTLS_MODES = ("opportunistic", "require", "never")
+
+
+@dataclass(slots=True)
+class RelaySettings:
+    """The ``[relay]`` table of ``mailgate.toml``: the downstream and how mailgate talks to it."""
+
+    address: str = "127.0.0.1:25"
+    """Downstream MTA as ``HOST:PORT`` (``[IPv6]:PORT`` for IPv6)."""
+
+    helo_name: str = ""
+    """Name sent in EHLO; empty means this host's name."""
+
+    pool_size: int = 16
+    """Idle downstream connections kept for reuse; 0 opens one connection per message."""
+
+    idle_timeout: float = 30.0
+    """Seconds an unused pooled connection stays open before it is closed with QUIT."""
+
+    max_messages_per_connection: int = 1000
+    """A connection is closed after this many transactions (0: no limit)."""
+
+    connect_timeout: float = 10.0
+    """Seconds for the TCP connect plus the greeting, EHLO and STARTTLS."""
+
+    command_timeout: float = 60.0
+    """Seconds to wait for the reply to MAIL, RCPT, RSET and BDAT chunks."""
+
+    data_timeout: float = 300.0
+    """Seconds for sending each chunk of the message and for the end-of-data reply."""
+
+    use_bdat: bool = True
+    """Send with BDAT (CHUNKING) when the downstream offers it, else DATA."""
+
+    chunk_size: int = 128 * 1024
+    """Bytes per BDAT chunk, and per write with DATA."""
+
+    starttls: str = "opportunistic"
+    """``opportunistic`` (when offered), ``require`` (refuse to relay without it) or ``never``."""
+
+    tls_verify: bool = False
+    """Verify the downstream's certificate and name (off: the downstream is usually local)."""
+
+    tls_ca_file: str = ""
+    """CA bundle used when `tls_verify` is on; empty uses the system store."""
+
+    quarantine_dir: str = "/var/lib/mailgate/quarantine"
+    """Where quarantined messages are kept (one ``.eml`` plus a ``.json`` sidecar each)."""
+
+    def __post_init__(self) -> None:
+        if self.starttls not in STARTTLS_MODES:
+            raise ValueError(f"starttls: expected one of {', '.join(STARTTLS_MODES)}")
+        if self.pool_size < 0 or self.max_messages_per_connection < 0:
+            raise ValueError("pool_size and max_messages_per_connection must be >= 0")
+        if self.chunk_size < 1024:
+            raise ValueError("chunk_size: expected at least 1024 bytes")
+        split_address(self.address)
+
+    @property
+    def host(self) -> str:
+        """The downstream host part of `address`."""
+        return split_address(self.address)[0]
+
+    @property
+    def port(self) -> int:
+        """The downstream port part of `address`."""
+        return split_address(self.address)[1]
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``"127.0.0.1:25"`` -> ``("127.0.0.1", 25)``; ``"[::1]:25"`` -> ``("::1", 25)``."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"address: expected HOST:PORT, found {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
