@@ -1,0 +1,117 @@
+"""The `clamav` plugin: every message goes through clamd at the end of data."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from mailgate import Message, Transaction, Verdict, hookimpl
+from mailgate.plugins.clamav.clamd_client import (
+    ClamdAddress,
+    ClamdClient,
+    ClamdSizeLimitError,
+    ScanResult,
+)
+from mailgate.plugins.clamav.settings import ClamavSettings
+
+RESULT_KEY = "clamav"
+"""The key of this plugin's entry in ``transaction.results``."""
+
+
+def spool_chunks(message: Message, chunk_size: int) -> Iterator[bytes]:
+    """The message as sent, read from its spool at this reader's own offset.
+
+    Concurrent scanners share one spool file; each read seeks first, so another scanner
+    reading between our awaits cannot move us.
+    """
+    yield message.header_bytes()
+    body = message.open_body()
+    offset = 0
+    while True:
+        body.seek(offset)
+        chunk = body.read(chunk_size)
+        if not chunk:
+            return
+        offset += len(chunk)
+        yield chunk
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class ClamavPlugin:
+    """Scan each message with clamd (INSTREAM); reject, quarantine or tag what it finds.
+
+    A scan failure on every server raises, so the plugin's ``on_error`` policy applies
+    (``tempfail`` unless configured otherwise).
+    """
+
+    Settings = ClamavSettings
+    concurrent = True
+
+    def __init__(self, settings: ClamavSettings | None = None) -> None:
+        self.settings = settings or ClamavSettings()
+        self.client = ClamdClient(
+            [ClamdAddress.parse(s) for s in self.settings.servers],
+            connect_timeout=self.settings.connect_timeout,
+            scan_timeout=self.settings.scan_timeout,
+            chunk_size=self.settings.chunk_size,
+        )
+
+    @hookimpl
+    async def on_message(self, transaction: Transaction, message: Message) -> Verdict | None:
+        """Scan the message and act on the answer."""
+        size = message.size
+        if size > self.settings.max_size:
+            return self._over_size(transaction, f"{size} bytes over max_size")
+        started = time.perf_counter()
+        try:
+            result = await self.client.scan(lambda: spool_chunks(message, self.settings.chunk_size))
+        except ClamdSizeLimitError as exc:
+            return self._over_size(transaction, f"clamd: {exc}")
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+        if not result.infected:
+            transaction.set_result(RESULT_KEY, "clean", server=result.server, elapsed_ms=elapsed_ms)
+            if self.settings.tag_clean:
+                self._set_header(transaction, message, "Clean")
+            return None
+        return self._infected(transaction, message, result, elapsed_ms)
+
+    def _infected(
+        self, transaction: Transaction, message: Message, result: ScanResult, elapsed_ms: float
+    ) -> Verdict | None:
+        virus = _one_line(result.virus or "")
+        transaction.set_result(
+            RESULT_KEY,
+            "found",
+            reason=virus,
+            action=self.settings.action,
+            server=result.server,
+            elapsed_ms=elapsed_ms,
+        )
+        if self.settings.action == "reject":
+            text = _one_line(self.settings.reject_text.format(virus=virus))
+            return Verdict.reject(554, "5.7.1", text, reason=f"virus {virus}")
+        self._set_header(transaction, message, f"Infected ({virus})")
+        if self.settings.action == "quarantine":
+            return Verdict.quarantine(reason=f"virus {virus}")
+        return None
+
+    def _set_header(self, transaction: Transaction, message: Message, value: str) -> None:
+        # Delete what the sender may have forged before adding ours; deleting the first
+        # occurrence N times works because deferred deletions are applied in order.
+        for _ in message.get_all(self.settings.header):
+            transaction.delete_header(self.settings.header, 1)
+        transaction.add_header(self.settings.header, value)
+
+    def _over_size(self, transaction: Transaction, why: str) -> Verdict | None:
+        policy = self.settings.over_size
+        transaction.set_result(RESULT_KEY, "skipped", reason=why, policy=policy)
+        if policy == "tempfail":
+            return Verdict.tempfail(
+                451, "4.7.1", "Message too large to scan for viruses", reason=why
+            )
+        if policy == "reject":
+            return Verdict.reject(552, "5.3.4", "Message too large to scan for viruses", reason=why)
+        return None

@@ -1,0 +1,44 @@
+"""The settings of the `clamav` plugin: the keys of ``conf.d/NN-clamav.toml``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+OVER_SIZE_POLICIES = ("skip", "tempfail", "reject")
+VIRUS_ACTIONS = ("reject", "quarantine", "tag")
+
+
+@dataclass(slots=True)
+class ClamavSettings:
+    """How to reach clamd and what to do with what it finds."""
+
+    servers: list[str] = field(default_factory=lambda: ["127.0.0.1:3310"])
+    """clamd addresses, tried in order: ``"host:port"`` or ``"unix:/path/clamd.ctl"``."""
+    connect_timeout: float = 2.0
+    """Seconds to wait for each connection before trying the next server."""
+    scan_timeout: float = 20.0
+    """Seconds from the first byte sent to clamd's answer, per server (keep under `timeout`)."""
+    chunk_size: int = 1 << 16
+    """INSTREAM chunk size in bytes."""
+    max_size: int = 25 * 1024 * 1024
+    """Largest message sent to clamd, in bytes: set it to clamd's StreamMaxLength."""
+    over_size: str = "skip"
+    """A larger message: ``skip`` (pass it, recorded as skipped), ``tempfail`` or ``reject``."""
+    action: str = "reject"
+    """On a virus: ``reject`` (554 5.7.1 with the name), ``quarantine`` or ``tag`` (header)."""
+    reject_text: str = "Virus found: {virus}"
+    """The reject reply text; ``{virus}`` is the signature name."""
+    header: str = "X-Virus-Status"
+    """Header for ``tag`` and ``quarantine`` (``Infected (NAME)``); existing ones are removed."""
+    tag_clean: bool = False
+    """Also add the header (``Clean``) to messages clamd found clean."""
+
+    def __post_init__(self) -> None:
+        if self.over_size not in OVER_SIZE_POLICIES:
+            raise ValueError(
+                f"over_size must be one of {OVER_SIZE_POLICIES}, not {self.over_size!r}"
+            )
+        if self.action not in VIRUS_ACTIONS:
+            raise ValueError(f"action must be one of {VIRUS_ACTIONS}, not {self.action!r}")
+        if not self.servers:
+            raise ValueError("servers must name at least one clamd")
