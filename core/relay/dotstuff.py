@@ -13,32 +13,26 @@ _EOL = (10, 13)  # LF, CR
 class DotStuffer:
     """Stuffs a message given in arbitrary chunks; the result does not depend on the split."""
 
-    __slots__ = ("_at_line_start", "_last")
+    __slots__ = ("_tail",)
 
     def __init__(self) -> None:
-        self._at_line_start = True
-        self._last = -1
+        # The last two bytes fed: they decide whether the next chunk starts a line and whether
+        # the message already ends with CRLF.
+        self._tail = b"\n"
 
     def feed(self, chunk: bytes) -> bytes:
         """The stuffed form of `chunk`, given everything fed before it."""
         if not chunk:
             return chunk
         out = chunk.replace(b"\n.", b"\n..").replace(b"\r.", b"\r..")
-        if self._at_line_start and chunk[0] == 0x2E:
+        if chunk[0] == 0x2E and self._tail[-1] in _EOL:
             out = b"." + out
-        self._last = chunk[-1]
-        self._at_line_start = self._last in _EOL
+        self._tail = (self._tail + chunk[-2:])[-2:]
         return out
 
     def end(self) -> bytes:
         """The end-of-data marker, with the CRLF the last line may lack."""
-        return b".\r\n" if self._ended_by_crlf else b"\r\n.\r\n"
-
-    @property
-    def _ended_by_crlf(self) -> bool:
-        return self._last == 10 and self._crlf_seen
-
-    _crlf_seen = True
+        return b".\r\n" if self._tail == b"\r\n" else b"\r\n.\r\n"
 
 
 def stuff(data: bytes) -> bytes:

@@ -1,0 +1,231 @@
+"""One SMTP client connection to the downstream, on aiosmtplib's protocol layer.
+
+aiosmtplib parses replies, guards commands against injected line breaks and does STARTTLS; it
+has no BDAT and sends DATA only from a message held in memory. This module adds both, streamed:
+BDAT chunks of raw bytes (no dot stuffing, so signatures survive), or DATA with transparency
+applied on the fly. Errors never leave as aiosmtplib exceptions: they become `DownstreamError`
+carrying the reply the client should get.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import Iterator
+from typing import IO
+
+from aiosmtplib.errors import SMTPException
+from aiosmtplib.esmtp import parse_esmtp_extensions
+from aiosmtplib.protocol import SMTPProtocol
+from aiosmtplib.response import SMTPResponse
+
+from mailgate.egress import Reply
+from mailgate.message import Message
+from mailgate.relay import reply as replies
+from mailgate.relay.dotstuff import DotStuffer
+from mailgate.relay.settings import RelaySettings
+
+_FAILURES = (SMTPException, OSError, ValueError)
+"""What talking to the downstream may raise: protocol errors and timeouts (aiosmtplib's are
+OSError and TimeoutError subclasses), socket errors, and control characters in an argument."""
+
+
+class DownstreamError(Exception):
+    """The downstream is unusable; `reply` is what the client gets (always 4xx)."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(f"{reply.code} {reply.status} {reply.text}")
+        self.reply = reply
+
+
+class DownstreamConnection:
+    """An open, greeted SMTP connection with the downstream's EHLO extensions."""
+
+    __slots__ = ("_protocol", "_settings", "extensions", "idle_since", "idle_timer", "messages")
+
+    def __init__(
+        self, protocol: SMTPProtocol, extensions: dict[str, str], settings: RelaySettings
+    ) -> None:
+        self._protocol = protocol
+        self._settings = settings
+        self.extensions = extensions
+        """EHLO keywords (lower case) mapped to their parameters."""
+        self.messages = 0
+        """Transactions completed on this connection."""
+        self.idle_since = time.monotonic()
+        self.idle_timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    async def open(
+        cls, settings: RelaySettings, helo_name: str, tls: ssl.SSLContext | None
+    ) -> DownstreamConnection:
+        """Connect, read the greeting, EHLO (HELO as fallback) and STARTTLS when configured."""
+        try:
+            async with asyncio.timeout(settings.connect_timeout):
+                return await cls._open(settings, helo_name, tls)
+        except DownstreamError:
+            raise
+        except (*_FAILURES, TimeoutError) as exc:
+            raise DownstreamError(replies.unreachable(_describe(exc))) from exc
+
+    @classmethod
+    async def _open(
+        cls, settings: RelaySettings, helo_name: str, tls: ssl.SSLContext | None
+    ) -> DownstreamConnection:
+        loop = asyncio.get_running_loop()
+        protocol = SMTPProtocol(loop=loop)
+        await loop.create_connection(lambda: protocol, settings.host, settings.port)
+        conn = cls(protocol, {}, settings)
+        try:
+            greeting = await protocol.read_response()
+            if greeting.code != 220:
+                raise DownstreamError(replies.unreachable(f"greeting {greeting.code}"))
+            await conn._hello(helo_name)
+            if tls is not None and "starttls" in conn.extensions:
+                await protocol.start_tls(tls, server_hostname=settings.host)
+                await conn._hello(helo_name)
+            elif settings.starttls == "require":
+                raise DownstreamError(replies.unreachable("STARTTLS required, not offered"))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def _hello(self, name: str) -> None:
+        response = await self._protocol.execute_command(b"EHLO", name.encode())
+        if response.code == 250:
+            self.extensions = parse_esmtp_extensions(response.message)[0]
+            return
+        response = await self._protocol.execute_command(b"HELO", name.encode())
+        if response.code != 250:
+            raise DownstreamError(replies.unreachable(f"HELO refused with {response.code}"))
+        self.extensions = {}
+
+    @property
+    def alive(self) -> bool:
+        """False once the downstream closed the connection or we did."""
+        return self._protocol.is_connected
+
+    def supports(self, extension: str) -> bool:
+        """True if EHLO advertised `extension` (lower case)."""
+        return extension in self.extensions
+
+    async def command(self, *args: str) -> Reply:
+        """Send one command and return the downstream's reply.
+
+        Raises `DownstreamError` if the connection is lost, times out or answers 421.
+        """
+        encoded = [a.encode("utf-8", "surrogateescape") for a in args]
+        try:
+            response = await self._protocol.execute_command(
+                *encoded, timeout=self._settings.command_timeout
+            )
+        except _FAILURES as exc:
+            self.close()
+            raise DownstreamError(replies.lost(_describe(exc))) from exc
+        if response.code == 421:
+            self.close()
+            raise DownstreamError(replies.lost(f"421 {response.message}"))
+        return replies.reply_from_response(response)
+
+    async def send_message(self, message: Message) -> Reply:
+        """Send the message after a successful envelope: BDAT when offered, else DATA."""
+        chunks = message_chunks(message, self._settings.chunk_size)
+        try:
+            if self._settings.use_bdat and self.supports("chunking"):
+                return await self._bdat(chunks)
+            return await self._data(chunks)
+        except DownstreamError:
+            self.close()
+            raise
+        except (*_FAILURES, TimeoutError) as exc:
+            self.close()
+            raise DownstreamError(replies.lost(_describe(exc))) from exc
+
+    async def _bdat(self, chunks: Iterator[bytes]) -> Reply:
+        protocol = self._protocol
+        current = next(chunks, b"")
+        while True:
+            following = next(chunks, None)
+            if following is None:
+                verb, timeout = b"BDAT %d LAST\r\n", self._settings.data_timeout
+            else:
+                verb, timeout = b"BDAT %d\r\n", self._settings.command_timeout
+            protocol.write(verb % len(current) + current)
+            response = await protocol.read_response(timeout=timeout)
+            if following is None or response.code != 250:
+                return self._final(response)
+            current = following
+
+    async def _data(self, chunks: Iterator[bytes]) -> Reply:
+        protocol = self._protocol
+        protocol.write(b"DATA\r\n")
+        response = await protocol.read_response(timeout=self._settings.command_timeout)
+        if response.code != 354:
+            return self._final(response)
+        stuffer = DotStuffer()
+        for chunk in chunks:
+            protocol.write(stuffer.feed(chunk))
+            async with asyncio.timeout(self._settings.data_timeout):
+                await protocol._drain_helper()
+        protocol.write(stuffer.end())
+        return self._final(await protocol.read_response(timeout=self._settings.data_timeout))
+
+    def _final(self, response: SMTPResponse) -> Reply:
+        if response.code == 421:
+            raise DownstreamError(replies.lost(f"421 {response.message}"))
+        return replies.reply_from_response(response)
+
+    async def reset(self) -> bool:
+        """RSET; True if the connection is clean and may be reused."""
+        if not self.alive:
+            return False
+        try:
+            return (await self.command("RSET")).code == 250
+        except DownstreamError:
+            return False
+
+    def quit(self) -> None:
+        """Say QUIT without waiting for the answer, and close (idle expiry, shutdown)."""
+        if self.alive:
+            with contextlib.suppress(_FAILURES):
+                self._protocol.write(b"QUIT\r\n")
+        self.close()
+
+    def close(self) -> None:
+        """Drop the connection at once."""
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        transport = self._protocol.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+
+
+def message_chunks(message: Message, size: int) -> Iterator[bytes]:
+    """The message as sent (headers as changed by plugins, then the spooled body) in chunks.
+
+    The first chunk holds the header block and the start of the body, so a small message is
+    one chunk. The body's file position is set before every read: other readers may move it
+    while the relay waits on the network.
+    """
+    body: IO[bytes] = message.open_body()
+    head = message.header_bytes()
+    position = 0
+    first = body.read(max(size - len(head), 0))
+    position += len(first)
+    yield head + first
+    while True:
+        body.seek(position)
+        chunk = body.read(size)
+        if not chunk:
+            return
+        position += len(chunk)
+        yield chunk
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]

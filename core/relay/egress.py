@@ -1,0 +1,188 @@
+"""`RelayEgress`: the before-queue proxy's way out, one downstream transaction per message.
+
+The downstream transaction opens at MAIL FROM and follows the client's RCPTs, so each
+downstream verdict reaches the client at the command it belongs to. At the end of data the
+envelope plugins left is applied: recipients they added get their RCPT; if they changed the
+sender or removed a recipient the downstream already has, the envelope is replayed after RSET.
+Any refusal there makes the whole message a 4xx, never a partial delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mailgate.egress import Reply
+from mailgate.quarantine import QuarantineStore
+from mailgate.relay import reply as replies
+from mailgate.relay.connection import DownstreamConnection, DownstreamError
+from mailgate.relay.params import mail_params, rcpt_params, with_size
+from mailgate.relay.pool import ConnectionPool
+from mailgate.relay.settings import RelaySettings
+from mailgate.session import Address, Session, Transaction
+
+log = logging.getLogger(__name__)
+
+_Key = tuple[str, tuple[str, ...]]
+
+
+def _key(address: Address) -> _Key:
+    return address.address.lower(), tuple(address.params)
+
+
+class RelayEgress:
+    """Relays each message downstream while the client waits (`mailgate.egress.Egress`)."""
+
+    def __init__(self, settings: RelaySettings) -> None:
+        self.settings = settings
+        self.pool = ConnectionPool(settings)
+        """The downstream connections; `pool.opened` counts connections made."""
+        self.quarantine = QuarantineStore(settings.quarantine_dir)
+
+    async def begin(
+        self, session: Session, transaction: Transaction
+    ) -> tuple[Reply, RelayTransaction | None]:
+        """Send MAIL FROM downstream; a 4xx reply (never an exception) if that is impossible."""
+        try:
+            conn, reused = await self.pool.acquire()
+            try:
+                reply = await _mail(conn, transaction.sender)
+            except DownstreamError:
+                if not reused:
+                    raise
+                # The pooled connection went stale while idle: one fresh attempt is safe,
+                # nothing was accepted on the old one.
+                conn = await self.pool.open_new()
+                reply = await _mail(conn, transaction.sender)
+        except DownstreamError as exc:
+            return exc.reply, None
+        if not reply.ok:
+            self.pool.release(conn)
+            return reply, None
+        return reply, RelayTransaction(self, conn, transaction.sender)
+
+    async def close(self) -> None:
+        """QUIT the pooled connections (at shutdown)."""
+        self.pool.close()
+
+
+class RelayTransaction:
+    """One message on its way downstream (`mailgate.egress.DownstreamTransaction`)."""
+
+    def __init__(self, egress: RelayEgress, conn: DownstreamConnection, sender: Address) -> None:
+        self._egress = egress
+        self._conn: DownstreamConnection | None = conn
+        self._sender: _Key = _key(sender)
+        self._accepted: set[_Key] = set()
+
+    async def rcpt(self, recipient: Address) -> Reply:
+        """RCPT TO downstream; its reply is the client's reply."""
+        conn = self._conn
+        if conn is None:
+            return replies.lost("transaction already ended")
+        try:
+            reply = await _rcpt(conn, recipient)
+        except DownstreamError as exc:
+            self._conn = None
+            return exc.reply
+        if reply.ok:
+            self._accepted.add(_key(recipient))
+        return reply
+
+    async def deliver(self, session: Session, transaction: Transaction) -> Reply:
+        """Apply the final envelope, then send the message; the downstream's reply verbatim."""
+        conn = self._conn
+        self._conn = None
+        if conn is None:
+            return replies.lost("transaction already ended")
+        try:
+            reply, sent = await self._deliver(conn, session, transaction)
+        except DownstreamError as exc:
+            self._egress.pool.discard(conn)
+            return exc.reply
+        except BaseException:
+            self._egress.pool.discard(conn)
+            raise
+        if sent and reply.code // 100 == 2:
+            self._egress.pool.release(conn)
+        else:
+            await self._reset(conn)
+        return reply
+
+    async def _deliver(
+        self, conn: DownstreamConnection, session: Session, transaction: Transaction
+    ) -> tuple[Reply, bool]:
+        """The client's reply, and whether it is the downstream's own end-of-data reply."""
+        message = transaction.message
+        if message is None:
+            return Reply(451, "4.3.0", "internal error: no message to relay"), False
+        reason = transaction.quarantined
+        if reason is not None:
+            return await self._hold(session, transaction, reason), False
+        if not transaction.recipients:
+            return Reply(250, "2.0.0", "Ok: discarded, no recipients left"), False
+        refused = await self._apply_envelope(conn, transaction, message.size)
+        if refused is not None:
+            return refused, False
+        return await conn.send_message(message), True
+
+    async def _apply_envelope(
+        self, conn: DownstreamConnection, transaction: Transaction, size: int
+    ) -> Reply | None:
+        final = {_key(r): r for r in transaction.recipients}
+        if _key(transaction.sender) != self._sender or not self._accepted <= final.keys():
+            await self._reset_or_fail(conn)
+            params = mail_params(transaction.sender.params, conn.extensions)
+            if conn.supports("size"):
+                params = with_size(params, size)
+            mail = await conn.command(_path("MAIL FROM:", transaction.sender), *params)
+            if not mail.ok:
+                log.info("relay: downstream refused changed sender: %s", mail)
+                return replies.ENVELOPE_REFUSED
+            pending = list(final.values())
+        else:
+            pending = [r for k, r in final.items() if k not in self._accepted]
+        for recipient in pending:
+            reply = await _rcpt(conn, recipient)
+            if not reply.ok:
+                log.info("relay: downstream refused %s: %s", recipient.address, reply)
+                return replies.ENVELOPE_REFUSED
+        return None
+
+    async def _hold(self, session: Session, transaction: Transaction, reason: str) -> Reply:
+        try:
+            held = await self._egress.quarantine.store(session, transaction, reason)
+        except OSError as exc:
+            log.error("relay: quarantine store failed: %s", exc)
+            return Reply(451, "4.3.0", "quarantine unavailable, try again later")
+        return Reply(250, "2.0.0", f"Ok: held as {held.id}")
+
+    async def _reset_or_fail(self, conn: DownstreamConnection) -> None:
+        if not await conn.reset():
+            raise DownstreamError(replies.lost("RSET failed"))
+
+    async def _reset(self, conn: DownstreamConnection) -> None:
+        if await conn.reset():
+            self._egress.pool.release(conn)
+        else:
+            self._egress.pool.discard(conn)
+
+    async def abort(self) -> None:
+        """The client gave up: RSET downstream and keep the connection if that worked."""
+        conn = self._conn
+        self._conn = None
+        if conn is not None:
+            await self._reset(conn)
+
+
+async def _mail(conn: DownstreamConnection, sender: Address) -> Reply:
+    params = mail_params(sender.params, conn.extensions)
+    return await conn.command(_path("MAIL FROM:", sender), *params)
+
+
+async def _rcpt(conn: DownstreamConnection, recipient: Address) -> Reply:
+    params = rcpt_params(recipient.params, conn.extensions)
+    return await conn.command(_path("RCPT TO:", recipient), *params)
+
+
+def _path(verb: str, address: Address) -> str:
+    return f"{verb}<{address.address}>"
