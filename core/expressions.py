@@ -152,7 +152,7 @@ def _size(tx: Transaction | None) -> int:
     if tx is None:
         return 0
     if tx.message is not None:
-        return tx.message.size()
+        return tx.message.size
     for param in tx.sender.params:
         key, _, value = param.partition("=")
         if key.upper() == "SIZE" and value.isdigit():
@@ -160,24 +160,46 @@ def _size(tx: Transaction | None) -> int:
     return 0
 
 
-def _rcpt(tx: Transaction | None) -> dict[str, str]:
+def _rcpt_address(tx: Transaction | None) -> Address | None:
     current = current_recipient.get()
     if current is None and tx is not None and tx.recipients:
         current = tx.recipients[-1]
-    return _addr_map(current)
+    return current
 
 
-_FACTS: dict[str, Callable[[Session, Transaction | None], Any]] = {
-    "client": lambda s, t: {"ip": s.client_ip, "port": s.client_port, "name": s.client_name},
-    "helo": lambda s, t: s.helo,
-    "listener": lambda s, t: s.listener,
-    "tls": lambda s, t: s.tls,
-    "auth": lambda s, t: {"login": s.auth_login},
-    "authenticated": lambda s, t: bool(s.auth_login),
-    "sender": lambda s, t: _addr_map(t.sender if t is not None else None),
-    "rcpt": lambda s, t: _rcpt(t),
-    "rcpts": lambda s, t: [_addr_map(r) for r in t.recipients] if t is not None else [],
-    "size": lambda s, t: _size(t),
+def _sender(tx: Transaction | None) -> Address | None:
+    return tx.sender if tx is not None else None
+
+
+def _rcpts(tx: Transaction | None) -> list[Address]:
+    return tx.recipients if tx is not None else []
+
+
+def _key(address: Address | None) -> str | None:
+    return None if address is None else address.address
+
+
+_Fact = Callable[[Session, Transaction | None], Any]
+
+# Each variable has a cheap key and a builder: converting a map into CEL costs ~10 us, so the
+# value is rebuilt only when its key changed since the last evaluation of that expression.
+_FACTS: dict[str, tuple[_Fact, _Fact]] = {
+    "client": (
+        lambda s, t: (s.client_ip, s.client_port, s.client_name),
+        lambda s, t: {"ip": s.client_ip, "port": s.client_port, "name": s.client_name},
+    ),
+    "helo": (lambda s, t: s.helo, lambda s, t: s.helo),
+    "listener": (lambda s, t: s.listener, lambda s, t: s.listener),
+    "tls": (lambda s, t: s.tls, lambda s, t: s.tls),
+    "auth": (lambda s, t: s.auth_login, lambda s, t: {"login": s.auth_login}),
+    "authenticated": (lambda s, t: s.auth_login, lambda s, t: bool(s.auth_login)),
+    "sender": (lambda s, t: _key(_sender(t)), lambda s, t: _addr_map(_sender(t))),
+    "rcpt": (lambda s, t: _key(_rcpt_address(t)), lambda s, t: _addr_map(_rcpt_address(t))),
+    "rcpts": (
+        lambda s, t: tuple(r.address for r in _rcpts(t)),
+        lambda s, t: [_addr_map(r) for r in _rcpts(t)],
+    ),
+    "size": (lambda s, t: _size(t), lambda s, t: _size(t)),
 }
 
 
@@ -213,7 +235,7 @@ class Expression:
     is logged and counts as false.
     """
 
-    __slots__ = ("_context", "_facts", "_program", "source")
+    __slots__ = ("_context", "_facts", "_keys", "_program", "source")
 
     def __init__(self, source: str, *, boolean: bool = True) -> None:
         self.source = source
@@ -227,7 +249,8 @@ class Expression:
         if unknown:
             known = ", ".join(sorted(VARIABLES))
             raise ExpressionError(source, f"unknown variable {unknown[0]!r} (known: {known})")
-        self._facts = [(n, _FACTS[n]) for n in names if n in _FACTS]
+        self._facts = [(n, *_FACTS[n]) for n in names if n in _FACTS]
+        self._keys: dict[str, Any] = {}
         self._context = cel.Context(None, FUNCTIONS)
         for session, tx in _samples():
             try:
@@ -240,8 +263,12 @@ class Expression:
 
     def _run(self, session: Session, tx: Transaction | None) -> Any:
         ctx = self._context
-        for name, fact in self._facts:
-            ctx.add_variable(name, fact(session, tx))
+        keys = self._keys
+        for name, key_of, build in self._facts:
+            key = key_of(session, tx)
+            if name not in keys or keys[name] != key:
+                ctx.add_variable(name, build(session, tx))
+                keys[name] = key
         return self._program.execute(ctx)
 
     def evaluate(self, session: Session, transaction: Transaction | None) -> Any:

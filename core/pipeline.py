@@ -19,6 +19,7 @@ import pluggy
 import structlog
 
 from mailgate import hookspecs
+from mailgate.expressions import current_recipient
 from mailgate.message import Header
 from mailgate.modifications import Modification
 from mailgate.plugin import PROJECT
@@ -224,7 +225,11 @@ class Pipeline:
 
     async def rcpt(self, session: Session, tx: Transaction, recipient: Address) -> Verdict | None:
         """Run `on_rcpt` for one recipient (not yet in `tx.recipients`)."""
-        return await self._decide("on_rcpt", session, tx, recipient=recipient)
+        token = current_recipient.set(recipient)  # `rcpt` in `when` expressions
+        try:
+            return await self._decide("on_rcpt", session, tx, recipient=recipient)
+        finally:
+            current_recipient.reset(token)
 
     async def data(self, session: Session, tx: Transaction) -> Verdict | None:
         """Run `on_data`."""

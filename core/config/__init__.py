@@ -1,0 +1,43 @@
+"""mailgate's configuration: settings dataclasses checked against TOML tables.
+
+- `load_settings(cls, table, source=...)` builds a settings dataclass from a TOML table and
+  raises `ConfigError` (file, key, found, expected) when a key is unknown or a value is wrong.
+- `Dynamic[T]`: a setting that may be a list of ``{ if = "<CEL>", then = T }`` ending in
+  ``{ else = T }``, read with ``.value(session, transaction)``.
+- `HostPort`, `Networks`, `Check`: extra checks for settings fields.
+
+A plugin declares its settings as a dataclass named ``Settings`` on the plugin class and takes
+an instance of it in ``__init__(self, settings)``.
+"""
+
+from typing import Any
+
+from mailgate.config.dynamic import Dynamic
+from mailgate.config.errors import ConfigError
+from mailgate.config.settings import (
+    Check,
+    HostPort,
+    Networks,
+    convert,
+    describe,
+    is_host_port,
+    load_settings,
+    split_host_port,
+)
+
+PluginSettings = Any
+"""Whatever settings dataclass a plugin declares as its ``Settings`` attribute."""
+
+__all__ = [
+    "Check",
+    "ConfigError",
+    "Dynamic",
+    "HostPort",
+    "Networks",
+    "PluginSettings",
+    "convert",
+    "describe",
+    "is_host_port",
+    "load_settings",
+    "split_host_port",
+]
