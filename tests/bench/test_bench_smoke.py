@@ -1,0 +1,76 @@
+"""The benchmark in smoke mode: every system relays every message, and the table is sound.
+
+Not a timed test: it proves that the harness and every system under test work end to end
+(smtp-source -> system -> smtp-sink), so that `python -m tests.bench` can be trusted.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .harness import BenchPlan, Measurement, System, format_table, run_benchmark
+
+pytestmark = pytest.mark.bench
+
+SMOKE_SYSTEMS = ("smtp-sink", "minimal-relay")
+
+
+@pytest.fixture(scope="module")
+def smoke_run() -> tuple[list[Measurement], dict[str, list[bytes]]]:
+    """One smoke run of every system, with the messages each one delivered to its sink."""
+    delivered: dict[str, list[bytes]] = {}
+
+    def collect(systems: list[System]) -> None:
+        for system in systems:
+            assert system.sink is not None
+            delivered[system.name] = system.sink.messages()
+
+    results = run_benchmark(BenchPlan.smoke(), SMOKE_SYSTEMS, dump=True, inspect=collect)
+    return results, delivered
+
+
+def test_every_system_delivers_every_message(
+    smoke_run: tuple[list[Measurement], dict[str, list[bytes]]],
+) -> None:
+    results, _ = smoke_run
+    plan = BenchPlan.smoke()
+    assert {m.system for m in results} == set(SMOKE_SYSTEMS)
+    assert len(results) == len(SMOKE_SYSTEMS) * len(plan.sizes_kib) * len(plan.sessions)
+    for m in results:
+        assert m.errors == [], (m.system, m.size_kib, m.sessions)
+        assert m.sent == (plan.fixed_messages or 0) + plan.probe_messages
+        assert m.delivered == m.sent, (m.system, m.size_kib, m.sessions)
+
+
+def test_every_cell_has_rate_latency_cpu_and_memory(
+    smoke_run: tuple[list[Measurement], dict[str, list[bytes]]],
+) -> None:
+    results, _ = smoke_run
+    for m in results:
+        assert m.rate > 0
+        assert 0 < m.p50_ms <= m.p99_ms
+        assert m.cpu >= 0
+        assert m.peak_rss_mib > 1
+
+
+def test_relayed_messages_reach_the_sink_whole(
+    smoke_run: tuple[list[Measurement], dict[str, list[bytes]]],
+) -> None:
+    _, delivered = smoke_run
+    relayed = delivered["minimal-relay"]
+    assert relayed, "the minimal relay delivered nothing"
+    sizes = {len(message) for message in relayed}
+    # Each body size arrives in full: smtp-sink dumps with LF line ends, so a 100 KiB body of
+    # 80-byte lines shrinks by about 1/82, and the headers add a few hundred bytes.
+    for kib in BenchPlan.smoke().sizes_kib:
+        assert any(kib * 1024 * 0.98 <= size < kib * 1024 + 2048 for size in sizes), kib
+    assert all(b"X-Rcpt-Args: <b@y.test>" in message for message in relayed)
+
+
+def test_table_lists_every_cell(
+    smoke_run: tuple[list[Measurement], dict[str, list[bytes]]],
+) -> None:
+    results, _ = smoke_run
+    table = format_table(results).splitlines()
+    assert len(table) == 2 + len(results)
+    assert "FAIL" not in "\n".join(table)
