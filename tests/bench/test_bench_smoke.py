@@ -7,8 +7,11 @@ Not a timed test: it proves that the harness and every system under test work en
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from .harness import BenchPlan, Measurement, System, format_table, run_benchmark
+from .profile import hotspots
 
 pytestmark = pytest.mark.bench
 
@@ -74,3 +77,28 @@ def test_table_lists_every_cell(
     table = format_table(results).splitlines()
     assert len(table) == 2 + len(results)
     assert "FAIL" not in "\n".join(table)
+
+
+def test_profile_hotspots_count_self_and_total_time() -> None:
+    stacks = [
+        'process 7:"python x";main (app/cli.py:3);handle (smtp/data.py:10) 6',
+        "main (app/cli.py:3);handle (smtp/data.py:10);scan (smtp/data.py:40) 3",
+        "main (app/cli.py:3) 1",
+    ]
+    own, total, samples = hotspots(stacks)
+    assert samples == 10
+    assert own == {"smtp/data.py:handle": 6, "smtp/data.py:scan": 3, "app/cli.py:main": 1}
+    assert total["app/cli.py:main"] == 10
+    assert total["smtp/data.py:handle"] == 9
+
+
+frames = st.from_regex(r"[a-z_]{1,8} \([a-z/]{1,10}\.py:[0-9]{1,3}\)", fullmatch=True)
+
+
+@given(st.lists(st.tuples(st.lists(frames, min_size=1, max_size=5), st.integers(1, 50))))
+def test_profile_self_time_adds_up_to_the_samples(stacks: list[tuple[list[str], int]]) -> None:
+    own, total, samples = hotspots(f"{';'.join(stack)} {count}" for stack, count in stacks)
+    assert samples == sum(count for _, count in stacks)
+    assert sum(own.values()) == samples
+    assert all(total[name] >= own[name] for name in own)
+    assert all(count <= samples for count in total.values())
