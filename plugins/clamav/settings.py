@@ -3,16 +3,33 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from mailgate.config import Check
+from mailgate.plugins.clamav.clamd_client import ClamdAddress
 
 OVER_SIZE_POLICIES = ("skip", "tempfail", "reject")
 VIRUS_ACTIONS = ("reject", "quarantine", "tag")
+
+
+def is_clamd_address(value: str) -> bool:
+    """True for ``host:port`` (IPv6 hosts in brackets), ``unix:/path`` or ``/path``."""
+    try:
+        ClamdAddress.parse(value)
+    except ValueError:
+        return False
+    return True
+
+
+ClamdServer = Annotated[str, Check(is_clamd_address, '"host:port" or "unix:/path"')]
+"""One clamd address in the ``servers`` list."""
 
 
 @dataclass(slots=True)
 class ClamavSettings:
     """How to reach clamd and what to do with what it finds."""
 
-    servers: list[str] = field(default_factory=lambda: ["127.0.0.1:3310"])
+    servers: list[ClamdServer] = field(default_factory=lambda: ["127.0.0.1:3310"])
     """clamd addresses, tried in order: ``"host:port"`` or ``"unix:/path/clamd.ctl"``."""
     connect_timeout: float = 2.0
     """Seconds to wait for each connection before trying the next server."""
@@ -22,9 +39,9 @@ class ClamavSettings:
     """INSTREAM chunk size in bytes."""
     max_size: int = 25 * 1024 * 1024
     """Largest message sent to clamd, in bytes: set it to clamd's StreamMaxLength."""
-    over_size: str = "skip"
+    over_size: Literal["skip", "tempfail", "reject"] = "skip"
     """A larger message: ``skip`` (pass it, recorded as skipped), ``tempfail`` or ``reject``."""
-    action: str = "reject"
+    action: Literal["reject", "quarantine", "tag"] = "reject"
     """On a virus: ``reject`` (554 5.7.1 with the name), ``quarantine`` or ``tag`` (header)."""
     reject_text: str = "Virus found: {virus}"
     """The reject reply text; ``{virus}`` is the signature name."""

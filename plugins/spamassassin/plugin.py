@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any, TypeVar
 
 from mailgate import Message, Session, Transaction, Verdict, hookimpl
 from mailgate.plugins.spamassassin.settings import SpamassassinSettings
@@ -12,8 +11,6 @@ from mailgate.plugins.spamassassin.spamd_client import SpamdAddress, SpamdClient
 
 RESULT_KEY = "spamassassin"
 """The key of this plugin's entry in ``transaction.results``."""
-
-T = TypeVar("T")
 
 
 def spool_chunks(message: Message, chunk_size: int = 1 << 16) -> Iterator[bytes]:
@@ -32,12 +29,6 @@ def spool_chunks(message: Message, chunk_size: int = 1 << 16) -> Iterator[bytes]
             return
         offset += len(chunk)
         yield chunk
-
-
-def resolve(setting: Any, session: Session, transaction: Transaction) -> Any:
-    """The value of a setting that may be a `Dynamic` (has ``.value(session, tx)``) or plain."""
-    value = getattr(setting, "value", None)
-    return value(session, transaction) if callable(value) else setting
 
 
 def fold_status(value: str, width: int = 76) -> str:
@@ -83,14 +74,11 @@ class SpamassassinPlugin:
             reason = f"{size} bytes over max_size {self.settings.max_size}"
             transaction.set_result(RESULT_KEY, "skipped", reason=reason)
             return None
-        user = str(resolve(self.settings.user, session, transaction))
+        user = self.settings.user.value(session, transaction)
         started = time.perf_counter()
         report = await self.client.check(lambda: spool_chunks(message), size, user)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
         return self._act(session, transaction, message, report, elapsed_ms)
-
-    def _threshold(self, name: str, session: Session, transaction: Transaction) -> float:
-        return float(resolve(getattr(self.settings, name), session, transaction))
 
     def _act(
         self,
@@ -100,9 +88,9 @@ class SpamassassinPlugin:
         report: SpamReport,
         elapsed_ms: float,
     ) -> Verdict | None:
-        tag = self._threshold("tag_threshold", session, transaction)
-        quarantine = self._threshold("quarantine_threshold", session, transaction)
-        reject = self._threshold("reject_threshold", session, transaction)
+        tag = float(self.settings.tag_threshold.value(session, transaction))
+        quarantine = float(self.settings.quarantine_threshold.value(session, transaction))
+        reject = float(self.settings.reject_threshold.value(session, transaction))
         score = report.score
         action = (
             "reject"

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Annotated
+
+from mailgate.config import Check, Dynamic
+from mailgate.plugins.spamassassin.spamd_client import SpamdAddress
 
 DEFAULT_REMOVE = [
     "X-Spam-Status",
@@ -15,6 +19,19 @@ DEFAULT_REMOVE = [
 ]
 
 
+def is_spamd_address(value: str) -> bool:
+    """True for ``host:port`` (IPv6 hosts in brackets), ``unix:/path`` or ``/path``."""
+    try:
+        SpamdAddress.parse(value)
+    except ValueError:
+        return False
+    return True
+
+
+SpamdServer = Annotated[str, Check(is_spamd_address, '"host:port" or "unix:/path"')]
+"""One spamd address in the ``servers`` list."""
+
+
 @dataclass(slots=True)
 class SpamassassinSettings:
     """How to reach spamd, and what each score leads to.
@@ -23,21 +40,21 @@ class SpamassassinSettings:
     a final ``{ else }``), e.g. a lower reject threshold for unauthenticated clients.
     """
 
-    servers: list[str] = field(default_factory=lambda: ["127.0.0.1:783"])
+    servers: list[SpamdServer] = field(default_factory=lambda: ["127.0.0.1:783"])
     """spamd addresses, tried in order: ``"host:port"`` or ``"unix:/path/spamd.sock"``."""
     connect_timeout: float = 2.0
     """Seconds to wait for each connection before trying the next server."""
     scan_timeout: float = 20.0
     """Seconds for spamd's answer, per server (keep under the plugin's `timeout`)."""
-    user: str = ""
+    user: Dynamic[str] = field(default=Dynamic.fixed(""))
     """The spamd user whose preferences apply (the ``User`` header); empty: spamd's default."""
     max_size: int = 512_000
     """Messages larger than this (bytes) are not scored; the result says ``skipped``."""
-    tag_threshold: float = 5.0
+    tag_threshold: Dynamic[float] = field(default=Dynamic.fixed(5.0))
     """From this score on: ``X-Spam-Flag: YES``, ``X-Spam-Status: Yes`` and the subject tag."""
-    quarantine_threshold: float = math.inf
+    quarantine_threshold: Dynamic[float] = field(default=Dynamic.fixed(math.inf))
     """From this score on, the message is quarantined (``inf``: never)."""
-    reject_threshold: float = 15.0
+    reject_threshold: Dynamic[float] = field(default=Dynamic.fixed(15.0))
     """From this score on, the message is rejected (``inf``: never)."""
     reject_text: str = "Message rejected as spam"
     """The text of the ``554 5.7.1`` reply."""

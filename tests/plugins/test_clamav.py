@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailgate import VerdictKind
+from mailgate.config import ConfigError, load_settings
 from mailgate.pipeline import ErrorPolicy
 from mailgate.plugins.clamav import (
     ClamavPlugin,
@@ -27,7 +28,9 @@ from tests.plugins import messages as m
 
 
 def clamav(servers: list[str], **settings: object) -> ClamavPlugin:
-    return ClamavPlugin(ClamavSettings(servers=servers, **settings))  # type: ignore[arg-type]
+    """The plugin with settings as a conf.d file would give them."""
+    table = {"servers": servers, **settings}
+    return ClamavPlugin(load_settings(ClamavSettings, table, source="50-clamav.toml"))
 
 
 @pytest.fixture(params=["tcp", "unix"])
@@ -194,13 +197,13 @@ async def test_ping_and_version(clamd: Clamd) -> None:
     assert (await client.command(client.servers[0], b"VERSION")).startswith(b"ClamAV")
 
 
-def test_bad_settings_are_refused() -> None:
-    with pytest.raises(ValueError, match="over_size"):
-        ClamavSettings(over_size="ignore")
-    with pytest.raises(ValueError, match="action"):
-        ClamavSettings(action="delete")
-    with pytest.raises(ValueError, match="not a clamd address"):
-        ClamavPlugin(ClamavSettings(servers=["localhost"]))
+def test_bad_settings_name_the_key() -> None:
+    with pytest.raises(ConfigError, match="over_size"):
+        clamav(["127.0.0.1:3310"], over_size="ignore")
+    with pytest.raises(ConfigError, match="action"):
+        clamav(["127.0.0.1:3310"], action="delete")
+    with pytest.raises(ConfigError, match="servers"):
+        clamav(["localhost"])
 
 
 @given(

@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailgate import VerdictKind
-from mailgate.pipeline import ErrorPolicy
+from mailgate.config import ConfigError, load_settings
+from mailgate.pipeline import ErrorPolicy, Pipeline
 from mailgate.plugins.spamassassin import SpamassassinPlugin, SpamassassinSettings, SpamdError
 from mailgate.plugins.spamassassin.plugin import fold_status
 from mailgate.plugins.spamassassin.spamd_client import parse_symbols_response
@@ -19,7 +20,9 @@ FORGED = b"X-Spam-Flag: NO\r\nX-Spam-Status: No, score=-100.0\r\nX-Spam-Score: -
 
 
 def spamassassin(servers: list[str], **settings: object) -> SpamassassinPlugin:
-    return SpamassassinPlugin(SpamassassinSettings(servers=servers, **settings))  # type: ignore[arg-type]
+    """The plugin with settings as a conf.d file would give them."""
+    table = {"servers": servers, **settings}
+    return SpamassassinPlugin(load_settings(SpamassassinSettings, table, source="60-sa.toml"))
 
 
 @pytest.fixture(params=["tcp", "unix"])
@@ -116,6 +119,28 @@ async def test_failover_to_the_next_spamd(spamd: Spamd) -> None:
     verdict, tx = await m.run(m.gtube(), m.enabled("spamassassin", plugin))
     assert verdict is not None and verdict.kind is VerdictKind.REJECT
     assert tx.results["spamassassin"].details["server"] == spamd.unix_address
+
+
+async def test_thresholds_can_depend_on_the_session(spamd: Spamd) -> None:
+    # Stricter for unauthenticated clients: their ham is tagged, authenticated ham is not.
+    plugin = spamassassin(
+        [spamd.tcp_address],
+        tag_threshold=[{"if": "!authenticated", "then": -50.0}, {"else": 5.0}],
+    )
+    session, tx = m.make_transaction(m.ham())
+    await Pipeline([m.enabled("spamassassin", plugin)]).message(session, tx)
+    assert tx.results["spamassassin"].details["action"] == "tag"
+    session, tx = m.make_transaction(m.ham())
+    session.auth_login = "alice"
+    await Pipeline([m.enabled("spamassassin", plugin)]).message(session, tx)
+    assert tx.results["spamassassin"].details["action"] == "none"
+
+
+def test_bad_settings_name_the_key() -> None:
+    with pytest.raises(ConfigError, match="servers"):
+        spamassassin(["localhost"])
+    with pytest.raises(ConfigError, match="reject_threshold"):
+        spamassassin(["127.0.0.1:783"], reject_threshold="high")
 
 
 def test_symbols_response_is_parsed() -> None:
