@@ -1,0 +1,1 @@
+"""mailgate's test suite: unit tests, and integration tests against real mail daemons."""

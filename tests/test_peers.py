@@ -1,0 +1,108 @@
+"""Smoke tests for the test daemons: each starts, answers, and records what it received."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import time
+
+import pytest
+
+from tests.peers.ports import free_port
+from tests.peers.postfix import Postfix, PostfixFactory
+from tests.peers.process import PeerStartError, start_daemon
+from tests.peers.smtp_sink import SmtpSink, SmtpSinkFactory
+from tests.peers.workdir import PeerDirs
+
+MESSAGE = b"From: a@example.com\r\nSubject: smoke\r\n\r\nhello\r\n..dot line\r\n"
+
+
+def test_free_port_is_bindable_and_not_repeated() -> None:
+    ports = {free_port() for _ in range(20)}
+    assert len(ports) == 20
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports.pop()))
+
+
+def test_smtp_sink_records_envelope_and_data(smtp_sink: SmtpSink) -> None:
+    with smtplib.SMTP(smtp_sink.host, smtp_sink.port) as client:
+        client.sendmail(
+            "a@example.com", ["b@example.net", "c@example.net"], MESSAGE, ["BODY=8BITMIME"]
+        )
+    [tx] = smtp_sink.messages()
+    assert tx.mail_from == "a@example.com"
+    assert tx.mail_params == ("BODY=8BITMIME",)
+    assert tx.rcpts == ("b@example.net", "c@example.net")
+    assert tx.data == MESSAGE
+    assert tx.header("subject") == "smoke"
+
+
+def test_smtp_sink_hard_fails_rcpt(smtp_sink_factory: SmtpSinkFactory) -> None:
+    sink = smtp_sink_factory(hard_reject=["RCPT"])
+    with smtplib.SMTP(sink.host, sink.port) as client:
+        client.ehlo()
+        client.mail("a@example.com")
+        code, _ = client.rcpt("b@example.net")
+    assert code == 500
+    assert sink.messages() == []
+
+
+def test_smtp_sink_soft_fails_data(smtp_sink_factory: SmtpSinkFactory) -> None:
+    sink = smtp_sink_factory(soft_reject=["DATA"])
+    with smtplib.SMTP(sink.host, sink.port) as client, pytest.raises(smtplib.SMTPDataError) as err:
+        client.sendmail("a@example.com", ["b@example.net"], MESSAGE)
+    assert err.value.smtp_code == 450
+
+
+def test_daemon_that_exits_reports_its_output(peer_dirs: PeerDirs) -> None:
+    with pytest.raises(PeerStartError, match="no such option"):
+        start_daemon(
+            "failing",
+            ["sh", "-c", "echo no such option; exit 3"],
+            workdir=peer_dirs.new("failing"),
+            probe=lambda: False,
+        )
+
+
+def test_postfix_relays_to_its_sink(postfix: Postfix, smtp_sink: SmtpSink) -> None:
+    with smtplib.SMTP(postfix.host, postfix.port) as client:
+        client.sendmail("a@example.com", ["b@example.net"], MESSAGE)
+    [tx] = smtp_sink.wait_for_messages(1)
+    assert tx.rcpts == ("b@example.net",)
+    assert tx.header("Subject") == "smoke"
+    postfix.wait_for_log(r"to=<b@example\.net>.*status=sent")
+
+
+def test_postfix_delivers_local_test_to_maildir(postfix: Postfix) -> None:
+    with smtplib.SMTP(postfix.host, postfix.port) as client:
+        client.sendmail("a@example.com", ["u1@local.test"], MESSAGE)
+    [msg] = postfix.wait_for_delivered(1)
+    assert msg.delivered_to == "u1@local.test"
+    assert msg.message["Subject"] == "smoke"
+
+
+def test_postfix_test_rules_refuse_recipients(postfix: Postfix) -> None:
+    with smtplib.SMTP(postfix.host, postfix.port) as client:
+        client.ehlo()
+        client.mail("a@example.com")
+        assert client.rcpt("reject-me@example.net")[0] == 550
+        assert client.rcpt("tempfail@example.net")[0] == 450
+        assert client.rcpt("ok@example.net")[0] == 250
+
+
+def test_postfix_queue_shows_held_message(postfix: Postfix) -> None:
+    with smtplib.SMTP(postfix.host, postfix.port) as client:
+        client.sendmail("a@example.com", ["b@example.net"], b"X-Test-Hold: yes\r\n\r\nbody\r\n")
+    deadline = time.monotonic() + 10
+    while not (queue := postfix.queue()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [entry] = queue
+    assert entry.held
+    assert entry.recipients == ("b@example.net",)
+
+
+def test_postfix_listener_added_after_start(postfix_factory: PostfixFactory) -> None:
+    pf = postfix_factory()
+    port = pf.add_listener(options={"smtpd_banner": "$myhostname extra listener"})
+    with socket.create_connection((pf.host, port), timeout=5) as sock:
+        assert b"extra listener" in sock.recv(512)
