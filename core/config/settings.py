@@ -97,7 +97,17 @@ def load_settings(
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(source, prefix or "(file)", dict(table), str(exc)) from None
+        raise _refused(exc, table, source, prefix) from None
+
+
+def _refused(exc: Exception, table: Mapping[str, Any], source: str, prefix: str) -> ConfigError:
+    """The settings class's own check (``__post_init__``) refused: name the key it complains of."""
+    message = str(exc)
+    for name, value in table.items():
+        if re.match(rf"{re.escape(name)}\b", message):
+            key = f"{prefix}.{name}" if prefix else name
+            return ConfigError(source, key, value, message)
+    return ConfigError(source, prefix or "(file)", dict(table), message)
 
 
 @functools.cache

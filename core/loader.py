@@ -1,0 +1,332 @@
+"""Read a configuration directory and build everything it describes, checking every key.
+
+``DIR/mailgate.toml`` (optional) holds the core tables: ``[mailgate]``, ``[logging]``,
+``[[listener]]``, ``[relay]`` and ``[relay_control]``. Each ``DIR/NN-name.toml`` enables one plugin,
+in file-name order; the plugin is found by entry-point name in the group ``mailgate.plugins``.
+Any mistake is a `mailgate.config.ConfigError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from mailgate.config import ConfigError, is_host_port, load_settings
+from mailgate.config.errors import Text
+from mailgate.expressions import Expression, ExpressionError
+from mailgate.logging import LoggingSettings
+from mailgate.pipeline import EnabledPlugin, ErrorPolicy, Pipeline
+from mailgate.plugin import ENTRY_POINT_GROUP
+from mailgate.plugins.relay_control import RelayControl
+from mailgate.relay import RelaySettings
+from mailgate.smtp.settings import SmtpListenerSettings
+
+CORE_FILE = "mailgate.toml"
+PLUGIN_FILE = re.compile(r"^(\d+)-([A-Za-z0-9_.-]+)\.toml$")
+RESERVED = frozenset({"plugin", "enabled", "when", "timeout", "on_error", "concurrent"})
+"""Keys of a plugin file that configure how the plugin is run, not the plugin itself."""
+RELAY_CONTROL = "relay_control"
+
+
+@dataclass(slots=True)
+class MailgateSettings:
+    """The ``[mailgate]`` table."""
+
+    hostname: str = ""
+    """This host's name, used by listeners whose own `hostname` is empty; empty: the FQDN."""
+
+
+@dataclass(slots=True)
+class ListenerConfig:
+    """One ``[[listener]]`` table: its `type` (``smtp`` or ``milter``) and its settings."""
+
+    type: str
+    settings: Any
+    source: str
+
+
+@dataclass(slots=True)
+class PluginConfig:
+    """One enabled plugin: where it was configured and how it runs."""
+
+    name: str
+    """The entry-point name."""
+    source: str
+    """The file that enabled it."""
+    cls: type
+    settings: Any
+    when: Expression | None = None
+    timeout: float = 30.0
+    on_error: ErrorPolicy = ErrorPolicy.TEMPFAIL
+    concurrent: bool = False
+
+
+@dataclass(slots=True)
+class Config:
+    """A whole configuration, checked. `pipeline()` builds the plugin chain it describes."""
+
+    directory: Path | None
+    mailgate: MailgateSettings = field(default_factory=MailgateSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    listeners: list[ListenerConfig] = field(default_factory=list)
+    relay: RelaySettings = field(default_factory=RelaySettings)
+    relay_control: PluginConfig | None = None
+    plugins: list[PluginConfig] = field(default_factory=list)
+    disabled: list[tuple[str, str]] = field(default_factory=list)
+    """``(plugin, file)`` of plugin files with ``enabled = false``."""
+
+    @property
+    def chain(self) -> list[PluginConfig]:
+        """The plugins in calling order: relay control first, then ``conf.d`` order."""
+        first = [self.relay_control] if self.relay_control is not None else []
+        return first + self.plugins
+
+    def pipeline(self) -> Pipeline:
+        """Make one instance of each plugin and the `Pipeline` that calls them.
+
+        A plugin enabled by two files runs twice; the second is named ``name:file-stem``.
+        """
+        enabled = [_instantiate(p) for p in self.chain]
+        seen: set[str] = set()
+        for e in enabled:
+            if e.name in seen:
+                e.name = f"{e.name}:{Path(e.source).stem}"
+            seen.add(e.name)
+        try:
+            return Pipeline(enabled)
+        except pluggy.PluginValidationError as exc:
+            p = next(p for p in self.chain if p.name == exc.plugin_name)  # type: ignore[attr-defined]
+            raise ConfigError(p.source, "plugin", p.name, f"a valid plugin ({exc})") from None
+
+
+def installed_plugins() -> dict[str, importlib.metadata.EntryPoint]:
+    """Every plugin registered under the ``mailgate.plugins`` entry-point group, by name."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def plugin_files(directory: Path) -> list[Path]:
+    """The ``NN-name.toml`` files of `directory`, in the order their plugins run."""
+    return sorted(p for p in directory.iterdir() if PLUGIN_FILE.match(p.name) and p.is_file())
+
+
+def load_config(
+    directory: Path | str | None, *, listen: str | None = None, relay: str | None = None
+) -> Config:
+    """Read and check `directory` (None: built-in defaults); `listen`/`relay` override addresses.
+
+    `listen` replaces the address of the first SMTP listener (one is made if there is none);
+    `relay` replaces ``relay.address``. Raises `ConfigError`; plugins are not yet instantiated
+    (`Config.pipeline` does that).
+    """
+    path = Path(directory) if directory is not None else None
+    if path is not None and not path.is_dir():
+        raise ConfigError(str(path), "(directory)", Text("no such directory"), "a directory")
+    core_path = path / CORE_FILE if path is not None else None
+    core: dict[str, Any] = {}
+    source = str(core_path) if core_path is not None else CORE_FILE
+    if core_path is not None and core_path.exists():
+        core = _read_toml(core_path)
+    config = _core(core, source, path)
+    _override(config, listen=listen, relay=relay)
+    if path is not None:
+        installed = installed_plugins()
+        for file in plugin_files(path):
+            plugin = _plugin(file, installed)
+            if plugin is None:
+                continue
+            config.plugins.append(plugin)
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), "(syntax)", Text(str(exc)), "valid TOML") from None
+    except OSError as exc:
+        raise ConfigError(
+            str(path), "(file)", Text(exc.strerror or str(exc)), "a readable file"
+        ) from None
+
+
+_CORE_KEYS = ("mailgate", "logging", "listener", "relay", "relay_control")
+
+
+def _core(table: dict[str, Any], source: str, path: Path | None) -> Config:
+    for key in table:
+        if key not in _CORE_KEYS:
+            raise ConfigError.unknown_key(source, key, key, _CORE_KEYS)
+    config = Config(directory=path)
+    config.mailgate = load_settings(
+        MailgateSettings, _table(table, "mailgate", source), source=source, prefix="mailgate"
+    )
+    config.logging = load_settings(
+        LoggingSettings, _table(table, "logging", source), source=source, prefix="logging"
+    )
+    relay = _table(table, "relay", source)
+    _check_address(relay.get("address", "127.0.0.1:25"), source, "relay.address")
+    config.relay = load_settings(RelaySettings, relay, source=source, prefix="relay")
+    listeners = table.get("listener", [])
+    if not isinstance(listeners, list) or not all(isinstance(t, dict) for t in listeners):
+        raise ConfigError(source, "listener", listeners, "[[listener]] tables")
+    for i, t in enumerate(listeners):
+        config.listeners.append(_listener(t, source, f"listener[{i}]"))
+    config.relay_control = _relay_control(_table(table, "relay_control", source), source)
+    return config
+
+
+def _table(table: Mapping[str, Any], key: str, source: str) -> Mapping[str, Any]:
+    value = table.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(source, key, value, f"a [{key}] table")
+    return value
+
+
+def _check_address(value: object, source: str, key: str) -> None:
+    if not isinstance(value, str) or not is_host_port(value):
+        raise ConfigError(source, key, value, '"host:port"')
+
+
+def _listener(table: Mapping[str, Any], source: str, key: str) -> ListenerConfig:
+    kind = table.get("type", "smtp")
+    if kind == "smtp":
+        _check_address(table.get("address", "127.0.0.1:2525"), source, f"{key}.address")
+        settings: Any = load_settings(
+            SmtpListenerSettings, table, source=source, prefix=key, skip=frozenset({"type"})
+        )
+    elif kind == "milter":
+        settings = _milter_settings(table, source, key)
+    else:
+        raise ConfigError(source, f"{key}.type", kind, 'one of "smtp", "milter"')
+    return ListenerConfig(kind, settings, source)
+
+
+def _milter_settings(table: Mapping[str, Any], source: str, key: str) -> Any:
+    # Looked up by name: the milter listener is built separately and may not be there yet.
+    milter = importlib.import_module("mailgate.milter")
+    settings_cls = getattr(milter, "MilterListenerSettings", None)
+    if settings_cls is None:
+        expected = '"smtp" (this build has no milter listener yet)'
+        raise ConfigError(source, f"{key}.type", "milter", expected)
+    return load_settings(settings_cls, table, source=source, prefix=key, skip=frozenset({"type"}))
+
+
+def _override(config: Config, *, listen: str | None, relay: str | None) -> None:
+    smtp = [lc for lc in config.listeners if lc.type == "smtp"]
+    if not smtp and (listen is not None or not config.listeners):
+        config.listeners.insert(0, ListenerConfig("smtp", SmtpListenerSettings(), "(default)"))
+    if listen is not None:
+        _check_address(listen, "--listen", "address")
+        first = next(lc for lc in config.listeners if lc.type == "smtp")
+        first.settings.address = listen
+        first.source = "--listen"
+    if relay is not None:
+        _check_address(relay, "--relay", "address")
+        config.relay.address = relay
+
+
+def _run_options(
+    table: Mapping[str, Any], source: str, name: str, cls: type
+) -> tuple[bool, PluginConfig]:
+    prefix = name if source.endswith(CORE_FILE) else ""
+    enabled = table.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(source, _key(prefix, "enabled"), enabled, "true or false")
+    timeout = table.get("timeout", 30.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ConfigError(source, _key(prefix, "timeout"), timeout, "a positive number of seconds")
+    policy = table.get("on_error", "tempfail")
+    policies = {p.value: p for p in ErrorPolicy}
+    if policy not in policies:
+        expected = "one of " + ", ".join(f'"{v}"' for v in policies)
+        raise ConfigError(source, _key(prefix, "on_error"), policy, expected)
+    concurrent = table.get("concurrent", bool(getattr(cls, "concurrent", False)))
+    if not isinstance(concurrent, bool):
+        raise ConfigError(source, _key(prefix, "concurrent"), concurrent, "true or false")
+    when = table.get("when")
+    condition = None
+    if when is not None:
+        if not isinstance(when, str):
+            raise ConfigError(source, _key(prefix, "when"), when, "a CEL expression (string)")
+        try:
+            condition = Expression(when)
+        except ExpressionError as exc:
+            raise ConfigError(
+                source, _key(prefix, "when"), when, f"a valid CEL expression: {exc}"
+            ) from None
+    settings_cls = getattr(cls, "Settings", None)
+    rest = {k: v for k, v in table.items() if k not in RESERVED}
+    if settings_cls is None:
+        for k in rest:
+            raise ConfigError.unknown_key(source, _key(prefix, k), k, RESERVED)
+        settings = None
+    else:
+        settings = load_settings(settings_cls, rest, source=source, prefix=prefix)
+    plugin = PluginConfig(
+        name, source, cls, settings, condition, float(timeout), policies[policy], concurrent
+    )
+    return enabled, plugin
+
+
+def _key(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _relay_control(table: Mapping[str, Any], source: str) -> PluginConfig | None:
+    if "plugin" in table:
+        raise ConfigError.unknown_key(source, "relay_control.plugin", "plugin", RESERVED)
+    enabled, plugin = _run_options(table, source, RELAY_CONTROL, RelayControl)
+    plugin.source = source
+    return plugin if enabled else None
+
+
+def _plugin(file: Path, installed: dict[str, importlib.metadata.EntryPoint]) -> PluginConfig | None:
+    source = str(file)
+    table = _read_toml(file)
+    match = PLUGIN_FILE.match(file.name)
+    assert match is not None
+    name = table.get("plugin", match.group(2))
+    if not isinstance(name, str):
+        raise ConfigError(source, "plugin", name, "a plugin name (string)")
+    if name == RELAY_CONTROL:
+        raise ConfigError(
+            source, "plugin", name, "another plugin (relay_control is set in mailgate.toml)"
+        )
+    ep = installed.get(name)
+    if ep is None:
+        known = ", ".join(sorted(installed)) or "none installed"
+        raise ConfigError(source, "plugin", name, f"an installed plugin ({known})")
+    try:
+        cls = ep.load()
+    except Exception as exc:
+        raise ConfigError(
+            source, "plugin", name, f"a plugin that imports ({type(exc).__name__}: {exc})"
+        ) from None
+    enabled, plugin = _run_options(table, source, name, cls)
+    return plugin if enabled else None
+
+
+def _instantiate(p: PluginConfig) -> EnabledPlugin:
+    try:
+        instance = p.cls(p.settings) if p.settings is not None else p.cls()
+    except (TypeError, ValueError) as exc:
+        refused = Text("settings the plugin refused")
+        raise ConfigError(p.source, "(settings)", refused, str(exc)) from None
+    return EnabledPlugin(
+        name=p.name,
+        instance=instance,
+        when=p.when,
+        timeout=p.timeout,
+        on_error=p.on_error,
+        concurrent=p.concurrent,
+        source=p.source,
+    )

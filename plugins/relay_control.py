@@ -1,0 +1,78 @@
+"""Relay control: who may send mail through mailgate to where. On by default.
+
+A recipient is accepted when its domain is one of ``domains`` (``example.org`` matches exactly,
+``.example.org`` matches any sub-domain), or when the client is in ``networks``, or when the
+client authenticated (``authenticated_may_relay``). Anything else gets
+``554 5.7.1 Relay access denied`` at RCPT, so mailgate is never an open relay.
+
+Configured in the ``[relay_control]`` table of ``mailgate.toml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mailgate.config import Networks
+from mailgate.expressions import ip_in
+from mailgate.plugin import hookimpl
+from mailgate.session import Address, Session
+from mailgate.verdict import Verdict
+
+
+@dataclass(slots=True)
+class RelayControlSettings:
+    """The ``[relay_control]`` table."""
+
+    domains: list[str] = field(default_factory=list)
+    """Domains mailgate receives mail for; ``.example.org`` means every sub-domain of it."""
+    networks: Networks = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    """Clients in these networks may send to any domain (relay)."""
+    authenticated_may_relay: bool = True
+    """Clients that authenticated (SMTP AUTH) may send to any domain."""
+    reply_code: int = 554
+    """The refusal's SMTP code (554, or 550 as some sites prefer)."""
+    reply_text: str = "Relay access denied"
+    """The refusal's text."""
+
+
+class RelayControl:
+    """Refuses recipients mailgate must not relay to (see the module docstring)."""
+
+    Settings = RelayControlSettings
+
+    def __init__(self, settings: RelayControlSettings | None = None) -> None:
+        self.settings = settings or RelayControlSettings()
+        exact: set[str] = set()
+        subs: list[str] = []
+        for d in self.settings.domains:
+            d = d.lower().rstrip(".")
+            if d.startswith("."):
+                subs.append(d)
+            else:
+                exact.add(d)
+        self._exact = frozenset(exact)
+        self._subs = tuple(subs)
+        self._networks = tuple(self.settings.networks)
+
+    def local_domain(self, domain: str) -> bool:
+        """True if mail for `domain` is accepted from anyone."""
+        domain = domain.lower().rstrip(".")
+        return domain in self._exact or (bool(self._subs) and domain.endswith(self._subs))
+
+    def may_relay(self, session: Session) -> bool:
+        """True if this client may send to any domain."""
+        if session.auth_login and self.settings.authenticated_may_relay:
+            return True
+        return ip_in(session.client_ip, self._networks)
+
+    @hookimpl
+    def on_rcpt(self, session: Session, recipient: Address) -> Verdict | None:
+        """Refuse a recipient outside `domains` from a client that may not relay."""
+        if self.local_domain(recipient.domain) or self.may_relay(session):
+            return None
+        return Verdict.reject(
+            self.settings.reply_code,
+            "5.7.1",
+            self.settings.reply_text,
+            reason=f"relay to {recipient.domain or recipient.address} from {session.client_ip}",
+        )
