@@ -6,8 +6,11 @@ import smtplib
 import socket
 import time
 
+import dns.flags
+import dns.resolver
 import pytest
 
+from tests.peers.dns import EXAMPLE_ZONE, DnsServer
 from tests.peers.ports import free_port
 from tests.peers.postfix import Postfix, PostfixFactory
 from tests.peers.process import PeerStartError, start_daemon
@@ -106,3 +109,31 @@ def test_postfix_listener_added_after_start(postfix_factory: PostfixFactory) -> 
     port = pf.add_listener(options={"smtpd_banner": "$myhostname extra listener"})
     with socket.create_connection((pf.host, port), timeout=5) as sock:
         assert b"extra listener" in sock.recv(512)
+
+
+def test_dns_server_answers_authoritatively(dns_server: DnsServer) -> None:
+    dns_server.add_zone(EXAMPLE_ZONE)
+    dns_server.add_records("example.com.", 'sel1._domainkey IN TXT ( "v=DKIM1; " "p=abc" )')
+    res = dns_server.resolver()
+    mx = res.resolve("example.com", "MX")
+    assert [r.exchange.to_text() for r in mx] == ["mail.example.com."]
+    assert mx.response.flags & dns.flags.AA
+    assert res.resolve("www.example.com", "A")[0].address == "192.0.2.10"
+    txt = res.resolve("sel1._domainkey.example.com", "TXT")[0]
+    assert b"".join(txt.strings) == b"v=DKIM1; p=abc"
+    with pytest.raises(dns.resolver.NXDOMAIN):
+        res.resolve("nope.example.com", "A")
+    with pytest.raises(dns.resolver.NoAnswer):
+        res.resolve("_domainkey.example.com", "TXT")
+    with pytest.raises(dns.resolver.NoAnswer):
+        res.resolve("example.com", "AAAA")
+    with pytest.raises(dns.resolver.NoNameservers):
+        res.resolve("other.org", "A")
+
+
+def test_dns_server_truncates_large_udp_answers_and_serves_tcp(dns_server: DnsServer) -> None:
+    records = "\n".join(f'big IN TXT "{"x" * 200} {i}"' for i in range(20))
+    dns_server.add_zone(f"$ORIGIN big.test.\n$TTL 60\n{records}\n")
+    answer = dns_server.resolver().resolve("big.big.test", "TXT")
+    assert len(answer) == 20
+    assert {q.transport for q in dns_server.queries} == {"udp", "tcp"}
