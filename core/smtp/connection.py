@@ -1,0 +1,598 @@
+"""One SMTP client connection: commands in, pipeline and egress calls out, replies back.
+
+It only translates. Decisions come from the pipeline (plugins) and the downstream (egress);
+this module turns them into SMTP replies, reads DATA with `DataReader`, and makes sure the
+client never hears 250 for a message before the downstream accepted it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import structlog
+from aiosmtpd.smtp import SMTP
+
+from mailgate.egress import DownstreamTransaction, Egress, Reply
+from mailgate.message import Header, Message
+from mailgate.pipeline import Pipeline
+from mailgate.session import Address, Session, Transaction
+from mailgate.smtp import replies
+from mailgate.smtp.commands import parse_params, parse_path
+from mailgate.smtp.data import DataReader
+from mailgate.smtp.settings import SmtpListenerSettings
+from mailgate.verdict import Verdict, VerdictKind
+
+log = structlog.get_logger("mailgate.smtp")
+
+T = TypeVar("T")
+
+_READ_SIZE = 1 << 16
+_BODY_VALUES = ("7BIT", "8BITMIME")
+
+
+@dataclass(slots=True)
+class ListenerState:
+    """What every connection of one listener shares."""
+
+    settings: SmtpListenerSettings
+    hostname: str
+    pipeline: Callable[[], Pipeline]
+    egress: Egress
+    tls_context: ssl.SSLContext | None = None
+    connections: set[SmtpConnection] = field(default_factory=set)
+    cleanups: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class _Closed(Exception):
+    """The session is over: the client left, timed out, or was told 421."""
+
+
+class _NoTimer:
+    """aiosmtpd's idle timer is replaced by a timeout around each read."""
+
+    def cancel(self) -> None:
+        """Nothing to cancel."""
+
+
+class SmtpConnection(SMTP):
+    """The protocol object of one client connection (an aiosmtpd `SMTP` subclass)."""
+
+    def __init__(self, state: ListenerState) -> None:
+        # aiosmtpd's __init__ inspects the handler and itself on every connection (~0.7 ms);
+        # this class sets only the attributes the inherited connection plumbing uses.
+        asyncio.StreamReaderProtocol.__init__(
+            self,
+            asyncio.StreamReader(limit=_READ_SIZE),
+            client_connected_cb=self._cb_client_connected,
+        )
+        self.loop = asyncio.get_running_loop()
+        self.hostname = state.hostname
+        self.enable_SMTPUTF8 = True
+        self.tls_context = state.tls_context
+        self.session = None
+        self.envelope = None
+        self.transport = None
+        self._handler_coroutine = None
+        self._original_transport = None
+        self._tls_protocol = None
+        self._timeout_handle = _NoTimer()  # type: ignore[assignment]
+        self._state = state
+        self._settings = state.settings
+        self._prefetch = b""
+        self._refused: Verdict | None = None
+        self._errors = 0
+        self.mg: Session | None = None
+        self._pipeline: Pipeline | None = None
+        self._tx: Transaction | None = None
+        self._dtx: DownstreamTransaction | None = None
+        self._tx_started = 0.0
+        self._early: Verdict | None = None
+        self._commands: dict[str, Callable[[str], Awaitable[None]]] = {
+            "EHLO": self._ehlo,
+            "HELO": self._helo,
+            "MAIL": self._mail,
+            "RCPT": self._rcpt,
+            "DATA": self._data,
+            "RSET": self._rset,
+            "NOOP": self._noop,
+            "QUIT": self._quit,
+            "STARTTLS": self._starttls,
+            "VRFY": self._vrfy,
+            "EXPN": self._expn,
+            "HELP": self._help,
+        }
+
+    # -- aiosmtpd plumbing ---------------------------------------------------------------------
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """Timeouts are per read (`_read_line`, `_read_chunk`), not one idle timer."""
+
+    def eof_received(self) -> bool | None:
+        """Let the session finish the commands already received, instead of cancelling it."""
+        return asyncio.StreamReaderProtocol.eof_received(self)
+
+    async def _handle_client(self) -> None:
+        self._state.connections.add(self)
+        try:
+            await self._serve()
+        except (_Closed, ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("session failed")
+        finally:
+            self._state.connections.discard(self)
+            if self.transport is not None:
+                self.transport.close()
+            cleanup = self.loop.create_task(self._cleanup())
+            self._state.cleanups.add(cleanup)
+            cleanup.add_done_callback(self._state.cleanups.discard)
+
+    def shut_down(self, reply: bytes) -> None:
+        """Send `reply` (a 421) and close, whatever the session is doing (listener stop)."""
+        if self.transport is not None:
+            self._writer.write(reply)
+            self.transport.close()
+
+    async def _cleanup(self) -> None:
+        await self._end_transaction()
+        if self.mg is not None and self._pipeline is not None:
+            await self._pipeline.disconnect(self.mg)
+            log.info("session end", counters=self.mg.counters)
+
+    # -- the session -------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        assert self.transport is not None
+        peer = self.transport.get_extra_info("peername") or ("", 0)
+        self.mg = Session(
+            client_ip=str(peer[0]), client_port=int(peer[1]), listener=self._settings.name
+        )
+        structlog.contextvars.bind_contextvars(session=self.mg.id)
+        log.info("session start", client=self.mg.client_ip, port=self.mg.client_port)
+        self._pipeline = self._state.pipeline()
+        verdict = await self._pipeline.connect(self.mg)
+        if verdict is not None and verdict.is_refusal:
+            if verdict.kind is not VerdictKind.REJECT:
+                await self._close_with(Reply(421, "", f"{self.hostname} {verdict.text}"))
+            self._refused = verdict
+            await self._send(Reply(554, "", f"{self.hostname} {verdict.text}"))
+        else:
+            await self._send(Reply(220, "", f"{self.hostname} {self._settings.greeting}"))
+        while True:
+            line = await self._read_line()
+            await self._command(line)
+
+    async def _command(self, line: bytes) -> None:
+        verb_bytes, _, arg_bytes = line.rstrip(b"\r\n").partition(b" ")
+        verb = verb_bytes.upper().decode("ascii", "replace")
+        arg = arg_bytes.strip().decode("utf-8", "surrogateescape")
+        if self._refused is not None and verb != "QUIT":
+            await self._send(replies.REFUSED_SESSION)
+            return
+        handler = self._commands.get(verb)
+        if handler is None:
+            await self._send(replies.UNKNOWN_COMMAND)
+            return
+        await handler(arg)
+
+    async def _send(self, reply: Reply) -> None:
+        """Write one reply; count errors and close after too many."""
+        self._writer.write(reply.smtp_reply().encode("utf-8", "surrogateescape") + b"\r\n")
+        if reply.code >= 400 and reply.code != 421:
+            self._errors += 1
+            assert self.mg is not None
+            self.mg.count("errors")
+            if 0 < self._settings.max_errors < self._errors:
+                await self._close_with(replies.TOO_MANY_ERRORS)
+        await self._writer.drain()
+
+    async def _close_with(self, reply: Reply) -> None:
+        self._writer.write(reply.smtp_reply().encode("utf-8", "surrogateescape") + b"\r\n")
+        if self.transport is not None:
+            self.transport.close()
+        raise _Closed
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def _read_line(self) -> bytes:
+        limit = self._settings.max_command_length
+        try:
+            async with asyncio.timeout(self._settings.command_timeout):
+                line = await self._next_line()
+        except TimeoutError:
+            await self._close_with(replies.TIMEOUT)
+        except asyncio.LimitOverrunError:
+            await self._skip_long_line()
+            line = b""
+        if not line or len(line) > limit:
+            await self._send(replies.LINE_TOO_LONG)
+            return await self._read_line()
+        return line
+
+    async def _next_line(self) -> bytes:
+        prefetch = self._prefetch
+        if prefetch:
+            lf = prefetch.find(b"\n")
+            if lf >= 0:
+                self._prefetch = prefetch[lf + 1 :]
+                return prefetch[: lf + 1]
+            self._prefetch = b""
+            return prefetch + await self._reader.readuntil(b"\n")
+        return await self._reader.readuntil(b"\n")
+
+    async def _skip_long_line(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self._settings.command_timeout):
+                    await self._reader.readuntil(b"\n")
+                return
+            except asyncio.LimitOverrunError as overrun:
+                await self._reader.readexactly(overrun.consumed)
+            except TimeoutError:
+                await self._close_with(replies.TIMEOUT)
+
+    async def _read_chunk(self) -> bytes:
+        if self._prefetch:
+            chunk, self._prefetch = self._prefetch, b""
+            return chunk
+        try:
+            async with asyncio.timeout(self._settings.data_timeout):
+                chunk = await self._reader.read(_READ_SIZE)
+        except TimeoutError:
+            await self._close_with(replies.TIMEOUT)
+        if not chunk:
+            raise _Closed
+        return chunk
+
+    # -- commands ------------------------------------------------------------------------------
+
+    async def _helo_common(self, name: str) -> bool:
+        assert self.mg is not None and self._pipeline is not None
+        if not name:
+            await self._send(replies.SYNTAX)
+            return False
+        await self._end_transaction()
+        verdict = await self._pipeline.helo(self.mg, name)
+        if verdict is not None and verdict.is_refusal:
+            await self._refuse(verdict)
+            return False
+        self.mg.helo = name
+        return True
+
+    async def _ehlo(self, arg: str) -> None:
+        if not await self._helo_common(arg):
+            return
+        lines = [
+            self.hostname,
+            "PIPELINING",
+            f"SIZE {self._settings.max_message_size}",
+            "8BITMIME",
+            "SMTPUTF8",
+        ]
+        if self.tls_context is not None and self.mg is not None and not self.mg.tls:
+            lines.append("STARTTLS")
+        lines.append("ENHANCEDSTATUSCODES")
+        await self._send(Reply(250, "", "\n".join(lines)))
+
+    async def _helo(self, arg: str) -> None:
+        if await self._helo_common(arg):
+            await self._send(Reply(250, "", self.hostname))
+
+    async def _noop(self, arg: str) -> None:
+        await self._send(replies.OK)
+
+    async def _rset(self, arg: str) -> None:
+        await self._end_transaction()
+        await self._send(replies.OK)
+
+    async def _quit(self, arg: str) -> None:
+        await self._end_transaction()
+        self._writer.write(replies.BYE.smtp_reply().encode() + b"\r\n")
+        raise _Closed
+
+    async def _vrfy(self, arg: str) -> None:
+        await self._send(replies.VRFY if arg else replies.SYNTAX)
+
+    async def _expn(self, arg: str) -> None:
+        await self._send(replies.EXPN)
+
+    async def _help(self, arg: str) -> None:
+        await self._send(replies.HELP)
+
+    async def _starttls(self, arg: str) -> None:
+        assert self.mg is not None
+        if self.tls_context is None or self.mg.tls:
+            await self._send(replies.TLS_UNAVAILABLE)
+            return
+        if arg:
+            await self._send(replies.SYNTAX)
+            return
+        await self._end_transaction()
+        # Anything sent after STARTTLS in clear text is an injection attempt (CVE-2011-0411).
+        self._prefetch = b""
+        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        await self._send(replies.START_TLS)
+        try:
+            await self._writer.start_tls(self.tls_context)
+        except (ssl.SSLError, OSError) as exc:
+            log.info("TLS handshake failed", reason=str(exc))
+            raise _Closed from exc
+        self.transport = self._writer.transport
+        ssl_object = self.transport.get_extra_info("ssl_object")
+        self.mg.tls = True
+        self.mg.helo = ""
+        if ssl_object is not None:
+            self.mg.tls_version = ssl_object.version() or ""
+            cipher = ssl_object.cipher()
+            self.mg.tls_cipher = cipher[0] if cipher else ""
+        log.info("TLS started", version=self.mg.tls_version, cipher=self.mg.tls_cipher)
+
+    # -- envelope ------------------------------------------------------------------------------
+
+    async def _mail(self, arg: str) -> None:
+        assert self.mg is not None and self._pipeline is not None
+        if not self.mg.helo:
+            await self._send(replies.NEED_HELO)
+            return
+        if self._tx is not None:
+            await self._send(replies.NESTED_MAIL)
+            return
+        parsed = self._parse_envelope_arg(arg, "FROM:")
+        if parsed is None:
+            await self._send(replies.SYNTAX)
+            return
+        address, params, raw_params = parsed
+        problem = self._check_mail_params(address, params)
+        if problem is not None:
+            await self._send(problem)
+            return
+        tx = Transaction(sender=Address(address, raw_params))
+        structlog.contextvars.bind_contextvars(tx=tx.id)
+        self._tx_started = time.monotonic()
+        verdict = await self._pipeline.mail(self.mg, tx)
+        if verdict is not None and verdict.is_refusal:
+            structlog.contextvars.unbind_contextvars("tx")
+            await self._refuse(verdict)
+            return
+        begun = await self._downstream(self._state.egress.begin(self.mg, tx))
+        if begun is None or begun[1] is None:
+            structlog.contextvars.unbind_contextvars("tx")
+            await self._send(_refusal(begun[0] if begun else None))
+            return
+        self._tx, self._dtx = tx, begun[1]
+        self._early = _early_verdict(verdict)
+        await self._send(replies.SENDER_OK)
+
+    def _check_mail_params(self, address: str, params: dict[str, str | None]) -> Reply | None:
+        size = params.pop("SIZE", None)
+        body = params.pop("BODY", "7BIT")
+        smtputf8 = "SMTPUTF8" in params
+        params.pop("SMTPUTF8", None)
+        if params or (size is not None and not size.isdigit()):
+            return replies.UNKNOWN_PARAMETER if params else replies.SYNTAX
+        if body is None or body.upper() not in _BODY_VALUES:
+            return replies.SYNTAX
+        if size is not None and int(size) > self._settings.max_message_size:
+            return replies.message_too_big(self._settings.max_message_size)
+        if not smtputf8 and not address.isascii():
+            return replies.NO_SMTPUTF8
+        return None
+
+    async def _rcpt(self, arg: str) -> None:
+        assert self.mg is not None and self._pipeline is not None
+        tx, dtx = self._tx, self._dtx
+        if tx is None or dtx is None:
+            await self._send(replies.NEED_MAIL)
+            return
+        parsed = self._parse_envelope_arg(arg, "TO:")
+        if parsed is None or not parsed[0]:
+            await self._send(replies.SYNTAX)
+            return
+        address, params, raw_params = parsed
+        if params:
+            await self._send(replies.UNKNOWN_PARAMETER)
+            return
+        if not address.isascii() and not any(p.upper() == "SMTPUTF8" for p in tx.sender.params):
+            await self._send(replies.NO_SMTPUTF8)
+            return
+        if len(tx.recipients) >= self._settings.max_recipients:
+            await self._send(replies.TOO_MANY_RECIPIENTS)
+            return
+        recipient = Address(address, raw_params)
+        verdict = await self._pipeline.rcpt(self.mg, tx, recipient)
+        if verdict is not None and verdict.is_refusal:
+            await self._refuse(verdict)
+            return
+        reply = await self._downstream(dtx.rcpt(recipient))
+        if reply is None or not reply.ok:
+            await self._send(_refusal(reply))
+            return
+        tx.recipients.append(recipient)
+        self._early = self._early or _early_verdict(verdict)
+        await self._send(replies.RECIPIENT_OK)
+
+    @staticmethod
+    def _parse_envelope_arg(
+        arg: str, keyword: str
+    ) -> tuple[str, dict[str, str | None], list[str]] | None:
+        if arg[: len(keyword)].upper() != keyword:
+            return None
+        split = parse_path(arg[len(keyword) :])
+        if split is None:
+            return None
+        params = parse_params(split[1])
+        if params is None:
+            return None
+        return split[0], params, split[1].split()
+
+    # -- data ----------------------------------------------------------------------------------
+
+    async def _data(self, arg: str) -> None:
+        assert self.mg is not None and self._pipeline is not None
+        tx = self._tx
+        if tx is None:
+            await self._send(replies.NEED_MAIL)
+            return
+        if not tx.recipients:
+            await self._send(replies.NEED_RCPT)
+            return
+        if arg:
+            await self._send(replies.SYNTAX)
+            return
+        verdict = await self._pipeline.data(self.mg, tx)
+        if verdict is not None and verdict.is_refusal:
+            await self._finish(verdict, replies.from_verdict(verdict))
+            return
+        await self._send(replies.START_DATA)
+        reader = self._new_reader()
+        try:
+            headers, header_verdict = await self._read_data(reader, tx)
+        except BaseException:
+            reader.close()
+            raise
+        if reader.problem is not None:
+            reader.close()
+            s = self._settings
+            reply = replies.data_refused(
+                reader.problem,
+                max_line=s.max_line_length,
+                max_header=s.max_header_size,
+                max_size=s.max_message_size,
+            )
+            await self._finish(replies.to_verdict(reply, reason=reader.problem.name), reply)
+            return
+        tx.message = Message(headers, reader.body)
+        if header_verdict is not None and header_verdict.is_refusal:
+            await self._finish(header_verdict, replies.from_verdict(header_verdict))
+            return
+        await self._decide(tx)
+
+    def _new_reader(self) -> DataReader:
+        s = self._settings
+        return DataReader(
+            max_line_length=s.max_line_length,
+            max_header_size=s.max_header_size,
+            max_size=s.max_message_size,
+            normalize_bare_line_endings=s.bare_line_endings == "normalize",
+            spool_threshold=s.spool_threshold,
+        )
+
+    async def _read_data(
+        self, reader: DataReader, tx: Transaction
+    ) -> tuple[list[Header], Verdict | None]:
+        """Read to the real end of data; run `on_headers` as soon as the header block is in."""
+        assert self.mg is not None and self._pipeline is not None
+        headers: list[Header] | None = None
+        verdict: Verdict | None = None
+        while True:
+            chunk = await self._read_chunk()
+            used = reader.feed(chunk)
+            if headers is None and reader.headers_complete and reader.problem is None:
+                headers = reader.headers
+                verdict = await self._pipeline.headers(self.mg, tx, headers)
+            if used >= 0:
+                self._prefetch = chunk[used:]
+                return headers or [], verdict
+
+    async def _decide(self, tx: Transaction) -> None:
+        """Run `on_message`, then deliver, discard or refuse."""
+        assert self.mg is not None and self._pipeline is not None and self._dtx is not None
+        verdict = await self._pipeline.message(self.mg, tx)
+        if verdict is None or verdict.kind is VerdictKind.ACCEPT:
+            verdict = self._early or verdict
+        if verdict is not None and verdict.is_refusal:
+            await self._finish(verdict, replies.from_verdict(verdict))
+            return
+        if verdict is not None and verdict.kind is VerdictKind.DISCARD:
+            await self._finish(verdict, replies.from_verdict(verdict))
+            return
+        if verdict is not None and verdict.kind is VerdictKind.QUARANTINE:
+            if tx.quarantined is None:
+                tx.quarantine(verdict.reason or "quarantined by plugin")
+        elif tx.quarantined is not None:
+            verdict = Verdict.quarantine(reason=tx.quarantined)
+        dtx, self._dtx = self._dtx, None
+        reply = await self._downstream(dtx.deliver(self.mg, tx))
+        if reply is None or not 200 <= reply.code < 300:
+            self._dtx = dtx
+            refusal = _refusal(reply)
+            await self._finish(replies.to_verdict(refusal, reason="downstream"), refusal)
+            return
+        final = verdict if verdict is not None else Verdict.accept(reason="delivered")
+        self._errors = 0
+        await self._finish(final, reply, delivered=True)
+
+    async def _finish(self, verdict: Verdict, answer: Reply, *, delivered: bool = False) -> None:
+        """Answer the end of the transaction, report the outcome, and forget it."""
+        assert self.mg is not None and self._pipeline is not None
+        tx = self._tx
+        if tx is not None:
+            await self._pipeline.outcome(self.mg, tx, verdict)
+            self.mg.count("messages" if delivered else verdict.kind.value)
+            log.info(
+                "message outcome",
+                sender=tx.sender.address,
+                rcpts=len(tx.recipients),
+                size=tx.message.size if tx.message is not None else 0,
+                verdict=verdict.kind.value,
+                reason=verdict.reason,
+                reply=answer.smtp_reply(),
+                elapsed_ms=round((time.monotonic() - self._tx_started) * 1000, 2),
+            )
+        await self._end_transaction()
+        if verdict.kind is VerdictKind.DISCONNECT:
+            await self._close_with(answer)
+        await self._send(answer)
+
+    async def _refuse(self, verdict: Verdict) -> None:
+        """Answer a refused command; a disconnect verdict also closes the session."""
+        if verdict.kind is VerdictKind.DISCONNECT:
+            await self._end_transaction()
+            await self._close_with(replies.from_verdict(verdict))
+        await self._send(replies.from_verdict(verdict))
+
+    # -- downstream ------------------------------------------------------------------------------
+
+    async def _downstream(self, step: Awaitable[T]) -> T | None:
+        """Await one egress step with the egress timeout; None if it failed or timed out."""
+        try:
+            async with asyncio.timeout(self._settings.egress_timeout):
+                return await step
+        except TimeoutError:
+            log.warning("downstream timed out", timeout=self._settings.egress_timeout)
+        except Exception as exc:
+            log.error("downstream failed", reason=f"{type(exc).__name__}: {exc}")
+        return None
+
+    async def _end_transaction(self) -> None:
+        """Drop the current transaction: abort it downstream and release its spool."""
+        tx, dtx = self._tx, self._dtx
+        self._tx = self._dtx = self._early = None
+        if dtx is not None:
+            try:
+                await dtx.abort()
+            except Exception as exc:
+                log.warning("downstream abort failed", reason=f"{type(exc).__name__}: {exc}")
+        if tx is not None:
+            if tx.message is not None:
+                tx.message.close()
+            structlog.contextvars.unbind_contextvars("tx")
+
+
+def _refusal(reply: Reply | None) -> Reply:
+    """The downstream's refusal as is; 451 when there was none (it failed or timed out)."""
+    if reply is None:
+        return replies.DOWNSTREAM_FAILED
+    return reply if 400 <= reply.code < 600 else replies.LOCAL_ERROR
+
+
+def _early_verdict(verdict: Verdict | None) -> Verdict | None:
+    """A discard or quarantine given before the end of data: it applies at the end."""
+    if verdict is not None and verdict.kind in (VerdictKind.DISCARD, VerdictKind.QUARANTINE):
+        return verdict
+    return None

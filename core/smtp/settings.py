@@ -1,0 +1,69 @@
+"""`SmtpListenerSettings`: what one ``[[listener]]`` table with ``type = "smtp"`` may set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from mailgate.message import DEFAULT_SPOOL_THRESHOLD
+
+BareLineEndings = Literal["reject", "normalize"]
+
+
+@dataclass(slots=True)
+class SmtpListenerSettings:
+    """Settings of one SMTP listener. Every field has a default; sizes are in bytes."""
+
+    address: str = "127.0.0.1:2525"
+    """Where to listen, ``HOST:PORT`` (``[::1]:2525`` for IPv6; port 0 picks a free port)."""
+    name: str = "smtp"
+    """The listener's name, as plugins see it in ``session.listener``."""
+    hostname: str = ""
+    """The name in the greeting and the EHLO reply; empty: this host's FQDN, looked up once."""
+    max_message_size: int = 50 * 1024 * 1024
+    """Advertised with SIZE; larger messages get ``552 5.3.4`` (at MAIL or at the end of data)."""
+    max_line_length: int = 1000
+    """Longest DATA line, CRLF included (RFC 5321: 1000); longer: ``500 5.5.2``."""
+    max_command_length: int = 512
+    """Longest command line, CRLF included (RFC 5321: 512); longer: ``500 5.5.2``."""
+    max_header_size: int = 100 * 1024
+    """Largest header block; larger: ``552 5.3.4``."""
+    max_recipients: int = 1000
+    """Recipients per message; more: ``452 4.5.3`` for each extra RCPT."""
+    max_errors: int = 20
+    """Error replies per session before ``421 4.7.0`` and close (0: no limit)."""
+    command_timeout: float = 300.0
+    """Seconds to wait for the next command; then ``421 4.4.2`` and close."""
+    data_timeout: float = 300.0
+    """Seconds to wait for more DATA bytes; then ``421 4.4.2`` and close."""
+    egress_timeout: float = 600.0
+    """Ceiling in seconds on one downstream step (MAIL, RCPT, delivery); past it: ``451 4.4.2``."""
+    bare_line_endings: BareLineEndings = "reject"
+    """A bare LF or CR in DATA: ``reject`` (``554 5.6.0``) or ``normalize`` it to CRLF."""
+    spool_threshold: int = DEFAULT_SPOOL_THRESHOLD
+    """Message bodies larger than this are spooled to a temporary file, not held in memory."""
+    tls_cert: str = ""
+    """PEM certificate chain file; with `tls_key`, STARTTLS is offered."""
+    tls_key: str = ""
+    """PEM private key file for `tls_cert`."""
+    greeting: str = "ESMTP mailgate"
+    """Text after the host name in the 220 greeting."""
+
+    def __post_init__(self) -> None:
+        if self.bare_line_endings not in ("reject", "normalize"):
+            raise ValueError(
+                f"bare_line_endings must be 'reject' or 'normalize', not {self.bare_line_endings!r}"
+            )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        for name in ("max_message_size", "max_line_length", "max_command_length"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """`address` split into host and port."""
+        host, sep, port = self.address.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"address must be HOST:PORT, not {self.address!r}")
+        return host.strip("[]"), int(port)
