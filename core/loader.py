@@ -139,10 +139,11 @@ def load_config(
     if path is not None:
         installed = installed_plugins()
         for file in plugin_files(path):
-            plugin = _plugin(file, installed)
-            if plugin is None:
-                continue
-            config.plugins.append(plugin)
+            enabled, plugin = _plugin(file, installed)
+            if enabled:
+                config.plugins.append(plugin)
+            else:
+                config.disabled.append((plugin.name, plugin.source))
     return config
 
 
@@ -289,7 +290,9 @@ def _relay_control(table: Mapping[str, Any], source: str) -> PluginConfig | None
     return plugin if enabled else None
 
 
-def _plugin(file: Path, installed: dict[str, importlib.metadata.EntryPoint]) -> PluginConfig | None:
+def _plugin(
+    file: Path, installed: dict[str, importlib.metadata.EntryPoint]
+) -> tuple[bool, PluginConfig]:
     source = str(file)
     table = _read_toml(file)
     match = PLUGIN_FILE.match(file.name)
@@ -311,8 +314,7 @@ def _plugin(file: Path, installed: dict[str, importlib.metadata.EntryPoint]) -> 
         raise ConfigError(
             source, "plugin", name, f"a plugin that imports ({type(exc).__name__}: {exc})"
         ) from None
-    enabled, plugin = _run_options(table, source, name, cls)
-    return plugin if enabled else None
+    return _run_options(table, source, name, cls)
 
 
 def _instantiate(p: PluginConfig) -> EnabledPlugin:

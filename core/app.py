@@ -1,0 +1,145 @@
+"""`App`: what ``mailgate serve`` runs. Builds listeners, pipeline and egress from a `Config`.
+
+SIGHUP re-reads the configuration and swaps the plugin chain (and the logging settings): new
+sessions get the new chain, running ones keep theirs. A bad new configuration is refused and
+logged, and the old one stays. Listener and relay settings take effect at the next start.
+SIGTERM and SIGINT stop cleanly: listeners close, open sessions get 421, pooled connections QUIT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import signal
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from mailgate.config import ConfigError
+from mailgate.loader import Config, load_config
+from mailgate.logging import configure_logging
+from mailgate.pipeline import Pipeline
+from mailgate.relay import RelayEgress
+from mailgate.smtp.listener import SmtpListener
+
+log = structlog.get_logger("mailgate.app")
+
+
+class Listener(Protocol):
+    """What the app needs of a listener (SMTP or milter)."""
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        ...
+
+    async def start(self) -> None:
+        """Start accepting connections."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop accepting and close sessions."""
+        ...
+
+
+class App:
+    """One running mailgate: its configuration, plugin chain, listeners and egress.
+
+    `directory`, `listen` and `relay` are as for `mailgate.loader.load_config`; they are kept so
+    `reload` reads the same place with the same overrides.
+    """
+
+    def __init__(
+        self,
+        directory: Path | str | None,
+        *,
+        listen: str | None = None,
+        relay: str | None = None,
+        configure_logs: bool = True,
+    ) -> None:
+        self.directory = directory
+        self.listen = listen
+        self.relay = relay
+        self.configure_logs = configure_logs
+        self.config: Config = load_config(directory, listen=listen, relay=relay)
+        self.pipeline: Pipeline = self.config.pipeline()
+        self.egress = RelayEgress(self.config.relay)
+        self.listeners: list[Listener] = []
+        self.reloads = 0
+        """Configurations successfully swapped in by `reload`."""
+        self._stopping = asyncio.Event()
+
+    def current_pipeline(self) -> Pipeline:
+        """The chain new sessions get (what the listeners call per connection)."""
+        return self.pipeline
+
+    async def start(self) -> None:
+        """Configure logging and start every listener."""
+        if self.configure_logs:
+            configure_logging(self.config.logging)
+        for lc in self.config.listeners:
+            listener = self._listener(lc.type, lc.settings)
+            await listener.start()
+            self.listeners.append(listener)
+        log.info(
+            "started",
+            config=str(self.directory) if self.directory is not None else None,
+            plugins=[p.name for p in self.pipeline.plugins],
+            relay=self.config.relay.address,
+        )
+
+    def _listener(self, kind: str, settings: Any) -> Listener:
+        if kind == "smtp":
+            if not settings.hostname:
+                settings.hostname = self.config.mailgate.hostname
+            return SmtpListener(settings, pipeline=self.current_pipeline, egress=self.egress)
+        milter = importlib.import_module("mailgate.milter")
+        listener: Listener = milter.MilterListener(settings, pipeline=self.current_pipeline)
+        return listener
+
+    @property
+    def ports(self) -> list[int]:
+        """The bound port of each listener, in configuration order."""
+        return [listener.port for listener in self.listeners]
+
+    def reload(self) -> bool:
+        """Re-read the configuration and swap the plugin chain; False (and logged) if it is bad."""
+        try:
+            config = load_config(self.directory, listen=self.listen, relay=self.relay)
+            pipeline = config.pipeline()
+        except ConfigError as exc:
+            log.error("configuration refused, keeping the old one", error=str(exc))
+            return False
+        self.config, self.pipeline = config, pipeline
+        if self.configure_logs:
+            configure_logging(config.logging)
+        self.reloads += 1
+        log.info("configuration reloaded", plugins=[p.name for p in pipeline.plugins])
+        return True
+
+    def request_stop(self) -> None:
+        """Ask `run` to stop (what SIGTERM and SIGINT do)."""
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        """Stop the listeners, then close the downstream connections."""
+        for listener in self.listeners:
+            await listener.stop()
+        self.listeners.clear()
+        await self.egress.close()
+        log.info("stopped")
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT (SIGHUP reloads), then stop."""
+        loop = asyncio.get_running_loop()
+        await self.start()
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        try:
+            await self._stopping.wait()
+        finally:
+            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.stop()

@@ -1,0 +1,112 @@
+"""The ``mailgate`` command: ``serve``, ``check-config`` and ``plugins``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mailgate import __version__
+from mailgate.config import ConfigError
+from mailgate.loader import Config, installed_plugins, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mailgate", description="A plugin-oriented SMTP filtering host."
+    )
+    parser.add_argument("--version", action="version", version=f"mailgate {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument(
+            "--config",
+            "-c",
+            type=Path,
+            default=None,
+            metavar="DIR",
+            help="configuration directory: DIR/mailgate.toml and DIR/NN-*.toml (default: none)",
+        )
+        return p
+
+    serve = with_config("serve", "run mailgate until SIGTERM (SIGHUP reloads the configuration)")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="address of the first SMTP listener")
+    serve.add_argument("--relay", metavar="HOST:PORT", help="the downstream MTA")
+    check = with_config("check-config", "check the configuration and exit (0: good, 1: bad)")
+    check.add_argument("--listen", metavar="HOST:PORT", help=argparse.SUPPRESS)
+    check.add_argument("--relay", metavar="HOST:PORT", help=argparse.SUPPRESS)
+    with_config("plugins", "list installed plugins, which are enabled, and their order")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``mailgate`` command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args.config, args.listen, args.relay)
+        if args.command == "check-config":
+            config = load_config(args.config, listen=args.listen, relay=args.relay)
+            config.pipeline()
+            print(f"configuration OK: {_summary(config)}")
+            return 0
+        config = load_config(args.config)
+        print(_plugin_table(config))
+        return 0
+    except ConfigError as exc:
+        print(f"mailgate: configuration error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve(directory: Path | None, listen: str | None, relay: str | None) -> int:
+    from mailgate.app import App  # the server's imports are not needed by the other commands
+
+    async def run() -> None:
+        app = App(directory, listen=listen, relay=relay)
+        await app.run()
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        print(f"mailgate: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _summary(config: Config) -> str:
+    listeners = ", ".join(f"{lc.type} {lc.settings.address}" for lc in config.listeners)
+    plugins = ", ".join(p.name for p in config.chain) or "none"
+    return f"listeners: {listeners}; relay: {config.relay.address}; plugins: {plugins}"
+
+
+def _plugin_table(config: Config) -> str:
+    installed = installed_plugins()
+    order: dict[str, list[str]] = {}
+    for i, p in enumerate(config.chain, 1):
+        order.setdefault(p.name, []).append(f"{i}. {Path(p.source).name}")
+    lines = ["Installed plugins (entry-point group mailgate.plugins):"]
+    width = max((len(n) for n in installed), default=4)
+    for name in sorted(installed):
+        ep = installed[name]
+        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "?"
+        state = "; ".join(order.get(name, [])) or "-"
+        lines.append(f"  {name:<{width}}  {dist:<24} {ep.value:<50} {state}")
+    lines.append("")
+    lines.append("Enabled, in calling order:")
+    for i, p in enumerate(config.chain, 1):
+        extra = f"  when: {p.when.source}" if p.when is not None else ""
+        concurrent = "  concurrent" if p.concurrent else ""
+        lines.append(
+            f"  {i}. {p.name}  ({p.source}; timeout {p.timeout:g}s; on_error "
+            f"{p.on_error.value}){concurrent}{extra}"
+        )
+    for name, source in config.disabled:
+        lines.append(f"  -  {name}  ({source}: enabled = false)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
