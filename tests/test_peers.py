@@ -11,12 +11,18 @@ import dns.resolver
 import pytest
 
 from tests.peers.dns import EXAMPLE_ZONE, DnsServer
+from tests.peers.milter_probe import optneg
+from tests.peers.opendkim import OpenDkim
 from tests.peers.ports import free_port
 from tests.peers.postfix import Postfix, PostfixFactory
 from tests.peers.process import PeerStartError, start_daemon
 from tests.peers.smtp_sink import SmtpSink, SmtpSinkFactory
 from tests.peers.workdir import PeerDirs
 
+SIGNABLE = (
+    b"From: Alice <a@example.com>\r\nTo: b@example.net\r\nSubject: signed\r\n"
+    b"Date: Thu, 26 Nov 2026 01:00:00 +0000\r\n\r\nHello\r\n"
+)
 MESSAGE = b"From: a@example.com\r\nSubject: smoke\r\n\r\nhello\r\n..dot line\r\n"
 
 
@@ -137,3 +143,22 @@ def test_dns_server_truncates_large_udp_answers_and_serves_tcp(dns_server: DnsSe
     answer = dns_server.resolver().resolve("big.big.test", "TXT")
     assert len(answer) == 20
     assert {q.transport for q in dns_server.queries} == {"udp", "tcp"}
+
+
+def test_opendkim_signer_negotiates_and_signs_through_postfix(
+    opendkim_signer: OpenDkim, postfix_factory: PostfixFactory, smtp_sink: SmtpSink
+) -> None:
+    assert optneg(opendkim_signer.milter).version == 6
+    pf = postfix_factory(relay=smtp_sink, start=False)
+    port = pf.add_listener([opendkim_signer.milter])
+    pf.start()
+    with smtplib.SMTP(pf.host, port) as client:
+        client.sendmail("a@example.com", ["b@example.net"], SIGNABLE)
+    [tx] = smtp_sink.wait_for_messages(1)
+    assert "d=example.com" in (tx.header("DKIM-Signature") or "")
+
+
+def test_opendkim_verifier_negotiates(opendkim_verifier: OpenDkim) -> None:
+    reply = optneg(opendkim_verifier.milter)
+    assert reply.version == 6
+    assert reply.actions & 0x01  # SMFIF_ADDHDRS: it adds Authentication-Results
