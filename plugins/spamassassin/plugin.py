@@ -44,6 +44,12 @@ def fold_status(value: str, width: int = 76) -> str:
     return "\r\n\t".join(lines)
 
 
+def format_score(score: float) -> str:
+    """One decimal, as SpamAssassin writes scores; never ``-0.0``."""
+    text = f"{score:.1f}"
+    return "0.0" if text == "-0.0" else text
+
+
 class SpamassassinPlugin:
     """Score each message with spamd; tag, quarantine or reject by threshold.
 
@@ -109,6 +115,7 @@ class SpamassassinPlugin:
             rules=report.rules,
             action=action,
             required=tag,
+            spamd_threshold=report.threshold,
             server=report.server,
             elapsed_ms=elapsed_ms,
         )
@@ -133,11 +140,12 @@ class SpamassassinPlugin:
         is_spam = report.score >= tag
         if self.settings.add_headers:
             status = (
-                f"{'Yes' if is_spam else 'No'}, score={report.score:.1f} required={tag:.1f} "
+                f"{'Yes' if is_spam else 'No'}, score={format_score(report.score)} "
+                f"required={format_score(tag)} "
                 f"tests={','.join(report.rules) or 'none'}"
             )
             transaction.add_header("X-Spam-Status", fold_status(status))
-            transaction.add_header("X-Spam-Score", f"{report.score:.1f}")
+            transaction.add_header("X-Spam-Score", format_score(report.score))
         if not is_spam:
             return
         transaction.add_header("X-Spam-Flag", "YES")
