@@ -1,0 +1,176 @@
+"""The mailgate command: check-config, plugins, and serve as a real process with signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.peers.ports import free_port
+from tests.peers.smtp_sink import SmtpSink
+
+MAILGATE = [sys.executable, "-m", "mailgate.cli"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MAILGATE, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_check_config_accepts_a_good_directory(tmp_path: Path) -> None:
+    (tmp_path / "10-add_header.toml").write_text('name = "X-Test"\n')
+    result = run("check-config", "--config", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "plugins: relay_control, add_header" in result.stdout
+
+
+def test_check_config_names_file_key_found_expected(tmp_path: Path) -> None:
+    (tmp_path / "mailgate.toml").write_text("[relay]\naddress = 42\n")
+    result = run("check-config", "--config", str(tmp_path))
+    assert result.returncode == 1
+    expected = f'{tmp_path}/mailgate.toml: relay.address: found 42 (int), expected "host:port"'
+    assert expected in result.stderr
+
+
+def test_check_config_refuses_a_bad_plugin_file(tmp_path: Path) -> None:
+    (tmp_path / "20-add_header.toml").write_text('nmae = "X"\n')
+    result = run("check-config", "--config", str(tmp_path))
+    assert result.returncode == 1
+    assert f"{tmp_path}/20-add_header.toml: nmae: found an unknown key" in result.stderr
+    assert 'did you mean "name"?' in result.stderr
+
+
+def test_bundled_conf_d_is_valid() -> None:
+    conf_d = Path(__file__).parent.parent / "conf.d"
+    result = run("check-config", "--config", str(conf_d))
+    assert result.returncode == 0, result.stderr
+
+
+def test_plugins_lists_installed_enabled_and_order(tmp_path: Path) -> None:
+    (tmp_path / "10-add_header.toml").write_text("")
+    (tmp_path / "20-clamav.toml").write_text("enabled = false\n")
+    result = run("plugins", "--config", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for name in ("add_header", "clamav", "relay_control", "spamassassin"):
+        assert name in out
+    enabled = out.split("Enabled, in calling order:")[1]
+    assert enabled.index("1. relay_control") < enabled.index("2. add_header")
+    assert "clamav  (" in enabled and "enabled = false" in enabled
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"mailgate exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"mailgate did not listen on {port} within {timeout}s")
+
+
+@pytest.fixture
+def served(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = free_port()
+    log = (tmp_path / "mailgate.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            *MAILGATE,
+            "serve",
+            "--config",
+            str(tmp_path / "conf"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--relay",
+            f"{smtp_sink.host}:{smtp_sink.port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        wait_for_port(port, proc)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)
+        log.close()
+
+
+def send(port: int, subject: str) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.sendmail(
+            "a@example.net",
+            ["b@example.org"],
+            f"From: a@example.net\r\nSubject: {subject}\r\n\r\nhi\r\n".encode(),
+        )
+
+
+def log_lines(tmp_path: Path) -> list[dict[str, object]]:
+    lines = (tmp_path / "mailgate.log").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+@pytest.fixture
+def conf(tmp_path: Path) -> Path:
+    directory = tmp_path / "conf"
+    directory.mkdir()
+    return directory
+
+
+def test_serve_relays_reloads_on_sighup_and_stops_on_sigterm(
+    conf: Path, tmp_path: Path, smtp_sink: SmtpSink, served: tuple[subprocess.Popen[bytes], int]
+) -> None:
+    proc, port = served
+    send(port, "one")
+    (first,) = smtp_sink.wait_for_messages(1)
+    assert first.header("X-Reloaded") is None
+
+    (conf / "10-add_header.toml").write_text('name = "X-Reloaded"\nvalue = "yes"\n')
+    proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while not any(e["event"] == "configuration reloaded" for e in log_lines(tmp_path)):
+        assert time.monotonic() < deadline, "no reload logged"
+        time.sleep(0.05)
+    send(port, "two")
+    second = smtp_sink.wait_for_messages(2)[1]
+    assert second.header("X-Reloaded") == "yes"
+
+    (conf / "20-broken.toml").write_text("")
+    proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while not any(e["event"].startswith("configuration refused") for e in log_lines(tmp_path)):  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "no refusal logged"
+        time.sleep(0.05)
+    send(port, "three")
+    third = smtp_sink.wait_for_messages(3)[2]
+    assert third.header("X-Reloaded") == "yes", "the old configuration stays"
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    events = log_lines(tmp_path)
+    assert events[-1]["event"] == "stopped"
+    session_lines = [e for e in events if e.get("session")]
+    assert session_lines, "session ids are on the lines of a session"
+
+
+def test_serve_with_a_bad_configuration_does_not_start(tmp_path: Path) -> None:
+    (tmp_path / "mailgate.toml").write_text('[[listener]]\naddress = "nowhere"\n')
+    result = run("serve", "--config", str(tmp_path))
+    assert result.returncode == 1
+    assert 'listener[0].address: found "nowhere" (str), expected "host:port"' in result.stderr
