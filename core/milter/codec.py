@@ -19,6 +19,10 @@ _U32 = struct.Struct("!I")
 _OPTNEG = struct.Struct("!III")
 
 
+Direction = Literal["commands", "replies"]
+"""Which side's frames a decoder reads: the MTA's (``commands``) or the filter's (``replies``)."""
+
+
 class MilterProtocolError(Exception):
     """A frame that is malformed, oversized or not allowed here. The connection must close."""
 
@@ -634,7 +638,7 @@ _REPLIES: dict[bytes, Callable[[bytes], Frame]] = {
 }
 
 
-def decode_frame(code: bytes, data: bytes, direction: Literal["commands", "replies"]) -> Frame:
+def decode_frame(code: bytes, data: bytes, direction: Direction) -> Frame:
     """One frame's code and data as a typed object; `direction` says which side sent it."""
     table = _COMMANDS if direction == "commands" else _REPLIES
     parse = table.get(code)
@@ -655,7 +659,7 @@ class FrameDecoder:
 
     def __init__(
         self,
-        direction: Literal["commands", "replies"],
+        direction: Direction,
         *,
         max_frame: int = DEFAULT_MAX_FRAME,
     ) -> None:

@@ -94,7 +94,7 @@ def test_replies_round_trip(frames: list[c.Frame]) -> None:
 
 
 @given(st.binary(max_size=300), st.sampled_from(["commands", "replies"]))
-def test_random_bytes_raise_only_protocol_errors(junk: bytes, direction: str) -> None:
+def test_random_bytes_raise_only_protocol_errors(junk: bytes, direction: c.Direction) -> None:
     decoder = c.FrameDecoder(direction, max_frame=4096)
     with contextlib.suppress(c.MilterProtocolError):
         decoder.feed(junk)
@@ -104,7 +104,7 @@ def test_random_bytes_raise_only_protocol_errors(junk: bytes, direction: str) ->
 def test_truncated_frames_wait_or_fail_cleanly(frame: c.Frame, data: st.DataObject) -> None:
     wire = c.encode(frame)
     keep = data.draw(st.integers(0, len(wire) - 1))
-    direction = "commands" if isinstance(frame, c.MilterCommand) else "replies"
+    direction: c.Direction = "commands" if isinstance(frame, c.MilterCommand) else "replies"
     assert c.FrameDecoder(direction).feed(wire[:keep]) == []
     # The same bytes with a length header that claims only what is there: malformed, not a crash.
     body = wire[4:keep] if keep > 4 else wire[4:5]

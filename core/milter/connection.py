@@ -1,0 +1,252 @@
+"""One milter connection from the MTA: frames in, pipeline stages called, replies out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from typing import IO
+
+import structlog
+
+from mailgate.message import Header, Message, new_spool
+from mailgate.milter import codec as c
+from mailgate.milter.macros import decode_macros, new_session, update_session, update_transaction
+from mailgate.milter.negotiation import Negotiated, negotiate
+from mailgate.milter.protocol import Command
+from mailgate.milter.replies import actions, verdict_reply
+from mailgate.milter.settings import MilterListenerSettings
+from mailgate.pipeline import Pipeline
+from mailgate.session import Address, Session, Transaction
+from mailgate.verdict import Verdict, VerdictKind
+
+log = structlog.get_logger("mailgate.milter")
+
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+_READ_SIZE = 1 << 18
+
+
+def _address(raw: bytes) -> str:
+    text = raw.decode("utf-8", "surrogateescape").strip()
+    return text[1:-1] if text.startswith("<") and text.endswith(">") else text
+
+
+def _params(raw: tuple[bytes, ...]) -> list[str]:
+    return [p.decode("utf-8", "surrogateescape") for p in raw]
+
+
+class MilterConnection:
+    """The milter side of one MTA connection: one or more SMTP sessions (QUIT_NC), in order."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        settings: MilterListenerSettings,
+        pipeline: Pipeline,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.settings = settings
+        self.pipeline = pipeline
+        self.agreed: Negotiated | None = None
+        self.session: Session | None = None
+        self.tx: Transaction | None = None
+        self.macros: dict[str, str] = {}
+        self.headers: list[Header] = []
+        self.spool: IO[bytes] | None = None
+        self.out: list[bytes] = []
+        self.closing = False
+        sock = writer.get_extra_info("socket")
+        self._tcp = sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
+        self._sock = sock
+        if self._tcp:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    async def run(self) -> None:
+        """Serve the connection until QUIT, EOF, a timeout or a protocol error."""
+        decoder = c.FrameDecoder("commands", max_frame=self.settings.max_frame)
+        peer = self.writer.get_extra_info("peername")
+        try:
+            while not self.closing:
+                async with asyncio.timeout(self.settings.idle_timeout):
+                    data = await self.reader.read(_READ_SIZE)
+                if not data:
+                    break
+                if self._tcp and _QUICKACK is not None:
+                    # Linux drops back to delayed ACKs after a while; re-arm after every read.
+                    self._sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+                for frame in decoder.feed(data):
+                    await self.handle(frame)  # type: ignore[arg-type]
+                    if self.closing:
+                        break
+                if self.out:
+                    self.writer.write(b"".join(self.out))
+                    self.out.clear()
+                    await self.writer.drain()
+        except c.MilterProtocolError as exc:
+            log.warning("milter protocol error, closing connection", peer=peer, reason=str(exc))
+        except TimeoutError:
+            log.info("milter connection idle, closing", peer=peer)
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            log.info("milter connection lost", peer=peer, reason=str(exc))
+        finally:
+            await self.end_session()
+            self.writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await self.writer.wait_closed()
+
+    # -- dispatch ---------------------------------------------------------------------------------
+
+    def reply(self, frame: c.Frame) -> None:
+        """Queue a frame; all queued frames go out in one write after the current read."""
+        self.out.append(c.encode(frame))
+
+    def answer(self, command: Command, verdict: Verdict | None) -> None:
+        """Reply to a step, unless the MTA agreed not to wait for one."""
+        assert self.agreed is not None
+        if self.agreed.replies_to(command):
+            self.reply(verdict_reply(verdict, end_of_message=False))
+
+    async def handle(self, frame: c.MilterCommand) -> None:
+        """Act on one frame from the MTA."""
+        if self.agreed is None and not isinstance(frame, c.OptNeg):
+            raise c.MilterProtocolError(f"{type(frame).__name__} before option negotiation")
+        match frame:
+            case c.OptNeg():
+                self.agreed, answer = negotiate(frame, self.pipeline)
+                self.reply(answer)
+            case c.Macro(_, pairs):
+                self.macros = decode_macros(pairs)
+                if self.session is not None:
+                    update_session(self.session, self.macros)
+                if self.tx is not None:
+                    update_transaction(self.tx, self.macros)
+            case c.Connect():
+                await self.on_connect(frame)
+            case c.Helo(name):
+                await self.on_helo(name.decode("utf-8", "surrogateescape"))
+            case c.Mail(sender, params):
+                await self.on_mail(Address(_address(sender), _params(params)))
+            case c.Rcpt(recipient, params):
+                await self.on_rcpt(Address(_address(recipient), _params(params)))
+            case c.Data():
+                self.answer(Command.DATA, await self.pipeline.data(*self.current()))
+            case c.Header(name, value):
+                self.on_header(name, value)
+            case c.EndOfHeaders():
+                session, tx = self.current()
+                verdict = await self.pipeline.headers(session, tx, list(self.headers))
+                self.answer(Command.EOH, verdict)
+            case c.Body(chunk):
+                self.body().write(chunk)
+                self.answer(Command.BODY, None)
+            case c.EndOfMessage(chunk):
+                if chunk:
+                    self.body().write(chunk)
+                await self.on_end_of_message()
+            case c.Abort():
+                self.end_transaction()
+            case c.Quit():
+                self.closing = True
+            case c.QuitNoClose():
+                await self.end_session()
+            case c.Unknown():
+                self.answer(Command.UNKNOWN, None)
+
+    # -- stages -----------------------------------------------------------------------------------
+
+    def current(self) -> tuple[Session, Transaction]:
+        """The session and transaction, made up if the MTA skipped the steps that create them."""
+        if self.session is None:
+            self.session = new_session(c.Connect(b"", b"U"), self.macros, self.settings.name)
+        if self.tx is None:
+            self.tx = Transaction(Address(""))
+            update_transaction(self.tx, self.macros)
+        return self.session, self.tx
+
+    async def on_connect(self, frame: c.Connect) -> None:
+        """CONNECT: a new session."""
+        macros = self.macros
+        await self.end_session()
+        self.session = new_session(frame, macros, self.settings.name)
+        log.debug("milter session", session=self.session.id, client=self.session.client_ip)
+        self.answer(Command.CONNECT, await self.pipeline.connect(self.session))
+
+    async def on_helo(self, name: str) -> None:
+        """HELO: remember the name (a new HELO replaces it)."""
+        session, _ = self.current()
+        session.helo = name
+        self.answer(Command.HELO, await self.pipeline.helo(session, name))
+
+    async def on_mail(self, sender: Address) -> None:
+        """MAIL FROM: a new transaction."""
+        self.end_transaction()
+        self.tx = Transaction(sender)
+        update_transaction(self.tx, self.macros)
+        session = self.current()[0]
+        verdict = await self.pipeline.mail(session, self.tx)
+        self.answer(Command.MAIL, verdict)
+        if verdict is not None and verdict.is_refusal:
+            await self.pipeline.outcome(session, self.tx, verdict)
+            self.end_transaction()
+
+    async def on_rcpt(self, recipient: Address) -> None:
+        """RCPT TO: the recipient joins the transaction unless a plugin refuses it."""
+        session, tx = self.current()
+        verdict = await self.pipeline.rcpt(session, tx, recipient)
+        if verdict is None or not verdict.is_refusal:
+            tx.recipients.append(recipient)
+        self.answer(Command.RCPT, verdict)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """One header: kept as it will be written, with CRLF inside folded values."""
+        assert self.agreed is not None
+        text = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        raw = text.decode("utf-8", "surrogateescape")
+        key = name.decode("utf-8", "surrogateescape")
+        self.headers.append(Header(key, raw) if self.agreed.leading_space else Header.new(key, raw))
+        self.answer(Command.HEADER, None)
+
+    def body(self) -> IO[bytes]:
+        """The spool the body goes to."""
+        if self.spool is None:
+            self.spool = new_spool(self.settings.spool_threshold)
+        return self.spool
+
+    async def on_end_of_message(self) -> None:
+        """End of message: run `on_message`, send the modifications and the verdict."""
+        assert self.agreed is not None
+        session, tx = self.current()
+        if tx.message is None:
+            tx.message = Message(self.headers, self.body())
+            self.spool = None
+        verdict = await self.pipeline.message(session, tx)
+        if verdict is None or not verdict.is_refusal:
+            if verdict is not None and verdict.kind is VerdictKind.QUARANTINE:
+                tx.quarantine(verdict.reason or "quarantined by policy")
+            for action in actions(tx.modifications, tx.message, self.agreed):
+                self.reply(action)
+        self.reply(verdict_reply(verdict, end_of_message=True))
+        await self.pipeline.outcome(session, tx, verdict or Verdict.accept())
+        self.end_transaction()
+
+    # -- endings ----------------------------------------------------------------------------------
+
+    def end_transaction(self) -> None:
+        """Forget the current message (ABORT, a new MAIL, or its end)."""
+        if self.tx is not None and self.tx.message is not None:
+            self.tx.message.close()
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+        self.tx = None
+        self.headers = []
+
+    async def end_session(self) -> None:
+        """The SMTP session is over: run `on_disconnect` once."""
+        self.end_transaction()
+        if self.session is not None:
+            session, self.session = self.session, None
+            await self.pipeline.disconnect(session)
+        self.macros = {}

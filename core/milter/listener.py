@@ -1,0 +1,97 @@
+"""The milter listener: mailgate as a milter for Postfix (or sendmail), on TCP or a unix socket.
+
+Every connection runs the same plugin chain as the SMTP listener. The sockets are tuned for
+the milter's ping-pong traffic: TCP_NODELAY, each group of replies in one write, and
+TCP_QUICKACK re-armed after every read, which removes the two ~40 ms Nagle/delayed-ACK stalls
+that libmilter milters suffer on TCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import stat
+from collections.abc import Callable
+
+import structlog
+
+from mailgate.milter.connection import MilterConnection
+from mailgate.milter.settings import MilterListenerSettings
+from mailgate.pipeline import Pipeline
+
+log = structlog.get_logger("mailgate.milter")
+
+
+class MilterListener:
+    """Accepts milter connections and serves each with the pipeline current at its start.
+
+    `pipeline` is called once per connection, so a configuration reload (a new `Pipeline`)
+    applies to new connections while running ones finish with the chain they started with.
+    """
+
+    def __init__(
+        self, settings: MilterListenerSettings, *, pipeline: Callable[[], Pipeline]
+    ) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._address = settings.socket_address
+
+    @property
+    def port(self) -> int:
+        """The TCP port actually bound (0 for a unix socket or before `start`)."""
+        if self._server is None or self._address.is_unix:
+            return 0
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def address(self) -> str:
+        """Where the listener is, in Postfix's ``smtpd_milters`` syntax."""
+        if self._address.is_unix:
+            return f"unix:{self._address.path}"
+        host = self._address.host
+        return f"inet:{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind the socket and start accepting connections."""
+        addr = self._address
+        if addr.is_unix:
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(os.stat(addr.path).st_mode):
+                    os.unlink(addr.path)  # a stale socket from a previous run
+            self._server = await asyncio.start_unix_server(self._serve, path=addr.path)
+            os.chmod(addr.path, self.settings.socket_mode)
+        else:
+            self._server = await asyncio.start_server(
+                self._serve, addr.host, addr.port, reuse_address=True
+            )
+        log.info("milter listener started", listener=self.settings.name, address=self.address)
+
+    async def stop(self) -> None:
+        """Stop accepting, close running connections and remove a unix socket."""
+        if self._server is None:
+            return
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+        self._server = None
+        if self._address.is_unix:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._address.path)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await MilterConnection(reader, writer, self.settings, self.pipeline()).run()
+        except Exception:
+            log.exception("milter connection failed", listener=self.settings.name)
+            writer.close()
+        finally:
+            self._tasks.discard(task)

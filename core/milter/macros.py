@@ -1,0 +1,55 @@
+"""Postfix's milter macros become session and transaction fields."""
+
+from __future__ import annotations
+
+from mailgate.milter.codec import Connect
+from mailgate.session import Session, Transaction
+
+
+def macro_name(raw: bytes) -> str:
+    """``{auth_authen}`` -> ``auth_authen``; one-letter names (``i``, ``j``) stay as they are."""
+    name = raw.decode("utf-8", "surrogateescape")
+    return name[1:-1] if name.startswith("{") and name.endswith("}") else name
+
+
+def decode_macros(pairs: tuple[tuple[bytes, bytes], ...]) -> dict[str, str]:
+    """Macro name/value pairs from the wire as a dict with names without braces."""
+    return {macro_name(k): v.decode("utf-8", "surrogateescape") for k, v in pairs}
+
+
+def _ip(address: str) -> str:
+    return address[5:] if address.lower().startswith("ipv6:") else address
+
+
+def new_session(connect: Connect, macros: dict[str, str], listener: str) -> Session:
+    """The session for a CONNECT, its facts taken from the frame and the connect macros."""
+    address = connect.address.decode("ascii", "replace")
+    name = connect.hostname.decode("utf-8", "surrogateescape")
+    if connect.family not in (b"4", b"6"):
+        address = macros.get("client_addr", "")
+    if name.startswith("[") or name == "unknown":
+        name = ""
+    port = connect.port if connect.family in (b"4", b"6") else 0
+    if not port and macros.get("client_port", "").isdigit():
+        port = int(macros["client_port"])
+    session = Session(client_ip=_ip(address), client_port=port, client_name=name, listener=listener)
+    session.ingress = "milter"
+    update_session(session, macros)
+    return session
+
+
+def update_session(session: Session, macros: dict[str, str]) -> None:
+    """Take newly received macros into the session: TLS, authenticated login, the rest as-is."""
+    session.macros.update(macros)
+    if macros.get("tls_version"):
+        session.tls = True
+        session.tls_version = macros["tls_version"]
+        session.tls_cipher = macros.get("cipher", session.tls_cipher)
+    if macros.get("auth_authen"):
+        session.auth_login = macros["auth_authen"]
+
+
+def update_transaction(transaction: Transaction, macros: dict[str, str]) -> None:
+    """Take the queue id (macro ``i``) into the transaction once Postfix has one."""
+    if macros.get("i"):
+        transaction.queue_id = macros["i"]

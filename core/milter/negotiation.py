@@ -1,0 +1,92 @@
+"""Option negotiation for the milter listener: ask the MTA only for what the plugins need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mailgate.milter.codec import MilterProtocolError, OptNeg, OptNegReply
+from mailgate.milter.protocol import (
+    ALL_ACTIONS,
+    MAX_VERSION,
+    MIN_VERSION,
+    NO_REPLY,
+    Action,
+    Command,
+    MacroStage,
+    Step,
+)
+from mailgate.pipeline import Pipeline
+
+MACRO_REQUESTS: tuple[tuple[MacroStage, bytes], ...] = (
+    (
+        MacroStage.CONNECT,
+        b"j _ {daemon_name} {daemon_addr} {client_addr} {client_port} {client_ptr}",
+    ),
+    (MacroStage.HELO, b"{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}"),
+    (MacroStage.ENVFROM, b"i {auth_type} {auth_authen} {auth_author} {mail_addr}"),
+    (MacroStage.ENVRCPT, b"i {rcpt_addr}"),
+    (MacroStage.DATA, b"i"),
+    (MacroStage.EOH, b"i"),
+    (MacroStage.EOM, b"i"),
+)
+"""The macros the listener asks for at each stage (when the MTA offers SMFIF_SETSYMLIST)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Negotiated:
+    """What both sides agreed on for one connection."""
+
+    version: int
+    actions: Action
+    protocol: Step
+
+    def replies_to(self, command: Command) -> bool:
+        """True if the MTA waits for a reply to `command`."""
+        flag = NO_REPLY.get(command)
+        return flag is not None and not self.protocol & flag
+
+    @property
+    def leading_space(self) -> bool:
+        """True if header values keep their leading space, both ways."""
+        return bool(self.protocol & Step.HDR_LEADSPC)
+
+
+def wanted_steps(pipeline: Pipeline) -> Step:
+    """The protocol flags the listener would like for this plugin chain.
+
+    The envelope steps always come (plugins read the session and envelope at later stages),
+    but without a reply when no plugin decides there. Headers and body come only when a plugin
+    looks at content; EOH and DATA only when a plugin has a hook there.
+    """
+    steps = Step.NOUNKNOWN | Step.NR_UNKN | Step.NR_HDR | Step.NR_BODY | Step.HDR_LEADSPC
+    for hook, flag in (
+        ("on_connect", Step.NR_CONN),
+        ("on_helo", Step.NR_HELO),
+        ("on_mail", Step.NR_MAIL),
+        ("on_rcpt", Step.NR_RCPT),
+    ):
+        if not pipeline.implements(hook):
+            steps |= flag
+    if not pipeline.implements("on_data"):
+        steps |= Step.NODATA
+    if not pipeline.implements("on_headers"):
+        steps |= Step.NOEOH
+    if not pipeline.implements("on_message"):
+        steps |= Step.NOBODY
+        if not pipeline.implements("on_headers"):
+            steps |= Step.NOHDRS
+    return steps
+
+
+def negotiate(offer: OptNeg, pipeline: Pipeline) -> tuple[Negotiated, OptNegReply]:
+    """Answer the MTA's OPTNEG with only what it offered; raise if its version is unusable."""
+    if offer.version < MIN_VERSION:
+        raise MilterProtocolError(f"milter protocol version {offer.version} is not supported")
+    version = min(offer.version, MAX_VERSION)
+    actions = Action(offer.actions) & ALL_ACTIONS
+    protocol = wanted_steps(pipeline) & Step(offer.protocol)
+    macros: tuple[tuple[int, bytes], ...] = ()
+    if actions & Action.SETSYMLIST:
+        macros = tuple((int(stage), names) for stage, names in MACRO_REQUESTS)
+    agreed = Negotiated(version, actions, protocol)
+    return agreed, OptNegReply(version, int(actions), int(protocol), macros)

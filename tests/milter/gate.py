@@ -1,0 +1,127 @@
+"""A milter listener in a background event loop, with Postfix in front: the tests' harness."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from mailgate.milter.listener import MilterListener
+from mailgate.milter.settings import MilterListenerSettings
+from mailgate.pipeline import EnabledPlugin, ErrorPolicy, Pipeline
+from tests.peers.postfix import DeliveredMessage, Postfix
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An asyncio loop running in a daemon thread, so synchronous tests can drive Postfix."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        """Run `coro` in the loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        """Stop the loop and its thread."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+class Chain:
+    """The plugin chain the listeners use; tests swap it between messages."""
+
+    def __init__(self) -> None:
+        self.pipeline = Pipeline([])
+
+    def use(self, *plugins: object, on_error: ErrorPolicy = ErrorPolicy.TEMPFAIL) -> None:
+        """Enable `plugins`, in order, for the next connections."""
+        self.pipeline = Pipeline(
+            [
+                EnabledPlugin(f"p{i}", p, timeout=2.0, on_error=on_error)
+                for i, p in enumerate(plugins)
+            ]
+        )
+
+
+@dataclass
+class Sent:
+    """What swaks saw."""
+
+    returncode: int
+    output: str
+    queue_id: str = ""
+    test_id: str = ""
+
+    def replies(self) -> list[str]:
+        """The server's reply lines (``<-`` and ``<**``), without the arrows."""
+        return [line[4:] for line in self.output.splitlines() if line.startswith(("<- ", "<**"))]
+
+
+@dataclass
+class Route:
+    """One way into Postfix: an smtpd port whose milter is one of mailgate's listeners."""
+
+    name: str
+    port: int
+    protocol: int
+
+
+@dataclass
+class Gate:
+    """Postfix with one smtpd per (transport, protocol), all using mailgate as their milter."""
+
+    postfix: Postfix
+    chain: Chain
+    routes: list[Route] = field(default_factory=list)
+
+    def send(
+        self,
+        route: Route,
+        *,
+        sender: str = "alice@example.com",
+        to: Sequence[str] = ("bob@local.test",),
+        headers: Sequence[str] = (),
+        body: str = "Hello.\r\n",
+        extra: Sequence[str] = (),
+    ) -> Sent:
+        """Send one message with swaks through `route`; a unique X-Test-Id header marks it."""
+        test_id = uuid.uuid4().hex
+        argv = ["swaks", "--server", f"127.0.0.1:{route.port}", "--from", sender]
+        argv += ["--to", ",".join(to), "--helo", "client.example"]
+        argv += ["--header", f"X-Test-Id: {test_id}", "--body", body, "--timeout", "20"]
+        for h in headers:
+            argv += ["--header", h]
+        proc = subprocess.run([*argv, *extra], capture_output=True, text=True, timeout=60)
+        match = re.search(r"queued as ([0-9A-F]+)", proc.stdout)
+        return Sent(proc.returncode, proc.stdout, match.group(1) if match else "", test_id)
+
+    def delivered(
+        self, sent: Sent, count: int = 1, timeout: float = 10.0
+    ) -> list[DeliveredMessage]:
+        """The Maildir copies of `sent` (waits for `count` of them)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [d for d in self.postfix.delivered() if sent.test_id.encode() in d.data]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.03)
+
+
+def start_listener(loop: LoopThread, chain: Chain, address: str) -> MilterListener:
+    """A milter listener on `address`, serving `chain`, in `loop`."""
+    settings = MilterListenerSettings(address=address, socket_mode=0o666)
+    listener = MilterListener(settings, pipeline=lambda: chain.pipeline)
+    loop.run(listener.start())
+    return listener

@@ -1,0 +1,299 @@
+"""The milter listener with a real Postfix as its client: verdicts, modifications, macros.
+
+Every test runs over four smtpd listeners of one Postfix: mailgate on TCP and on a unix socket,
+each with ``milter_protocol = 6`` and ``2``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from mailgate import Address, Message, Session, Transaction, Verdict, hookimpl
+from mailgate.pipeline import ErrorPolicy
+from tests.milter.gate import Chain, Gate, LoopThread, Route, start_listener
+from tests.peers.postfix import Postfix
+from tests.peers.workdir import PeerDirs
+
+
+@pytest.fixture(scope="module")
+def gate(peer_dirs: PeerDirs) -> Iterator[Gate]:
+    """mailgate's milter listeners (TCP and unix) behind one Postfix with four smtpd ports."""
+    loop = LoopThread()
+    chain = Chain()
+    sock_dir = peer_dirs.new("milter")
+    tcp = start_listener(loop, chain, "inet:127.0.0.1:0")
+    unix = start_listener(loop, chain, f"unix:{sock_dir}/mailgate.sock")
+    postfix = Postfix(peer_dirs.new("postfix"))
+    g = Gate(postfix, chain)
+    for name, listener in (("tcp", tcp), ("unix", unix)):
+        for protocol in (6, 2):
+            port = postfix.add_listener([listener.address], protocol=protocol)
+            g.routes.append(Route(f"{name}-v{protocol}", port, protocol))
+    postfix.start()
+    try:
+        yield g
+    finally:
+        postfix.stop()
+        loop.run(tcp.stop())
+        loop.run(unix.stop())
+        loop.close()
+
+
+@pytest.fixture
+def routes(gate: Gate) -> Iterator[list[Route]]:
+    """The four routes; the chain is emptied after the test."""
+    yield gate.routes
+    gate.chain.use()
+
+
+def header(msg: bytes, name: str) -> list[str]:
+    """Values of header `name` in a delivered message (unfolded)."""
+    from email.parser import BytesHeaderParser
+
+    return [str(v) for v in BytesHeaderParser().parsebytes(msg).get_all(name, [])]
+
+
+# -- plugins used by the tests --------------------------------------------------------------
+
+
+class OnMessage:
+    """Calls `fn(transaction, message)` at the end of data and returns its result."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    @hookimpl
+    def on_message(self, transaction: Transaction, message: Message) -> Verdict | None:
+        """Delegate to `fn`."""
+        result: Verdict | None = self.fn(transaction, message)
+        return result
+
+
+class OnRcpt:
+    """Refuses recipients whose local part starts with ``no``."""
+
+    @hookimpl
+    def on_rcpt(self, recipient: Address) -> Verdict | None:
+        """Tempfail ``no*`` recipients with our own text."""
+        if recipient.local_part.startswith("no"):
+            return Verdict.tempfail(452, "4.2.2", "Mailbox full, says the plugin")
+        return None
+
+
+class Recorder:
+    """Keeps what each stage saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    @hookimpl
+    async def on_message(self, session: Session, transaction: Transaction) -> None:
+        """Record the session and transaction facts."""
+        self.seen.append(
+            {
+                "ip": session.client_ip,
+                "port": session.client_port,
+                "name": session.client_name,
+                "helo": session.helo,
+                "daemon": session.macros.get("daemon_name", ""),
+                "queue_id": transaction.queue_id,
+                "sender": transaction.sender.address,
+                "sender_params": transaction.sender.params,
+                "rcpts": [r.address for r in transaction.recipients],
+                "ingress": session.ingress,
+            }
+        )
+
+
+# -- delivery and verdicts ---------------------------------------------------------------------
+
+
+def test_message_passes_unchanged_without_plugins(gate: Gate, routes: list[Route]) -> None:
+    for route in routes:
+        sent = gate.send(route, headers=["Subject: plain"])
+        assert sent.returncode == 0, sent.output
+        (copy,) = gate.delivered(sent)
+        assert header(copy.data, "Subject") == ["plain"], route.name
+
+
+def test_reject_at_end_of_data_carries_the_plugins_reply(gate: Gate, routes: list[Route]) -> None:
+    gate.chain.use(OnMessage(lambda tx, msg: Verdict.reject(554, "5.7.9", "Not today, plugin")))
+    for route in routes:
+        sent = gate.send(route)
+        assert sent.returncode != 0, route.name
+        assert "554 5.7.9 Not today, plugin" in sent.replies(), (route.name, sent.output)
+        assert gate.delivered(sent, timeout=0.3) == []
+
+
+def test_tempfail_at_rcpt_refuses_only_that_recipient(gate: Gate, routes: list[Route]) -> None:
+    gate.chain.use(OnRcpt())
+    for route in routes:
+        sent = gate.send(route, to=["nobody@local.test", "yes@local.test"])
+        assert "452 4.2.2 Mailbox full, says the plugin" in sent.replies(), route.name
+        (copy,) = gate.delivered(sent)
+        assert copy.delivered_to == "yes@local.test"
+
+
+def test_discard_delivers_nothing_but_says_yes(gate: Gate, routes: list[Route]) -> None:
+    gate.chain.use(OnMessage(lambda tx, msg: Verdict.discard(reason="test")))
+    for route in routes:
+        sent = gate.send(route)
+        assert sent.returncode == 0, sent.output
+        gate.postfix.wait_for_log(rf"{sent.queue_id}: milter-discard")
+        assert gate.delivered(sent, timeout=0.3) == []
+
+
+def test_accept_delivers(gate: Gate, routes: list[Route]) -> None:
+    gate.chain.use(OnMessage(lambda tx, msg: Verdict.accept()))
+    for route in routes:
+        sent = gate.send(route)
+        assert sent.returncode == 0, sent.output
+        assert len(gate.delivered(sent)) == 1
+
+
+def test_quarantine_puts_the_message_on_hold(gate: Gate, routes: list[Route]) -> None:
+    gate.chain.use(OnMessage(lambda tx, msg: Verdict.quarantine(reason="looks odd")))
+    for route in routes:
+        sent = gate.send(route)
+        assert sent.returncode == 0, sent.output
+        held = [e for e in gate.postfix.queue() if e.queue_id == sent.queue_id]
+        assert held and held[0].held, (route.name, gate.postfix.queue())
+        gate.postfix.wait_for_log(rf"{sent.queue_id}: milter-hold: END-OF-MESSAGE")
+
+
+def test_disconnect_verdict_closes_the_client_session(gate: Gate, routes: list[Route]) -> None:
+    gate.chain.use(OnMessage(lambda tx, msg: Verdict.disconnect("Go away, plugin")))
+    for route in routes:
+        sent = gate.send(route)
+        assert "421 4.7.0 Go away, plugin" in sent.replies(), (route.name, sent.output)
+
+
+def test_failing_plugin_applies_its_error_policy(gate: Gate, routes: list[Route]) -> None:
+    def boom(tx: Transaction, msg: Message) -> None:
+        raise RuntimeError("scanner exploded")
+
+    gate.chain.use(OnMessage(boom), on_error=ErrorPolicy.REJECT)
+    for route in routes:
+        sent = gate.send(route)
+        assert "554 5.3.0 Local policy failure" in sent.replies(), (route.name, sent.output)
+    gate.chain.use(OnMessage(boom), on_error=ErrorPolicy.ACCEPT)
+    sent = gate.send(routes[0])
+    assert sent.returncode == 0 and len(gate.delivered(sent)) == 1
+
+
+# -- modifications -----------------------------------------------------------------------------
+
+
+def test_add_header(gate: Gate, routes: list[Route]) -> None:
+    gate.chain.use(OnMessage(lambda tx, msg: tx.add_header("X-Scanned", "by mailgate")))
+    for route in routes:
+        sent = gate.send(route)
+        (copy,) = gate.delivered(sent)
+        assert header(copy.data, "X-Scanned") == ["by mailgate"], route.name
+        assert b"\nX-Scanned: by mailgate\n" in copy.data
+
+
+def test_insert_header_at_the_top(gate: Gate, routes: list[Route]) -> None:
+    gate.chain.use(OnMessage(lambda tx, msg: tx.insert_header(0, "X-First", "top")))
+    for route in routes:
+        sent = gate.send(route)
+        (copy,) = gate.delivered(sent)
+        names = [line.split(b":")[0] for line in copy.data.split(b"\n\n")[0].split(b"\n")]
+        # Postfix prepends Return-Path and Delivered-To at delivery and its own Received:
+        # the milter's index counts from the first header the client sent.
+        assert b"X-First" in names, route.name
+        assert names.index(b"X-First") < names.index(b"X-Test-Id"), (route.name, names)
+
+
+def test_change_header(gate: Gate, routes: list[Route]) -> None:
+    gate.chain.use(OnMessage(lambda tx, msg: tx.change_header("Subject", "[SPAM] was: hello")))
+    for route in routes:
+        sent = gate.send(route, headers=["Subject: hello"])
+        (copy,) = gate.delivered(sent)
+        assert header(copy.data, "Subject") == ["[SPAM] was: hello"], route.name
+
+
+def test_delete_header(gate: Gate, routes: list[Route]) -> None:
+    gate.chain.use(OnMessage(lambda tx, msg: tx.delete_header("X-Secret")))
+    for route in routes:
+        sent = gate.send(route, headers=["X-Secret: 42", "Subject: kept"])
+        (copy,) = gate.delivered(sent)
+        assert header(copy.data, "X-Secret") == [], route.name
+        assert header(copy.data, "Subject") == ["kept"]
+
+
+def test_replace_body(gate: Gate, routes: list[Route]) -> None:
+    def replace(tx: Transaction, msg: Message) -> None:
+        import io
+
+        tx.replace_body(io.BytesIO(b"Replaced body.\r\nSecond line.\r\n"))
+
+    gate.chain.use(OnMessage(replace))
+    for route in routes:
+        sent = gate.send(route, body="Original body.")
+        (copy,) = gate.delivered(sent)
+        assert copy.data.split(b"\n\n", 1)[1] == b"Replaced body.\nSecond line.\n", route.name
+
+
+def test_add_recipient(gate: Gate, routes: list[Route]) -> None:
+    gate.chain.use(OnMessage(lambda tx, msg: tx.add_recipient("copy@local.test")))
+    for route in routes:
+        sent = gate.send(route)
+        copies = gate.delivered(sent, count=2)
+        assert sorted(c.delivered_to for c in copies) == ["bob@local.test", "copy@local.test"]
+
+
+def test_add_recipient_with_parameters(gate: Gate, routes: list[Route]) -> None:
+    gate.chain.use(
+        OnMessage(lambda tx, msg: tx.add_recipient("param@local.test", ("NOTIFY=NEVER",)))
+    )
+    for route in routes:
+        sent = gate.send(route)
+        copies = gate.delivered(sent, count=2)
+        assert "param@local.test" in [c.delivered_to for c in copies], route.name
+
+
+def test_delete_recipient(gate: Gate, routes: list[Route]) -> None:
+    gate.chain.use(OnMessage(lambda tx, msg: tx.delete_recipient("drop@local.test")))
+    for route in routes:
+        sent = gate.send(route, to=["drop@local.test", "keep@local.test"])
+        copies = gate.delivered(sent, count=1)
+        time.sleep(0.2)
+        copies = gate.delivered(sent)
+        assert [c.delivered_to for c in copies] == ["keep@local.test"], route.name
+
+
+def test_change_sender(gate: Gate, routes: list[Route]) -> None:
+    gate.chain.use(
+        OnMessage(lambda tx, msg: tx.change_sender("bounces@example.net", ("BODY=8BITMIME",)))
+    )
+    for route in routes:
+        sent = gate.send(route)
+        (copy,) = gate.delivered(sent)
+        # Postfix offers SMFIF_CHGFROM even with milter_protocol = 2.
+        assert header(copy.data, "Return-Path") == ["<bounces@example.net>"], route.name
+
+
+# -- macros ------------------------------------------------------------------------------------
+
+
+def test_macros_become_session_and_transaction_fields(gate: Gate, routes: list[Route]) -> None:
+    recorder = Recorder()
+    gate.chain.use(recorder)
+    for route in routes:
+        sent = gate.send(route, sender="alice@example.com", extra=["--from", "alice@example.com"])
+        assert sent.returncode == 0, sent.output
+        seen = recorder.seen[-1]
+        assert seen["ip"] == "127.0.0.1", route.name
+        assert seen["port"] > 0
+        assert seen["helo"] == "client.example"
+        assert seen["queue_id"] == sent.queue_id, (route.name, seen)
+        assert seen["sender"] == "alice@example.com"
+        assert seen["rcpts"] == ["bob@local.test"]
+        assert seen["ingress"] == "milter"
+        if route.protocol == 6:
+            assert seen["daemon"], seen
