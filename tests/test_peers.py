@@ -16,6 +16,7 @@ from tests.peers.opendkim import OpenDkim
 from tests.peers.ports import free_port
 from tests.peers.postfix import Postfix, PostfixFactory
 from tests.peers.process import PeerStartError, start_daemon
+from tests.peers.rspamd import Rspamd
 from tests.peers.smtp_sink import SmtpSink, SmtpSinkFactory
 from tests.peers.workdir import PeerDirs
 
@@ -162,3 +163,9 @@ def test_opendkim_verifier_negotiates(opendkim_verifier: OpenDkim) -> None:
     reply = optneg(opendkim_verifier.milter)
     assert reply.version == 6
     assert reply.actions & 0x01  # SMFIF_ADDHDRS: it adds Authentication-Results
+
+
+def test_rspamd_negotiates_without_replies_before_end_of_message(rspamd: Rspamd) -> None:
+    reply = optneg(rspamd.milter)
+    assert reply.version == 6
+    assert reply.protocol & 0x80  # SMFIP_NR_HDR: it answers nothing before end of message
