@@ -4,3 +4,8 @@
 as a milter for Postfix) and the bundled milter bridge plugin (mailgate as the MTA side for
 external milters) are both built on it.
 """
+
+from mailgate.milter.listener import MilterListener
+from mailgate.milter.settings import MilterListenerSettings
+
+__all__ = ["MilterListener", "MilterListenerSettings"]
