@@ -10,6 +10,8 @@ import dns.flags
 import dns.resolver
 import pytest
 
+from tests.peers.clamav_milter import ClamavMilter
+from tests.peers.clamd import EICAR
 from tests.peers.dns import EXAMPLE_ZONE, DnsServer
 from tests.peers.milter_probe import optneg
 from tests.peers.opendkim import OpenDkim
@@ -18,6 +20,7 @@ from tests.peers.postfix import Postfix, PostfixFactory
 from tests.peers.process import PeerStartError, start_daemon
 from tests.peers.rspamd import Rspamd
 from tests.peers.smtp_sink import SmtpSink, SmtpSinkFactory
+from tests.peers.spamass_milter import SpamassMilter
 from tests.peers.workdir import PeerDirs
 
 SIGNABLE = (
@@ -169,3 +172,26 @@ def test_rspamd_negotiates_without_replies_before_end_of_message(rspamd: Rspamd)
     reply = optneg(rspamd.milter)
     assert reply.version == 6
     assert reply.protocol & 0x80  # SMFIP_NR_HDR: it answers nothing before end of message
+
+
+def test_clamav_milter_negotiates(clamav_milter: ClamavMilter) -> None:
+    reply = optneg(clamav_milter.milter)
+    assert reply.version == 6
+    assert reply.actions & 0x01  # SMFIF_ADDHDRS: X-Virus-Status
+
+
+def test_spamass_milter_negotiates(spamass_milter: SpamassMilter) -> None:
+    reply = optneg(spamass_milter.milter)
+    assert reply.version == 6
+    assert reply.actions & 0x01  # SMFIF_ADDHDRS: X-Spam-Status
+
+
+def test_clamav_milter_rejects_eicar_through_postfix(
+    clamav_milter: ClamavMilter, postfix: Postfix
+) -> None:
+    port = postfix.add_listener([clamav_milter.milter])
+    virus = b"Subject: eicar\r\n\r\n" + EICAR + b"\r\n"
+    with smtplib.SMTP(postfix.host, port) as client, pytest.raises(smtplib.SMTPDataError) as err:
+        client.sendmail("a@example.com", ["b@example.net"], virus)
+    assert err.value.smtp_code == 550
+    assert b"Virus found" in err.value.smtp_error

@@ -1,0 +1,73 @@
+"""spamass-milter on loopback, backed by a private spamd (stock rules, no network tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.peers.milter_probe import optneg_probe
+from tests.peers.ports import free_port
+from tests.peers.process import Daemon, start_daemon, stop_all
+from tests.peers.spamd import Spamd, start_spamd
+from tests.peers.workdir import PeerDirs
+
+
+class SpamassMilter:
+    """A running spamass-milter (``-m``: headers only, body untouched) that rejects mail
+    scoring ``reject_score`` or more (GTUBE) with ``550 5.7.1 Blocked by SpamAssassin``."""
+
+    def __init__(self, workdir: Path, spamd: Spamd, reject_score: int = 15) -> None:
+        self.workdir = workdir
+        self.spamd = spamd
+        self.reject_score = reject_score
+        self.port = free_port()
+        self.daemon: Daemon | None = None
+
+    @property
+    def milter(self) -> str:
+        """The milter address as Postfix's smtpd_milters spells it."""
+        return f"inet:127.0.0.1:{self.port}"
+
+    def start(self) -> SpamassMilter:
+        """Start spamass-milter in the foreground, wait until it answers OPTNEG."""
+        # No "-i 127.0.0.1" (Debian's default): it would skip all test mail, which is local.
+        argv = [
+            "spamass-milter",
+            "-p",
+            f"inet:{self.port}@127.0.0.1",
+            "-P",
+            str(self.workdir / "spamass-milter.pid"),
+            "-m",
+            "-r",
+            str(self.reject_score),
+            "--",
+            "-d",
+            self.spamd.host,
+            "-p",
+            str(self.spamd.port),
+        ]
+        self.daemon = start_daemon(
+            "spamass-milter",
+            argv,
+            workdir=self.workdir,
+            probe=lambda: optneg_probe(self.milter),
+            grace=0.5,  # libmilter notices SIGTERM only after a poll timeout of up to 5 s
+        )
+        return self
+
+    def stop(self) -> None:
+        """Stop spamass-milter by its PID."""
+        if self.daemon is not None:
+            self.daemon.stop()
+            self.daemon = None
+
+
+@pytest.fixture(scope="session")
+def spamass_milter(peer_dirs: PeerDirs) -> Iterator[SpamassMilter]:
+    """A session-wide spamass-milter with its own spamd (``spamass_milter.spamd``)."""
+    spamd = start_spamd(peer_dirs.new("spamd-for-milter"))
+    instance = SpamassMilter(peer_dirs.new("spamass-milter"), spamd).start()
+    yield instance
+    stop_all([d for d in (instance.daemon, spamd.daemon) if d is not None])
