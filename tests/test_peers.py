@@ -15,6 +15,7 @@ from tests.peers.clamd import EICAR
 from tests.peers.dns import EXAMPLE_ZONE, DnsServer
 from tests.peers.milter_probe import optneg
 from tests.peers.opendkim import OpenDkim
+from tests.peers.opendmarc import OpenDmarc
 from tests.peers.ports import free_port
 from tests.peers.postfix import Postfix, PostfixFactory
 from tests.peers.process import PeerStartError, start_daemon
@@ -195,3 +196,33 @@ def test_clamav_milter_rejects_eicar_through_postfix(
         client.sendmail("a@example.com", ["b@example.net"], virus)
     assert err.value.smtp_code == 550
     assert b"Virus found" in err.value.smtp_error
+
+
+def test_opendmarc_rejects_spoofed_sender_through_postfix(
+    opendmarc: OpenDmarc, postfix: Postfix
+) -> None:
+    assert optneg(opendmarc.milter).version == 6
+    port = postfix.add_listener([opendmarc.milter])
+    spoof = b"From: a@example.com\r\nSubject: spoof\r\n\r\nhi\r\n"
+    with smtplib.SMTP(postfix.host, port) as client:
+        client.ehlo()
+        assert client.docmd("XCLIENT", "ADDR=198.51.100.7 NAME=[UNAVAILABLE]")[0] == 220
+        client.ehlo()
+        with pytest.raises(smtplib.SMTPDataError) as err:
+            client.sendmail("a@example.com", ["u1@local.test"], spoof)
+    assert err.value.smtp_code == 550
+    assert b"DMARC" in err.value.smtp_error
+
+
+def test_opendmarc_passes_spf_aligned_sender_through_postfix(
+    opendmarc: OpenDmarc, postfix: Postfix
+) -> None:
+    port = postfix.add_listener([opendmarc.milter])
+    mail = b"From: a@example.com\r\nSubject: aligned\r\n\r\nhi\r\n"
+    with smtplib.SMTP(postfix.host, port) as client:
+        client.ehlo()
+        client.docmd("XCLIENT", "ADDR=192.0.2.10 NAME=mail.example.com")
+        client.ehlo()
+        client.sendmail("a@example.com", ["u1@local.test"], mail)
+    [msg] = postfix.wait_for_delivered(1)
+    assert "dmarc=pass" in str(msg.message["Authentication-Results"])
