@@ -156,3 +156,12 @@ def _read_reply(sock: socket.socket) -> bytes:
 def codes(transcript: str) -> list[int]:
     """The reply codes of a transcript, last lines of multi-line replies only."""
     return [int(line[:3]) for line in transcript.split("\r\n") if line[3:4] == " "]
+
+
+def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    """Poll `predicate` until it is true (session clean-up runs after the socket closes)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
