@@ -1,0 +1,39 @@
+"""pyproject.toml lists every package and entry point: nothing is left out of a wheel."""
+
+from __future__ import annotations
+
+import importlib
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def package_names(directory: Path, prefix: str) -> set[str]:
+    names = set()
+    for init in directory.rglob("__init__.py"):
+        relative = init.parent.relative_to(directory)
+        names.add(".".join([prefix, *relative.parts]))
+    return names
+
+
+def test_every_sub_package_is_listed() -> None:
+    listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
+    on_disk = package_names(ROOT / "core", "mailgate") | package_names(
+        ROOT / "plugins", "mailgate.plugins"
+    )
+    assert on_disk - listed == set(), "add these to [tool.setuptools] packages"
+
+
+def test_every_entry_point_loads_a_plugin_class() -> None:
+    entry_points = PYPROJECT["project"]["entry-points"]["mailgate.plugins"]
+    assert {"relay_control", "add_header"} <= set(entry_points)
+    for name, target in entry_points.items():
+        module_name, _, attr = target.partition(":")
+        cls = getattr(importlib.import_module(module_name), attr)
+        assert isinstance(cls, type), f"{name}: {target} is not a class"
+
+
+def test_console_script() -> None:
+    assert PYPROJECT["project"]["scripts"]["mailgate"] == "mailgate.cli:main"
