@@ -6,6 +6,7 @@ each with ``milter_protocol = 6`` and ``2``.
 
 from __future__ import annotations
 
+import smtplib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -183,6 +184,20 @@ def test_failing_plugin_applies_its_error_policy(gate: Gate, routes: list[Route]
     gate.chain.use(OnMessage(boom), on_error=ErrorPolicy.ACCEPT)
     sent = gate.send(routes[0])
     assert sent.returncode == 0 and len(gate.delivered(sent)) == 1
+
+
+def test_no_nagle_stalls_on_the_milter_link(gate: Gate, routes: list[Route]) -> None:
+    # Two ~40 ms Nagle/delayed-ACK stalls per connection are what libmilter milters suffer on
+    # TCP; with TCP_NODELAY, one write per reply group and TCP_QUICKACK there are none.
+    gate.chain.use(OnMessage(lambda tx, msg: tx.add_header("X-Scanned", "yes")))
+    for route in routes[::2]:
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            with smtplib.SMTP("127.0.0.1", route.port) as smtp:
+                smtp.sendmail("a@example.com", ["bob@local.test"], b"Subject: t\r\n\r\nx\r\n")
+            times.append(time.perf_counter() - started)
+        assert sorted(times)[2] < 0.035, (route.name, times)
 
 
 # -- modifications -----------------------------------------------------------------------------

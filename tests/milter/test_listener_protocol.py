@@ -1,0 +1,218 @@
+"""The milter listener frame by frame: negotiation, no-reply steps, malformed frames, sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from mailgate import Message, Transaction, hookimpl
+from mailgate.milter import MilterListener, MilterListenerSettings
+from mailgate.milter import codec as c
+from mailgate.milter.protocol import ALL_ACTIONS, V2_ACTIONS, V2_STEPS, Action, Step
+from mailgate.milter.settings import parse_address
+from mailgate.pipeline import EnabledPlugin, Pipeline
+
+EVERYTHING = Step(0x1FFFFF)
+
+
+class Tagger:
+    """Adds a header at the end of data."""
+
+    @hookimpl
+    def on_message(self, transaction: Transaction, message: Message) -> None:
+        """Add ``X-Tag: 1``."""
+        transaction.add_header("X-Tag", "1")
+
+
+class Client:
+    """An asyncio MTA side speaking the codec to the listener."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.decoder = c.FrameDecoder("replies")
+        self.frames: list[c.Frame] = []
+
+    async def send(self, *frames: c.Frame) -> None:
+        """Send frames in one write."""
+        self.writer.write(b"".join(c.encode(f) for f in frames))
+        await self.writer.drain()
+
+    async def read(self) -> c.Frame:
+        """The next reply."""
+        while not self.frames:
+            data = await asyncio.wait_for(self.reader.read(65536), 5)
+            if not data:
+                raise ConnectionError("closed")
+            self.frames += self.decoder.feed(data)
+        return self.frames.pop(0)
+
+
+async def serve(chain: Pipeline, tmp_path: Path | None = None) -> MilterListener:
+    """A started listener on TCP (or a unix socket under `tmp_path`)."""
+    address = f"unix:{tmp_path}/m.sock" if tmp_path else "inet:127.0.0.1:0"
+    listener = MilterListener(MilterListenerSettings(address=address), pipeline=lambda: chain)
+    await listener.start()
+    return listener
+
+
+@pytest.fixture
+async def tagging() -> AsyncIterator[MilterListener]:
+    """A listener whose chain adds a header."""
+    listener = await serve(Pipeline([EnabledPlugin("tag", Tagger())]))
+    yield listener
+    await listener.stop()
+
+
+async def connect(listener: MilterListener) -> Client:
+    """A client connected over TCP."""
+    return Client(*await asyncio.open_connection("127.0.0.1", listener.port))
+
+
+async def test_v6_negotiation_asks_only_for_what_the_chain_needs(
+    tagging: MilterListener,
+) -> None:
+    client = await connect(tagging)
+    await client.send(c.OptNeg(6, int(ALL_ACTIONS), int(EVERYTHING)))
+    reply = await client.read()
+    assert isinstance(reply, c.OptNegReply)
+    assert reply.version == 6
+    steps = Step(reply.protocol)
+    # No decision before the end of data: no replies at connect, HELO, MAIL, RCPT, no DATA.
+    for flag in (Step.NR_CONN, Step.NR_HELO, Step.NR_MAIL, Step.NR_RCPT, Step.NODATA):
+        assert steps & flag, flag
+    assert steps & Step.NR_HDR and steps & Step.NR_BODY and steps & Step.NOEOH
+    assert not steps & (Step.NOBODY | Step.NOHDRS)  # on_message needs the content
+    assert dict(reply.macro_lists)[0].split().count(b"{client_addr}") == 1
+
+
+async def test_envelope_only_chain_gets_no_content() -> None:
+    class Envelope:
+        @hookimpl
+        def on_rcpt(self) -> None:
+            """Look at recipients only."""
+
+    listener = await serve(Pipeline([EnabledPlugin("env", Envelope())]))
+    try:
+        client = await connect(listener)
+        await client.send(c.OptNeg(6, int(ALL_ACTIONS), int(EVERYTHING)))
+        reply = await client.read()
+        assert isinstance(reply, c.OptNegReply)
+        steps = Step(reply.protocol)
+        assert steps & Step.NOBODY and steps & Step.NOHDRS
+        assert not steps & Step.NR_RCPT
+    finally:
+        await listener.stop()
+
+
+async def test_v2_client_gets_only_what_it_offered(tagging: MilterListener) -> None:
+    client = await connect(tagging)
+    await client.send(c.OptNeg(2, int(V2_ACTIONS), int(V2_STEPS)))
+    reply = await client.read()
+    assert isinstance(reply, c.OptNegReply)
+    assert reply.version == 2
+    assert not Action(reply.actions) & ~V2_ACTIONS
+    assert not Step(reply.protocol) & ~V2_STEPS
+    assert reply.macro_lists == ()  # no SETSYMLIST offered
+
+
+async def test_v2_transaction_gets_a_reply_at_every_step(tagging: MilterListener) -> None:
+    client = await connect(tagging)
+    await client.send(c.OptNeg(2, int(V2_ACTIONS), 0))
+    await client.read()
+    steps: list[c.Frame] = [
+        c.Connect(b"client.test", b"4", 4000, b"192.0.2.1"),
+        c.Helo(b"client.test"),
+        c.Mail(b"<a@example.com>"),
+        c.Rcpt(b"<b@example.com>"),
+        c.Header(b"Subject", b"hi"),
+        c.EndOfHeaders(),
+        c.Body(b"body\r\n"),
+    ]
+    for frame in steps:
+        await client.send(frame)
+        assert await client.read() == c.Continue(), frame
+    await client.send(c.EndOfMessage())
+    assert await client.read() == c.AddHeader(b"X-Tag", b"1")
+    assert await client.read() == c.Continue()
+
+
+async def test_pipelined_steps_are_answered_in_one_write(tagging: MilterListener) -> None:
+    client = await connect(tagging)
+    await client.send(c.OptNeg(6, int(ALL_ACTIONS), int(EVERYTHING)))
+    await client.read()
+    await client.send(
+        c.Macro(b"C", ((b"{client_addr}", b"192.0.2.1"),)),
+        c.Connect(b"[192.0.2.1]", b"4", 4000, b"192.0.2.1"),
+        c.Mail(b"<a@example.com>"),
+        c.Rcpt(b"<b@example.com>"),
+        c.Header(b"Subject", b" hi"),
+        c.Body(b"body\r\n"),
+        c.EndOfMessage(),
+    )
+    # Connect, MAIL, RCPT, header and body were agreed to need no reply: only EOM answers.
+    data = await asyncio.wait_for(client.reader.read(65536), 5)
+    assert client.decoder.feed(data) == [c.AddHeader(b"X-Tag", b" 1"), c.Continue()]
+
+
+async def test_malformed_frame_closes_the_connection_with_a_log_line(
+    tagging: MilterListener,
+) -> None:
+    client = await connect(tagging)
+    with structlog.testing.capture_logs() as logs:
+        await client.send(c.OptNeg(6, int(ALL_ACTIONS), int(EVERYTHING)))
+        await client.read()
+        client.writer.write(b"\0\0\0\x03Hx!")  # HELO without its NUL terminator
+        await client.writer.drain()
+        assert await asyncio.wait_for(client.reader.read(), 5) == b""
+    assert any(
+        e["event"] == "milter protocol error, closing connection" and "NUL" in e["reason"]
+        for e in logs
+    ), logs
+
+
+async def test_oversized_frame_closes_the_connection(tagging: MilterListener) -> None:
+    client = await connect(tagging)
+    client.writer.write((50 << 20).to_bytes(4, "big") + b"B")
+    await client.writer.drain()
+    assert await asyncio.wait_for(client.reader.read(), 5) == b""
+
+
+async def test_unix_socket_listener(tmp_path: Path) -> None:
+    listener = await serve(Pipeline([]), tmp_path)
+    try:
+        assert listener.address == f"unix:{tmp_path}/m.sock"
+        reader, writer = await asyncio.open_unix_connection(f"{tmp_path}/m.sock")
+        client = Client(reader, writer)
+        await client.send(c.OptNeg(6, int(ALL_ACTIONS), int(EVERYTHING)))
+        assert isinstance(await client.read(), c.OptNegReply)
+    finally:
+        await listener.stop()
+    assert not (tmp_path / "m.sock").exists()
+
+
+@pytest.mark.parametrize(
+    ("spec", "host", "port", "path"),
+    [
+        ("inet:127.0.0.1:8899", "127.0.0.1", 8899, ""),
+        ("inet:8899@127.0.0.1", "127.0.0.1", 8899, ""),
+        ("127.0.0.1:8899", "127.0.0.1", 8899, ""),
+        ("inet6:[::1]:8899", "::1", 8899, ""),
+        ("unix:/run/mailgate/milter.sock", "", 0, "/run/mailgate/milter.sock"),
+        ("local:/run/m.sock", "", 0, "/run/m.sock"),
+    ],
+)
+def test_addresses_in_postfix_and_sendmail_syntax(
+    spec: str, host: str, port: int, path: str
+) -> None:
+    addr = parse_address(spec)
+    assert (addr.host, addr.port, addr.path) == (host, port, path)
+
+
+@pytest.mark.parametrize("spec", ["inet:nohost", "unix:relative.sock", "inet:h:99999", ""])
+def test_bad_addresses_are_refused(spec: str) -> None:
+    with pytest.raises(ValueError, match=r"milter address|absolute"):
+        parse_address(spec)
