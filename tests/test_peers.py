@@ -18,6 +18,7 @@ from tests.peers.opendkim import OpenDkim
 from tests.peers.opendmarc import OpenDmarc
 from tests.peers.ports import free_port
 from tests.peers.postfix import Postfix, PostfixFactory
+from tests.peers.postgres import Postgres
 from tests.peers.process import PeerStartError, start_daemon
 from tests.peers.rspamd import Rspamd
 from tests.peers.smtp_sink import SmtpSink, SmtpSinkFactory
@@ -226,3 +227,15 @@ def test_opendmarc_passes_spf_aligned_sender_through_postfix(
         client.sendmail("a@example.com", ["u1@local.test"], mail)
     [msg] = postfix.wait_for_delivered(1)
     assert "dmarc=pass" in str(msg.message["Authentication-Results"])
+
+
+def test_postgres_runs_sql_in_a_fresh_database(postgres: Postgres) -> None:
+    dsn = postgres.create_database("smoke")
+    assert dsn.endswith(f":{postgres.port}/smoke")
+    out = postgres.psql(
+        "CREATE TABLE t (n int)",
+        "INSERT INTO t VALUES (41), (1)",
+        "SELECT sum(n) FROM t",
+        database="smoke",
+    )
+    assert out.split()[-1] == "42"
