@@ -5,10 +5,13 @@ from __future__ import annotations
 import smtplib
 import socket
 import time
+from pathlib import Path
 
 import dns.flags
 import dns.resolver
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.peers.clamav_milter import ClamavMilter
 from tests.peers.clamd import EICAR
@@ -21,7 +24,7 @@ from tests.peers.postfix import Postfix, PostfixFactory
 from tests.peers.postgres import Postgres
 from tests.peers.process import PeerStartError, start_daemon
 from tests.peers.rspamd import Rspamd
-from tests.peers.smtp_sink import SmtpSink, SmtpSinkFactory
+from tests.peers.smtp_sink import SmtpSink, SmtpSinkFactory, parse_dump
 from tests.peers.spamass_milter import SpamassMilter
 from tests.peers.workdir import PeerDirs
 
@@ -239,3 +242,35 @@ def test_postgres_runs_sql_in_a_fresh_database(postgres: Postgres) -> None:
         database="smoke",
     )
     assert out.split()[-1] == "42"
+
+
+_local = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789.-+", min_size=1, max_size=12)
+_address = st.builds(lambda a, b: f"{a}@{b}.test", _local, _local)
+_line = st.binary(max_size=60).filter(lambda b: b"\n" not in b and b"\r" not in b)
+
+
+@given(
+    sender=st.one_of(st.just(""), _address),
+    rcpts=st.lists(_address, min_size=1, max_size=5),
+    params=st.lists(st.sampled_from(["BODY=8BITMIME", "SIZE=100", "SMTPUTF8"]), max_size=3),
+    body=st.lists(_line, max_size=8),
+)
+def test_sink_dump_round_trips(
+    sender: str, rcpts: list[str], params: list[str], body: list[bytes]
+) -> None:
+    message = b"Subject: x\n\n" + b"".join(line + b"\n" for line in body)
+    dump = (
+        b"X-Client-Addr: 127.0.0.1\nX-Client-Proto: ESMTP\nX-Helo-Args: client.test\n"
+        + f"X-Mail-Args: <{sender}> {' '.join(params)}\n".encode()
+        + b"".join(f"X-Rcpt-Args: <{r}>\n".encode() for r in rcpts)
+        + b"Received: from client.test\n\tby sink.test (smtp-sink) with ESMTP id 1;\n"
+        + b"\tThu, 26 Nov 2026 01:00:00 +0000 (UTC)\n"
+        + message
+        + b"\n"
+    )
+    tx = parse_dump(dump, Path("dump"))
+    assert tx.mail_from == sender
+    assert tx.mail_params == tuple(params)
+    assert tx.rcpts == tuple(rcpts)
+    assert tx.helo == "client.test"
+    assert tx.data == message.replace(b"\n", b"\r\n")
