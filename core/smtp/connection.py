@@ -494,7 +494,8 @@ class SmtpConnection(SMTP):
             used = reader.feed(chunk)
             if headers is None and reader.headers_complete and reader.problem is None:
                 headers = reader.headers
-                verdict = await self._pipeline.headers(self.mg, tx, headers)
+                # A copy: the message's own list changes later with the plugins' modifications.
+                verdict = await self._pipeline.headers(self.mg, tx, list(headers))
             if used >= 0:
                 self._prefetch = chunk[used:]
                 return headers or [], verdict
