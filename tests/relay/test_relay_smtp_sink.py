@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import tracemalloc
+from pathlib import Path
+
 import pytest
 
+from mailgate.message import Message, new_spool, parse_header_block
 from mailgate.relay import RelayEgress
 from tests.peers.smtp_sink import SmtpSink, SmtpSinkFactory
-from tests.relay.helpers import message, relay, session, settings_for, transaction
+from tests.relay.helpers import HEADERS, message, relay, session, settings_for, transaction
 
 
 @pytest.fixture
@@ -129,3 +134,107 @@ async def test_downstream_timing_out_gives_451(smtp_sink_factory: SmtpSinkFactor
     assert dtx is None
     assert (reply.code, reply.status) == (451, "4.4.2")
     await eg.close()
+
+
+async def test_stale_pooled_connection_is_replaced_transparently(
+    smtp_sink_factory: SmtpSinkFactory,
+) -> None:
+    sink = smtp_sink_factory(timeout=1)  # smtp-sink drops a client idle for a second
+    eg = RelayEgress(settings_for(sink.host, sink.port))
+    assert (await relay(eg, transaction(), message()))[1] == 250
+    await asyncio.sleep(1.5)
+    assert (await relay(eg, transaction(), message()))[1] == 250
+    assert eg.pool.opened == 2
+    assert len(sink.messages()) == 2
+    await eg.close()
+
+
+async def test_idle_connections_are_closed_after_the_idle_timeout(smtp_sink: SmtpSink) -> None:
+    eg = RelayEgress(settings_for(smtp_sink.host, smtp_sink.port, idle_timeout=0.2))
+    assert (await relay(eg, transaction(), message()))[1] == 250
+    assert eg.pool.idle == 1
+    await asyncio.sleep(0.4)
+    assert eg.pool.idle == 0
+    await eg.close()
+
+
+async def test_pool_keeps_at_most_pool_size_idle_connections(smtp_sink: SmtpSink) -> None:
+    eg = RelayEgress(settings_for(smtp_sink.host, smtp_sink.port, pool_size=2))
+    results = await asyncio.gather(*(relay(eg, transaction(), message()) for _ in range(5)))
+    assert [final for _, final in results] == [250] * 5
+    assert eg.pool.opened == 5 and eg.pool.idle == 2
+    await eg.close()
+
+
+async def test_pool_size_zero_opens_a_connection_per_message(smtp_sink: SmtpSink) -> None:
+    eg = RelayEgress(settings_for(smtp_sink.host, smtp_sink.port, pool_size=0))
+    for _ in range(3):
+        assert (await relay(eg, transaction(), message()))[1] == 250
+    assert eg.pool.opened == 3 and eg.pool.idle == 0
+
+
+async def test_quarantined_message_is_stored_and_not_relayed(
+    smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    eg = RelayEgress(settings_for(smtp_sink.host, smtp_sink.port, quarantine_dir=str(tmp_path)))
+    tx = transaction(rcpts=["b@example.net"])
+    _reply, dtx = await eg.begin(session(), tx)
+    assert dtx is not None
+    await dtx.rcpt(tx.recipients[0])
+    tx.message = message(b"suspicious\r\n")
+    tx.quarantine("looks like phishing")
+    tx.add_header("X-Scanned", "yes")
+    final = await dtx.deliver(session(), tx)
+    assert final.code == 250 and "held as" in final.text
+    assert smtp_sink.messages() == []
+    assert eg.pool.idle == 1  # reset and kept
+    (entry,) = eg.quarantine.entries()
+    assert entry["reason"] == "looks like phishing"
+    assert entry["sender"] == "a@example.com"
+    assert [r["address"] for r in entry["recipients"]] == ["b@example.net"]
+    (eml,) = tmp_path.glob("*.eml")
+    assert eml.read_bytes().endswith(b"X-Scanned: yes\r\n\r\nsuspicious\r\n")
+    assert not list(tmp_path.glob(".*.tmp"))
+    await eg.close()
+
+
+async def test_unwritable_quarantine_tempfails(smtp_sink: SmtpSink, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    eg = RelayEgress(settings_for(smtp_sink.host, smtp_sink.port, quarantine_dir=str(blocker)))
+    tx = transaction()
+    _, dtx = await eg.begin(session(), tx)
+    assert dtx is not None
+    await dtx.rcpt(tx.recipients[0])
+    tx.message = message()
+    tx.quarantine("x")
+    final = await dtx.deliver(session(), tx)
+    assert (final.code, final.status) == (451, "4.3.0")
+    assert smtp_sink.messages() == []
+    await eg.close()
+
+
+async def test_50_mib_message_is_streamed_without_buffering(smtp_sink: SmtpSink) -> None:
+    spool = new_spool(threshold=1 << 20)
+    line = b"." + b"y" * 1021 + b"\r\n"  # every line needs stuffing
+    block = line * 1024
+    for _ in range(50):
+        spool.write(block)
+    msg = Message(parse_header_block(HEADERS), spool)
+    assert msg.body_size >= 50 << 20
+    eg = RelayEgress(settings_for(smtp_sink.host, smtp_sink.port))
+    tracemalloc.start()
+    try:
+        _, final = await relay(eg, transaction(), msg)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        await eg.close()
+    assert final == 250
+    assert peak < 4 << 20, f"peak {peak / 2**20:.1f} MiB while relaying"
+    (dump,) = smtp_sink.dump_dir.iterdir()
+    # smtp-sink stores LF line ends, after removing the stuffing dots.
+    with dump.open("rb") as f:
+        f.seek(-2 * (len(line) - 1) - 1, 2)
+        assert f.read() == (line[:-2] + b"\n") * 2 + b"\n"
+    assert dump.stat().st_size > 50 * 1024 * (len(line) - 1)
