@@ -17,7 +17,7 @@ from tests.peers.clamav_milter import ClamavMilter
 from tests.peers.clamd import EICAR
 from tests.peers.dns import EXAMPLE_ZONE, DnsServer
 from tests.peers.milter_probe import optneg
-from tests.peers.opendkim import OpenDkim
+from tests.peers.opendkim import DkimKey, OpenDkim, OpenDkimFactory
 from tests.peers.opendmarc import OpenDmarc
 from tests.peers.ports import free_port
 from tests.peers.postfix import Postfix, PostfixFactory
@@ -274,3 +274,26 @@ def test_sink_dump_round_trips(
     assert tx.rcpts == tuple(rcpts)
     assert tx.helo == "client.test"
     assert tx.data == message.replace(b"\n", b"\r\n")
+
+
+def test_opendkim_verifier_finds_key_in_test_dns(
+    opendkim_signer: OpenDkim,
+    opendkim_factory: OpenDkimFactory,
+    dkim_key: DkimKey,
+    dns_server: DnsServer,
+    postfix: Postfix,
+    smtp_sink: SmtpSink,
+) -> None:
+    dns_server.add_zone(EXAMPLE_ZONE)
+    dns_server.add_records("example.com.", dkim_key.zone_line())
+    verifier = opendkim_factory("v", dns=dns_server)
+    sign_port = postfix.add_listener([opendkim_signer.milter])
+    verify_port = postfix.add_listener([verifier.milter])
+    with smtplib.SMTP(postfix.host, sign_port) as client:
+        client.sendmail("a@example.com", ["b@example.net"], SIGNABLE)
+    [signed] = smtp_sink.wait_for_messages(1)
+    with smtplib.SMTP(postfix.host, verify_port) as client:
+        client.sendmail("a@example.com", ["u1@local.test"], signed.data)
+    [msg] = postfix.wait_for_delivered(1)
+    assert "dkim=pass" in str(msg.message["Authentication-Results"])
+    assert any(q.name == "sel1._domainkey.example.com." for q in dns_server.queries)
