@@ -56,6 +56,8 @@ class MilterConnection:
         self.headers: list[Header] = []
         self.spool: IO[bytes] | None = None
         self.out: list[bytes] = []
+        self.hold_reason = ""
+        """A quarantine verdict given before MAIL: every message of the session is held."""
         self.closing = False
         sock = writer.get_extra_info("socket")
         self._tcp = sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
@@ -105,6 +107,13 @@ class MilterConnection:
     def answer(self, command: Command, verdict: Verdict | None) -> None:
         """Reply to a step, unless the MTA agreed not to wait for one."""
         assert self.agreed is not None
+        if verdict is not None and verdict.kind is VerdictKind.QUARANTINE:
+            # The milter can only hold a message at its end: remember the request until then.
+            reason = verdict.reason or "quarantined by policy"
+            if self.tx is not None:
+                self.tx.quarantine(reason)
+            else:
+                self.hold_reason = reason
         if self.agreed.replies_to(command):
             self.reply(verdict_reply(verdict, end_of_message=False))
 
@@ -184,6 +193,8 @@ class MilterConnection:
         self.end_transaction()
         self.tx = Transaction(sender)
         update_transaction(self.tx, self.macros)
+        if self.hold_reason:
+            self.tx.quarantine(self.hold_reason)
         session = self.current()[0]
         verdict = await self.pipeline.mail(session, self.tx)
         self.answer(Command.MAIL, verdict)
@@ -250,3 +261,4 @@ class MilterConnection:
             session, self.session = self.session, None
             await self.pipeline.disconnect(session)
         self.macros = {}
+        self.hold_reason = ""
