@@ -1,0 +1,107 @@
+"""STARTTLS with a configured certificate, and the structured log lines of a session."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from tests.peers.smtp_sink import SmtpSink
+from tests.smtp.conftest import GatewayFactory, relay_to
+from tests.smtp.helpers import codes, raw_session, wait_until
+
+MESSAGE = b"From: a@example.com\r\nSubject: tls\r\n\r\nsecret\r\n"
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate and key made with openssl."""
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=mx.mailgate.test", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+def test_starttls_is_offered_and_works_with_a_certificate(
+    gateway_factory: GatewayFactory,
+    smtp_sink: SmtpSink,
+    tmp_path: Path,
+    certificate: tuple[str, str],
+) -> None:
+    cert, key = certificate
+    gateway = gateway_factory(
+        relay_to(smtp_sink.host, smtp_sink.port, tmp_path), tls_cert=cert, tls_key=key
+    )
+    with smtplib.SMTP("127.0.0.1", gateway.port) as client:
+        client.ehlo("client.test")
+        assert client.has_extn("starttls")
+        context = ssl.create_default_context(cafile=cert)
+        context.check_hostname = False
+        assert client.starttls(context=context)[0] == 220
+        client.ehlo("client.test")
+        assert not client.has_extn("starttls")
+        assert client.sendmail("a@example.com", ["b@example.net"], MESSAGE) == {}
+    (got,) = smtp_sink.messages()
+    assert got.data == MESSAGE
+
+
+def test_commands_sent_with_starttls_in_clear_text_are_dropped(
+    gateway_factory: GatewayFactory, tmp_path: Path, certificate: tuple[str, str]
+) -> None:
+    cert, key = certificate
+    gateway = gateway_factory(tls_cert=cert, tls_key=key)
+    transcript = raw_session(gateway.port, b"STARTTLS\r\nNOOP\r\n", timeout=1.0)
+    # Only the 220 to STARTTLS: the injected NOOP was discarded, not answered in clear text.
+    assert codes(transcript)[-1] == 220
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[list[dict[str, object]]]:
+    """structlog lines as dicts, with the context variables merged in."""
+    lines: list[dict[str, object]] = []
+    old = structlog.get_config()
+
+    def keep(_logger: object, _name: str, event: dict[str, object]) -> str:
+        lines.append(dict(event))
+        return json.dumps(event, default=str)
+
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, keep],
+        logger_factory=structlog.ReturnLoggerFactory(),
+        cache_logger_on_first_use=False,
+    )
+    yield lines
+    structlog.configure(**old)
+
+
+def test_every_log_line_carries_the_session_and_one_line_gives_the_outcome(
+    captured_logs: list[dict[str, object]],
+    gateway_factory: GatewayFactory,
+    smtp_sink: SmtpSink,
+    tmp_path: Path,
+) -> None:
+    gateway = gateway_factory(relay_to(smtp_sink.host, smtp_sink.port, tmp_path))
+    with smtplib.SMTP("127.0.0.1", gateway.port) as client:
+        client.sendmail("a@example.com", ["b@example.net", "c@example.net"], MESSAGE)
+    wait_until(lambda: any(line["event"] == "session end" for line in captured_logs))
+    session_lines = [line for line in captured_logs if line["event"] != "listening"]
+    assert all(str(line.get("session", "")).startswith("s") for line in session_lines)
+    (outcome,) = [line for line in captured_logs if line["event"] == "message outcome"]
+    assert str(outcome["tx"]).startswith("t")
+    assert outcome["sender"] == "a@example.com"
+    assert outcome["rcpts"] == 2
+    assert outcome["size"] == len(MESSAGE)
+    assert outcome["verdict"] == "accept"
+    assert str(outcome["reply"]).startswith("250")
+    assert isinstance(outcome["elapsed_ms"], float)
