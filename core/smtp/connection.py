@@ -92,6 +92,7 @@ class SmtpConnection(SMTP):
         self._dtx: DownstreamTransaction | None = None
         self._tx_started = 0.0
         self._early: Verdict | None = None
+        self._failure = replies.DOWNSTREAM_FAILED
         self._commands: dict[str, Callable[[str], Awaitable[None]]] = {
             "EHLO": self._ehlo,
             "HELO": self._helo,
@@ -362,7 +363,7 @@ class SmtpConnection(SMTP):
         begun = await self._downstream(self._state.egress.begin(self.mg, tx))
         if begun is None or begun[1] is None:
             structlog.contextvars.unbind_contextvars("tx")
-            await self._send(_refusal(begun[0] if begun else None))
+            await self._send(self._refusal(begun[0] if begun else None))
             return
         self._tx, self._dtx = tx, begun[1]
         self._early = _early_verdict(verdict)
@@ -410,7 +411,7 @@ class SmtpConnection(SMTP):
             return
         reply = await self._downstream(dtx.rcpt(recipient))
         if reply is None or not reply.ok:
-            await self._send(_refusal(reply))
+            await self._send(self._refusal(reply))
             return
         tx.recipients.append(recipient)
         self._early = self._early or _early_verdict(verdict)
@@ -521,7 +522,7 @@ class SmtpConnection(SMTP):
         reply = await self._downstream(dtx.deliver(self.mg, tx))
         if reply is None or not 200 <= reply.code < 300:
             self._dtx = dtx
-            refusal = _refusal(reply)
+            refusal = self._refusal(reply)
             await self._finish(replies.to_verdict(refusal, reason="downstream"), refusal)
             return
         final = verdict if verdict is not None else Verdict.accept(reason="delivered")
@@ -566,9 +567,17 @@ class SmtpConnection(SMTP):
                 return await step
         except TimeoutError:
             log.warning("downstream timed out", timeout=self._settings.egress_timeout)
+            self._failure = replies.DOWNSTREAM_TIMEOUT
         except Exception as exc:
             log.error("downstream failed", reason=f"{type(exc).__name__}: {exc}")
+            self._failure = replies.DOWNSTREAM_FAILED
         return None
+
+    def _refusal(self, reply: Reply | None) -> Reply:
+        """The downstream's refusal as is; 451 when there was none (it failed or timed out)."""
+        if reply is None:
+            return self._failure
+        return reply if 400 <= reply.code < 600 else replies.LOCAL_ERROR
 
     async def _end_transaction(self) -> None:
         """Drop the current transaction: abort it downstream and release its spool."""
@@ -583,13 +592,6 @@ class SmtpConnection(SMTP):
             if tx.message is not None:
                 tx.message.close()
             structlog.contextvars.unbind_contextvars("tx")
-
-
-def _refusal(reply: Reply | None) -> Reply:
-    """The downstream's refusal as is; 451 when there was none (it failed or timed out)."""
-    if reply is None:
-        return replies.DOWNSTREAM_FAILED
-    return reply if 400 <= reply.code < 600 else replies.LOCAL_ERROR
 
 
 def _early_verdict(verdict: Verdict | None) -> Verdict | None:

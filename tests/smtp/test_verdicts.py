@@ -203,7 +203,7 @@ def test_crashing_egress_gives_a_temporary_failure(
 
 def test_egress_timeout_gives_a_temporary_failure(gateway_factory: GatewayFactory) -> None:
     gateway = gateway_factory(RecordingEgress(delay=1.0), egress_timeout=0.2)
-    assert send(gateway.port)[0][0] == 451
+    assert send(gateway.port)[0][:2] == (451, b"4.4.2 Downstream timed out, try again later")
 
 
 def test_no_250_before_the_downstream_accepted(gateway_factory: GatewayFactory) -> None:
