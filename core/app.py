@@ -56,13 +56,15 @@ class App:
         *,
         listen: str | None = None,
         relay: str | None = None,
+        milter: str | None = None,
         configure_logs: bool = True,
     ) -> None:
         self.directory = directory
         self.listen = listen
         self.relay = relay
+        self.milter = milter
         self.configure_logs = configure_logs
-        self.config: Config = load_config(directory, listen=listen, relay=relay)
+        self.config: Config = load_config(directory, listen=listen, relay=relay, milter=milter)
         self.pipeline: Pipeline = self.config.pipeline()
         self.egress = RelayEgress(self.config.relay)
         self.listeners: list[Listener] = []
@@ -106,7 +108,9 @@ class App:
     def reload(self) -> bool:
         """Re-read the configuration and swap the plugin chain; False (and logged) if it is bad."""
         try:
-            config = load_config(self.directory, listen=self.listen, relay=self.relay)
+            config = load_config(
+                self.directory, listen=self.listen, relay=self.relay, milter=self.milter
+            )
             pipeline = config.pipeline()
         except ConfigError as exc:
             log.error("configuration refused, keeping the old one", error=str(exc))

@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = with_config("serve", "run mailgate until SIGTERM (SIGHUP reloads the configuration)")
     serve.add_argument("--listen", metavar="HOST:PORT", help="address of the first SMTP listener")
     serve.add_argument("--relay", metavar="HOST:PORT", help="the downstream MTA")
+    serve.add_argument("--milter", metavar="HOST:PORT", help="address of the first milter listener")
     check = with_config("check-config", "check the configuration and exit (0: good, 1: bad)")
     check.add_argument("--listen", metavar="HOST:PORT", help=argparse.SUPPRESS)
     check.add_argument("--relay", metavar="HOST:PORT", help=argparse.SUPPRESS)
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
-            return _serve(args.config, args.listen, args.relay)
+            return _serve(args.config, args.listen, args.relay, args.milter)
         if args.command == "check-config":
             config = load_config(args.config, listen=args.listen, relay=args.relay)
             config.pipeline()
@@ -61,11 +62,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _serve(directory: Path | None, listen: str | None, relay: str | None) -> int:
+def _serve(
+    directory: Path | None, listen: str | None, relay: str | None, milter: str | None = None
+) -> int:
     from mailgate.app import App  # the server's imports are not needed by the other commands
 
     async def run() -> None:
-        app = App(directory, listen=listen, relay=relay)
+        app = App(directory, listen=listen, relay=relay, milter=milter)
         await app.run()
 
     try:

@@ -118,13 +118,18 @@ def plugin_files(directory: Path) -> list[Path]:
 
 
 def load_config(
-    directory: Path | str | None, *, listen: str | None = None, relay: str | None = None
+    directory: Path | str | None,
+    *,
+    listen: str | None = None,
+    relay: str | None = None,
+    milter: str | None = None,
 ) -> Config:
     """Read and check `directory` (None: built-in defaults); `listen`/`relay` override addresses.
 
     `listen` replaces the address of the first SMTP listener (one is made if there is none);
-    `relay` replaces ``relay.address``. Raises `ConfigError`; plugins are not yet instantiated
-    (`Config.pipeline` does that).
+    `relay` replaces ``relay.address``; `milter` replaces the address of the first milter
+    listener (one is made, and then no default SMTP listener, if there is none). Raises
+    `ConfigError`; plugins are not yet instantiated (`Config.pipeline` does that).
     """
     path = Path(directory) if directory is not None else None
     if path is not None and not path.is_dir():
@@ -135,6 +140,8 @@ def load_config(
     if core_path is not None and core_path.exists():
         core = _read_toml(core_path)
     config = _core(core, source, path)
+    if milter is not None:
+        _override_milter(config, milter)
     _override(config, listen=listen, relay=relay)
     if path is not None:
         installed = installed_plugins()
@@ -219,6 +226,20 @@ def _milter_settings(table: Mapping[str, Any], source: str, key: str) -> Any:
         expected = '"smtp" (this build has no milter listener yet)'
         raise ConfigError(source, f"{key}.type", "milter", expected)
     return load_settings(settings_cls, table, source=source, prefix=key, skip=frozenset({"type"}))
+
+
+def _override_milter(config: Config, address: str) -> None:
+    settings = _milter_settings({}, "--milter", "milter")
+    try:
+        settings.address = address
+        type(settings).__post_init__(settings)
+    except ValueError as exc:
+        raise ConfigError("--milter", "address", address, "inet:HOST:PORT or unix:/path") from exc
+    first = next((lc for lc in config.listeners if lc.type == "milter"), None)
+    if first is None:
+        config.listeners.append(ListenerConfig("milter", settings, "--milter"))
+    else:
+        first.settings.address, first.source = address, "--milter"
 
 
 def _override(config: Config, *, listen: str | None, relay: str | None) -> None:
