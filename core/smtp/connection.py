@@ -274,6 +274,7 @@ class SmtpConnection(SMTP):
             f"SIZE {self._settings.max_message_size}",
             "8BITMIME",
             "SMTPUTF8",
+            "DSN",
         ]
         if self.tls_context is not None and self.mg is not None and not self.mg.tls:
             lines.append("STARTTLS")
@@ -374,9 +375,13 @@ class SmtpConnection(SMTP):
         body = params.pop("BODY", "7BIT")
         smtputf8 = "SMTPUTF8" in params
         params.pop("SMTPUTF8", None)
+        ret = params.pop("RET", "FULL")
+        envid = params.pop("ENVID", "")
         if params or (size is not None and not size.isdigit()):
             return replies.UNKNOWN_PARAMETER if params else replies.SYNTAX
         if body is None or body.upper() not in _BODY_VALUES:
+            return replies.SYNTAX
+        if ret is None or ret.upper() not in ("FULL", "HDRS") or envid is None:
             return replies.SYNTAX
         if size is not None and int(size) > self._settings.max_message_size:
             return replies.message_too_big(self._settings.max_message_size)
@@ -395,7 +400,7 @@ class SmtpConnection(SMTP):
             await self._send(replies.SYNTAX)
             return
         address, params, raw_params = parsed
-        if params:
+        if not _valid_dsn_rcpt_params(params):
             await self._send(replies.UNKNOWN_PARAMETER)
             return
         if not address.isascii() and not any(p.upper() == "SMTPUTF8" for p in tx.sender.params):
@@ -592,6 +597,16 @@ class SmtpConnection(SMTP):
             if tx.message is not None:
                 tx.message.close()
             structlog.contextvars.unbind_contextvars("tx")
+
+
+def _valid_dsn_rcpt_params(params: dict[str, str | None]) -> bool:
+    """RCPT TO takes only the DSN parameters NOTIFY and ORCPT (RFC 3461)."""
+    notify = params.pop("NOTIFY", "FAILURE")
+    orcpt = params.pop("ORCPT", "rfc822;x")
+    if params or notify is None or orcpt is None or ";" not in orcpt:
+        return False
+    words = set(notify.upper().split(","))
+    return words == {"NEVER"} or words <= {"SUCCESS", "FAILURE", "DELAY"}
 
 
 def _early_verdict(verdict: Verdict | None) -> Verdict | None:

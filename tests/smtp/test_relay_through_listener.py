@@ -124,3 +124,21 @@ def test_pipelined_transactions_in_one_session(sink_gateway: Gateway, smtp_sink:
     assert codes(transcript)[-9:] == [250, 250, 354, 250, 250, 250, 354, 250, 221]
     got = smtp_sink.messages()
     assert sorted(m.header("Subject") or "" for m in got) == ["1", "2"]
+
+
+def test_dsn_parameters_are_passed_to_the_downstream(
+    sink_gateway: Gateway, smtp_sink: SmtpSink
+) -> None:
+    with smtplib.SMTP("127.0.0.1", sink_gateway.port) as client:
+        client.ehlo("client.test")
+        assert client.has_extn("dsn")
+        assert client.mail("a@example.com", ["RET=HDRS", "ENVID=abc", "BODY=8BITMIME"])[0] == 250
+        assert (
+            client.rcpt("b@example.net", ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;b@x"])[0] == 250
+        )
+        assert client.rcpt("c@example.net", ["NOTIFY=NEVER,DELAY"])[0] == 555
+        assert client.rcpt("c@example.net", ["X-UNKNOWN=1"])[0] == 555
+        assert client.data(MESSAGE)[0] == 250
+    (got,) = smtp_sink.messages()
+    assert "RET=HDRS" in got.mail_params and "ENVID=abc" in got.mail_params
+    assert got.rcpt_params == (("NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;b@x"),)
