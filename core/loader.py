@@ -141,7 +141,7 @@ def load_config(
         core = _read_toml(core_path)
     config = _core(core, source, path)
     if config.relay_control is not None and not core:
-        config.relay_control.source = "(built in)"
+        config.relay_control.source = "built in"
     if milter is not None:
         _override_milter(config, milter)
     _override(config, listen=listen, relay=relay)
