@@ -190,7 +190,7 @@ class DownstreamConnection:
     def quit(self) -> None:
         """Say QUIT without waiting for the answer, and close (idle expiry, shutdown)."""
         if self.alive:
-            with contextlib.suppress(_FAILURES):
+            with contextlib.suppress(*_FAILURES):
                 self._protocol.write(b"QUIT\r\n")
         self.close()
 

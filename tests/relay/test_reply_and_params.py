@@ -1,0 +1,51 @@
+"""Parsing downstream replies and choosing the ESMTP parameters passed on."""
+
+from __future__ import annotations
+
+from aiosmtplib.response import SMTPResponse
+
+from mailgate.relay.params import mail_params, rcpt_params, with_size
+from mailgate.relay.reply import reply_from_response
+from mailgate.relay.settings import RelaySettings, split_address
+
+
+def test_multiline_reply_keeps_code_status_and_every_line() -> None:
+    reply = reply_from_response(SMTPResponse(550, "5.7.1 first line\n5.7.1 second line"))
+    assert (reply.code, reply.status, reply.text) == (550, "5.7.1", "first line\nsecond line")
+    assert reply.smtp_reply() == "550-5.7.1 first line\r\n550 5.7.1 second line"
+
+
+def test_reply_without_enhanced_status_is_kept_as_is() -> None:
+    reply = reply_from_response(SMTPResponse(250, "Ok"))
+    assert (reply.code, reply.status, reply.text) == (250, "", "Ok")
+
+
+def test_only_advertised_parameters_are_passed_on() -> None:
+    ext = {"size": "1000", "8bitmime": "", "dsn": ""}
+    given = ["SIZE=10", "BODY=8BITMIME", "SMTPUTF8", "AUTH=<>", "RET=HDRS", "BODY=BINARYMIME"]
+    assert mail_params(given, ext) == ["SIZE=10", "BODY=8BITMIME", "RET=HDRS"]
+    assert rcpt_params(["NOTIFY=NEVER", "X=1"], ext) == ["NOTIFY=NEVER"]
+    assert rcpt_params(["NOTIFY=NEVER"], {}) == []
+
+
+def test_binarymime_needs_chunking_too() -> None:
+    assert mail_params(["BODY=BINARYMIME"], {"binarymime": "", "chunking": ""}) == [
+        "BODY=BINARYMIME"
+    ]
+    assert mail_params(["BODY=BINARYMIME"], {"binarymime": ""}) == []
+
+
+def test_size_is_replaced_by_the_real_size() -> None:
+    assert with_size(["SIZE=10", "BODY=8BITMIME"], 2048) == ["BODY=8BITMIME", "SIZE=2048"]
+
+
+def test_addresses_parse_and_bad_settings_are_refused() -> None:
+    assert split_address("[::1]:2525") == ("::1", 2525)
+    assert RelaySettings(address="mx.example:25").host == "mx.example"
+    for bad in ({"address": "nohost"}, {"starttls": "maybe"}, {"chunk_size": 10}):
+        try:
+            RelaySettings(**bad)  # type: ignore[arg-type]
+        except ValueError as exc:
+            assert str(exc).split(":")[0] in bad or "address" in str(exc)
+        else:
+            raise AssertionError(f"{bad} accepted")
