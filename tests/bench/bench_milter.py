@@ -1,0 +1,217 @@
+"""Benchmark: Postfix with mailgate as its milter, against Postfix alone and a pymilter milter.
+
+Same run, same load: ``smtp-source -s 20 -l 10240`` (one connection per message) into one
+private Postfix that relays to smtp-sink; one smtpd port per configuration:
+
+- Postfix with no milter (the baseline);
+- mailgate's milter listener with no plugins (relay control only), over TCP and a unix socket;
+- mailgate with one header-adding plugin (``add_header``), over TCP and a unix socket;
+- a minimal pymilter milter that adds a header at the end of the message, over TCP.
+
+``python -m tests.bench.bench_milter [--messages N] [--repeats R]`` prints the table; the
+order of the configurations rotates between repeats and the table shows medians.
+``test_milter_bench_smoke`` is the short check that runs with the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.peers.ports import free_port
+from tests.peers.postfix import Postfix
+from tests.peers.process import banner_probe, connect_probe, start_daemon, stop_all
+from tests.peers.workdir import PeerDirs, create_base
+
+ROOT = Path(__file__).resolve().parents[2]
+MAILGATE = ROOT / ".venv" / "bin" / "mailgate"
+SIZE = 10 * 1024
+SESSIONS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One smtpd port of the Postfix under test and what it uses as milter."""
+
+    name: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """Median rate of one configuration, and its ratio to Postfix alone."""
+
+    name: str
+    rate: float
+    ratio: float
+    runs: tuple[float, ...]
+
+
+def _mailgate(dirs: PeerDirs, add_header: bool) -> tuple[object, str, str]:
+    """Start ``mailgate serve`` with a TCP and a unix milter listener; return their addresses."""
+    conf = dirs.new("mailgate-conf")
+    sock = dirs.new("mailgate-sock") / "milter.sock"
+    port = free_port()
+    (conf / "mailgate.toml").write_text(
+        '[logging]\nlevel = "warning"\n'
+        f'[[listener]]\ntype = "milter"\naddress = "inet:127.0.0.1:{port}"\n'
+        f'[[listener]]\ntype = "milter"\naddress = "unix:{sock}"\nsocket_mode = 0o666\n'
+    )
+    if add_header:
+        (conf / "20-add_header.toml").write_text('name = "X-Mailgate"\nvalue = "passed"\n')
+    daemon = start_daemon(
+        "mailgate-milter",
+        [str(MAILGATE), "serve", "--config", str(conf)],
+        workdir=conf,
+        probe=connect_probe("127.0.0.1", port),
+        grace=3.0,
+    )
+    return daemon, f"inet:127.0.0.1:{port}", f"unix:{sock}"
+
+
+def _pymilter(dirs: PeerDirs) -> tuple[object, str]:
+    port = free_port()
+    work = dirs.new("pymilter")
+    daemon = start_daemon(
+        "pymilter-minimal",
+        [sys.executable, "-m", "tests.bench.bench_milter", "--pymilter", f"inet:{port}@127.0.0.1"],
+        workdir=work,
+        probe=connect_probe("127.0.0.1", port),
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        grace=0.5,
+    )
+    return daemon, f"inet:127.0.0.1:{port}"
+
+
+@contextmanager
+def milter_testbed(dirs: PeerDirs) -> Iterator[tuple[Postfix, list[Route]]]:
+    """smtp-sink, Postfix relaying to it, mailgate (two processes) and pymilter, all started."""
+    with ExitStack() as stack:
+        sink_dir = dirs.new("sink", owner="nobody")
+        sink_port = free_port()
+        sink = start_daemon(
+            "smtp-sink",
+            ["smtp-sink", "-u", "nobody", f"127.0.0.1:{sink_port}", "256"],
+            workdir=sink_dir,
+            probe=banner_probe("127.0.0.1", sink_port),
+            grace=1.0,
+        )
+        plain, plain_tcp, plain_unix = _mailgate(dirs, add_header=False)
+        header, header_tcp, header_unix = _mailgate(dirs, add_header=True)
+        pym, pym_tcp = _pymilter(dirs)
+        daemons = [sink, plain, header, pym]
+        stack.callback(stop_all, daemons)  # type: ignore[arg-type]
+        postfix = Postfix(dirs.new("postfix"), ("127.0.0.1", sink_port))
+        routes = [Route("postfix alone", postfix.port)]
+        for name, milter in (
+            ("mailgate, no plugins, TCP", plain_tcp),
+            ("mailgate, no plugins, unix", plain_unix),
+            ("mailgate + add_header, TCP", header_tcp),
+            ("mailgate + add_header, unix", header_unix),
+            ("pymilter + header, TCP", pym_tcp),
+        ):
+            routes.append(Route(name, postfix.add_listener([milter])))
+        postfix.start()
+        stack.callback(postfix.stop)
+        yield postfix, routes
+
+
+def _drain(postfix: Postfix, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while postfix.queue() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def load(route: Route, messages: int) -> float:
+    """Send `messages` with smtp-source through `route`; the rate in messages per second."""
+    argv = ["smtp-source", "-s", str(SESSIONS), "-m", str(messages), "-l", str(SIZE)]
+    argv += ["-f", "a@x.test", "-t", "b@y.test", f"127.0.0.1:{route.port}"]
+    started = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0 or proc.stderr.strip():
+        raise RuntimeError(f"smtp-source via {route.name}: {proc.stdout}{proc.stderr}")
+    return messages / elapsed
+
+
+def run(messages: int, repeats: int, dirs: PeerDirs) -> list[Result]:
+    """Measure every route `repeats` times, rotating the order; medians and ratios."""
+    rates: dict[str, list[float]] = {}
+    with milter_testbed(dirs) as (postfix, routes):
+        for r in range(repeats):
+            order = routes[r % len(routes) :] + routes[: r % len(routes)]
+            for route in order:
+                _drain(postfix)
+                rates.setdefault(route.name, []).append(load(route, messages))
+        log = postfix.maillog()
+    if "milter" in log and "warning" in log:
+        bad = [line for line in log.splitlines() if "warning" in line and "milter" in line]
+        if bad:
+            raise RuntimeError("Postfix milter warnings:\n" + "\n".join(bad[:10]))
+    base = statistics.median(rates[routes[0].name])
+    return [
+        Result(name, statistics.median(v), statistics.median(v) / base, tuple(v))
+        for name, v in rates.items()
+    ]
+
+
+def table(results: list[Result]) -> str:
+    """The results as a Markdown table."""
+    lines = ["| configuration | msg/s (median) | ratio to Postfix alone |", "|---|---|---|"]
+    lines += [f"| {r.name} | {r.rate:,.0f} | {r.ratio:.2f} |" for r in results]
+    return "\n".join(lines)
+
+
+@pytest.mark.bench
+def test_milter_bench_smoke(peer_dirs: PeerDirs) -> None:
+    results = run(messages=40, repeats=1, dirs=peer_dirs)
+    assert len(results) == 6
+    assert all(r.rate > 0 for r in results)
+
+
+def _pymilter_main(socket_spec: str) -> None:
+    import Milter
+
+    class AddHeader(Milter.Base):  # type: ignore[misc]
+        def eom(self) -> int:
+            self.addheader("X-Pymilter", "passed")
+            result: int = Milter.ACCEPT
+            return result
+
+    Milter.factory = AddHeader
+    Milter.set_flags(Milter.ADDHDRS)
+    Milter.runmilter("bench-pymilter", socket_spec, 30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: run the benchmark and print the table (or run the pymilter milter)."""
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.bench_milter")
+    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--pymilter", metavar="SOCKET", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.pymilter:
+        _pymilter_main(args.pymilter)
+        return 0
+    with tempfile.TemporaryDirectory():
+        results = run(args.messages, args.repeats, PeerDirs(create_base()))
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
