@@ -1,7 +1,7 @@
 """The benchmark harness: systems under test, the load, the latency probe and the table.
 
 Every system under test (SUT) runs in its own process on a port picked at run time and
-relays to one `smtp-sink` downstream (the "smtp-sink" system *is* an smtp-sink). The load is
+relays to its own `smtp-sink` downstream (the "smtp-sink" system *is* an smtp-sink). The load is
 `smtp-source` with one connection per message; the harness reads the SUT's CPU time and peak
 RSS from /proc around each run, counts what reached the sink, and then times individual
 transactions with its own small SMTP client (smtp-source prints no per-message latency).
@@ -235,10 +235,22 @@ class System:
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     sink: SmtpSink | None = None
+    """Where the system's messages end up (and are counted)."""
+    own_sink: SmtpSink | None = None
+    """The sink this system started for itself, and stops with itself."""
     log: Path | None = None
 
-    def start(self, workdir: Path, downstream: SmtpSink) -> None:
-        """Start the system on a fresh port, relaying to `downstream`, and wait for 220."""
+    def start(
+        self, workdir: Path, downstream: SmtpSink | None = None, *, dump: bool = False
+    ) -> None:
+        """Start the system on a fresh port, relaying to `downstream` (started by the caller).
+
+        Without `downstream` the system gets a sink of its own, which it also stops, so that
+        what each system delivered can be counted and read apart from the others.
+        """
+        if downstream is None:
+            self.own_sink = downstream = SmtpSink(workdir, f"sink-{self.name}", dump=dump)
+            downstream.start()
         self.port, self.sink = free_port(), downstream
         self.log = workdir / f"{self.name}.log"
         with self.log.open("wb") as out:
@@ -267,24 +279,23 @@ class System:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
-        """Stop the system by its PID."""
+        """Stop the system, then its sink, each by its PID."""
         if self.proc is not None:
             stop_process(self.proc)
+        if self.own_sink is not None:
+            self.own_sink.stop()
 
 
 class SinkSystem(System):
     """smtp-sink itself as the system under test: the ceiling the others are measured against."""
 
-    def start(self, workdir: Path, downstream: SmtpSink) -> None:
-        """Start a dedicated sink; it counts its own messages."""
-        own = SmtpSink(workdir, "sut-sink", dump=downstream.dump_dir is not None)
-        own.start()
-        self.sink, self.port, self.proc = own, own.port, own.proc
-
-    def stop(self) -> None:
-        """Stop the dedicated sink."""
-        if self.sink is not None:
-            self.sink.stop()
+    def start(
+        self, workdir: Path, downstream: SmtpSink | None = None, *, dump: bool = False
+    ) -> None:
+        """Start the sink (`downstream` is ignored); it counts its own messages."""
+        self.sink = self.own_sink = SmtpSink(workdir, f"sink-{self.name}", dump=dump)
+        self.sink.start()
+        self.port, self.proc = self.sink.port, self.sink.proc
 
 
 def minimal_relay(port: int, sink: SmtpSink, workdir: Path) -> list[str]:
@@ -520,23 +531,19 @@ def combine(system: str, size_kib: int, sessions: int, runs: list[_Run]) -> Meas
 
 @contextlib.contextmanager
 def running_systems(names: Sequence[str], *, dump: bool) -> Iterator[list[System]]:
-    """Start the downstream sink and every named system; stop them all on exit."""
+    """Start every named system with its own downstream sink; stop them all on exit."""
     with tempfile.TemporaryDirectory(prefix="mailgate-bench-") as tmp:
         workdir = Path(tmp)
         os.chmod(workdir, 0o755)  # smtp-sink drops to nobody and must reach its dump dir
-        downstream = SmtpSink(workdir, "downstream", dump=dump)
         systems = [SYSTEMS[name]() for name in names]
-        started: list[System] = []
         try:
-            downstream.start()
             for system in systems:
-                system.start(workdir, downstream)
-                started.append(system)
+                system.start(workdir, dump=dump)
             yield systems
         finally:
-            for system in reversed(started):
+            # stop() copes with a system that never (fully) started.
+            for system in reversed(systems):
                 system.stop()
-            downstream.stop()
 
 
 def run_benchmark(

@@ -10,12 +10,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from .harness import BenchPlan, Measurement, System, format_table, run_benchmark
+from .harness import (
+    DEFAULT_SYSTEMS,
+    BenchPlan,
+    Measurement,
+    System,
+    format_table,
+    run_benchmark,
+)
 from .profile import hotspots
 
 pytestmark = pytest.mark.bench
 
-SMOKE_SYSTEMS = ("smtp-sink", "minimal-relay")
+SMOKE_SYSTEMS = DEFAULT_SYSTEMS
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +75,23 @@ def test_relayed_messages_reach_the_sink_whole(
     for kib in BenchPlan.smoke().sizes_kib:
         assert any(kib * 1024 * 0.98 <= size < kib * 1024 + 2048 for size in sizes), kib
     assert all(b"X-Rcpt-Args: <b@y.test>" in message for message in relayed)
+
+
+def body_length(dumped: bytes) -> int:
+    """Length of a dumped message's body (smtp-sink dumps with LF line ends)."""
+    return len(dumped.partition(b"\n\n")[2])
+
+
+def test_mailgate_relays_whole_messages_and_the_plugin_adds_its_header(
+    smoke_run: tuple[list[Measurement], dict[str, list[bytes]]],
+) -> None:
+    _, delivered = smoke_run
+    plain, with_header = delivered["mailgate"], delivered["mailgate+header"]
+    assert len(plain) == len(delivered["minimal-relay"])
+    # mailgate may add trace headers; the bodies must arrive exactly as the minimal relay's do.
+    assert sorted(map(body_length, plain)) == sorted(map(body_length, delivered["minimal-relay"]))
+    assert not any(b"X-Bench:" in message for message in plain)
+    assert all(b"\nX-Bench: mailgate\n" in message for message in with_header)
 
 
 def test_table_lists_every_cell(
