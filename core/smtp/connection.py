@@ -201,19 +201,19 @@ class SmtpConnection(SMTP):
     # -- reading -------------------------------------------------------------------------------
 
     async def _read_line(self) -> bytes:
-        limit = self._settings.max_command_length
-        try:
-            async with asyncio.timeout(self._settings.command_timeout):
-                line = await self._next_line()
-        except TimeoutError:
-            await self._close_with(replies.TIMEOUT)
-        except asyncio.LimitOverrunError:
-            await self._skip_long_line()
-            line = b""
-        if not line or len(line) > limit:
+        """The next command line; lines over the limit are answered and skipped."""
+        while True:
+            try:
+                async with asyncio.timeout(self._settings.command_timeout):
+                    line = await self._next_line()
+            except TimeoutError:
+                await self._close_with(replies.TIMEOUT)
+            except asyncio.LimitOverrunError:
+                await self._skip_long_line()
+                line = b""
+            if line and len(line) <= self._settings.max_command_length:
+                return line
             await self._send(replies.LINE_TOO_LONG)
-            return await self._read_line()
-        return line
 
     async def _next_line(self) -> bytes:
         prefetch = self._prefetch
