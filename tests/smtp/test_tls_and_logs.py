@@ -6,8 +6,9 @@ import json
 import smtplib
 import ssl
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -72,7 +73,7 @@ def captured_logs() -> Iterator[list[dict[str, object]]]:
     lines: list[dict[str, object]] = []
     old = structlog.get_config()
 
-    def keep(_logger: object, _name: str, event: dict[str, object]) -> str:
+    def keep(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> str:
         lines.append(dict(event))
         return json.dumps(event, default=str)
 
