@@ -179,7 +179,15 @@ class SmtpConnection(SMTP):
         if handler is None:
             await self._send(replies.UNKNOWN_COMMAND)
             return
-        await handler(arg)
+        try:
+            await handler(arg)
+        except (_Closed, ConnectionError, asyncio.IncompleteReadError):
+            raise
+        except Exception:
+            # A bug or a misbehaving plugin: the client hears "try later", never a 250.
+            log.exception("command failed", command=verb)
+            await self._end_transaction()
+            await self._send(replies.LOCAL_ERROR)
 
     async def _send(self, reply: Reply) -> None:
         """Write one reply; count errors and close after too many."""

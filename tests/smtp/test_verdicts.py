@@ -238,3 +238,17 @@ def test_plugin_crash_applies_its_error_policy(gateway_factory: GatewayFactory) 
     plugin = EnabledPlugin("crashes", Crashes(), on_error=ErrorPolicy.TEMPFAIL)
     gateway = gateway_factory(RecordingEgress(), [plugin])
     assert send(gateway.port)[1][0] == 451
+
+
+def test_a_plugin_returning_nonsense_gives_a_temporary_failure(
+    gateway_factory: GatewayFactory,
+) -> None:
+    class Nonsense:
+        @hookimpl
+        def on_message(self) -> Any:
+            return "yes please"
+
+    egress = RecordingEgress()
+    gateway = gateway_factory(egress, [Nonsense()])
+    assert send(gateway.port)[-1][0] == 451
+    assert egress.delivered == []
