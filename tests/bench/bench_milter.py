@@ -50,12 +50,13 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """Median rate of one configuration, and its ratio to Postfix alone."""
+    """Median rate of one configuration, its ratio to Postfix alone, and one-session latency."""
 
     name: str
     rate: float
     ratio: float
     runs: tuple[float, ...]
+    latency_ms: float
 
 
 def _mailgate(dirs: PeerDirs, add_header: bool) -> tuple[object, str, str]:
@@ -133,9 +134,9 @@ def _drain(postfix: Postfix, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
-def load(route: Route, messages: int) -> float:
+def load(route: Route, messages: int, sessions: int = SESSIONS) -> float:
     """Send `messages` with smtp-source through `route`; the rate in messages per second."""
-    argv = ["smtp-source", "-s", str(SESSIONS), "-m", str(messages), "-l", str(SIZE)]
+    argv = ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(SIZE)]
     argv += ["-f", "a@x.test", "-t", "b@y.test", f"127.0.0.1:{route.port}"]
     started = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
@@ -154,6 +155,10 @@ def run(messages: int, repeats: int, dirs: PeerDirs) -> list[Result]:
             for route in order:
                 _drain(postfix)
                 rates.setdefault(route.name, []).append(load(route, messages))
+        latency = {}
+        for route in routes:
+            _drain(postfix)
+            latency[route.name] = 1000 / load(route, max(10, messages // 50), sessions=1)
         log = postfix.maillog()
     if "milter" in log and "warning" in log:
         bad = [line for line in log.splitlines() if "warning" in line and "milter" in line]
@@ -161,15 +166,18 @@ def run(messages: int, repeats: int, dirs: PeerDirs) -> list[Result]:
             raise RuntimeError("Postfix milter warnings:\n" + "\n".join(bad[:10]))
     base = statistics.median(rates[routes[0].name])
     return [
-        Result(name, statistics.median(v), statistics.median(v) / base, tuple(v))
+        Result(name, statistics.median(v), statistics.median(v) / base, tuple(v), latency[name])
         for name, v in rates.items()
     ]
 
 
 def table(results: list[Result]) -> str:
     """The results as a Markdown table."""
-    lines = ["| configuration | msg/s (median) | ratio to Postfix alone |", "|---|---|---|"]
-    lines += [f"| {r.name} | {r.rate:,.0f} | {r.ratio:.2f} |" for r in results]
+    lines = [
+        "| configuration | msg/s, 20 sessions | ratio to Postfix alone | ms/msg, 1 session |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {r.name} | {r.rate:,.0f} | {r.ratio:.2f} | {r.latency_ms:.1f} |" for r in results]
     return "\n".join(lines)
 
 
