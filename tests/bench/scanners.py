@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -69,6 +70,7 @@ def scanners_running() -> Iterator[tuple[Clamd, Spamd]]:
         yield clamd, spamd
     finally:
         stop_all([clamd.daemon, spamd.daemon])
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def run(plan: BenchPlan) -> list[Measurement]:
