@@ -121,9 +121,19 @@ class Message:
         return self._body
 
     def iter_body(self, chunk_size: int = _COPY_CHUNK) -> Iterator[bytes]:
-        """The body in chunks of at most `chunk_size` bytes."""
-        f = self.open_body()
-        while chunk := f.read(chunk_size):
+        """The body in chunks of at most `chunk_size` bytes.
+
+        Each iterator keeps its own position, so concurrent scanners that await between chunks
+        may read the same spool at the same time.
+        """
+        f = self._body
+        pos = 0
+        while True:
+            f.seek(pos)
+            chunk = f.read(chunk_size)
+            if not chunk:
+                return
+            pos += len(chunk)
             yield chunk
 
     def replace_body(self, body: IO[bytes]) -> None:

@@ -81,3 +81,15 @@ def test_parse_then_write_round_trips(fields: list[tuple[str, str]]) -> None:
     parsed = parse_header_block(block)
     assert [(h.name, h.raw_value) for h in parsed] == fields
     assert b"".join(h.to_bytes() for h in parsed) == block
+
+
+def test_interleaved_body_readers_each_get_the_whole_body() -> None:
+    body = bytes(range(256)) * 1024
+    msg = _message(body=body)
+    first, second = msg.iter_body(1000), msg.iter_body(1000)
+    a, b = [], []
+    for x, y in zip(first, second, strict=True):
+        a.append(x)
+        b.append(y)
+    assert b"".join(a) == body
+    assert b"".join(b) == body
