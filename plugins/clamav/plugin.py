@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 from mailgate import Message, Transaction, Verdict, hookimpl
 from mailgate.plugins.clamav.clamd_client import (
@@ -16,24 +15,6 @@ from mailgate.plugins.clamav.settings import ClamavSettings
 
 RESULT_KEY = "clamav"
 """The key of this plugin's entry in ``transaction.results``."""
-
-
-def spool_chunks(message: Message, chunk_size: int) -> Iterator[bytes]:
-    """The message as sent, read from its spool at this reader's own offset.
-
-    Concurrent scanners share one spool file; each read seeks first, so another scanner
-    reading between our awaits cannot move us.
-    """
-    yield message.header_bytes()
-    body = message.open_body()
-    offset = 0
-    while True:
-        body.seek(offset)
-        chunk = body.read(chunk_size)
-        if not chunk:
-            return
-        offset += len(chunk)
-        yield chunk
 
 
 def _one_line(text: str) -> str:
@@ -67,7 +48,7 @@ class ClamavPlugin:
             return self._over_size(transaction, f"{size} bytes over max_size")
         started = time.perf_counter()
         try:
-            result = await self.client.scan(lambda: spool_chunks(message, self.settings.chunk_size))
+            result = await self.client.scan(lambda: message.iter_bytes(self.settings.chunk_size))
         except ClamdSizeLimitError as exc:
             return self._over_size(transaction, f"clamd: {exc}")
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 from mailgate import Message, Session, Transaction, Verdict, hookimpl
 from mailgate.plugins.spamassassin.settings import SpamassassinSettings
@@ -11,24 +10,6 @@ from mailgate.plugins.spamassassin.spamd_client import SpamdAddress, SpamdClient
 
 RESULT_KEY = "spamassassin"
 """The key of this plugin's entry in ``transaction.results``."""
-
-
-def spool_chunks(message: Message, chunk_size: int = 1 << 16) -> Iterator[bytes]:
-    """The message as sent, read from its spool at this reader's own offset.
-
-    Concurrent scanners share one spool file; each read seeks first, so another scanner
-    reading between our awaits cannot move us.
-    """
-    yield message.header_bytes()
-    body = message.open_body()
-    offset = 0
-    while True:
-        body.seek(offset)
-        chunk = body.read(chunk_size)
-        if not chunk:
-            return
-        offset += len(chunk)
-        yield chunk
 
 
 def fold_status(value: str, width: int = 76) -> str:
@@ -82,7 +63,7 @@ class SpamassassinPlugin:
             return None
         user = self.settings.user.value(session, transaction)
         started = time.perf_counter()
-        report = await self.client.check(lambda: spool_chunks(message), size, user)
+        report = await self.client.check(message.iter_bytes, size, user)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
         return self._act(session, transaction, message, report, elapsed_ms)
 
