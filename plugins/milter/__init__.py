@@ -1,0 +1,20 @@
+"""The milter bridge: external milters (protocol 2 and 6) as plugins of the pipeline.
+
+Enable one milter per ``conf.d`` file (``plugin = "milter"``); see ``docs/plugins/milter.md``.
+"""
+
+from mailgate.plugins.milter.client import Agreed, Answer, MilterClient, MilterFailure, MilterGone
+from mailgate.plugins.milter.plugin import MilterPlugin, reply_verdict
+from mailgate.plugins.milter.settings import MilterSettings, parse_address
+
+__all__ = [
+    "Agreed",
+    "Answer",
+    "MilterClient",
+    "MilterFailure",
+    "MilterGone",
+    "MilterPlugin",
+    "MilterSettings",
+    "parse_address",
+    "reply_verdict",
+]

@@ -1,0 +1,462 @@
+"""The `milter` plugin: one external milter (protocol 2 or 6) as a step of the pipeline.
+
+Each SMTP session gets its own connection to the milter, opened at the first stage the milter
+is called at and reused for every transaction of the session (ABORT between), closed with QUIT
+at disconnect. The envelope steps go out at their own stage when listed in ``stages``;
+otherwise they wait and go out with the next listed stage. Headers and body go out at the end
+of data, as the plugins before this one left them, so in a chain each milter sees the message as
+the milters before it left it. The milter's replies become verdicts, its actions become the
+transaction's modifications.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO
+
+import structlog
+
+from mailgate import Address, Message, Session, Transaction, Verdict, hookimpl
+from mailgate.message import new_spool
+from mailgate.milter import codec as c
+from mailgate.milter.protocol import BODY_CHUNK, Command
+from mailgate.plugins.milter.client import Agreed, Answer, MilterClient, MilterFailure, MilterGone
+from mailgate.plugins.milter.macros import (
+    POSTFIX_DEFAULTS,
+    STAGE_OF,
+    macro_pairs,
+    session_values,
+    transaction_values,
+)
+from mailgate.plugins.milter.settings import STAGES, MilterSettings, parse_address
+
+log = structlog.get_logger("mailgate.plugins.milter")
+
+_ORDER: dict[str, int] = {name: i for i, name in enumerate(STAGES)}
+_BODY_GROUP = 1 << 20
+"""Body bytes per write when the milter does not answer each chunk."""
+_REPLY_LINE = re.compile(r"^([2-5]\d\d)[ -](?:([2-5]\.\d{1,3}\.\d{1,3}) )?(.*)$")
+
+
+@dataclass(slots=True)
+class _Link:
+    """One session's connection to the milter, and how far the milter has been told."""
+
+    client: MilterClient
+    reopened: bool = False
+    sent_connect: bool = False
+    sent_helo: str | None = None
+    tx_id: str | None = None
+    mail_open: bool = False
+    rcpts_sent: list[int] = field(default_factory=list)
+    data_sent: bool = False
+    done_session: bool = False
+    done_tx: str | None = None
+    discard_session: bool = False
+    discard_tx: str | None = None
+
+    def forget_connection(self) -> None:
+        """A new connection: the milter knows nothing yet."""
+        self.sent_connect = False
+        self.sent_helo = None
+        self.tx_id = None
+        self.mail_open = False
+        self.rcpts_sent = []
+        self.data_sent = False
+
+
+def _wire(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _bare_address(raw: bytes) -> str:
+    text = _text(raw).strip()
+    return text[1:-1] if text.startswith("<") and text.endswith(">") else text
+
+
+def _header_value(raw: bytes) -> str:
+    """A header value from the milter, with CRLF line ends inside folded values."""
+    return _text(raw).replace("\r\n", "\n").replace("\n", "\r\n")
+
+
+def reply_verdict(text: str) -> Verdict | None:
+    """A SMFIR_REPLYCODE reply as a verdict: code, enhanced status and text as the milter gave
+    them (a multi-line reply keeps its first code and joins its texts). None if not 4xx/5xx."""
+    lines = [line for line in text.replace("\r\n", "\n").split("\n") if line]
+    parsed = [_REPLY_LINE.match(line) for line in lines]
+    if not parsed or parsed[0] is None:
+        return None
+    code = int(parsed[0].group(1))
+    status = parsed[0].group(2) or ""
+    body = " ".join(
+        (m.group(3) if m else line).strip() for m, line in zip(parsed, lines, strict=True)
+    )
+    if status and status[0] != str(code)[0]:
+        status = ""
+    if code == 421:
+        return Verdict.disconnect(body, reason="milter replied 421")
+    if code // 100 == 4:
+        return Verdict.tempfail(code, status, body)
+    if code // 100 == 5:
+        return Verdict.reject(code, status, body)
+    return None
+
+
+def _body_chunks(message: Message) -> Iterator[bytes]:
+    """The body in milter-sized chunks, each read at its own offset (other readers may seek)."""
+    body = message.open_body()
+    offset = 0
+    while True:
+        body.seek(offset)
+        chunk = body.read(BODY_CHUNK)
+        if not chunk:
+            return
+        offset += len(chunk)
+        yield chunk
+
+
+class MilterPlugin:
+    """Calls one external milter (opendkim, rspamd, clamav-milter, ...) at the stages it wants.
+
+    One ``conf.d`` file per milter; files in order make the chain.
+    """
+
+    Settings = MilterSettings
+
+    def __init__(self, settings: MilterSettings | None = None) -> None:
+        self.settings = settings or MilterSettings()
+        self.address = parse_address(self.settings.address)
+        self.name = self.settings.name or self.settings.address
+        self.hostname = self.settings.hostname or socket.gethostname()
+        self._key = f"milter:{self.name}"
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    @hookimpl
+    async def on_connect(self, session: Session) -> Verdict | None:
+        """Tell the milter about the connection (CONNECT)."""
+        return await self._stage("connect", session, None)
+
+    @hookimpl
+    async def on_helo(self, session: Session, name: str) -> Verdict | None:
+        """HELO/EHLO (a second one is sent again)."""
+        return await self._stage("helo", session, None, helo=name)
+
+    @hookimpl
+    async def on_mail(self, session: Session, transaction: Transaction) -> Verdict | None:
+        """MAIL FROM (an ABORT first if an earlier transaction was told)."""
+        return await self._stage("mail", session, transaction)
+
+    @hookimpl
+    async def on_rcpt(
+        self, session: Session, transaction: Transaction, recipient: Address
+    ) -> Verdict | None:
+        """RCPT TO: a refusal refuses this recipient only."""
+        return await self._stage("rcpt", session, transaction, recipient)
+
+    @hookimpl
+    async def on_data(self, session: Session, transaction: Transaction) -> Verdict | None:
+        """DATA (protocol 4 and later)."""
+        return await self._stage("data", session, transaction)
+
+    @hookimpl
+    async def on_message(self, session: Session, transaction: Transaction) -> Verdict | None:
+        """Headers, body and end of message; the milter's actions become modifications."""
+        return await self._stage("message", session, transaction)
+
+    @hookimpl
+    async def on_disconnect(self, session: Session) -> None:
+        """QUIT and close the session's connection."""
+        link = session.notes.pop(self._key, None)
+        if isinstance(link, _Link):
+            await link.client.close()
+
+    # -- one stage -----------------------------------------------------------------------------
+
+    def _link(self, session: Session) -> _Link:
+        link = session.notes.get(self._key)
+        if not isinstance(link, _Link):
+            s = self.settings
+            client = MilterClient(
+                self.address,
+                version=s.version,
+                connect_timeout=s.connect_timeout,
+                command_timeout=s.command_timeout,
+                eom_timeout=s.eom_timeout,
+                max_frame=s.max_frame,
+            )
+            link = session.notes[self._key] = _Link(client)
+        return link
+
+    async def _stage(
+        self,
+        stage: str,
+        session: Session,
+        tx: Transaction | None,
+        recipient: Address | None = None,
+        helo: str = "",
+    ) -> Verdict | None:
+        link = self._link(session)
+        if stage == "message" and (
+            link.discard_session or (tx is not None and link.discard_tx == tx.id)
+        ):
+            return Verdict.discard(reason=f"milter {self.name} discarded the message")
+        if link.done_session or (tx is not None and link.done_tx == tx.id):
+            return None
+        if stage not in self.settings.stages:
+            return None
+        try:
+            try:
+                answer = await self._exchange(link, stage, session, tx, recipient, helo)
+            except MilterGone as exc:
+                if link.reopened:
+                    raise
+                log.info("milter connection lost, reopening", milter=self.name, reason=str(exc))
+                link.reopened = True
+                link.client.abandon()
+                answer = await self._exchange(link, stage, session, tx, recipient, helo)
+        except MilterFailure as exc:
+            link.client.abandon()
+            return self._failed(link, stage, session, tx, str(exc))
+        except BaseException:
+            # Cancelled (the plugin's own timeout) in the middle of an exchange.
+            link.client.abandon()
+            raise
+        if answer.out_of_step:
+            link.client.abandon()
+        return self._decide(link, stage, answer, tx)
+
+    def _failed(
+        self, link: _Link, stage: str, session: Session, tx: Transaction | None, why: str
+    ) -> Verdict | None:
+        policy = self.settings.on_failure
+        log.warning("milter failed", milter=self.name, stage=stage, reason=why, policy=policy)
+        session.count("milter_failures")
+        if tx is not None:
+            tx.set_result(self.name, "error", reason=why, policy=policy)
+        if policy == "tempfail":
+            return Verdict.tempfail(
+                451, "4.7.1", "Service unavailable - try again later", reason=why
+            )
+        if policy == "reject":
+            return Verdict.reject(554, "5.7.1", "Service unavailable", reason=why)
+        if policy == "accept" or tx is None:
+            link.done_session = True
+        else:
+            link.done_tx = tx.id
+        return None
+
+    # -- what goes out -------------------------------------------------------------------------
+
+    async def _exchange(
+        self,
+        link: _Link,
+        stage: str,
+        session: Session,
+        tx: Transaction | None,
+        recipient: Address | None,
+        helo: str,
+    ) -> Answer:
+        client = link.client
+        if not client.is_open:
+            link.forget_connection()
+            await client.open()
+        assert client.agreed is not None
+        out = _Commands(client.agreed, session_values(session, self.hostname))
+        at = _ORDER[stage]
+        if not link.sent_connect:
+            out.add(Command.CONNECT, _connect_frame(session))
+            link.sent_connect = True
+        helo = helo or session.helo
+        if at >= _ORDER["helo"] and helo and link.sent_helo != helo:
+            out.add(Command.HELO, c.Helo(_wire(helo)))
+            link.sent_helo = helo
+        if tx is None or at < _ORDER["mail"]:
+            return await client.step(out.frames)
+        out.values.update(transaction_values(tx))
+        if link.tx_id != tx.id:
+            if link.mail_open:
+                out.frames.append((Command.ABORT, c.Abort()))
+            out.add(Command.MAIL, c.Mail(_angle(tx.sender.address), _params(tx.sender.params)))
+            link.tx_id, link.mail_open, link.rcpts_sent, link.data_sent = tx.id, True, [], False
+        pending = [r for r in tx.recipients if id(r) not in link.rcpts_sent]
+        if recipient is not None and stage == "rcpt":
+            pending.append(recipient)
+        for rcpt in pending:
+            out.values.update(transaction_values(tx, rcpt))
+            out.add(Command.RCPT, c.Rcpt(_angle(rcpt.address), _params(rcpt.params)))
+            link.rcpts_sent.append(id(rcpt))
+        if at >= _ORDER["data"] and not link.data_sent:
+            out.values.update(transaction_values(tx))
+            out.add(Command.DATA, c.Data())
+            link.data_sent = True
+        if stage != "message":
+            return await client.step(out.frames)
+        assert tx.message is not None
+        return await self._content(client, out, tx.message)
+
+    async def _content(self, client: MilterClient, out: _Commands, message: Message) -> Answer:
+        agreed = out.agreed
+        for header in message.headers:
+            value = header.raw_value if agreed.leading_space else header.value
+            frame = c.Header(_wire(header.name), _wire(value.replace("\r\n", "\n")))
+            out.add(Command.HEADER, frame)
+        out.add(Command.EOH, c.EndOfHeaders())
+        if not agreed.sends(Command.BODY):
+            out.macros(Command.BODYEOB)
+            return await client.step(out.frames, end_of_message=True)
+        chunks = _body_chunks(message)
+        per_chunk_reply = agreed.replies_to(Command.BODY)
+        chunk = next(chunks, None)
+        while True:
+            size = 0
+            while chunk is not None:
+                out.frames.append((Command.BODY, c.Body(chunk)))
+                size += len(chunk)
+                chunk = next(chunks, None)
+                if per_chunk_reply or size >= _BODY_GROUP:
+                    break
+            last = chunk is None
+            if last:
+                out.macros(Command.BODYEOB)
+            answer = await client.step(out.frames, end_of_message=last)
+            out.frames = []
+            if last or answer.command is not None:
+                return answer
+            if answer.skipped:
+                out.macros(Command.BODYEOB)
+                return await client.step(out.frames, end_of_message=True)
+
+    # -- what comes back -----------------------------------------------------------------------
+
+    def _decide(
+        self, link: _Link, stage: str, answer: Answer, tx: Transaction | None
+    ) -> Verdict | None:
+        reply, command = answer.reply, answer.command
+        session_wide = command in (Command.CONNECT, Command.HELO)
+        if isinstance(reply, c.Continue):
+            verdict = None
+        elif isinstance(reply, c.Accept):
+            verdict = None
+            self._done(link, tx, session_wide)
+        elif isinstance(reply, c.Discard):
+            verdict = Verdict.discard(reason=f"milter {self.name}") if stage == "message" else None
+            if session_wide or tx is None:
+                link.discard_session = True
+            else:
+                link.discard_tx = tx.id
+            self._done(link, tx, session_wide)
+        elif isinstance(reply, c.Shutdown | c.ConnFail):
+            link.done_session = True
+            link.client.abandon()
+            verdict = Verdict.disconnect(reason=f"milter {self.name}: {type(reply).__name__}")
+        else:
+            verdict = self._refusal(reply, command)
+            if command is not Command.RCPT or stage != "rcpt":
+                self._done(link, tx, session_wide)
+        if tx is not None and stage == "message":
+            if verdict is None and not isinstance(reply, c.Discard):
+                self._apply(answer, tx)
+            word = "continue" if verdict is None else verdict.kind.value
+            tx.set_result(self.name, word, reason=type(reply).__name__.lower())
+        return verdict
+
+    def _done(self, link: _Link, tx: Transaction | None, session_wide: bool) -> None:
+        if session_wide or tx is None:
+            link.done_session = True
+        else:
+            link.done_tx = tx.id
+
+    def _refusal(self, reply: c.Frame, command: Command | None) -> Verdict:
+        why = f"milter {self.name} at {command.name if command else '?'}"
+        if isinstance(reply, c.ReplyCode):
+            verdict = reply_verdict(_text(reply.text))
+            if verdict is not None:
+                return verdict
+            log.warning("milter sent a bad reply code", milter=self.name, reply=reply.text)
+            return Verdict.tempfail(451, "4.7.1", "Service unavailable - try again later")
+        if isinstance(reply, c.Reject):
+            code = 554 if command is Command.CONNECT else 550
+            return Verdict.reject(code, "5.7.1", "Command rejected", reason=why)
+        return Verdict.tempfail(451, "4.7.1", "Service unavailable - try again later", reason=why)
+
+    def _apply(self, answer: Answer, tx: Transaction) -> None:
+        """The milter's actions as the transaction's modifications, in the order they came."""
+        body: IO[bytes] | None = None
+        for action in answer.actions:
+            match action:
+                case c.AddHeader(name, value):
+                    tx.add_header(_text(name), _header_value(value))
+                case c.InsertHeader(index, name, value):
+                    tx.insert_header(index, _text(name), _header_value(value))
+                case c.ChangeHeader(index, name, b""):
+                    tx.delete_header(_text(name), max(index, 1))
+                case c.ChangeHeader(index, name, value):
+                    tx.change_header(_text(name), _header_value(value), max(index, 1))
+                case c.ReplaceBody(chunk):
+                    body = body or new_spool()
+                    body.write(chunk)
+                case c.AddRcpt(rcpt):
+                    tx.add_recipient(_bare_address(rcpt))
+                case c.AddRcptPar(rcpt, params):
+                    tx.add_recipient(_bare_address(rcpt), tuple(_text(params).split()))
+                case c.DelRcpt(rcpt):
+                    tx.delete_recipient(_bare_address(rcpt))
+                case c.ChangeFrom(sender, params):
+                    tx.change_sender(_bare_address(sender), tuple(_text(params or b"").split()))
+                case c.Quarantine(reason):
+                    tx.quarantine(_text(reason) or f"milter {self.name}")
+        if body is not None:
+            body.seek(0)
+            tx.replace_body(body)
+
+
+class _Commands:
+    """A group of frames being built, each command preceded by its MACRO frame."""
+
+    def __init__(self, agreed: Agreed, values: dict[str, str]) -> None:
+        self.agreed = agreed
+        self.values = values
+        self.frames: list[tuple[Command, c.MilterCommand]] = []
+
+    def macros(self, command: Command) -> None:
+        """The MACRO frame for `command`: the milter's own list for its stage, else Postfix's."""
+        stage = STAGE_OF.get(command)
+        if stage is None:
+            return
+        names = self.agreed.macro_lists.get(stage, POSTFIX_DEFAULTS[stage])
+        pairs = macro_pairs(names, self.values)
+        if pairs:
+            self.frames.append((Command.MACRO, c.Macro(command.value, pairs)))
+
+    def add(self, command: Command, frame: c.MilterCommand) -> None:
+        """Add a command (and its macros) if the milter wants it."""
+        if not self.agreed.sends(command):
+            return
+        self.macros(command)
+        self.frames.append((command, frame))
+
+
+def _angle(address: str) -> bytes:
+    return _wire(f"<{address}>")
+
+
+def _params(params: list[str]) -> tuple[bytes, ...]:
+    return tuple(_wire(p) for p in params)
+
+
+def _connect_frame(session: Session) -> c.Connect:
+    name = _wire(session.client_name or f"[{session.client_ip}]")
+    ip = session.client_ip
+    if not ip:
+        return c.Connect(name, b"U")
+    if ":" in ip:
+        return c.Connect(name, b"6", session.client_port, _wire(ip))
+    return c.Connect(name, b"4", session.client_port, _wire(ip))
