@@ -10,7 +10,14 @@ import platform
 import sys
 from dataclasses import asdict, replace
 
-from .harness import DEFAULT_SYSTEMS, SYSTEMS, BenchPlan, format_table, run_benchmark
+from .harness import (
+    DEFAULT_SYSTEMS,
+    SYSTEMS,
+    BenchPlan,
+    format_table,
+    format_targets,
+    run_benchmark,
+)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -64,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     print(f"\n{stamp}, {machine}")
     print(format_table(results))
+    print()
+    print(format_targets(results))
     for m in results:
         for error in m.errors:
             print(f"{m.system} {m.size_kib} KiB x{m.sessions}: {error}", file=sys.stderr)

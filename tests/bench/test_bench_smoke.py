@@ -16,6 +16,7 @@ from .harness import (
     Measurement,
     System,
     format_table,
+    format_targets,
     run_benchmark,
 )
 from .profile import hotspots
@@ -101,6 +102,9 @@ def test_table_lists_every_cell(
     table = format_table(results).splitlines()
     assert len(table) == 2 + len(results)
     assert "FAIL" not in "\n".join(table)
+    targets = format_targets(results).splitlines()
+    assert len(targets) == 4  # 10 and 100 KiB, 1 and 20 sessions
+    assert all("of the minimal relay's msg/s" in line for line in targets)
 
 
 def test_profile_hotspots_count_self_and_total_time() -> None:
