@@ -64,12 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in names if name not in SYSTEMS]
     if unknown:
         sys.exit(f"unknown systems: {', '.join(unknown)}")
+    load_before = os.getloadavg()[0]
     results = run_benchmark(
         build_plan(args), names, progress=lambda line: print(line, file=sys.stderr, flush=True)
     )
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    print(f"\n{stamp}, {machine}")
+    # The machine is shared: the load average says how much else ran during the benchmark.
+    load = f"load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end"
+    print(f"\n{stamp}, {machine}, {load}")
     print(format_table(results))
     print()
     print(format_targets(results))

@@ -46,6 +46,8 @@ def hotspots(
         count = int(count_text)
         # With --subprocesses py-spy puts a `process PID:"cmdline"` frame at the root.
         frames = [frame_name(f) for f in stack.split(";") if not f.startswith("process ")]
+        if not frames:
+            frames = ["(no Python frame)"]
         samples += count
         own[frames[-1]] += count
         for name in set(frames):
