@@ -97,7 +97,7 @@ EOM_ACTIONS = (
 
 _ACTION_NEEDS: dict[type, Action] = {
     c.AddHeader: Action.ADDHDRS,
-    c.InsertHeader: Action.CHGHDRS,
+    c.InsertHeader: Action.ADDHDRS,  # as libmilter and Postfix have it, not CHGHDRS
     c.ChangeHeader: Action.CHGHDRS,
     c.ReplaceBody: Action.CHGBODY,
     c.AddRcpt: Action.ADDRCPT,

@@ -66,9 +66,7 @@ class MilterSettings:
     """The milter's name in logs and in ``transaction.results`` (default: the address)."""
     version: Literal[2, 6] = 6
     """The protocol version offered: 6 (everything) or 2 (for very old milters)."""
-    stages: list[Stage] = field(
-        default_factory=lambda: list(STAGES)
-    )
+    stages: list[Stage] = field(default_factory=lambda: list(STAGES))
     """Stages at which the milter is called and its answer used; steps of stages left out are
     sent together at the next listed stage (fewer round trips, later decisions)."""
     connect_timeout: float = 5.0
