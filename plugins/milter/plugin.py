@@ -57,6 +57,8 @@ class _Link:
     done_tx: str | None = None
     discard_session: bool = False
     discard_tx: str | None = None
+    failed: Verdict | None = None
+    """After a failure under ``tempfail`` or ``reject``: the answer for the rest of the session."""
 
     def forget_connection(self) -> None:
         """A new connection: the milter knows nothing yet."""
@@ -208,6 +210,8 @@ class MilterPlugin:
             link.discard_session or (tx is not None and link.discard_tx == tx.id)
         ):
             return Verdict.discard(reason=f"milter {self.name} discarded the message")
+        if link.failed is not None:
+            return link.failed
         if link.done_session or (tx is not None and link.done_tx == tx.id):
             return None
         if stage not in self.settings.stages:
@@ -241,12 +245,15 @@ class MilterPlugin:
         session.count("milter_failures")
         if tx is not None:
             tx.set_result(self.name, "error", reason=why, policy=policy)
+        # As Postfix's milter_default_action: a refusing policy holds for the rest of the session.
+        reason = f"milter {self.name}: {why}"
         if policy == "tempfail":
-            return Verdict.tempfail(
-                451, "4.7.1", "Service unavailable - try again later", reason=why
-            )
+            text = "Service unavailable - try again later"
+            link.failed = Verdict.tempfail(451, "4.7.1", text, reason=reason)
+            return link.failed
         if policy == "reject":
-            return Verdict.reject(554, "5.7.1", "Service unavailable", reason=why)
+            link.failed = Verdict.reject(554, "5.7.1", "Service unavailable", reason=reason)
+            return link.failed
         if policy == "accept" or tx is None:
             link.done_session = True
         else:
