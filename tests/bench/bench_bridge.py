@@ -1,0 +1,188 @@
+"""Benchmark: mailgate's milter bridge → opendkim, against Postfix's own milter client.
+
+Same run, same load: ``smtp-source -s 20 -l 10240 -f a@example.com`` (one connection per
+message, every message signed by opendkim), everything relaying to one smtp-sink:
+
+- Postfix alone, and Postfix → opendkim over TCP and over a unix socket (Postfix's milter
+  client, which leaves Nagle and delayed ACKs on);
+- mailgate alone (SMTP listener, relay), and mailgate → the same opendkim over TCP through the
+  bridge (``TCP_NODELAY``, one write per group of commands, ``TCP_QUICKACK``).
+
+``python -m tests.bench.bench_bridge [--messages N] [--repeats R]`` prints the table: medians,
+rates relative to Postfix alone, and the one-session latency each configuration has (the
+latency opendkim adds is the difference to its "alone" line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.peers.opendkim import DkimKey, OpenDkim, make_key
+from tests.peers.ports import free_port
+from tests.peers.postfix import Postfix
+from tests.peers.process import Daemon, banner_probe, start_daemon, stop_all
+from tests.peers.workdir import PeerDirs, create_base
+
+ROOT = Path(__file__).resolve().parents[2]
+MAILGATE = ROOT / ".venv" / "bin" / "mailgate"
+SIZE = 10 * 1024
+SESSIONS = 20
+
+
+class UnixOpenDkim(OpenDkim):
+    """The same opendkim signer, listening on a unix socket Postfix's smtpd can reach."""
+
+    @property
+    def milter(self) -> str:
+        """``unix:/path``."""
+        return f"unix:{self.workdir / 'opendkim.sock'}"
+
+    def config(self) -> dict[str, str]:
+        """The signer's settings with the socket moved to a world-writable unix socket."""
+        return super().config() | {
+            "Socket": f"local:{self.workdir / 'opendkim.sock'}",
+            "UMask": "000",
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One configuration: the SMTP port smtp-source talks to."""
+
+    name: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """Median rate, its ratio to Postfix alone, and one-session latency."""
+
+    name: str
+    rate: float
+    ratio: float
+    latency_ms: float
+
+
+def _mailgate(dirs: PeerDirs, sink_port: int, milter: str | None) -> tuple[Daemon, int]:
+    conf = dirs.new("mailgate-conf")
+    port = free_port()
+    (conf / "mailgate.toml").write_text(
+        '[mailgate]\nhostname = "mailgate.bench.test"\n[logging]\nlevel = "warning"\n'
+    )
+    if milter is not None:
+        (conf / "40-opendkim.toml").write_text(
+            f'plugin = "milter"\nname = "opendkim"\naddress = "{milter}"\n'
+        )
+    argv = [str(MAILGATE), "serve", "--config", str(conf), "--listen", f"127.0.0.1:{port}"]
+    argv += ["--relay", f"127.0.0.1:{sink_port}"]
+    daemon = start_daemon(
+        "mailgate-bridge", argv, workdir=conf, probe=banner_probe("127.0.0.1", port), grace=3.0
+    )
+    return daemon, port
+
+
+@contextmanager
+def bridge_testbed(dirs: PeerDirs) -> Iterator[tuple[list[Route], list[Daemon]]]:
+    """smtp-sink, opendkim (TCP and unix), Postfix and two mailgates, all started."""
+    with ExitStack() as stack:
+        key: DkimKey = make_key(dirs.new("dkim-key"))
+        tcp = OpenDkim(dirs.new("opendkim-tcp"), "s", key).start()
+        stack.callback(tcp.stop)
+        unix = UnixOpenDkim(dirs.new("opendkim-unix"), "s", key).start()
+        stack.callback(unix.stop)
+        sink_port = free_port()
+        sink = start_daemon(
+            "smtp-sink",
+            ["smtp-sink", "-u", "nobody", f"127.0.0.1:{sink_port}", "256"],
+            workdir=dirs.new("sink", owner="nobody"),
+            probe=banner_probe("127.0.0.1", sink_port),
+            grace=1.0,
+        )
+        alone, alone_port = _mailgate(dirs, sink_port, None)
+        bridged, bridged_port = _mailgate(dirs, sink_port, tcp.milter)
+        daemons = [sink, alone, bridged]
+        stack.callback(stop_all, daemons)  # type: ignore[arg-type]
+        postfix = Postfix(dirs.new("postfix"), ("127.0.0.1", sink_port))
+        routes = [Route("Postfix alone", postfix.port)]
+        routes.append(Route("Postfix → opendkim, TCP", postfix.add_listener([tcp.milter])))
+        routes.append(Route("Postfix → opendkim, unix", postfix.add_listener([unix.milter])))
+        routes.append(Route("mailgate alone", alone_port))
+        routes.append(Route("mailgate → opendkim, TCP (bridge)", bridged_port))
+        postfix.start()
+        stack.callback(postfix.stop)
+        yield routes, [alone, bridged]
+
+
+def load(route: Route, messages: int, sessions: int = SESSIONS) -> float:
+    """Send `messages` with smtp-source through `route`; messages per second."""
+    argv = ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(SIZE)]
+    argv += ["-f", "a@example.com", "-t", "b@y.test", f"127.0.0.1:{route.port}"]
+    started = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0 or proc.stderr.strip():
+        raise RuntimeError(f"smtp-source via {route.name}: {proc.stdout}{proc.stderr}")
+    return messages / elapsed
+
+
+def run(messages: int, repeats: int, dirs: PeerDirs) -> list[Result]:
+    """Measure every route `repeats` times, rotating the order; medians, ratios, latency."""
+    rates: dict[str, list[float]] = {}
+    with bridge_testbed(dirs) as (routes, mailgates):
+        for r in range(repeats):
+            for route in routes[r % len(routes) :] + routes[: r % len(routes)]:
+                time.sleep(0.5)  # let Postfix's queue manager deliver the previous run
+                rates.setdefault(route.name, []).append(load(route, messages))
+        latency = {
+            route.name: 1000 / load(route, max(10, messages // 50), sessions=1) for route in routes
+        }
+        for daemon in mailgates:
+            log = daemon.output.read_text(errors="replace")
+            if "milter failed" in log:
+                raise RuntimeError(f"the bridge failed during the run:\n{log[-2000:]}")
+    base = statistics.median(rates[routes[0].name])
+    return [
+        Result(name, statistics.median(v), statistics.median(v) / base, latency[name])
+        for name, v in rates.items()
+    ]
+
+
+def table(results: list[Result]) -> str:
+    """The results as a Markdown table."""
+    lines = [
+        "| configuration | msg/s, 20 sessions | ratio to Postfix alone | ms/msg, 1 session |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {r.name} | {r.rate:,.0f} | {r.ratio:.2f} | {r.latency_ms:.1f} |" for r in results]
+    return "\n".join(lines)
+
+
+@pytest.mark.bench
+def test_bridge_bench_smoke(peer_dirs: PeerDirs) -> None:
+    results = run(messages=40, repeats=1, dirs=peer_dirs)
+    assert len(results) == 5
+    assert all(r.rate > 0 for r in results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.bench_bridge")
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    print(table(run(args.messages, args.repeats, PeerDirs(create_base()))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
