@@ -22,7 +22,9 @@ Rules every hook follows:
 - Each call has the plugin's ``timeout``; an exception or a timeout applies the plugin's
   ``on_error`` policy (``tempfail``, ``accept``, ``reject`` or ``ignore``) instead of a blanket
   answer.
-- A plugin whose ``when`` expression is false for this session/transaction is not called.
+- A plugin whose ``when`` expression is false for this session/transaction is not called
+  for the decision hooks; ``on_outcome`` and ``on_disconnect`` are always called, so a plugin
+  can release what it holds.
 - Plugins change the message only through :class:`mailgate.Transaction` methods
   (``add_header``, ``delete_recipient``, ...), never by writing to the message directly.
 - A hook is never told which way the message came in (SMTP or milter) or will leave.

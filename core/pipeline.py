@@ -124,11 +124,21 @@ class Pipeline:
     # -- one call --------------------------------------------------------------------------------
 
     async def _invoke(
-        self, call: _Call, kwargs: dict[str, Any], session: Session, tx: Transaction | None
+        self,
+        call: _Call,
+        kwargs: dict[str, Any],
+        session: Session,
+        tx: Transaction | None,
+        *,
+        always: bool = False,
     ) -> tuple[bool, Any]:
-        """Call one plugin; return (ok, result). A failure is logged and counted."""
+        """Call one plugin; return (ok, result). A failure is logged and counted.
+
+        `when` gates decisions only: with `always`, a plugin is called whatever its `when`
+        says, so it can release what it holds (a milter connection, a counter).
+        """
         p = call.plugin
-        if p.when is not None and not p.when(session, tx):
+        if not always and p.when is not None and not p.when(session, tx):
             return True, None
         args = {k: kwargs[k] for k in call.argnames}
         started = time.perf_counter()
@@ -293,9 +303,9 @@ class Pipeline:
         """Run `on_outcome` on every plugin; failures are only logged."""
         kwargs: dict[str, Any] = {"session": session, "transaction": tx, "verdict": verdict}
         for call in self._calls["on_outcome"]:
-            await self._invoke(call, kwargs, session, tx)
+            await self._invoke(call, kwargs, session, tx, always=True)
 
     async def disconnect(self, session: Session) -> None:
         """Run `on_disconnect` on every plugin; failures are only logged."""
         for call in self._calls["on_disconnect"]:
-            await self._invoke(call, {"session": session}, session, None)
+            await self._invoke(call, {"session": session}, session, None, always=True)

@@ -191,3 +191,18 @@ async def test_recipient_modifications_change_the_envelope() -> None:
     assert tx.recipients[1].params == ["NOTIFY=NEVER"]
     assert tx.sender.address == "bounce@x.test"
     assert len(tx.modifications) == 3
+
+
+class Cleanup:
+    calls: list[str] = []
+
+    @hookimpl
+    def on_disconnect(self) -> None:
+        Cleanup.calls.append("disconnect")
+
+
+async def test_disconnect_is_called_even_when_the_condition_is_false() -> None:
+    Cleanup.calls = []
+    plugin = EnabledPlugin("c", Cleanup(), when=lambda s, t: False)
+    await Pipeline([plugin]).disconnect(Session("192.0.2.1"))
+    assert Cleanup.calls == ["disconnect"]
