@@ -120,7 +120,10 @@ def test_profile_hotspots_count_self_and_total_time() -> None:
     assert total["smtp/data.py:handle"] == 9
 
 
-frames = st.from_regex(r"[a-z_]{1,8} \([a-z/]{1,10}\.py:[0-9]{1,3}\)", fullmatch=True)
+names = st.text(alphabet="abcdefgh_", min_size=1, max_size=8)
+frames = st.builds(
+    lambda function, path, line: f"{function} ({path}.py:{line})", names, names, st.integers(1, 999)
+)
 
 
 @given(st.lists(st.tuples(st.lists(frames, min_size=1, max_size=5), st.integers(1, 50))))
