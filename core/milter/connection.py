@@ -179,7 +179,6 @@ class MilterConnection:
         macros = self.macros
         await self.end_session()
         self.session = new_session(frame, macros, self.settings.name)
-        log.debug("milter session", session=self.session.id, client=self.session.client_ip)
         self.answer(Command.CONNECT, await self.pipeline.connect(self.session))
 
     async def on_helo(self, name: str) -> None:

@@ -90,6 +90,10 @@ class MilterListener:
         self._tasks.add(task)
         try:
             await MilterConnection(reader, writer, self.settings, self.pipeline()).run()
+        except asyncio.CancelledError:
+            # `stop` cancels running connections; asyncio's stream callback would log the
+            # cancellation as an error if it escaped this task.
+            writer.close()
         except Exception:
             log.exception("milter connection failed", listener=self.settings.name)
             writer.close()

@@ -39,11 +39,17 @@ class Negotiated:
     version: int
     actions: Action
     protocol: Step
+    answered: frozenset[Command] = frozenset()
+    """The commands the MTA waits for a reply to (computed from `protocol`)."""
+
+    def __post_init__(self) -> None:
+        # Computed once: checking enum flags for every frame is a measurable cost per message.
+        answered = frozenset(cmd for cmd, flag in NO_REPLY.items() if not self.protocol & flag)
+        object.__setattr__(self, "answered", answered)
 
     def replies_to(self, command: Command) -> bool:
         """True if the MTA waits for a reply to `command`."""
-        flag = NO_REPLY.get(command)
-        return flag is not None and not self.protocol & flag
+        return command in self.answered
 
     @property
     def leading_space(self) -> bool:
