@@ -53,7 +53,7 @@ def _value(value: str, agreed: Negotiated) -> bytes:
 
 _NEEDS: dict[type, Action] = {
     m.AddHeader: Action.ADDHDRS,
-    m.InsertHeader: Action.CHGHDRS,
+    m.InsertHeader: Action.ADDHDRS,  # libmilter and Postfix check ADDHDRS for INSHEADER
     m.ChangeHeader: Action.CHGHDRS,
     m.DeleteHeader: Action.CHGHDRS,
     m.ReplaceBody: Action.CHGBODY,
