@@ -120,14 +120,14 @@ class Message:
         self._body.seek(0)
         return self._body
 
-    def iter_body(self, chunk_size: int = _COPY_CHUNK) -> Iterator[bytes]:
-        """The body in chunks of at most `chunk_size` bytes.
+    def iter_body(self, chunk_size: int = _COPY_CHUNK, *, start: int = 0) -> Iterator[bytes]:
+        """The body from byte `start` on, in chunks of at most `chunk_size` bytes.
 
         Each iterator keeps its own position, so concurrent scanners that await between chunks
         may read the same spool at the same time.
         """
         f = self._body
-        pos = 0
+        pos = start
         while True:
             f.seek(pos)
             chunk = f.read(chunk_size)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import stat
 from collections.abc import Callable
@@ -49,10 +50,7 @@ class MilterListener:
     @property
     def address(self) -> str:
         """Where the listener is, in Postfix's ``smtpd_milters`` syntax."""
-        if self._address.is_unix:
-            return f"unix:{self._address.path}"
-        host = self._address.host
-        return f"inet:{f'[{host}]' if ':' in host else host}:{self.port}"
+        return dataclasses.replace(self._address, port=self.port).milter_spec
 
     async def start(self) -> None:
         """Bind the socket and start accepting connections."""

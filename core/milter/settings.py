@@ -6,48 +6,7 @@ from dataclasses import dataclass
 
 from mailgate.message import DEFAULT_SPOOL_THRESHOLD
 from mailgate.milter.protocol import DEFAULT_MAX_FRAME
-
-
-@dataclass(frozen=True, slots=True)
-class SocketAddress:
-    """Where a milter listens: a TCP host and port, or a unix socket path."""
-
-    host: str = ""
-    port: int = 0
-    path: str = ""
-
-    @property
-    def is_unix(self) -> bool:
-        """True for a unix socket."""
-        return bool(self.path)
-
-    def __str__(self) -> str:
-        if self.path:
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"inet:{host}:{self.port}"
-
-
-def parse_address(spec: str) -> SocketAddress:
-    """Read a milter socket address in any of the forms administrators know.
-
-    ``inet:HOST:PORT`` and ``unix:/path`` (Postfix's ``smtpd_milters`` syntax), ``inet:PORT@HOST``
-    and ``local:/path`` (sendmail's), ``inet6:[::1]:PORT``, and a bare ``HOST:PORT``.
-    """
-    kind, sep, rest = spec.partition(":")
-    if sep and kind in ("unix", "local"):
-        if not rest.startswith("/"):
-            raise ValueError(f"unix socket path must be absolute: {spec!r}")
-        return SocketAddress(path=rest)
-    if not sep or kind not in ("inet", "inet6"):
-        rest = spec
-    if "@" in rest:
-        port, _, host = rest.partition("@")
-    else:
-        host, _, port = rest.rpartition(":")
-    if not port.isdigit() or not host or int(port) > 65535:
-        raise ValueError(f"milter address must be inet:HOST:PORT or unix:/path, not {spec!r}")
-    return SocketAddress(host=host.strip("[]"), port=int(port))
+from mailgate.sockaddr import SocketAddress
 
 
 @dataclass(slots=True)
@@ -68,7 +27,7 @@ class MilterListenerSettings:
     """Permissions of a unix socket: Postfix's smtpd (user ``postfix``) must be able to connect."""
 
     def __post_init__(self) -> None:
-        parse_address(self.address)
+        SocketAddress.parse(self.address)
         if self.max_frame < 65536:
             raise ValueError("max_frame must be at least 65536 (one body chunk)")
         if self.idle_timeout <= 0:
@@ -77,4 +36,4 @@ class MilterListenerSettings:
     @property
     def socket_address(self) -> SocketAddress:
         """`address`, parsed."""
-        return parse_address(self.address)
+        return SocketAddress.parse(self.address)

@@ -14,7 +14,6 @@ import contextlib
 import ssl
 import time
 from collections.abc import Iterator
-from typing import IO
 
 from aiosmtplib.errors import SMTPException
 from aiosmtplib.esmtp import parse_esmtp_extensions
@@ -211,19 +210,10 @@ def message_chunks(message: Message, size: int) -> Iterator[bytes]:
     one chunk. The body's file position is set before every read: other readers may move it
     while the relay waits on the network.
     """
-    body: IO[bytes] = message.open_body()
     head = message.header_bytes()
-    position = 0
-    first = body.read(max(size - len(head), 0))
-    position += len(first)
+    first = message.open_body().read(max(size - len(head), 0))
     yield head + first
-    while True:
-        body.seek(position)
-        chunk = body.read(size)
-        if not chunk:
-            return
-        position += len(chunk)
-        yield chunk
+    yield from message.iter_body(size, start=len(first))
 
 
 def _describe(exc: BaseException) -> str:

@@ -13,6 +13,8 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from mailgate.sockaddr import SocketAddress
+
 DEFAULT_CHUNK_SIZE = 1 << 16
 """INSTREAM chunk size: 64 KiB, well under clamd's own StreamMaxLength granularity."""
 
@@ -27,28 +29,8 @@ class ClamdSizeLimitError(ClamdError):
     """clamd refused the stream: it is longer than clamd's StreamMaxLength."""
 
 
-@dataclass(frozen=True, slots=True)
-class ClamdAddress:
-    """Where one clamd listens: a TCP host and port, or the path of a unix socket."""
-
-    host: str = ""
-    port: int = 0
-    path: str = ""
-
-    @classmethod
-    def parse(cls, text: str) -> ClamdAddress:
-        """Parse ``"127.0.0.1:3310"``, ``"[::1]:3310"``, ``"unix:/run/clamd.sock"`` or a path."""
-        if text.startswith("unix:"):
-            return cls(path=text[5:])
-        if text.startswith("/"):
-            return cls(path=text)
-        host, sep, port = text.rpartition(":")
-        if not sep or not port.isdigit() or not host:
-            raise ValueError(f"not a clamd address (host:port or unix:/path): {text!r}")
-        return cls(host=host.strip("[]"), port=int(port))
-
-    def __str__(self) -> str:
-        return f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
+ClamdAddress = SocketAddress
+"""Where one clamd listens; the name ``docs/plugins/clamav.md`` uses for `SocketAddress`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +74,7 @@ class ClamdClient:
 
     def __init__(
         self,
-        servers: Sequence[ClamdAddress],
+        servers: Sequence[SocketAddress],
         *,
         connect_timeout: float = 2.0,
         scan_timeout: float = 30.0,
@@ -106,14 +88,12 @@ class ClamdClient:
         self.chunk_size = chunk_size
 
     async def _open(
-        self, server: ClamdAddress
+        self, server: SocketAddress
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         async with asyncio.timeout(self.connect_timeout):
-            if server.path:
-                return await asyncio.open_unix_connection(server.path)
-            return await asyncio.open_connection(server.host, server.port)
+            return await server.open_connection()
 
-    async def command(self, server: ClamdAddress, command: bytes) -> bytes:
+    async def command(self, server: SocketAddress, command: bytes) -> bytes:
         """Send one short ``z``-command (``PING``, ``VERSION``) and return the answer."""
         reader, writer = await self._open(server)
         try:
@@ -124,7 +104,7 @@ class ClamdClient:
         finally:
             writer.close()
 
-    async def instream(self, server: ClamdAddress, chunks: Iterable[bytes]) -> ScanResult:
+    async def instream(self, server: SocketAddress, chunks: Iterable[bytes]) -> ScanResult:
         """Scan the bytes of `chunks` on one server (no failover)."""
         try:
             reader, writer = await self._open(server)

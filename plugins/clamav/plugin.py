@@ -6,12 +6,12 @@ import time
 
 from mailgate import Message, Transaction, Verdict, hookimpl
 from mailgate.plugins.clamav.clamd_client import (
-    ClamdAddress,
     ClamdClient,
     ClamdSizeLimitError,
     ScanResult,
 )
 from mailgate.plugins.clamav.settings import ClamavSettings
+from mailgate.sockaddr import SocketAddress
 
 RESULT_KEY = "clamav"
 """The key of this plugin's entry in ``transaction.results``."""
@@ -34,7 +34,7 @@ class ClamavPlugin:
     def __init__(self, settings: ClamavSettings | None = None) -> None:
         self.settings = settings or ClamavSettings()
         self.client = ClamdClient(
-            [ClamdAddress.parse(s) for s in self.settings.servers],
+            [SocketAddress.parse(s) for s in self.settings.servers],
             connect_timeout=self.settings.connect_timeout,
             scan_timeout=self.settings.scan_timeout,
             chunk_size=self.settings.chunk_size,

@@ -6,22 +6,12 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from mailgate.config import Check
-from mailgate.plugins.clamav.clamd_client import ClamdAddress
+from mailgate.sockaddr import is_socket_address
 
 OVER_SIZE_POLICIES = ("skip", "tempfail", "reject")
 VIRUS_ACTIONS = ("reject", "quarantine", "tag")
 
-
-def is_clamd_address(value: str) -> bool:
-    """True for ``host:port`` (IPv6 hosts in brackets), ``unix:/path`` or ``/path``."""
-    try:
-        ClamdAddress.parse(value)
-    except ValueError:
-        return False
-    return True
-
-
-ClamdServer = Annotated[str, Check(is_clamd_address, '"host:port" or "unix:/path"')]
+ClamdServer = Annotated[str, Check(is_socket_address, '"host:port" or "unix:/path"')]
 """One clamd address in the ``servers`` list."""
 
 

@@ -5,7 +5,7 @@ Enable one milter per ``conf.d`` file (``plugin = "milter"``); see ``docs/plugin
 
 from mailgate.plugins.milter.client import Agreed, Answer, MilterClient, MilterFailure, MilterGone
 from mailgate.plugins.milter.plugin import MilterPlugin, reply_verdict
-from mailgate.plugins.milter.settings import MilterSettings, parse_address
+from mailgate.plugins.milter.settings import MilterSettings
 
 __all__ = [
     "Agreed",
@@ -15,6 +15,5 @@ __all__ = [
     "MilterGone",
     "MilterPlugin",
     "MilterSettings",
-    "parse_address",
     "reply_verdict",
 ]

@@ -30,6 +30,7 @@ from mailgate.milter.protocol import (
     MacroStage,
     Step,
 )
+from mailgate.sockaddr import SocketAddress
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 _READ_SIZE = 1 << 16
@@ -214,7 +215,7 @@ class MilterClient:
 
     def __init__(
         self,
-        address: tuple[str, str | int],
+        address: SocketAddress,
         *,
         version: int = 6,
         connect_timeout: float = 5.0,
@@ -249,11 +250,7 @@ class MilterClient:
         """Connect and negotiate options, within the connect timeout."""
         try:
             async with asyncio.timeout(self.connect_timeout):
-                host, port = self.address
-                if host == "unix":
-                    self._reader, self._writer = await asyncio.open_unix_connection(str(port))
-                else:
-                    self._reader, self._writer = await asyncio.open_connection(host, int(port))
+                self._reader, self._writer = await self.address.open_connection()
                 sock = self._writer.get_extra_info("socket")
                 if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

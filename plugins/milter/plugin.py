@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -31,7 +30,8 @@ from mailgate.plugins.milter.macros import (
     session_values,
     transaction_values,
 )
-from mailgate.plugins.milter.settings import STAGES, MilterSettings, parse_address
+from mailgate.plugins.milter.settings import STAGES, MilterSettings
+from mailgate.sockaddr import SocketAddress
 
 log = structlog.get_logger("mailgate.plugins.milter")
 
@@ -111,19 +111,6 @@ def reply_verdict(text: str) -> Verdict | None:
     return None
 
 
-def _body_chunks(message: Message) -> Iterator[bytes]:
-    """The body in milter-sized chunks, each read at its own offset (other readers may seek)."""
-    body = message.open_body()
-    offset = 0
-    while True:
-        body.seek(offset)
-        chunk = body.read(BODY_CHUNK)
-        if not chunk:
-            return
-        offset += len(chunk)
-        yield chunk
-
-
 class MilterPlugin:
     """Calls one external milter (opendkim, rspamd, clamav-milter, ...) at the stages it wants.
 
@@ -134,7 +121,7 @@ class MilterPlugin:
 
     def __init__(self, settings: MilterSettings | None = None) -> None:
         self.settings = settings or MilterSettings()
-        self.address = parse_address(self.settings.address)
+        self.address = SocketAddress.parse(self.settings.address)
         self.name = self.settings.name or self.settings.address
         self.hostname = self.settings.hostname or socket.gethostname()
         self._key = f"milter:{self.name}"
@@ -319,7 +306,7 @@ class MilterPlugin:
         if not agreed.sends(Command.BODY):
             out.macros(Command.BODYEOB)
             return await client.step(out.frames, end_of_message=True)
-        chunks = _body_chunks(message)
+        chunks = message.iter_body(BODY_CHUNK)
         per_chunk_reply = agreed.replies_to(Command.BODY)
         chunk = next(chunks, None)
         while True:

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from mailgate.config import Check
 from mailgate.milter.protocol import DEFAULT_MAX_FRAME
+from mailgate.sockaddr import is_socket_address
 
 Stage = Literal["connect", "helo", "mail", "rcpt", "data", "message"]
 """One SMTP stage a milter can be called at."""
@@ -18,40 +19,8 @@ FAILURE_POLICIES = ("tempfail", "reject", "accept", "skip")
 """What a failed milter turns into; see `MilterSettings.on_failure`."""
 
 
-def parse_address(spec: str) -> tuple[str, str | int]:
-    """``inet:HOST:PORT``, ``inet:PORT@HOST``, ``inet6:...``, ``unix:/path`` or ``/path`` as
-    ``("host", port)`` or ``("unix", path)``; raise ValueError for anything else."""
-    kind, sep, rest = spec.partition(":")
-    if not sep or kind in ("", "/"):
-        if spec.startswith("/"):
-            return "unix", spec
-        raise ValueError(f"not a milter address: {spec!r}")
-    if kind in ("unix", "local"):
-        if not rest:
-            raise ValueError(f"no socket path in {spec!r}")
-        return "unix", rest
-    if kind not in ("inet", "inet6"):
-        raise ValueError(f"unknown milter socket type {kind!r} in {spec!r}")
-    if "@" in rest:
-        port, _, host = rest.partition("@")
-    else:
-        host, _, port = rest.rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"bad host or port in {spec!r}")
-    return host, int(port)
-
-
-def _is_address(value: str) -> bool:
-    try:
-        parse_address(value)
-    except ValueError:
-        return False
-    return True
-
-
 MilterAddress = Annotated[
-    str, Check(_is_address, '"inet:HOST:PORT", "inet:PORT@HOST" or "unix:/path"')
+    str, Check(is_socket_address, '"inet:HOST:PORT", "inet:PORT@HOST" or "unix:/path"')
 ]
 """A milter's socket, spelled as in Postfix's ``smtpd_milters``."""
 

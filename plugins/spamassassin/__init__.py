@@ -6,7 +6,6 @@ Enable with ``conf.d/60-spamassassin.toml``; see ``docs/plugins/spamassassin.md`
 from mailgate.plugins.spamassassin.plugin import SpamassassinPlugin
 from mailgate.plugins.spamassassin.settings import SpamassassinSettings
 from mailgate.plugins.spamassassin.spamd_client import (
-    SpamdAddress,
     SpamdClient,
     SpamdError,
     SpamReport,
@@ -16,7 +15,6 @@ __all__ = [
     "SpamReport",
     "SpamassassinPlugin",
     "SpamassassinSettings",
-    "SpamdAddress",
     "SpamdClient",
     "SpamdError",
 ]

@@ -6,7 +6,8 @@ import time
 
 from mailgate import Message, Session, Transaction, Verdict, hookimpl
 from mailgate.plugins.spamassassin.settings import SpamassassinSettings
-from mailgate.plugins.spamassassin.spamd_client import SpamdAddress, SpamdClient, SpamReport
+from mailgate.plugins.spamassassin.spamd_client import SpamdClient, SpamReport
+from mailgate.sockaddr import SocketAddress
 
 RESULT_KEY = "spamassassin"
 """The key of this plugin's entry in ``transaction.results``."""
@@ -44,7 +45,7 @@ class SpamassassinPlugin:
     def __init__(self, settings: SpamassassinSettings | None = None) -> None:
         self.settings = settings or SpamassassinSettings()
         self.client = SpamdClient(
-            [SpamdAddress.parse(s) for s in self.settings.servers],
+            [SocketAddress.parse(s) for s in self.settings.servers],
             connect_timeout=self.settings.connect_timeout,
             timeout=self.settings.scan_timeout,
         )

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from mailgate.config import Check, Dynamic
-from mailgate.plugins.spamassassin.spamd_client import SpamdAddress
+from mailgate.sockaddr import is_socket_address
 
 DEFAULT_REMOVE = [
     "X-Spam-Status",
@@ -19,16 +19,7 @@ DEFAULT_REMOVE = [
 ]
 
 
-def is_spamd_address(value: str) -> bool:
-    """True for ``host:port`` (IPv6 hosts in brackets), ``unix:/path`` or ``/path``."""
-    try:
-        SpamdAddress.parse(value)
-    except ValueError:
-        return False
-    return True
-
-
-SpamdServer = Annotated[str, Check(is_spamd_address, '"host:port" or "unix:/path"')]
+SpamdServer = Annotated[str, Check(is_socket_address, '"host:port" or "unix:/path"')]
 """One spamd address in the ``servers`` list."""
 
 

@@ -15,33 +15,11 @@ from aiospamc.incremental_parser import ParseError, ResponseParser
 from aiospamc.requests import Request
 from aiospamc.responses import Response, ResponseException
 
+from mailgate.sockaddr import SocketAddress
+
 
 class SpamdError(Exception):
     """spamd could not be reached, did not answer in time, or answered with an error."""
-
-
-@dataclass(frozen=True, slots=True)
-class SpamdAddress:
-    """Where one spamd listens: a TCP host and port, or the path of a unix socket."""
-
-    host: str = ""
-    port: int = 0
-    path: str = ""
-
-    @classmethod
-    def parse(cls, text: str) -> SpamdAddress:
-        """Parse ``"127.0.0.1:783"``, ``"[::1]:783"``, ``"unix:/run/spamd.sock"`` or a path."""
-        if text.startswith("unix:"):
-            return cls(path=text[5:])
-        if text.startswith("/"):
-            return cls(path=text)
-        host, sep, port = text.rpartition(":")
-        if not sep or not port.isdigit() or not host:
-            raise ValueError(f"not a spamd address (host:port or unix:/path): {text!r}")
-        return cls(host=host.strip("[]"), port=int(port))
-
-    def __str__(self) -> str:
-        return f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +37,7 @@ class SpamdClient:
 
     def __init__(
         self,
-        servers: Sequence[SpamdAddress],
+        servers: Sequence[SocketAddress],
         *,
         connect_timeout: float = 2.0,
         timeout: float = 20.0,
@@ -71,15 +49,13 @@ class SpamdClient:
         self.timeout = timeout
 
     async def _open(
-        self, server: SpamdAddress
+        self, server: SocketAddress
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         async with asyncio.timeout(self.connect_timeout):
-            if server.path:
-                return await asyncio.open_unix_connection(server.path)
-            return await asyncio.open_connection(server.host, server.port)
+            return await server.open_connection()
 
     async def symbols(
-        self, server: SpamdAddress, chunks: Iterable[bytes], size: int, user: str = ""
+        self, server: SocketAddress, chunks: Iterable[bytes], size: int, user: str = ""
     ) -> SpamReport:
         """Score `size` bytes of message given as `chunks` on one server (no failover)."""
         headers: dict[str, object] = {"Content-length": ContentLengthValue(size)}

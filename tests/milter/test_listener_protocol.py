@@ -13,8 +13,8 @@ from mailgate import Message, Transaction, hookimpl
 from mailgate.milter import MilterListener, MilterListenerSettings
 from mailgate.milter import codec as c
 from mailgate.milter.protocol import ALL_ACTIONS, V2_ACTIONS, V2_STEPS, Action, Step
-from mailgate.milter.settings import parse_address
 from mailgate.pipeline import EnabledPlugin, Pipeline
+from mailgate.sockaddr import SocketAddress
 
 EVERYTHING = Step(0x1FFFFF)
 
@@ -208,11 +208,11 @@ async def test_unix_socket_listener(tmp_path: Path) -> None:
 def test_addresses_in_postfix_and_sendmail_syntax(
     spec: str, host: str, port: int, path: str
 ) -> None:
-    addr = parse_address(spec)
+    addr = SocketAddress.parse(spec)
     assert (addr.host, addr.port, addr.path) == (host, port, path)
 
 
 @pytest.mark.parametrize("spec", ["inet:nohost", "unix:relative.sock", "inet:h:99999", ""])
 def test_bad_addresses_are_refused(spec: str) -> None:
-    with pytest.raises(ValueError, match=r"milter address|absolute"):
-        parse_address(spec)
+    with pytest.raises(ValueError, match=r"socket address must be|absolute"):
+        SocketAddress.parse(spec)

@@ -16,12 +16,12 @@ from mailgate.pipeline import ErrorPolicy
 from mailgate.plugins.clamav import (
     ClamavPlugin,
     ClamavSettings,
-    ClamdAddress,
     ClamdClient,
     ClamdError,
     ClamdSizeLimitError,
 )
 from mailgate.plugins.clamav.clamd_client import parse_reply
+from mailgate.sockaddr import SocketAddress
 from tests.peers.clamd import EICAR, STREAM_MAX_LENGTH, Clamd
 from tests.peers.ports import free_port
 from tests.plugins import messages as m
@@ -182,7 +182,7 @@ async def test_clamd_stream_limit_is_not_a_silent_pass(clamd: Clamd) -> None:
 
 async def test_large_spooled_message_is_scanned_in_chunks(clamd: Clamd) -> None:
     raw = m.padded(3 * 1024 * 1024) + EICAR + b"\r\n"
-    client = ClamdClient([ClamdAddress.parse(clamd.unix_address)])
+    client = ClamdClient([SocketAddress.parse(clamd.unix_address)])
     message = m.make_message(raw, spool_threshold=1024)
     started = time.perf_counter()
     result = await client.scan(lambda: message.iter_bytes())
@@ -192,7 +192,7 @@ async def test_large_spooled_message_is_scanned_in_chunks(clamd: Clamd) -> None:
 
 
 async def test_ping_and_version(clamd: Clamd) -> None:
-    client = ClamdClient([ClamdAddress.parse(clamd.tcp_address)])
+    client = ClamdClient([SocketAddress.parse(clamd.tcp_address)])
     assert await client.command(client.servers[0], b"PING") == b"PONG"
     assert (await client.command(client.servers[0], b"VERSION")).startswith(b"ClamAV")
 
@@ -231,11 +231,11 @@ def test_reply_parser_ok_and_errors() -> None:
 )
 def test_address_round_trips(spec: tuple[str, int] | str) -> None:
     if isinstance(spec, str):
-        address = ClamdAddress.parse(spec)
+        address = SocketAddress.parse(spec)
         assert address.path == spec
-        assert ClamdAddress.parse(str(address)) == address
+        assert SocketAddress.parse(str(address)) == address
     else:
         host, port = spec
         text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        address = ClamdAddress.parse(text)
+        address = SocketAddress.parse(text)
         assert (address.host, address.port) == (host, port)
