@@ -25,6 +25,7 @@ from mailgate.smtp import replies
 from mailgate.smtp.commands import parse_params, parse_path
 from mailgate.smtp.data import DataReader
 from mailgate.smtp.settings import SmtpListenerSettings
+from mailgate.smtp.trace import PROTOCOL_NOTE, count_received, protocol_name, received_header
 from mailgate.verdict import Verdict, VerdictKind
 
 log = structlog.get_logger("mailgate.smtp")
@@ -86,6 +87,7 @@ class SmtpConnection(SMTP):
         self._prefetch = b""
         self._refused: Verdict | None = None
         self._errors = 0
+        self._esmtp = False
         self.mg: Session | None = None
         self._pipeline: Pipeline | None = None
         self._tx: Transaction | None = None
@@ -276,6 +278,7 @@ class SmtpConnection(SMTP):
     async def _ehlo(self, arg: str) -> None:
         if not await self._helo_common(arg):
             return
+        self._esmtp = True
         lines = [
             self.hostname,
             "PIPELINING",
@@ -291,6 +294,7 @@ class SmtpConnection(SMTP):
 
     async def _helo(self, arg: str) -> None:
         if await self._helo_common(arg):
+            self._esmtp = False
             await self._send(Reply(250, "", self.hostname))
 
     async def _noop(self, arg: str) -> None:
@@ -362,6 +366,12 @@ class SmtpConnection(SMTP):
             await self._send(problem)
             return
         tx = Transaction(sender=Address(address, raw_params))
+        tx.notes[PROTOCOL_NOTE] = protocol_name(
+            esmtp=self._esmtp,
+            tls=self.mg.tls,
+            authenticated=bool(self.mg.auth_login),
+            smtputf8=any(p.upper() == "SMTPUTF8" for p in raw_params),
+        )
         structlog.contextvars.bind_contextvars(tx=tx.id)
         self._tx_started = time.monotonic()
         verdict = await self._pipeline.mail(self.mg, tx)
@@ -508,11 +518,21 @@ class SmtpConnection(SMTP):
             used = reader.feed(chunk)
             if headers is None and reader.headers_complete and reader.problem is None:
                 headers = reader.headers
-                # A copy: the message's own list changes later with the plugins' modifications.
-                verdict = await self._pipeline.headers(self.mg, tx, list(headers))
+                verdict = await self._headers_complete(tx, headers)
             if used >= 0:
                 self._prefetch = chunk[used:]
                 return headers or [], verdict
+
+    async def _headers_complete(self, tx: Transaction, headers: list[Header]) -> Verdict | None:
+        """Count the hops, add our trace header at the top, then run `on_headers`."""
+        assert self.mg is not None and self._pipeline is not None
+        limit = self._settings.max_received
+        if limit and count_received(headers) > limit:
+            return replies.to_verdict(replies.TOO_MANY_HOPS, reason="mail loop")
+        if self._settings.add_received:
+            headers.insert(0, received_header(self.mg, tx, hostname=self.hostname))
+        # A copy: the message's own list changes later with the plugins' modifications.
+        return await self._pipeline.headers(self.mg, tx, list(headers))
 
     async def _decide(self, tx: Transaction) -> None:
         """Run `on_message`, then deliver, discard or refuse."""

@@ -33,6 +33,7 @@ LOCAL_ERROR = Reply(451, "4.3.0", "Local error, try again later")
 VRFY = Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
 EXPN = Reply(502, "5.5.1", "EXPN not implemented")
 HELP = Reply(214, "2.0.0", "See RFC 5321")
+TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops")
 REFUSED_SESSION = Reply(503, "5.5.1", "Session refused, only QUIT is allowed")
 
 

@@ -48,6 +48,12 @@ class SmtpListenerSettings:
     """PEM private key file for `tls_cert`."""
     greeting: str = "ESMTP mailgate"
     """Text after the host name in the 220 greeting."""
+    add_received: bool = True
+    """Add a ``Received:`` trace header at the top of each message (RFC 5321 section 4.4);
+    false only when the MTA behind mailgate adds one for the original client (XFORWARD)."""
+    max_received: int = 100
+    """A message already carrying more ``Received:`` headers is refused with ``554 5.4.6``
+    (a mail loop); 0: no limit."""
 
     def __post_init__(self) -> None:
         if self.bare_line_endings not in ("reject", "normalize"):
@@ -56,6 +62,8 @@ class SmtpListenerSettings:
             )
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together")
+        if self.max_received < 0:
+            raise ValueError("max_received must be 0 or more")
         for name in ("max_message_size", "max_line_length", "max_command_length"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

@@ -165,3 +165,12 @@ def wait_until(predicate: Any, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.02)
+
+
+def untraced(data: bytes) -> bytes:
+    """`data` without the ``Received:`` header mailgate put at its top (asserted present)."""
+    assert data.startswith(b"Received: from "), data[:80]
+    end = data.index(b"\r\n")
+    while data[end + 2 : end + 3] in (b"\t", b" "):
+        end = data.index(b"\r\n", end + 2)
+    return data[end + 2 :]

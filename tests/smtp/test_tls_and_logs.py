@@ -15,7 +15,7 @@ import structlog
 
 from tests.peers.smtp_sink import SmtpSink
 from tests.smtp.conftest import GatewayFactory, relay_to
-from tests.smtp.helpers import codes, raw_session, wait_until
+from tests.smtp.helpers import codes, raw_session, untraced, wait_until
 
 MESSAGE = b"From: a@example.com\r\nSubject: tls\r\n\r\nsecret\r\n"
 
@@ -54,7 +54,10 @@ def test_starttls_is_offered_and_works_with_a_certificate(
         assert not client.has_extn("starttls")
         assert client.sendmail("a@example.com", ["b@example.net"], MESSAGE) == {}
     (got,) = smtp_sink.messages()
-    assert got.data == MESSAGE
+    assert untraced(got.data) == MESSAGE
+    received = got.header("Received") or ""
+    assert "(using TLSv1.3 with cipher TLS_" in received
+    assert "by mx.mailgate.test (mailgate) with ESMTPS id t" in received
 
 
 def test_commands_sent_with_starttls_in_clear_text_are_dropped(
@@ -102,7 +105,8 @@ def test_every_log_line_carries_the_session_and_one_line_gives_the_outcome(
     assert str(outcome["tx"]).startswith("t")
     assert outcome["sender"] == "a@example.com"
     assert outcome["rcpts"] == 2
-    assert outcome["size"] == len(MESSAGE)
+    # The size as relayed: with the Received header mailgate added.
+    assert len(MESSAGE) + 100 < outcome["size"] < len(MESSAGE) + 400
     assert outcome["verdict"] == "accept"
     assert str(outcome["reply"]).startswith("250")
     assert isinstance(outcome["elapsed_ms"], float)

@@ -136,7 +136,7 @@ def test_every_stage_reaches_the_pipeline_in_order(
         "outcome accept",
         "disconnect",
     ]
-    assert [h.name for h in recorder.headers] == ["From", "Subject"]
+    assert [h.name for h in recorder.headers] == ["Received", "From", "Subject"]
     (got,) = smtp_sink.messages()
     assert got.header("X-Seen") == "yes"
 
