@@ -148,6 +148,7 @@ def on_outcome(session: Session, transaction: Transaction, verdict: Verdict) -> 
     """What was finally decided for this transaction, after delivery was attempted.
 
     :param verdict: accept (delivered or queued), reject, tempfail, discard or quarantine.
+    No final reply (RSET, QUIT, EHLO, disconnect, crash): tempfail, reason ``aborted...``.
 
     For metrics and reports; the result is ignored and errors are only logged.
     """

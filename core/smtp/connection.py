@@ -95,6 +95,7 @@ class SmtpConnection(SMTP):
         self._tx_started = 0.0
         self._early: Verdict | None = None
         self._failure = replies.DOWNSTREAM_FAILED
+        self._abort_reason = "aborted by client: disconnect"
         self._commands: dict[str, Callable[[str], Awaitable[None]]] = {
             "EHLO": self._ehlo,
             "HELO": self._helo,
@@ -126,6 +127,7 @@ class SmtpConnection(SMTP):
         except (_Closed, ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass
         except Exception:
+            self._abort_reason = "aborted: local error"
             log.exception("session failed")
         finally:
             self._state.connections.discard(self)
@@ -138,11 +140,12 @@ class SmtpConnection(SMTP):
     def shut_down(self, reply: bytes) -> None:
         """Send `reply` (a 421) and close, whatever the session is doing (listener stop)."""
         if self.transport is not None:
+            self._abort_reason = "aborted: listener stopped"
             self._writer.write(reply)
             self.transport.close()
 
     async def _cleanup(self) -> None:
-        await self._end_transaction()
+        await self._end_transaction(self._abort_reason)
         if self.mg is not None and self._pipeline is not None:
             await self._pipeline.disconnect(self.mg)
             log.info("session end", counters=self.mg.counters)
@@ -188,7 +191,7 @@ class SmtpConnection(SMTP):
         except Exception:
             # A bug or a misbehaving plugin: the client hears "try later", never a 250.
             log.exception("command failed", command=verb)
-            await self._end_transaction()
+            await self._end_transaction("aborted: local error")
             await self._send(replies.LOCAL_ERROR)
 
     async def _send(self, reply: Reply) -> None:
@@ -203,6 +206,7 @@ class SmtpConnection(SMTP):
         await self._writer.drain()
 
     async def _close_with(self, reply: Reply) -> None:
+        self._abort_reason = f"aborted: {reply.code} {reply.text}"
         self._writer.write(reply.smtp_reply().encode("utf-8", "surrogateescape") + b"\r\n")
         if self.transport is not None:
             self.transport.close()
@@ -267,7 +271,7 @@ class SmtpConnection(SMTP):
         if not name:
             await self._send(replies.SYNTAX)
             return False
-        await self._end_transaction()
+        await self._end_transaction("aborted by client: HELO/EHLO")
         verdict = await self._pipeline.helo(self.mg, name)
         if verdict is not None and verdict.is_refusal:
             await self._refuse(verdict)
@@ -301,11 +305,11 @@ class SmtpConnection(SMTP):
         await self._send(replies.OK)
 
     async def _rset(self, arg: str) -> None:
-        await self._end_transaction()
+        await self._end_transaction("aborted by client: RSET")
         await self._send(replies.OK)
 
     async def _quit(self, arg: str) -> None:
-        await self._end_transaction()
+        await self._end_transaction("aborted by client: QUIT")
         self._writer.write(replies.BYE.smtp_reply().encode() + b"\r\n")
         raise _Closed
 
@@ -326,7 +330,7 @@ class SmtpConnection(SMTP):
         if arg:
             await self._send(replies.SYNTAX)
             return
-        await self._end_transaction()
+        await self._end_transaction("aborted by client: STARTTLS")
         # Anything sent after STARTTLS in clear text is an injection attempt (CVE-2011-0411).
         self._prefetch = b""
         self._reader._buffer.clear()  # type: ignore[attr-defined]
@@ -579,15 +583,31 @@ class SmtpConnection(SMTP):
                 reply=answer.smtp_reply(),
                 elapsed_ms=round((time.monotonic() - self._tx_started) * 1000, 2),
             )
-        await self._end_transaction()
+        await self._end_transaction(None)
         if verdict.kind is VerdictKind.DISCONNECT:
             await self._close_with(answer)
         await self._send(answer)
 
+    async def _report_abort(self, tx: Transaction, outcome: Verdict | str) -> None:
+        assert self.mg is not None and self._pipeline is not None
+        verdict = _aborted(outcome) if isinstance(outcome, str) else outcome
+        self.mg.count("aborted")
+        log.info(
+            "message outcome",
+            sender=tx.sender.address,
+            rcpts=len(tx.recipients),
+            size=0,
+            verdict=verdict.kind.value,
+            reason=verdict.reason,
+            reply="",
+            elapsed_ms=round((time.monotonic() - self._tx_started) * 1000, 2),
+        )
+        await self._pipeline.outcome(self.mg, tx, verdict)
+
     async def _refuse(self, verdict: Verdict) -> None:
         """Answer a refused command; a disconnect verdict also closes the session."""
         if verdict.kind is VerdictKind.DISCONNECT:
-            await self._end_transaction()
+            await self._end_transaction(verdict)
             await self._close_with(replies.from_verdict(verdict))
         await self._send(replies.from_verdict(verdict))
 
@@ -612,10 +632,16 @@ class SmtpConnection(SMTP):
             return self._failure
         return reply if 400 <= reply.code < 600 else replies.LOCAL_ERROR
 
-    async def _end_transaction(self) -> None:
-        """Drop the current transaction: abort it downstream and release its spool."""
+    async def _end_transaction(self, outcome: Verdict | str | None) -> None:
+        """Drop the current transaction: abort it downstream and release its spool.
+
+        `outcome` is reported to `on_outcome` if a transaction is open: a verdict, or the
+        reason it was aborted (a tempfail); None once `_finish` has reported it.
+        """
         tx, dtx = self._tx, self._dtx
         self._tx = self._dtx = self._early = None
+        if tx is not None and outcome is not None:
+            await self._report_abort(tx, outcome)
         if dtx is not None:
             try:
                 await dtx.abort()
@@ -625,6 +651,11 @@ class SmtpConnection(SMTP):
             if tx.message is not None:
                 tx.message.close()
             structlog.contextvars.unbind_contextvars("tx")
+
+
+def _aborted(reason: str) -> Verdict:
+    """The verdict `on_outcome` gets for a transaction that ended without a final reply."""
+    return Verdict.tempfail(451, "4.3.0", "Transaction aborted", reason=reason)
 
 
 def _valid_dsn_rcpt_params(params: dict[str, str | None]) -> bool:
