@@ -18,6 +18,7 @@ from mailgate.relay.connection import DownstreamConnection, DownstreamError
 from mailgate.relay.params import mail_params, rcpt_params, with_size
 from mailgate.relay.pool import ConnectionPool
 from mailgate.relay.settings import RelaySettings
+from mailgate.relay.xforward import commands as xforward_commands
 from mailgate.session import Address, Session, Transaction
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class RelayEgress:
         try:
             conn, reused = await self.pool.acquire()
             try:
+                await self.xforward(conn, session, transaction)
                 reply = await _mail(conn, transaction.sender)
             except DownstreamError:
                 if not reused:
@@ -52,6 +54,7 @@ class RelayEgress:
                 # The pooled connection went stale while idle: one fresh attempt is safe,
                 # nothing was accepted on the old one.
                 conn = await self.pool.open_new()
+                await self.xforward(conn, session, transaction)
                 reply = await _mail(conn, transaction.sender)
         except DownstreamError as exc:
             return exc.reply, None
@@ -59,6 +62,19 @@ class RelayEgress:
             self.pool.release(conn)
             return reply, None
         return reply, RelayTransaction(self, conn, transaction.sender)
+
+    async def xforward(
+        self, conn: DownstreamConnection, session: Session, transaction: Transaction
+    ) -> None:
+        """Send XFORWARD when enabled and offered; a refusal is logged, the mail goes on."""
+        offered = conn.extensions.get("xforward")
+        if not self.settings.xforward or offered is None:
+            return
+        for command in xforward_commands(offered, session, transaction):
+            reply = await conn.command(command)
+            if not reply.ok:
+                log.warning("relay: downstream refused XFORWARD: %s", reply)
+                return
 
     async def close(self) -> None:
         """QUIT the pooled connections (at shutdown)."""
@@ -120,17 +136,18 @@ class RelayTransaction:
             return await self._hold(session, transaction, reason), False
         if not transaction.recipients:
             return Reply(250, "2.0.0", "Ok: discarded, no recipients left"), False
-        refused = await self._apply_envelope(conn, transaction, message.size)
+        refused = await self._apply_envelope(conn, session, transaction, message.size)
         if refused is not None:
             return refused, False
         return await conn.send_message(message), True
 
     async def _apply_envelope(
-        self, conn: DownstreamConnection, transaction: Transaction, size: int
+        self, conn: DownstreamConnection, session: Session, transaction: Transaction, size: int
     ) -> Reply | None:
         final = {_key(r): r for r in transaction.recipients}
         if _key(transaction.sender) != self._sender or not self._accepted <= final.keys():
             await self._reset_or_fail(conn)
+            await self._egress.xforward(conn, session, transaction)
             params = mail_params(transaction.sender.params, conn.extensions)
             if conn.supports("size"):
                 params = with_size(params, size)

@@ -50,6 +50,11 @@ class RelaySettings:
     tls_ca_file: str = ""
     """CA bundle used when `tls_verify` is on; empty uses the system store."""
 
+    xforward: bool = True
+    """Send the original client (name, address, port, protocol, HELO, transaction id) with
+    XFORWARD before each MAIL FROM when the downstream offers it (Postfix does to the hosts in
+    ``smtpd_authorized_xforward_hosts``)."""
+
     quarantine_dir: str = "/var/lib/mailgate/quarantine"
     """Where quarantined messages are kept (one ``.eml`` plus a ``.json`` sidecar each)."""
 
