@@ -16,6 +16,7 @@ order of the configurations rotates between repeats and the table shows medians.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -29,15 +30,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.bench.harness import CLOCK_TICKS, process_tree
 from tests.peers.ports import free_port
 from tests.peers.postfix import Postfix
-from tests.peers.process import banner_probe, connect_probe, start_daemon, stop_all
+from tests.peers.process import Daemon, banner_probe, connect_probe, start_daemon, stop_all
 from tests.peers.workdir import PeerDirs, create_base
 
 ROOT = Path(__file__).resolve().parents[2]
 MAILGATE = ROOT / ".venv" / "bin" / "mailgate"
 SIZE = 10 * 1024
 SESSIONS = 20
+BENCH_MAIN_CF: dict[str, str] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,8 @@ class Route:
 
     name: str
     port: int
+    milter_pid: int = 0
+    """The milter's process (0: none), whose CPU time per message the table shows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +62,28 @@ class Result:
     ratio: float
     runs: tuple[float, ...]
     latency_ms: float
+    milter_cpu_ms: float
+    """User+system CPU of the milter process per message (median over the repeats)."""
+    postfix_cpu_ms: float
+    """User+system CPU of Postfix (master and all its children) per message."""
 
 
-def _mailgate(dirs: PeerDirs, add_header: bool) -> tuple[object, str, str]:
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU of `pid` and its descendants, including children already reaped.
+
+    Postfix's smtpd and cleanup processes exit after ``max_use`` clients and the master reaps
+    them, so the reaped children's times (cutime, cstime) count too.
+    """
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            text = Path(f"/proc/{member}/stat").read_text()
+            fields = text[text.rindex(")") + 2 :].split()
+            total += sum(int(f) for f in fields[11:15])
+    return total / CLOCK_TICKS
+
+
+def _mailgate(dirs: PeerDirs, add_header: bool) -> tuple[Daemon, str, str]:
     """Start ``mailgate serve`` with a TCP and a unix milter listener; return their addresses."""
     conf = dirs.new("mailgate-conf")
     sock = dirs.new("mailgate-sock") / "milter.sock"
@@ -81,7 +105,7 @@ def _mailgate(dirs: PeerDirs, add_header: bool) -> tuple[object, str, str]:
     return daemon, f"inet:127.0.0.1:{port}", f"unix:{sock}"
 
 
-def _pymilter(dirs: PeerDirs) -> tuple[object, str]:
+def _pymilter(dirs: PeerDirs) -> tuple[Daemon, str]:
     port = free_port()
     work = dirs.new("pymilter")
     daemon = start_daemon(
@@ -112,17 +136,17 @@ def milter_testbed(dirs: PeerDirs) -> Iterator[tuple[Postfix, list[Route]]]:
         header, header_tcp, header_unix = _mailgate(dirs, add_header=True)
         pym, pym_tcp = _pymilter(dirs)
         daemons = [sink, plain, header, pym]
-        stack.callback(stop_all, daemons)  # type: ignore[arg-type]
-        postfix = Postfix(dirs.new("postfix"), ("127.0.0.1", sink_port))
+        stack.callback(stop_all, daemons)
+        postfix = Postfix(dirs.new("postfix"), ("127.0.0.1", sink_port), main_cf=BENCH_MAIN_CF)
         routes = [Route("postfix alone", postfix.port)]
-        for name, milter in (
-            ("mailgate, no plugins, TCP", plain_tcp),
-            ("mailgate, no plugins, unix", plain_unix),
-            ("mailgate + add_header, TCP", header_tcp),
-            ("mailgate + add_header, unix", header_unix),
-            ("pymilter + header, TCP", pym_tcp),
+        for name, milter, pid in (
+            ("mailgate, no plugins, TCP", plain_tcp, plain.pid),
+            ("mailgate, no plugins, unix", plain_unix, plain.pid),
+            ("mailgate + add_header, TCP", header_tcp, header.pid),
+            ("mailgate + add_header, unix", header_unix, header.pid),
+            ("pymilter + header, TCP", pym_tcp, pym.pid),
         ):
-            routes.append(Route(name, postfix.add_listener([milter])))
+            routes.append(Route(name, postfix.add_listener([milter]), pid))
         postfix.start()
         stack.callback(postfix.stop)
         yield postfix, routes
@@ -136,6 +160,31 @@ def _drain(postfix: Postfix, timeout: float = 60.0) -> None:
 
 def load(route: Route, messages: int, sessions: int = SESSIONS) -> float:
     """Send `messages` with smtp-source through `route`; the rate in messages per second."""
+    return _load(route, messages, sessions)
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    rate: float
+    milter_cpu_ms: float
+    postfix_cpu_ms: float
+
+
+def measured_load(postfix: Postfix, route: Route, messages: int) -> _Run:
+    """`load`, plus the CPU per message of the milter and of Postfix (delivery included)."""
+    assert postfix.daemon is not None
+    _drain(postfix)
+    milter0 = cpu_seconds(route.milter_pid) if route.milter_pid else 0.0
+    postfix0 = cpu_seconds(postfix.daemon.pid)
+    rate = _load(route, messages, SESSIONS)
+    milter1 = cpu_seconds(route.milter_pid) if route.milter_pid else 0.0
+    _drain(postfix)
+    postfix1 = cpu_seconds(postfix.daemon.pid)
+    per_message = 1000 / messages
+    return _Run(rate, (milter1 - milter0) * per_message, (postfix1 - postfix0) * per_message)
+
+
+def _load(route: Route, messages: int, sessions: int) -> float:
     argv = ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(SIZE)]
     argv += ["-f", "a@x.test", "-t", "b@y.test", f"127.0.0.1:{route.port}"]
     started = time.perf_counter()
@@ -148,13 +197,12 @@ def load(route: Route, messages: int, sessions: int = SESSIONS) -> float:
 
 def run(messages: int, repeats: int, dirs: PeerDirs) -> list[Result]:
     """Measure every route `repeats` times, rotating the order; medians and ratios."""
-    rates: dict[str, list[float]] = {}
+    runs: dict[str, list[_Run]] = {}
     with milter_testbed(dirs) as (postfix, routes):
         for r in range(repeats):
             order = routes[r % len(routes) :] + routes[: r % len(routes)]
             for route in order:
-                _drain(postfix)
-                rates.setdefault(route.name, []).append(load(route, messages))
+                runs.setdefault(route.name, []).append(measured_load(postfix, route, messages))
         latency = {}
         for route in routes:
             _drain(postfix)
@@ -164,20 +212,31 @@ def run(messages: int, repeats: int, dirs: PeerDirs) -> list[Result]:
         bad = [line for line in log.splitlines() if "warning" in line and "milter" in line]
         if bad:
             raise RuntimeError("Postfix milter warnings:\n" + "\n".join(bad[:10]))
-    base = statistics.median(rates[routes[0].name])
-    return [
-        Result(name, statistics.median(v), statistics.median(v) / base, tuple(v), latency[name])
-        for name, v in rates.items()
-    ]
+    base = statistics.median(r.rate for r in runs[routes[0].name])
+    results = []
+    for name, v in runs.items():
+        rate = statistics.median(r.rate for r in v)
+        milter_cpu = statistics.median(r.milter_cpu_ms for r in v)
+        postfix_cpu = statistics.median(r.postfix_cpu_ms for r in v)
+        rates = tuple(r.rate for r in v)
+        results.append(
+            Result(name, rate, rate / base, rates, latency[name], milter_cpu, postfix_cpu)
+        )
+    return results
 
 
 def table(results: list[Result]) -> str:
     """The results as a Markdown table."""
     lines = [
-        "| configuration | msg/s, 20 sessions | ratio to Postfix alone | ms/msg, 1 session |",
-        "|---|---|---|---|",
+        "| configuration | msg/s, 20 sessions | ratio to Postfix alone | ms/msg, 1 session "
+        "| milter CPU ms/msg | Postfix CPU ms/msg |",
+        "|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r.name} | {r.rate:,.0f} | {r.ratio:.2f} | {r.latency_ms:.1f} |" for r in results]
+    lines += [
+        f"| {r.name} | {r.rate:,.0f} | {r.ratio:.2f} | {r.latency_ms:.1f} "
+        f"| {r.milter_cpu_ms:.2f} | {r.postfix_cpu_ms:.2f} |"
+        for r in results
+    ]
     return "\n".join(lines)
 
 
