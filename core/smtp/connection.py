@@ -85,6 +85,7 @@ class SmtpConnection(SMTP):
         self._state = state
         self._settings = state.settings
         self._prefetch = b""
+        self._out: list[bytes] = []
         self._refused: Verdict | None = None
         self._errors = 0
         self._esmtp = False
@@ -132,6 +133,8 @@ class SmtpConnection(SMTP):
         finally:
             self._state.connections.discard(self)
             if self.transport is not None:
+                if self._out and not self.transport.is_closing():
+                    self._writer.write(b"".join(self._out))
                 self.transport.close()
             cleanup = self.loop.create_task(self._cleanup())
             self._state.cleanups.add(cleanup)
@@ -141,7 +144,8 @@ class SmtpConnection(SMTP):
         """Send `reply` (a 421) and close, whatever the session is doing (listener stop)."""
         if self.transport is not None:
             self._abort_reason = "aborted: listener stopped"
-            self._writer.write(reply)
+            self._writer.write(b"".join([*self._out, reply]))
+            self._out.clear()
             self.transport.close()
 
     async def _cleanup(self) -> None:
@@ -195,19 +199,40 @@ class SmtpConnection(SMTP):
             await self._send(replies.LOCAL_ERROR)
 
     async def _send(self, reply: Reply) -> None:
-        """Write one reply; count errors and close after too many."""
-        self._writer.write(reply.smtp_reply().encode("utf-8", "surrogateescape") + b"\r\n")
+        """Send one reply; count errors and close after too many.
+
+        While the client has pipelined more complete commands, replies are held and go out
+        together in one write (RFC 2920): a send() system call per reply was a third of the
+        CPU under load. They are written when the input has no complete command left, and
+        before anything waits on the downstream or on more input.
+        """
+        self._out.append(reply.smtp_reply().encode("utf-8", "surrogateescape") + b"\r\n")
         if reply.code >= 400 and reply.code != 421:
             self._errors += 1
             assert self.mg is not None
             self.mg.count("errors")
             if 0 < self._settings.max_errors < self._errors:
                 await self._close_with(replies.TOO_MANY_ERRORS)
-        await self._writer.drain()
+        if not self._command_waiting():
+            await self._flush()
+
+    def _command_waiting(self) -> bool:
+        """True if a complete command line has already arrived."""
+        return b"\n" in self._prefetch or self._reader._buffer.find(b"\n") >= 0  # type: ignore[attr-defined]
+
+    async def _flush(self) -> None:
+        """Write the held replies, in order, in one write."""
+        if self._out:
+            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+            self._out.clear()
+            self._writer.write(data)
+            await self._writer.drain()
 
     async def _close_with(self, reply: Reply) -> None:
         self._abort_reason = f"aborted: {reply.code} {reply.text}"
-        self._writer.write(reply.smtp_reply().encode("utf-8", "surrogateescape") + b"\r\n")
+        self._out.append(reply.smtp_reply().encode("utf-8", "surrogateescape") + b"\r\n")
+        self._writer.write(b"".join(self._out))
+        self._out.clear()
         if self.transport is not None:
             self.transport.close()
         raise _Closed
@@ -216,6 +241,8 @@ class SmtpConnection(SMTP):
 
     async def _read_line(self) -> bytes:
         """The next command line; lines over the limit are answered and skipped."""
+        if self._out and not self._command_waiting():
+            await self._flush()
         while True:
             try:
                 async with asyncio.timeout(self._settings.command_timeout):
@@ -252,6 +279,7 @@ class SmtpConnection(SMTP):
                 await self._close_with(replies.TIMEOUT)
 
     async def _read_chunk(self) -> bytes:
+        await self._flush()
         if self._prefetch:
             chunk, self._prefetch = self._prefetch, b""
             return chunk
@@ -310,7 +338,8 @@ class SmtpConnection(SMTP):
 
     async def _quit(self, arg: str) -> None:
         await self._end_transaction("aborted by client: QUIT")
-        self._writer.write(replies.BYE.smtp_reply().encode() + b"\r\n")
+        self._writer.write(b"".join([*self._out, replies.BYE.smtp_reply().encode() + b"\r\n"]))
+        self._out.clear()
         raise _Closed
 
     async def _vrfy(self, arg: str) -> None:
@@ -615,6 +644,7 @@ class SmtpConnection(SMTP):
 
     async def _downstream(self, step: Awaitable[T]) -> T | None:
         """Await one egress step with the egress timeout; None if it failed or timed out."""
+        await self._flush()
         try:
             async with asyncio.timeout(self._settings.egress_timeout):
                 return await step
@@ -643,6 +673,7 @@ class SmtpConnection(SMTP):
         if tx is not None and outcome is not None:
             await self._report_abort(tx, outcome)
         if dtx is not None:
+            await self._flush()
             try:
                 await dtx.abort()
             except Exception as exc:
