@@ -676,12 +676,19 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[Frame]:
         """Add received bytes; return the frames they complete, in order."""
         buf = self._buffer
-        buf += data
+        if buf:
+            buf += data
+            data = bytes(buf)
+            buf.clear()
+        elif type(data) is not bytes:
+            data = bytes(data)
+        # Frames are sliced from immutable bytes: one copy of each payload, not two.
         frames: list[Frame] = []
+        table = self._table
         pos = 0
-        end = len(buf)
+        end = len(data)
         while end - pos >= 4:
-            (length,) = _U32.unpack_from(buf, pos)
+            (length,) = _U32.unpack_from(data, pos)
             if length == 0:
                 raise MilterProtocolError("frame of length 0 (no command code)")
             if length > self.max_frame:
@@ -690,13 +697,12 @@ class FrameDecoder:
                 )
             if end - pos - 4 < length:
                 break
-            code = bytes(buf[pos + 4 : pos + 5])
-            payload = bytes(buf[pos + 5 : pos + 4 + length])
-            pos += 4 + length
-            parse = self._table.get(code)
+            code = data[pos + 4 : pos + 5]
+            parse = table.get(code)
             if parse is None:
                 raise MilterProtocolError(f"unknown {self.direction[:-1]} code {code!r}")
-            frames.append(parse(payload))
-        if pos:
-            del buf[:pos]
+            frames.append(parse(data[pos + 5 : pos + 4 + length]))
+            pos += 4 + length
+        if pos < end:
+            buf += data[pos:]
         return frames
