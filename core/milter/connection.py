@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from typing import IO
+from collections.abc import Awaitable, Callable
+from typing import IO, Any
 
 import structlog
 
@@ -59,6 +60,12 @@ class MilterConnection:
         self.hold_reason = ""
         """A quarantine verdict given before MAIL: every message of the session is held."""
         self.closing = False
+        self._deadline = 0.0
+        self._reading = False
+        self._idle_expired = False
+        self._macro_pairs: tuple[tuple[bytes, bytes], ...] | None = None
+        self._decoded_macros: dict[str, str] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
         sock = writer.get_extra_info("socket")
         self._tcp = sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
         self._sock = sock
@@ -69,17 +76,30 @@ class MilterConnection:
         """Serve the connection until QUIT, EOF, a timeout or a protocol error."""
         decoder = c.FrameDecoder("commands", max_frame=self.settings.max_frame)
         peer = self.writer.get_extra_info("peername")
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        idle = self.settings.idle_timeout
+        self._deadline = loop.time() + idle
+        self._watchdog = loop.call_at(self._deadline, self._check_idle, loop, task)
+        handlers = _HANDLERS
         try:
             while not self.closing:
-                async with asyncio.timeout(self.settings.idle_timeout):
-                    data = await self.reader.read(_READ_SIZE)
+                self._deadline = loop.time() + idle
+                self._reading = True
+                data = await self.reader.read(_READ_SIZE)
+                self._reading = False
                 if not data:
                     break
                 if self._tcp and _QUICKACK is not None:
                     # Linux drops back to delayed ACKs after a while; re-arm after every read.
                     self._sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
                 for frame in decoder.feed(data):
-                    await self.handle(frame)  # type: ignore[arg-type]
+                    if self.agreed is None and type(frame) is not c.OptNeg:
+                        raise c.MilterProtocolError(
+                            f"{type(frame).__name__} before option negotiation"
+                        )
+                    await handlers[type(frame)](self, frame)
                     if self.closing:
                         break
                 if self.out:
@@ -88,15 +108,31 @@ class MilterConnection:
                     await self.writer.drain()
         except c.MilterProtocolError as exc:
             log.warning("milter protocol error, closing connection", peer=peer, reason=str(exc))
-        except TimeoutError:
+        except asyncio.CancelledError:
+            if not self._idle_expired or task.uncancel() > 0:
+                raise
             log.info("milter connection idle, closing", peer=peer)
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             log.info("milter connection lost", peer=peer, reason=str(exc))
         finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
             await self.end_session()
             self.writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await self.writer.wait_closed()
+
+    def _check_idle(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[None]) -> None:
+        # One timer per connection, moved on lazily: an `asyncio.timeout` around every read
+        # costs a timer handle each time, a measurable share of a message's CPU.
+        now = loop.time()
+        if self._reading and now >= self._deadline:
+            self._idle_expired = True
+            task.cancel()
+            return
+        # In time, or busy with a frame (only the wait for the MTA counts): look again later.
+        later = self._deadline if self._reading else now + self.settings.idle_timeout
+        self._watchdog = loop.call_at(later, self._check_idle, loop, task)
 
     # -- dispatch ---------------------------------------------------------------------------------
 
@@ -119,49 +155,73 @@ class MilterConnection:
 
     async def handle(self, frame: c.MilterCommand) -> None:
         """Act on one frame from the MTA."""
-        if self.agreed is None and not isinstance(frame, c.OptNeg):
+        if self.agreed is None and type(frame) is not c.OptNeg:
             raise c.MilterProtocolError(f"{type(frame).__name__} before option negotiation")
-        match frame:
-            case c.OptNeg():
-                self.agreed, answer = negotiate(frame, self.pipeline)
-                self.reply(answer)
-            case c.Macro(_, pairs):
-                self.macros = decode_macros(pairs)
-                if self.session is not None:
-                    update_session(self.session, self.macros)
-                if self.tx is not None:
-                    update_transaction(self.tx, self.macros)
-            case c.Connect():
-                await self.on_connect(frame)
-            case c.Helo(name):
-                await self.on_helo(name.decode("utf-8", "surrogateescape"))
-            case c.Mail(sender, params):
-                await self.on_mail(Address(_address(sender), _params(params)))
-            case c.Rcpt(recipient, params):
-                await self.on_rcpt(Address(_address(recipient), _params(params)))
-            case c.Data():
-                self.answer(Command.DATA, await self.pipeline.data(*self.current()))
-            case c.Header(name, value):
-                self.on_header(name, value)
-            case c.EndOfHeaders():
-                session, tx = self.current()
-                verdict = await self.pipeline.headers(session, tx, list(self.headers))
-                self.answer(Command.EOH, verdict)
-            case c.Body(chunk):
-                self.body().write(chunk)
-                self.answer(Command.BODY, None)
-            case c.EndOfMessage(chunk):
-                if chunk:
-                    self.body().write(chunk)
-                await self.on_end_of_message()
-            case c.Abort():
-                self.end_transaction()
-            case c.Quit():
-                self.closing = True
-            case c.QuitNoClose():
-                await self.end_session()
-            case c.Unknown():
-                self.answer(Command.UNKNOWN, None)
+        await _HANDLERS[type(frame)](self, frame)
+
+    # One method per frame type, found by the frame's type: cheaper than a `match` over
+    # fifteen class patterns for each of the ~25 frames of a message.
+
+    async def _optneg(self, frame: c.OptNeg) -> None:
+        self.agreed, answer = negotiate(frame, self.pipeline)
+        encoded = _ENCODED_OPTNEG.get(answer)
+        if encoded is None:
+            encoded = c.encode(answer)
+            if len(_ENCODED_OPTNEG) < 64:
+                _ENCODED_OPTNEG[answer] = encoded
+        self.out.append(encoded)
+
+    async def _macro(self, frame: c.Macro) -> None:
+        # Postfix repeats the same macros (the queue id) before every header and body chunk.
+        if frame.macros != self._macro_pairs:
+            self._macro_pairs = frame.macros
+            self._decoded_macros = decode_macros(frame.macros)
+        self.macros = self._decoded_macros
+        if self.session is not None:
+            update_session(self.session, self.macros)
+        if self.tx is not None:
+            update_transaction(self.tx, self.macros)
+
+    async def _helo(self, frame: c.Helo) -> None:
+        await self.on_helo(frame.name.decode("utf-8", "surrogateescape"))
+
+    async def _mail(self, frame: c.Mail) -> None:
+        await self.on_mail(Address(_address(frame.sender), _params(frame.params)))
+
+    async def _rcpt(self, frame: c.Rcpt) -> None:
+        await self.on_rcpt(Address(_address(frame.recipient), _params(frame.params)))
+
+    async def _data(self, frame: c.Data) -> None:
+        self.answer(Command.DATA, await self.pipeline.data(*self.current()))
+
+    async def _header(self, frame: c.Header) -> None:
+        self.on_header(frame.name, frame.value)
+
+    async def _end_of_headers(self, frame: c.EndOfHeaders) -> None:
+        session, tx = self.current()
+        verdict = await self.pipeline.headers(session, tx, list(self.headers))
+        self.answer(Command.EOH, verdict)
+
+    async def _body(self, frame: c.Body) -> None:
+        self.body().write(frame.chunk)
+        self.answer(Command.BODY, None)
+
+    async def _end_of_message(self, frame: c.EndOfMessage) -> None:
+        if frame.chunk:
+            self.body().write(frame.chunk)
+        await self.on_end_of_message()
+
+    async def _abort(self, frame: c.Abort) -> None:
+        self.end_transaction()
+
+    async def _quit(self, frame: c.Quit) -> None:
+        self.closing = True
+
+    async def _quit_no_close(self, frame: c.QuitNoClose) -> None:
+        await self.end_session()
+
+    async def _unknown(self, frame: c.Unknown) -> None:
+        self.answer(Command.UNKNOWN, None)
 
     # -- stages -----------------------------------------------------------------------------------
 
@@ -261,3 +321,26 @@ class MilterConnection:
             await self.pipeline.disconnect(session)
         self.macros = {}
         self.hold_reason = ""
+
+
+_ENCODED_OPTNEG: dict[c.OptNegReply, bytes] = {}
+"""The OPTNEG answer on the wire: the same few answers on every connection."""
+
+_HANDLERS: dict[type, Callable[[MilterConnection, Any], Awaitable[None]]] = {
+    c.OptNeg: MilterConnection._optneg,
+    c.Macro: MilterConnection._macro,
+    c.Connect: MilterConnection.on_connect,
+    c.Helo: MilterConnection._helo,
+    c.Mail: MilterConnection._mail,
+    c.Rcpt: MilterConnection._rcpt,
+    c.Data: MilterConnection._data,
+    c.Header: MilterConnection._header,
+    c.EndOfHeaders: MilterConnection._end_of_headers,
+    c.Body: MilterConnection._body,
+    c.EndOfMessage: MilterConnection._end_of_message,
+    c.Abort: MilterConnection._abort,
+    c.Quit: MilterConnection._quit,
+    c.QuitNoClose: MilterConnection._quit_no_close,
+    c.Unknown: MilterConnection._unknown,
+}
+"""What each command frame the MTA sends does."""
