@@ -132,6 +132,10 @@ class MilterGone(MilterFailure):
     """The connection was closed or reset: worth reopening once."""
 
 
+class NegotiationChanged(MilterFailure):
+    """The milter's OPTNEG answer differs from the one the pipelined commands were built for."""
+
+
 @dataclass(slots=True)
 class Agreed:
     """What the milter asked for in option negotiation."""
@@ -140,20 +144,25 @@ class Agreed:
     actions: Action
     protocol: Step
     macro_lists: dict[MacroStage, tuple[str, ...]] = field(default_factory=dict)
+    # Worked out once from the flags: the hot path asks these for every frame.
+    _unwanted: frozenset[Command] = field(init=False, repr=False, compare=False)
+    _answered: frozenset[Command] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        unwanted = {cmd for cmd, flag in _SKIPPED_BY.items() if self.protocol & flag}
+        if self.version < 4:
+            unwanted.add(Command.DATA)
+        self._unwanted = frozenset(unwanted)
+        answered = {cmd for cmd, flag in NO_REPLY.items() if not self.protocol & flag}
+        self._answered = frozenset(answered | {Command.BODYEOB})
 
     def sends(self, command: Command) -> bool:
         """True if the milter wants `command` at all."""
-        if command is Command.DATA and self.version < 4:
-            return False
-        flag = _SKIPPED_BY.get(command)
-        return flag is None or not self.protocol & flag
+        return command not in self._unwanted
 
     def replies_to(self, command: Command) -> bool:
         """True if the milter answers `command` (no NR_* flag for it)."""
-        if command is Command.BODYEOB:
-            return True
-        flag = NO_REPLY.get(command)
-        return flag is not None and not self.protocol & flag
+        return command in self._answered
 
     @property
     def leading_space(self) -> bool:
@@ -236,6 +245,7 @@ class MilterClient:
         self._decoder = c.FrameDecoder("replies", max_frame=max_frame)
         self._pending: list[c.Frame] = []
         self._out: list[bytes] = []
+        self._unverified: c.OptNeg | None = None
 
     @property
     def is_open(self) -> bool:
@@ -246,17 +256,27 @@ class MilterClient:
 
     # -- connection -------------------------------------------------------------------------
 
-    async def open(self) -> Agreed:
-        """Connect and negotiate options, within the connect timeout."""
+    async def open(self, expect: Agreed | None = None) -> Agreed:
+        """Connect and negotiate options, within the connect timeout.
+
+        With `expect` (what this milter agreed to on an earlier connection), the OPTNEG answer
+        is not waited for: OPTNEG goes out in the same write as the first `step`'s commands,
+        built for `expect`, and that step checks the answer before anything else
+        (`NegotiationChanged` if it differs). One round trip less per connection.
+        """
         try:
             async with asyncio.timeout(self.connect_timeout):
                 self._reader, self._writer = await self.address.open_connection()
                 sock = self._writer.get_extra_info("socket")
                 if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    # asyncio's transport has already set TCP_NODELAY on it.
                     self._sock = sock
                 sent = offer(self.version)
                 self.send(sent)
+                if expect is not None:
+                    self._unverified = sent
+                    self.agreed = expect
+                    return expect
                 await self.flush()
                 self.agreed = check_negotiation(sent, await self._read())
         except TimeoutError:
@@ -278,6 +298,7 @@ class MilterClient:
         self._reader = None
         self._sock = None
         self.agreed = None
+        self._unverified = None
         self._pending.clear()
         self._out.clear()
         self._decoder = c.FrameDecoder("replies", max_frame=self.max_frame)
@@ -339,13 +360,29 @@ class MilterClient:
         if self._reader is None:
             raise MilterGone("connection is closed")
         while True:
-            try:
-                async with asyncio.timeout(timeout):
-                    frame = await self._read()
-            except TimeoutError:
-                raise MilterFailure(f"no reply within {timeout:g}s") from None
+            if self._pending:
+                # Already received with an earlier read: no timer needed.
+                frame = self._pending.pop(0)
+            else:
+                try:
+                    async with asyncio.timeout(timeout):
+                        frame = await self._read()
+                except TimeoutError:
+                    raise MilterFailure(f"no reply within {timeout:g}s") from None
             if not isinstance(frame, c.Progress):
                 return frame
+
+    async def _verify_negotiation(self) -> None:
+        """Read the OPTNEG answer that `open(expect=...)` left pending; check it is `agreed`."""
+        sent, self._unverified = self._unverified, None
+        assert sent is not None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                answer = await self._read()
+        except TimeoutError:
+            raise MilterFailure(f"no connection within {self.connect_timeout:g}s") from None
+        if check_negotiation(sent, answer) != self.agreed:
+            raise NegotiationChanged("the milter's OPTNEG answer changed")
 
     # -- exchanges --------------------------------------------------------------------------
 
@@ -363,6 +400,8 @@ class MilterClient:
             self.send(c.EndOfMessage())
             owed.append(Command.BODYEOB)
         await self.flush()
+        if self._unverified is not None:
+            await self._verify_negotiation()
         answer = Answer(c.Continue())
         for i, cmd in enumerate(owed):
             if cmd is Command.BODYEOB:

@@ -22,7 +22,14 @@ from mailgate import Address, Message, Session, Transaction, Verdict, hookimpl
 from mailgate.message import new_spool
 from mailgate.milter import codec as c
 from mailgate.milter.protocol import BODY_CHUNK, Command
-from mailgate.plugins.milter.client import Agreed, Answer, MilterClient, MilterFailure, MilterGone
+from mailgate.plugins.milter.client import (
+    Agreed,
+    Answer,
+    MilterClient,
+    MilterFailure,
+    MilterGone,
+    NegotiationChanged,
+)
 from mailgate.plugins.milter.macros import (
     POSTFIX_DEFAULTS,
     STAGE_OF,
@@ -125,6 +132,8 @@ class MilterPlugin:
         self.name = self.settings.name or self.settings.address
         self.hostname = self.settings.hostname or socket.gethostname()
         self._key = f"milter:{self.name}"
+        self._agreed: Agreed | None = None
+        """What the milter agreed to last time: new connections pipeline OPTNEG with it."""
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -259,9 +268,33 @@ class MilterPlugin:
         helo: str,
     ) -> Answer:
         client = link.client
-        if not client.is_open:
+        if client.is_open:
+            return await self._send(link, stage, session, tx, recipient, helo)
+        link.forget_connection()
+        expected = self._agreed
+        self._agreed = await client.open(expected)
+        if expected is None:
+            return await self._send(link, stage, session, tx, recipient, helo)
+        try:
+            return await self._send(link, stage, session, tx, recipient, helo)
+        except NegotiationChanged:
+            # The milter was reconfigured: negotiate the slow way on a new connection.
+            self._agreed = None
+            client.abandon()
             link.forget_connection()
-            await client.open()
+            self._agreed = await client.open()
+            return await self._send(link, stage, session, tx, recipient, helo)
+
+    async def _send(
+        self,
+        link: _Link,
+        stage: str,
+        session: Session,
+        tx: Transaction | None,
+        recipient: Address | None,
+        helo: str,
+    ) -> Answer:
+        client = link.client
         assert client.agreed is not None
         out = _Commands(client.agreed, session_values(session, self.hostname))
         at = _ORDER[stage]

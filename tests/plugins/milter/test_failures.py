@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from mailgate import Address, Message, Session, Transaction, Verdict, VerdictKind
 from mailgate.message import Header
 from mailgate.milter import codec as c
+from mailgate.milter.protocol import Step
 from mailgate.plugins.milter import MilterPlugin, MilterSettings, reply_verdict
+from mailgate.plugins.milter.client import offer
 from mailgate.plugins.milter.plugin import _Link
 from tests.peers.ports import free_port
 from tests.plugins.milter.fake_milter import CLOSE, HANG, FakeMilter, Script, plain
@@ -209,3 +211,40 @@ def test_random_and_truncated_replies_never_crash_the_client(stage: str, reply: 
 
     for answer in asyncio.run(run()):
         assert answer is None or isinstance(answer, Verdict)
+
+
+async def test_later_connections_send_optneg_with_the_first_commands(fake: FakeMilter) -> None:
+    p = plugin(fake.address)
+    for _ in range(2):
+        session = Session("192.0.2.1")
+        assert await p.on_connect(session) is None
+        await p.on_disconnect(session)
+    await asyncio.sleep(0.05)  # the last QUIT is on its way
+    kinds = [type(f).__name__ for f in fake.frames]
+    assert kinds == ["OptNeg", "Macro", "Connect", "Quit"] * 2
+    assert fake.connections == 2
+
+
+async def test_a_changed_negotiation_is_redone_on_a_new_connection(fake: FakeMilter) -> None:
+    p = plugin(fake.address)
+    session = Session("192.0.2.1")
+    await whole_session(p, session, transaction())
+    await p.on_disconnect(session)
+
+    def no_connect(frame: c.Frame) -> bytes | None:
+        if isinstance(frame, c.OptNeg):
+            return c.encode(c.OptNegReply(6, 0x01, int(Step.NOCONNECT)))
+        return plain(frame)
+
+    fake.script = no_connect
+    await asyncio.sleep(0.05)  # the first session's QUIT is on its way
+    fake.frames.clear()
+    tx = transaction()
+    answers = await whole_session(p, Session("192.0.2.1"), tx)
+    assert answers == [None] * 6
+    assert fake.connections == 3
+    retry = fake.frames.index(offer(6), 1)
+    assert isinstance(fake.frames[retry - 1], c.Connect)  # built for the old answer
+    after_retry = [type(f).__name__ for f in fake.frames[retry:]]
+    assert "Connect" not in after_retry
+    assert tx.results[p.name].result == "continue"
