@@ -9,7 +9,8 @@ message, every message signed by opendkim), everything relaying to one smtp-sink
   bridge (``TCP_NODELAY``, one write per group of commands, ``TCP_QUICKACK``).
 
 ``python -m tests.bench.bench_bridge [--messages N] [--repeats R]`` prints the table: medians,
-rates relative to Postfix alone, and the one-session latency each configuration has (the
+rates relative to Postfix alone, the CPU time mailgate and opendkim spend per message (user +
+system, from /proc, at 20 sessions) and the one-session latency each configuration has (the
 latency opendkim adds is the difference to its "alone" line).
 """
 
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.bench.harness import cpu_seconds
 from tests.peers.opendkim import DkimKey, OpenDkim, make_key
 from tests.peers.ports import free_port
 from tests.peers.postfix import Postfix
@@ -57,20 +59,25 @@ class UnixOpenDkim(OpenDkim):
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One configuration: the SMTP port smtp-source talks to."""
+    """One configuration: the SMTP port smtp-source talks to, and the processes to charge
+    CPU time to (mailgate's, opendkim's; 0 when not in the path)."""
 
     name: str
     port: int
+    mailgate_pid: int = 0
+    opendkim_pid: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """Median rate, its ratio to Postfix alone, and one-session latency."""
+    """Median rate, its ratio to Postfix alone, CPU ms per message, one-session latency."""
 
     name: str
     rate: float
     ratio: float
     latency_ms: float
+    mailgate_cpu_ms: float = float("nan")
+    opendkim_cpu_ms: float = float("nan")
 
 
 def _mailgate(dirs: PeerDirs, sink_port: int, milter: str | None) -> tuple[Daemon, int]:
@@ -113,57 +120,94 @@ def bridge_testbed(dirs: PeerDirs) -> Iterator[tuple[list[Route], list[Daemon]]]
         daemons = [sink, alone, bridged]
         stack.callback(stop_all, daemons)  # type: ignore[arg-type]
         postfix = Postfix(dirs.new("postfix"), ("127.0.0.1", sink_port))
+        assert tcp.daemon is not None and unix.daemon is not None
+        tcp_pid, unix_pid = tcp.daemon.pid, unix.daemon.pid
         routes = [Route("Postfix alone", postfix.port)]
-        routes.append(Route("Postfix → opendkim, TCP", postfix.add_listener([tcp.milter])))
-        routes.append(Route("Postfix → opendkim, unix", postfix.add_listener([unix.milter])))
-        routes.append(Route("mailgate alone", alone_port))
-        routes.append(Route("mailgate → opendkim, TCP (bridge)", bridged_port))
+        routes.append(
+            Route("Postfix → opendkim, TCP", postfix.add_listener([tcp.milter]), 0, tcp_pid)
+        )
+        routes.append(
+            Route("Postfix → opendkim, unix", postfix.add_listener([unix.milter]), 0, unix_pid)
+        )
+        routes.append(Route("mailgate alone", alone_port, alone.pid))
+        routes.append(
+            Route("mailgate → opendkim, TCP (bridge)", bridged_port, bridged.pid, tcp_pid)
+        )
         postfix.start()
         stack.callback(postfix.stop)
         yield routes, [alone, bridged]
 
 
-def load(route: Route, messages: int, sessions: int = SESSIONS) -> float:
-    """Send `messages` with smtp-source through `route`; messages per second."""
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One load run: messages per second, and CPU ms per message of mailgate and opendkim."""
+
+    rate: float
+    mailgate_cpu_ms: float
+    opendkim_cpu_ms: float
+
+
+def _cpu(pid: int) -> float:
+    return cpu_seconds(pid) if pid else float("nan")
+
+
+def load(route: Route, messages: int, sessions: int = SESSIONS) -> Run:
+    """Send `messages` with smtp-source through `route`; rate and CPU per message."""
     argv = ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(SIZE)]
     argv += ["-f", "a@example.com", "-t", "b@y.test", f"127.0.0.1:{route.port}"]
+    cpu_before = _cpu(route.mailgate_pid), _cpu(route.opendkim_pid)
     started = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     elapsed = time.perf_counter() - started
+    cpu_after = _cpu(route.mailgate_pid), _cpu(route.opendkim_pid)
     if proc.returncode != 0 or proc.stderr.strip():
         raise RuntimeError(f"smtp-source via {route.name}: {proc.stdout}{proc.stderr}")
-    return messages / elapsed
+    per_msg = [(a - b) * 1000 / messages for a, b in zip(cpu_after, cpu_before, strict=True)]
+    return Run(messages / elapsed, *per_msg)
 
 
 def run(messages: int, repeats: int, dirs: PeerDirs) -> list[Result]:
     """Measure every route `repeats` times, rotating the order; medians, ratios, latency."""
-    rates: dict[str, list[float]] = {}
+    runs: dict[str, list[Run]] = {}
     with bridge_testbed(dirs) as (routes, mailgates):
         for r in range(repeats):
             for route in routes[r % len(routes) :] + routes[: r % len(routes)]:
                 time.sleep(0.5)  # let Postfix's queue manager deliver the previous run
-                rates.setdefault(route.name, []).append(load(route, messages))
+                runs.setdefault(route.name, []).append(load(route, messages))
         latency = {
-            route.name: 1000 / load(route, max(10, messages // 50), sessions=1) for route in routes
+            route.name: 1000 / load(route, max(10, messages // 50), sessions=1).rate
+            for route in routes
         }
         for daemon in mailgates:
             log = daemon.output.read_text(errors="replace")
             if "milter failed" in log:
                 raise RuntimeError(f"the bridge failed during the run:\n{log[-2000:]}")
-    base = statistics.median(rates[routes[0].name])
-    return [
-        Result(name, statistics.median(v), statistics.median(v) / base, latency[name])
-        for name, v in rates.items()
-    ]
+    base = statistics.median(run.rate for run in runs[routes[0].name])
+    results = []
+    for name, v in runs.items():
+        rate = statistics.median(run.rate for run in v)
+        mailgate_cpu = statistics.median(run.mailgate_cpu_ms for run in v)
+        opendkim_cpu = statistics.median(run.opendkim_cpu_ms for run in v)
+        results.append(Result(name, rate, rate / base, latency[name], mailgate_cpu, opendkim_cpu))
+    return results
+
+
+def _ms(value: float) -> str:
+    return "—" if value != value else f"{value:.2f}"  # NaN: not in this path
 
 
 def table(results: list[Result]) -> str:
     """The results as a Markdown table."""
     lines = [
-        "| configuration | msg/s, 20 sessions | ratio to Postfix alone | ms/msg, 1 session |",
-        "|---|---|---|---|",
+        "| configuration | msg/s, 20 sessions | ratio to Postfix alone "
+        "| CPU ms/msg, mailgate | CPU ms/msg, opendkim | ms/msg, 1 session |",
+        "|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r.name} | {r.rate:,.0f} | {r.ratio:.2f} | {r.latency_ms:.1f} |" for r in results]
+    lines += [
+        f"| {r.name} | {r.rate:,.0f} | {r.ratio:.2f} | {_ms(r.mailgate_cpu_ms)} "
+        f"| {_ms(r.opendkim_cpu_ms)} | {r.latency_ms:.1f} |"
+        for r in results
+    ]
     return "\n".join(lines)
 
 
