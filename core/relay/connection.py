@@ -165,11 +165,15 @@ class DownstreamConnection:
         if response.code != 354:
             return self._final(response)
         stuffer = DotStuffer()
+        held = b""
         for chunk in chunks:
-            protocol.write(stuffer.feed(chunk))
-            async with asyncio.timeout(self._settings.data_timeout):
-                await protocol._drain_helper()
-        protocol.write(stuffer.end())
+            if held:
+                protocol.write(held)
+                async with asyncio.timeout(self._settings.data_timeout):
+                    await protocol._drain_helper()
+            held = stuffer.feed(chunk)
+        # The last chunk goes out with the end marker: a small message is one write, one segment.
+        protocol.write(held + stuffer.end())
         return self._final(await protocol.read_response(timeout=self._settings.data_timeout))
 
     def _final(self, response: SMTPResponse) -> Reply:
