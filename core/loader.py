@@ -1,7 +1,8 @@
 """Read a configuration directory and build everything it describes, checking every key.
 
 ``DIR/mailgate.toml`` (optional) holds the core tables: ``[mailgate]``, ``[logging]``,
-``[[listener]]``, ``[relay]`` and ``[relay_control]``. Each ``DIR/NN-name.toml`` enables one plugin,
+``[[listener]]``, ``[relay]``, ``[relay_control]`` and ``[sender_auth]``. Each
+``DIR/NN-name.toml`` enables one plugin,
 in file-name order; the plugin is found by entry-point name in the group ``mailgate.plugins``.
 Any mistake is a `mailgate.config.ConfigError` naming the file and the key.
 """
@@ -26,6 +27,7 @@ from mailgate.logging import LoggingSettings
 from mailgate.pipeline import EnabledPlugin, ErrorPolicy, Pipeline
 from mailgate.plugin import ENTRY_POINT_GROUP
 from mailgate.plugins.relay_control import RelayControl
+from mailgate.plugins.sender_auth import SenderAuth
 from mailgate.relay import RelaySettings
 from mailgate.smtp.settings import SmtpListenerSettings
 
@@ -34,6 +36,9 @@ PLUGIN_FILE = re.compile(r"^(\d+)-([A-Za-z0-9_.-]+)\.toml$")
 RESERVED = frozenset({"plugin", "enabled", "when", "timeout", "on_error", "concurrent"})
 """Keys of a plugin file that configure how the plugin is run, not the plugin itself."""
 RELAY_CONTROL = "relay_control"
+SENDER_AUTH = "sender_auth"
+BUILT_IN = {RELAY_CONTROL: RelayControl, SENDER_AUTH: SenderAuth}
+"""Plugins that are always on, configured in ``mailgate.toml``, and run before ``conf.d``."""
 
 
 @dataclass(slots=True)
@@ -79,14 +84,15 @@ class Config:
     listeners: list[ListenerConfig] = field(default_factory=list)
     relay: RelaySettings = field(default_factory=RelaySettings)
     relay_control: PluginConfig | None = None
+    sender_auth: PluginConfig | None = None
     plugins: list[PluginConfig] = field(default_factory=list)
     disabled: list[tuple[str, str]] = field(default_factory=list)
     """``(plugin, file)`` of plugin files with ``enabled = false``."""
 
     @property
     def chain(self) -> list[PluginConfig]:
-        """The plugins in calling order: relay control first, then ``conf.d`` order."""
-        first = [self.relay_control] if self.relay_control is not None else []
+        """The plugins in calling order: relay control, sender ownership, then ``conf.d``."""
+        first = [p for p in (self.relay_control, self.sender_auth) if p is not None]
         return first + self.plugins
 
     def pipeline(self) -> Pipeline:
@@ -140,8 +146,9 @@ def load_config(
     if core_path is not None and core_path.exists():
         core = _read_toml(core_path)
     config = _core(core, source, path)
-    if config.relay_control is not None and not core:
-        config.relay_control.source = "built in"
+    for built_in in (config.relay_control, config.sender_auth):
+        if built_in is not None and not core:
+            built_in.source = "built in"
     if milter is not None:
         _override_milter(config, milter)
     _override(config, listen=listen, relay=relay)
@@ -168,7 +175,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         ) from None
 
 
-_CORE_KEYS = ("mailgate", "logging", "listener", "relay", "relay_control")
+_CORE_KEYS = ("mailgate", "logging", "listener", "relay", RELAY_CONTROL, SENDER_AUTH)
 
 
 def _core(table: dict[str, Any], source: str, path: Path | None) -> Config:
@@ -190,7 +197,8 @@ def _core(table: dict[str, Any], source: str, path: Path | None) -> Config:
         raise ConfigError(source, "listener", listeners, "[[listener]] tables")
     for i, t in enumerate(listeners):
         config.listeners.append(_listener(t, source, f"listener[{i}]"))
-    config.relay_control = _relay_control(_table(table, "relay_control", source), source)
+    config.relay_control = _built_in(table, source, RELAY_CONTROL)
+    config.sender_auth = _built_in(table, source, SENDER_AUTH)
     return config
 
 
@@ -305,10 +313,11 @@ def _key(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
-def _relay_control(table: Mapping[str, Any], source: str) -> PluginConfig | None:
+def _built_in(core: Mapping[str, Any], source: str, name: str) -> PluginConfig | None:
+    table = _table(core, name, source)
     if "plugin" in table:
-        raise ConfigError.unknown_key(source, "relay_control.plugin", "plugin", RESERVED)
-    enabled, plugin = _run_options(table, source, RELAY_CONTROL, RelayControl)
+        raise ConfigError.unknown_key(source, f"{name}.plugin", "plugin", RESERVED)
+    enabled, plugin = _run_options(table, source, name, BUILT_IN[name])
     plugin.source = source
     return plugin if enabled else None
 
@@ -323,9 +332,9 @@ def _plugin(
     name = table.get("plugin", match.group(2))
     if not isinstance(name, str):
         raise ConfigError(source, "plugin", name, "a plugin name (string)")
-    if name == RELAY_CONTROL:
+    if name in BUILT_IN:
         raise ConfigError(
-            source, "plugin", name, "another plugin (relay_control is set in mailgate.toml)"
+            source, "plugin", name, f"another plugin ({name} is set in mailgate.toml)"
         )
     ep = installed.get(name)
     if ep is None:

@@ -29,7 +29,7 @@ def test_check_config_accepts_a_good_directory(tmp_path: Path) -> None:
     (tmp_path / "10-add_header.toml").write_text('name = "X-Test"\n')
     result = run("check-config", "--config", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    assert "plugins: relay_control, add_header" in result.stdout
+    assert "plugins: relay_control, sender_auth, add_header" in result.stdout
 
 
 def test_check_config_names_file_key_found_expected(tmp_path: Path) -> None:
@@ -63,7 +63,7 @@ def test_plugins_lists_installed_enabled_and_order(tmp_path: Path) -> None:
     for name in ("add_header", "clamav", "relay_control", "spamassassin"):
         assert name in out
     enabled = out.split("Enabled, in calling order:")[1]
-    assert enabled.index("1. relay_control") < enabled.index("2. add_header")
+    assert enabled.index("1. relay_control") < enabled.index("3. add_header")
     assert "clamav  (" in enabled and "enabled = false" in enabled
 
 

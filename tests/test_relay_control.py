@@ -74,6 +74,6 @@ async def test_client_in_networks_may_relay(gate: App, smtp_sink: SmtpSink) -> N
 
 def test_relay_control_is_on_with_no_files_at_all() -> None:
     app = App(None, listen="127.0.0.2:0", relay="127.0.0.1:25", configure_logs=False)
-    assert [p.name for p in app.pipeline.plugins] == ["relay_control"]
+    assert [p.name for p in app.pipeline.plugins] == ["relay_control", "sender_auth"]
     settings = app.pipeline.plugins[0].instance.settings  # type: ignore[attr-defined]
     assert settings.networks == ["127.0.0.0/8", "::1/128"] and settings.domains == []

@@ -22,6 +22,16 @@ from mailgate.message import Header, Message
 from mailgate.pipeline import Pipeline
 from mailgate.session import Address, Session, Transaction
 from mailgate.smtp import replies
+from mailgate.smtp.auth import (
+    LOGIN_PASSWORD,
+    LOGIN_USERNAME,
+    MAX_RESPONSE_LENGTH,
+    AuthSyntaxError,
+    Credentials,
+    decode_login_password,
+    decode_login_username,
+    decode_plain,
+)
 from mailgate.smtp.commands import parse_params, parse_path
 from mailgate.smtp.data import DataReader
 from mailgate.smtp.settings import SmtpListenerSettings
@@ -110,6 +120,7 @@ class SmtpConnection(SMTP):
             "VRFY": self._vrfy,
             "EXPN": self._expn,
             "HELP": self._help,
+            "AUTH": self._auth,
         }
 
     # -- aiosmtpd plumbing ---------------------------------------------------------------------
@@ -239,8 +250,10 @@ class SmtpConnection(SMTP):
 
     # -- reading -------------------------------------------------------------------------------
 
-    async def _read_line(self) -> bytes:
-        """The next command line; lines over the limit are answered and skipped."""
+    async def _read_line(self, limit: int = 0) -> bytes:
+        """The next command line (`limit`: longest allowed, default `max_command_length`);
+        lines over the limit are answered and skipped."""
+        limit = limit or self._settings.max_command_length
         if self._out and not self._command_waiting():
             await self._flush()
         while True:
@@ -252,7 +265,7 @@ class SmtpConnection(SMTP):
             except asyncio.LimitOverrunError:
                 await self._skip_long_line()
                 line = b""
-            if line and len(line) <= self._settings.max_command_length:
+            if line and (len(line) <= limit or _auth_line(line)):
                 return line
             await self._send(replies.LINE_TOO_LONG)
 
@@ -321,6 +334,8 @@ class SmtpConnection(SMTP):
         ]
         if self.tls_context is not None and self.mg is not None and not self.mg.tls:
             lines.append("STARTTLS")
+        if self._auth_offered():
+            lines.append("AUTH " + " ".join(self._settings.auth_mechanisms))
         lines.append("ENHANCEDSTATUSCODES")
         await self._send(Reply(250, "", "\n".join(lines)))
 
@@ -373,11 +388,103 @@ class SmtpConnection(SMTP):
         ssl_object = self.transport.get_extra_info("ssl_object")
         self.mg.tls = True
         self.mg.helo = ""
+        self.mg.auth_login = ""  # RFC 3207: forget what the clear-text session established
         if ssl_object is not None:
             self.mg.tls_version = ssl_object.version() or ""
             cipher = ssl_object.cipher()
             self.mg.tls_cipher = cipher[0] if cipher else ""
         log.info("TLS started", version=self.mg.tls_version, cipher=self.mg.tls_cipher)
+
+    # -- authentication ------------------------------------------------------------------------
+
+    def _auth_offered(self) -> bool:
+        """AUTH is in the EHLO reply: a plugin can check credentials, and TLS is on if needed."""
+        assert self.mg is not None and self._pipeline is not None
+        return (
+            bool(self._settings.auth_mechanisms)
+            and self._pipeline.implements("authenticate")
+            and (self.mg.tls or not self._settings.auth_require_tls)
+        )
+
+    async def _auth(self, arg: str) -> None:
+        assert self.mg is not None and self._pipeline is not None
+        problem = self._auth_refusal()
+        if problem is not None:
+            await self._send(problem)
+            return
+        mechanism, _, initial = arg.partition(" ")
+        mechanism, initial = mechanism.upper(), initial.strip()
+        if mechanism not in self._settings.auth_mechanisms:
+            await self._send(replies.AUTH_UNKNOWN_MECHANISM if mechanism else replies.SYNTAX)
+            return
+        try:
+            credentials = await self._auth_exchange(mechanism, initial or None)
+        except AuthSyntaxError:
+            await self._send(replies.AUTH_UNDECODABLE)
+            return
+        if credentials is None:
+            await self._send(replies.AUTH_CANCELLED)
+            return
+        await self._check_credentials(mechanism, credentials)
+
+    def _auth_refusal(self) -> Reply | None:
+        """Why AUTH cannot be given now (RFC 4954 section 4), or None."""
+        assert self.mg is not None and self._pipeline is not None
+        if not self._settings.auth_mechanisms or not self._pipeline.implements("authenticate"):
+            return replies.AUTH_NOT_OFFERED
+        if not self._esmtp or not self.mg.helo:
+            return replies.NEED_HELO
+        if self._settings.auth_require_tls and not self.mg.tls:
+            return replies.AUTH_NEEDS_TLS
+        if self.mg.auth_login:
+            return replies.AUTH_TWICE
+        if self._tx is not None:
+            return replies.AUTH_IN_TRANSACTION
+        return None
+
+    async def _auth_exchange(self, mechanism: str, initial: str | None) -> Credentials | None:
+        """Read the client's responses; None if it cancelled with ``*``."""
+        if mechanism == "PLAIN":
+            response = initial if initial is not None else await self._auth_response("")
+            return None if response is None else decode_plain(response)
+        if initial is None:
+            initial = await self._auth_response(LOGIN_USERNAME)
+            if initial is None:
+                return None
+        login = decode_login_username(initial)
+        secret = await self._auth_response(LOGIN_PASSWORD)
+        return None if secret is None else Credentials(login, decode_login_password(secret))
+
+    async def _auth_response(self, challenge: str) -> str | None:
+        """Send a ``334`` challenge and read the response line; None for ``*`` (cancel)."""
+        self._out.append(b"334 " + challenge.encode("ascii") + b"\r\n")
+        line = (await self._read_line(MAX_RESPONSE_LENGTH)).rstrip(b"\r\n").strip()
+        if line == b"*":
+            return None
+        return line.decode("ascii", "replace")
+
+    async def _check_credentials(self, mechanism: str, credentials: Credentials) -> None:
+        """Ask the plugins; a plugin failure is a temporary failure, not a wrong password."""
+        assert self.mg is not None and self._pipeline is not None
+        # `Pipeline.authenticate` turns a plugin failure into False; the failure is counted.
+        errors_before = self.mg.counters.get("plugin_errors", 0)
+        ok = await self._pipeline.authenticate(
+            self.mg, mechanism, credentials.login, credentials.secret
+        )
+        if self.mg.counters.get("plugin_errors", 0) > errors_before:
+            log.warning("authentication error", mechanism=mechanism, login=credentials.login)
+            await self._send(replies.AUTH_TEMPFAIL)
+            return
+        if not ok:
+            log.info("authentication failed", mechanism=mechanism, login=credentials.login)
+            self.mg.count("auth_failures")
+            await self._flush()
+            await asyncio.sleep(self._settings.auth_failure_delay)
+            await self._send(replies.AUTH_FAILED)
+            return
+        self.mg.auth_login = credentials.login
+        log.info("authenticated", mechanism=mechanism, login=credentials.login)
+        await self._send(replies.AUTH_OK)
 
     # -- envelope ------------------------------------------------------------------------------
 
@@ -426,6 +533,7 @@ class SmtpConnection(SMTP):
         body = params.pop("BODY", "7BIT")
         smtputf8 = "SMTPUTF8" in params
         params.pop("SMTPUTF8", None)
+        params.pop("AUTH", None)  # RFC 4954 section 5: accepted; the relay does not pass it on
         ret = params.pop("RET", "FULL")
         envid = params.pop("ENVID", "")
         if params or (size is not None and not size.isdigit()):
@@ -682,6 +790,11 @@ class SmtpConnection(SMTP):
             if tx.message is not None:
                 tx.message.close()
             structlog.contextvars.unbind_contextvars("tx")
+
+
+def _auth_line(line: bytes) -> bool:
+    """AUTH command lines may be longer than other commands (RFC 4954 section 4)."""
+    return len(line) <= MAX_RESPONSE_LENGTH and line[:5].upper() == b"AUTH "
 
 
 def _aborted(reason: str) -> Verdict:

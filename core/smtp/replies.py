@@ -34,6 +34,16 @@ VRFY = Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attemp
 EXPN = Reply(502, "5.5.1", "EXPN not implemented")
 HELP = Reply(214, "2.0.0", "See RFC 5321")
 TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops")
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_TEMPFAIL = Reply(454, "4.7.0", "Temporary authentication failure")
+AUTH_CANCELLED = Reply(501, "5.7.0", "Authentication cancelled")
+AUTH_UNDECODABLE = Reply(501, "5.5.2", "Cannot decode response")
+AUTH_NEEDS_TLS = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
+AUTH_NOT_OFFERED = Reply(503, "5.5.1", "Authentication not enabled")
+AUTH_TWICE = Reply(503, "5.5.1", "Already authenticated")
+AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH not allowed during a mail transaction")
+AUTH_UNKNOWN_MECHANISM = Reply(504, "5.5.4", "Unrecognized authentication type")
 REFUSED_SESSION = Reply(503, "5.5.1", "Session refused, only QUIT is allowed")
 
 

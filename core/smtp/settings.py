@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from mailgate.message import DEFAULT_SPOOL_THRESHOLD
+from mailgate.smtp.auth import MECHANISMS
 
 BareLineEndings = Literal["reject", "normalize"]
 
@@ -54,6 +55,13 @@ class SmtpListenerSettings:
     max_received: int = 100
     """A message already carrying more ``Received:`` headers is refused with ``554 5.4.6``
     (a mail loop); 0: no limit."""
+    auth_mechanisms: list[str] = field(default_factory=lambda: list(MECHANISMS))
+    """SMTP AUTH mechanisms offered (``PLAIN``, ``LOGIN``) when a plugin implements
+    ``authenticate``; empty: AUTH is never offered."""
+    auth_require_tls: bool = True
+    """Offer and accept AUTH only after STARTTLS; before it: ``538 5.7.11``."""
+    auth_failure_delay: float = 1.0
+    """Seconds to wait before answering a failed AUTH with ``535 5.7.8`` (slows guessing)."""
 
     def __post_init__(self) -> None:
         if self.bare_line_endings not in ("reject", "normalize"):
@@ -62,6 +70,12 @@ class SmtpListenerSettings:
             )
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together")
+        self.auth_mechanisms = [m.upper() for m in self.auth_mechanisms]
+        unknown = set(self.auth_mechanisms) - set(MECHANISMS)
+        if unknown:
+            raise ValueError(f"auth_mechanisms may hold only {', '.join(MECHANISMS)}")
+        if self.auth_failure_delay < 0:
+            raise ValueError("auth_failure_delay must be 0 or more")
         if self.max_received < 0:
             raise ValueError("max_received must be 0 or more")
         for name in ("max_message_size", "max_line_length", "max_command_length"):

@@ -24,7 +24,7 @@ def test_no_files_at_all_gives_working_defaults(tmp_path: Path) -> None:
         assert [lc.type for lc in config.listeners] == ["smtp"]
         assert config.listeners[0].settings.address == "127.0.0.1:2525"
         assert config.relay.address == "127.0.0.1:25"
-        assert [p.name for p in config.chain] == ["relay_control"]
+        assert [p.name for p in config.chain] == ["relay_control", "sender_auth"]
         assert config.logging.format == "json"
 
 
@@ -138,6 +138,7 @@ def test_run_options(tmp_path: Path) -> None:
         ("10-add_header.toml", "timeout = -1\n", "timeout: found -1 (int)"),
         ("10-add_header.toml", 'enabled = "no"\n', 'enabled: found "no" (str)'),
         ("10-relay_control.toml", "", "relay_control is set in mailgate.toml"),
+        ("10-sender_auth.toml", "", "sender_auth is set in mailgate.toml"),
     ],
 )
 def test_plugin_file_errors(tmp_path: Path, name: str, text: str, message: str) -> None:
@@ -170,4 +171,21 @@ def test_bundled_plugins_are_entry_points() -> None:
 
 def test_relay_control_can_be_turned_off(tmp_path: Path) -> None:
     write(tmp_path, "mailgate.toml", "[relay_control]\nenabled = false\n")
-    assert load_config(tmp_path).chain == []
+    assert [p.name for p in load_config(tmp_path).chain] == ["sender_auth"]
+
+
+def test_sender_auth_is_built_in_and_configured_in_mailgate_toml(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "mailgate.toml",
+        '[sender_auth]\ndomains = ["example.org"]\nallowed = { "*" = ["@example.net"] }\n',
+    )
+    config = load_config(tmp_path)
+    assert config.sender_auth is not None
+    assert config.sender_auth.settings.domains == ["example.org"]
+    assert config.sender_auth.settings.allowed == {"*": ["@example.net"]}
+    write(tmp_path, "mailgate.toml", "[sender_auth]\nenabled = false\n")
+    assert [p.name for p in load_config(tmp_path).chain] == ["relay_control"]
+    write(tmp_path, "mailgate.toml", "[sender_auth]\nallowed = []\n")
+    with pytest.raises(ConfigError, match=r"sender_auth\.allowed: found"):
+        load_config(tmp_path)
