@@ -2,36 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import smtplib
 import ssl
-import subprocess
-from collections.abc import Iterator, MutableMapping
 from pathlib import Path
-from typing import Any
-
-import pytest
-import structlog
 
 from tests.peers.smtp_sink import SmtpSink
 from tests.smtp.conftest import GatewayFactory, relay_to
 from tests.smtp.helpers import codes, raw_session, untraced, wait_until
 
 MESSAGE = b"From: a@example.com\r\nSubject: tls\r\n\r\nsecret\r\n"
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """A self-signed certificate and key made with openssl."""
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=mx.mailgate.test", "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return str(cert), str(key)
 
 
 def test_starttls_is_offered_and_works_with_a_certificate(
@@ -68,25 +47,6 @@ def test_commands_sent_with_starttls_in_clear_text_are_dropped(
     transcript = raw_session(gateway.port, b"STARTTLS\r\nNOOP\r\n", timeout=1.0)
     # Only the 220 to STARTTLS: the injected NOOP was discarded, not answered in clear text.
     assert codes(transcript)[-1] == 220
-
-
-@pytest.fixture
-def captured_logs() -> Iterator[list[dict[str, object]]]:
-    """structlog lines as dicts, with the context variables merged in."""
-    lines: list[dict[str, object]] = []
-    old = structlog.get_config()
-
-    def keep(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> str:
-        lines.append(dict(event))
-        return json.dumps(event, default=str)
-
-    structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars, keep],
-        logger_factory=structlog.ReturnLoggerFactory(),
-        cache_logger_on_first_use=False,
-    )
-    yield lines
-    structlog.configure(**old)
 
 
 def test_every_log_line_carries_the_session_and_one_line_gives_the_outcome(
