@@ -16,6 +16,8 @@ variables it names, built from the live `Session` and `Transaction`:
                    elsewhere the last accepted recipient
 ``rcpts``          the accepted recipients, a list of ``{address, local, domain}``
 ``size``           the message size: the SIZE parameter before the data, the real size after
+                   (but still the SIZE parameter, or 0, on the milter listener when no plugin
+                   reads the content: see ``reads`` in `mailgate.hookspecs`)
 =================  =========================================================================
 
 Helpers: ``ip_in(ip, ["192.0.2.0/24", "2001:db8::/32"])`` (CIDR membership) and
@@ -151,7 +153,7 @@ def _addr_map(address: Address | None) -> dict[str, str]:
 def _size(tx: Transaction | None) -> int:
     if tx is None:
         return 0
-    if tx.message is not None:
+    if tx.message is not None and not tx.message.withheld:
         return tx.message.size
     for param in tx.sender.params:
         key, _, value = param.partition("=")

@@ -24,7 +24,7 @@ from mailgate.config import ConfigError, is_host_port, load_settings
 from mailgate.config.errors import Text
 from mailgate.expressions import Expression, ExpressionError
 from mailgate.logging import LoggingSettings
-from mailgate.pipeline import EnabledPlugin, ErrorPolicy, Pipeline
+from mailgate.pipeline import MESSAGE_PARTS, EnabledPlugin, ErrorPolicy, Pipeline, declared_reads
 from mailgate.plugin import ENTRY_POINT_GROUP
 from mailgate.plugins.relay_control import RelayControl
 from mailgate.plugins.sender_auth import SenderAuth
@@ -72,6 +72,8 @@ class PluginConfig:
     timeout: float = 30.0
     on_error: ErrorPolicy = ErrorPolicy.TEMPFAIL
     concurrent: bool = False
+    reads: frozenset[str] = MESSAGE_PARTS
+    """The class's ``reads`` (which parts of the message it reads); not a conf.d key."""
 
 
 @dataclass(slots=True)
@@ -284,6 +286,10 @@ def _run_options(
     concurrent = table.get("concurrent", bool(getattr(cls, "concurrent", False)))
     if not isinstance(concurrent, bool):
         raise ConfigError(source, _key(prefix, "concurrent"), concurrent, "true or false")
+    try:
+        reads = declared_reads(cls)
+    except ValueError as exc:
+        raise ConfigError(source, "plugin", name, f"a valid plugin ({exc})") from None
     when = table.get("when")
     condition = None
     if when is not None:
@@ -304,7 +310,7 @@ def _run_options(
     else:
         settings = load_settings(settings_cls, rest, source=source, prefix=prefix)
     plugin = PluginConfig(
-        name, source, cls, settings, condition, float(timeout), policies[policy], concurrent
+        name, source, cls, settings, condition, float(timeout), policies[policy], concurrent, reads
     )
     return enabled, plugin
 
@@ -363,4 +369,5 @@ def _instantiate(p: PluginConfig) -> EnabledPlugin:
         on_error=p.on_error,
         concurrent=p.concurrent,
         source=p.source,
+        reads=p.reads,
     )

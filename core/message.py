@@ -52,14 +52,24 @@ class Message:
 
     The body is a binary file of CRLF-terminated lines (the SMTP wire form, without dot
     stuffing); read it with `iter_body()` or `open_body()`, never all at once: it may be 50 MiB.
+
+    `withheld` names the parts (``"headers"``, ``"body"``) the ingress did not fetch because
+    no enabled plugin declared it reads them (the milter listener only; see ``reads`` in
+    `mailgate.hookspecs`): those parts are empty here, although the real message has them.
     """
 
-    __slots__ = ("_body", "body_size", "headers")
+    __slots__ = ("_body", "body_size", "headers", "withheld")
 
     def __init__(
-        self, headers: list[Header], body: IO[bytes], body_size: int | None = None
+        self,
+        headers: list[Header],
+        body: IO[bytes],
+        body_size: int | None = None,
+        *,
+        withheld: frozenset[str] = frozenset(),
     ) -> None:
         self.headers = headers
+        self.withheld = withheld
         self._body = body
         if body_size is None:
             body.seek(0, 2)

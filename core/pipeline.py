@@ -11,7 +11,7 @@ import asyncio
 import enum
 import inspect
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,6 +46,28 @@ class Condition(Protocol):
     def __call__(self, session: Session, transaction: Transaction | None) -> bool: ...
 
 
+MESSAGE_PARTS = frozenset({"headers", "body"})
+"""What a plugin may declare it reads (its class attribute ``reads``); the default is both."""
+
+
+def declared_reads(plugin: object) -> frozenset[str]:
+    """The parts of the message `plugin` (a plugin class or instance) says its hooks read.
+
+    ``reads`` is a class attribute: a set of ``"headers"`` and ``"body"``; a plugin without one
+    reads both. Raises `ValueError` for anything else (a string, an unknown part).
+    """
+    value: object = getattr(plugin, "reads", MESSAGE_PARTS)
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise ValueError(f"reads must be a set of 'headers' and 'body', not {value!r}")
+    parts = frozenset(value)
+    unknown = parts - MESSAGE_PARTS
+    if unknown:
+        raise ValueError(
+            f"reads may hold only 'headers' and 'body', not {sorted(map(str, unknown))}"
+        )
+    return parts
+
+
 @dataclass(slots=True)
 class EnabledPlugin:
     """One plugin as enabled by one `conf.d` file."""
@@ -57,6 +79,8 @@ class EnabledPlugin:
     on_error: ErrorPolicy = ErrorPolicy.TEMPFAIL
     concurrent: bool = False
     source: str = ""
+    reads: frozenset[str] = MESSAGE_PARTS
+    """The parts of the message its `on_headers`/`on_message` read (the class's ``reads``)."""
 
 
 @dataclass(slots=True)
@@ -120,6 +144,16 @@ class Pipeline:
     def implements(self, hook_name: str) -> bool:
         """True if some enabled plugin implements `hook_name` (ingress may skip work if not)."""
         return bool(self._calls.get(hook_name))
+
+    def reads(self, part: str) -> bool:
+        """True if some plugin whose hooks see the message reads `part` of it.
+
+        `part` is ``"headers"`` (read by `on_headers` or `on_message`) or ``"body"`` (by
+        `on_message`; `on_headers` comes before it). When this is False an ingress that can
+        (the milter listener) does not fetch that part, and plugins see it empty.
+        """
+        hooks = ("on_message",) if part == "body" else ("on_headers", "on_message")
+        return any(part in call.plugin.reads for hook in hooks for call in self._calls[hook])
 
     # -- one call --------------------------------------------------------------------------------
 

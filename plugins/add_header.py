@@ -29,6 +29,8 @@ class AddHeader:
     """Appends the header `name: value` to each message at the end of data."""
 
     Settings = AddHeaderSettings
+    reads: frozenset[str] = frozenset()
+    """It only adds: the milter listener need not ask the MTA for the headers and body."""
 
     def __init__(self, settings: AddHeaderSettings | None = None) -> None:
         self.settings = settings or AddHeaderSettings()

@@ -289,7 +289,7 @@ class MilterConnection:
         assert self.agreed is not None
         session, tx = self.current()
         if tx.message is None:
-            tx.message = Message(self.headers, self.body())
+            tx.message = Message(self.headers, self.body(), withheld=self.agreed.withheld)
             self.spool = None
         verdict = await self.pipeline.message(session, tx)
         if verdict is None or not verdict.is_refusal:

@@ -44,12 +44,18 @@ class Negotiated:
     """The commands the MTA waits for a reply to (computed from `protocol`)."""
     leading_space: bool = field(init=False)
     """True if header values keep their leading space, both ways."""
+    withheld: frozenset[str] = field(init=False)
+    """The parts of the message the MTA does not send (``"headers"``, ``"body"``)."""
 
     def __post_init__(self) -> None:
         # Computed once: checking enum flags for every frame is a measurable cost per message.
         answered = frozenset(cmd for cmd, flag in NO_REPLY.items() if not self.protocol & flag)
         object.__setattr__(self, "answered", answered)
         object.__setattr__(self, "leading_space", bool(self.protocol & Step.HDR_LEADSPC))
+        withheld = {"headers"} if self.protocol & Step.NOHDRS else set()
+        if self.protocol & Step.NOBODY:
+            withheld.add("body")
+        object.__setattr__(self, "withheld", frozenset(withheld))
 
     def replies_to(self, command: Command) -> bool:
         """True if the MTA waits for a reply to `command`."""
@@ -61,7 +67,9 @@ def wanted_steps(pipeline: Pipeline) -> Step:
 
     The envelope steps always come (plugins read the session and envelope at later stages),
     but without a reply when no plugin decides there. Headers and body come only when a plugin
-    looks at content; EOH and DATA only when a plugin has a hook there.
+    with `on_headers`/`on_message` declares it reads them (``reads``: `Pipeline.reads`); EOH
+    and DATA only when a plugin has a hook there. End of message always comes: modifications
+    (add a header, a recipient) and the final verdict are sent then, content or not.
     """
     steps = Step.NOUNKNOWN | Step.NR_UNKN | Step.NR_HDR | Step.NR_BODY | Step.HDR_LEADSPC
     for hook, flag in (
@@ -76,10 +84,10 @@ def wanted_steps(pipeline: Pipeline) -> Step:
         steps |= Step.NODATA
     if not pipeline.implements("on_headers"):
         steps |= Step.NOEOH
-    if not pipeline.implements("on_message"):
+    if not pipeline.reads("body"):
         steps |= Step.NOBODY
-        if not pipeline.implements("on_headers"):
-            steps |= Step.NOHDRS
+    if not pipeline.reads("headers"):
+        steps |= Step.NOHDRS
     return steps
 
 

@@ -123,3 +123,10 @@ def test_ip_in_agrees_with_ipaddress(
         mapped = ip.ipv4_mapped
         expected = mapped.version == net.version and mapped in net
     assert ip_in(str(ip), [str(net)]) == expected
+
+
+def test_size_is_the_mail_parameter_when_the_milter_withheld_the_content() -> None:
+    e = Expression("size > 1000")
+    tx = Transaction(Address("a@example.net", ["SIZE=5000"]))
+    tx.message = Message([], new_spool(), withheld=frozenset({"body"}))
+    assert e(session(), tx), "the empty body is not the message's size"

@@ -189,3 +189,33 @@ def test_sender_auth_is_built_in_and_configured_in_mailgate_toml(tmp_path: Path)
     write(tmp_path, "mailgate.toml", "[sender_auth]\nallowed = []\n")
     with pytest.raises(ConfigError, match=r"sender_auth\.allowed: found"):
         load_config(tmp_path)
+
+
+def test_reads_comes_from_the_plugin_class_not_from_confd(tmp_path: Path) -> None:
+    write(tmp_path, "10-add_header.toml", "")
+    write(tmp_path, "20-clamav.toml", "")
+    write(tmp_path, "30-spamassassin.toml", "")
+    write(tmp_path, "40-milter.toml", "")
+    pipeline = load_config(tmp_path).pipeline()
+    reads = {p.name: p.reads for p in pipeline.plugins}
+    both = frozenset({"headers", "body"})
+    expected = {
+        "relay_control": frozenset(),
+        "add_header": frozenset(),
+        "clamav": both,
+        "spamassassin": both,
+        "milter": both,
+    }
+    assert {name: reads[name] for name in expected} == expected
+    write(tmp_path, "10-add_header.toml", 'reads = ["headers", "body"]\n')
+    with pytest.raises(ConfigError, match="reads: found an unknown key"):
+        load_config(tmp_path)
+
+
+def test_a_plugin_with_a_bad_reads_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(AddHeader, "reads", "headers")
+    write(tmp_path, "10-add_header.toml", "")
+    with pytest.raises(ConfigError, match=r"plugin: .*reads must be a set of 'headers' and 'body'"):
+        load_config(tmp_path)

@@ -8,7 +8,7 @@ import pytest
 
 from mailgate import Address, Session, Transaction, Verdict, hookimpl
 from mailgate.message import Message, new_spool, parse_header_block
-from mailgate.pipeline import EnabledPlugin, ErrorPolicy, Pipeline
+from mailgate.pipeline import MESSAGE_PARTS, EnabledPlugin, ErrorPolicy, Pipeline, declared_reads
 
 
 def _tx() -> Transaction:
@@ -206,3 +206,58 @@ async def test_disconnect_is_called_even_when_the_condition_is_false() -> None:
     plugin = EnabledPlugin("c", Cleanup(), when=lambda s, t: False)
     await Pipeline([plugin]).disconnect(Session("192.0.2.1"))
     assert Cleanup.calls == ["disconnect"]
+
+
+def test_declared_reads_defaults_to_everything_and_refuses_nonsense() -> None:
+    class Quiet:
+        reads = frozenset()
+
+    class Listed:
+        reads = ["headers"]
+
+    class Typo:
+        reads = frozenset({"header"})
+
+    class Word:
+        reads = "body"
+
+    assert declared_reads(object()) == MESSAGE_PARTS == frozenset({"headers", "body"})
+    assert declared_reads(Quiet) == frozenset() and declared_reads(Quiet()) == frozenset()
+    assert declared_reads(Listed) == frozenset({"headers"})
+    with pytest.raises(ValueError, match="only 'headers' and 'body', not \\['header'\\]"):
+        declared_reads(Typo)
+    with pytest.raises(ValueError, match="a set of 'headers' and 'body', not 'body'"):
+        declared_reads(Word)
+
+
+def test_the_chain_reads_what_its_content_hooks_declare() -> None:
+    class OnMessage:
+        @hookimpl
+        def on_message(self) -> None:
+            """Nothing."""
+
+    class OnHeaders:
+        @hookimpl
+        def on_headers(self) -> None:
+            """Nothing."""
+
+    class OnRcpt:
+        @hookimpl
+        def on_rcpt(self) -> None:
+            """Nothing: its `reads` (the default, both) does not matter."""
+
+    def reads(*plugins: EnabledPlugin) -> tuple[bool, bool]:
+        pipeline = Pipeline(plugins)
+        return pipeline.reads("headers"), pipeline.reads("body")
+
+    nothing: frozenset[str] = frozenset()
+    assert reads() == (False, False)
+    assert reads(EnabledPlugin("r", OnRcpt())) == (False, False)
+    assert reads(EnabledPlugin("m", OnMessage())) == (True, True)
+    assert reads(EnabledPlugin("m", OnMessage(), reads=nothing)) == (False, False)
+    assert reads(EnabledPlugin("m", OnMessage(), reads=frozenset({"body"}))) == (False, True)
+    assert reads(EnabledPlugin("h", OnHeaders())) == (True, False), "on_headers has no body"
+    assert reads(
+        EnabledPlugin("a", OnMessage(), reads=nothing),
+        EnabledPlugin("b", OnMessage(), reads=frozenset({"headers"})),
+    ) == (True, False)

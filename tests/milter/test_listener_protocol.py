@@ -10,10 +10,12 @@ import pytest
 import structlog
 
 from mailgate import Message, Transaction, hookimpl
+from mailgate.message import Header
 from mailgate.milter import MilterListener, MilterListenerSettings
 from mailgate.milter import codec as c
 from mailgate.milter.protocol import ALL_ACTIONS, V2_ACTIONS, V2_STEPS, Action, Step
-from mailgate.pipeline import EnabledPlugin, Pipeline
+from mailgate.pipeline import EnabledPlugin, Pipeline, declared_reads
+from mailgate.plugins.add_header import AddHeader
 from mailgate.sockaddr import SocketAddress
 
 EVERYTHING = Step(0x1FFFFF)
@@ -216,3 +218,136 @@ def test_addresses_in_postfix_and_sendmail_syntax(
 def test_bad_addresses_are_refused(spec: str) -> None:
     with pytest.raises(ValueError, match=r"socket address must be|absolute"):
         SocketAddress.parse(spec)
+
+
+# -- what the chain reads (``reads``): NOHDRS / NOBODY ----------------------------------------
+
+
+class HeaderReader:
+    """Reads the Subject at the end of data, never the body."""
+
+    reads = frozenset({"headers"})
+
+    @hookimpl
+    def on_message(self, message: Message) -> None:
+        """Look at the Subject."""
+        message.get("Subject")
+
+
+class Scanner:
+    """Reads everything (no ``reads``: the default)."""
+
+    @hookimpl
+    def on_message(self, message: Message) -> None:
+        """Read the body."""
+        b"".join(message.iter_body())
+
+
+async def negotiated_steps(*plugins: object) -> Step:
+    """The protocol steps the listener answers a v6 OPTNEG offering everything with."""
+    chain = Pipeline(
+        [EnabledPlugin(f"p{i}", p, reads=declared_reads(p)) for i, p in enumerate(plugins)]
+    )
+    listener = await serve(chain)
+    try:
+        client = await connect(listener)
+        await client.send(c.OptNeg(6, int(ALL_ACTIONS), int(EVERYTHING)))
+        reply = await client.read()
+        assert isinstance(reply, c.OptNegReply)
+        return Step(reply.protocol)
+    finally:
+        await listener.stop()
+
+
+async def test_add_header_alone_is_sent_no_headers_and_no_body() -> None:
+    steps = await negotiated_steps(AddHeader())
+    assert steps & Step.NOHDRS and steps & Step.NOBODY and steps & Step.NOEOH
+
+
+async def test_a_body_reader_gets_the_content_whoever_else_is_enabled() -> None:
+    for chain in ([Scanner()], [AddHeader(), Scanner()], [Scanner(), AddHeader()]):
+        steps = await negotiated_steps(*chain)
+        assert not steps & (Step.NOHDRS | Step.NOBODY), chain
+
+
+async def test_a_header_reader_gets_headers_but_no_body() -> None:
+    steps = await negotiated_steps(AddHeader(), HeaderReader())
+    assert steps & Step.NOBODY and not steps & Step.NOHDRS
+
+
+async def test_on_headers_alone_gets_headers_but_no_body() -> None:
+    class Headers:
+        @hookimpl
+        def on_headers(self, headers: list[Header]) -> None:
+            """Look at the headers (reads: the default, both)."""
+
+    steps = await negotiated_steps(Headers())
+    assert steps & Step.NOBODY and not steps & (Step.NOHDRS | Step.NOEOH)
+
+
+async def test_without_content_the_plugin_sees_an_empty_message_and_still_adds() -> None:
+    seen: list[tuple[list[Header], int, frozenset[str]]] = []
+
+    class Adder:
+        reads: frozenset[str] = frozenset()
+
+        @hookimpl
+        def on_message(self, transaction: Transaction, message: Message) -> None:
+            """Record what arrived, add a header."""
+            seen.append((list(message.headers), message.body_size, message.withheld))
+            transaction.add_header("X-Tag", "1")
+
+    listener = await serve(Pipeline([EnabledPlugin("add", Adder(), reads=frozenset())]))
+    try:
+        client = await connect(listener)
+        await client.send(c.OptNeg(6, int(ALL_ACTIONS), int(EVERYTHING)))
+        reply = await client.read()
+        assert isinstance(reply, c.OptNegReply)
+        # An MTA that honours NOHDRS/NOBODY/NOEOH goes from RCPT straight to end of message.
+        await client.send(
+            c.Connect(b"[192.0.2.1]", b"4", 4000, b"192.0.2.1"),
+            c.Mail(b"<a@example.com>", (b"SIZE=2048",)),
+            c.Rcpt(b"<b@example.com>"),
+            c.EndOfMessage(),
+        )
+        assert await client.read() == c.AddHeader(b"X-Tag", b" 1")
+        assert await client.read() == c.Continue()
+    finally:
+        await listener.stop()
+    assert seen == [([], 0, frozenset({"headers", "body"}))]
+
+
+async def test_an_mta_that_sends_the_content_anyway_is_served() -> None:
+    # Protocol 2 clients may not offer NOHDRS/NOBODY: the content then arrives as before.
+    seen: list[frozenset[str]] = []
+
+    class Adder:
+        reads: frozenset[str] = frozenset()
+
+        @hookimpl
+        def on_message(self, transaction: Transaction, message: Message) -> None:
+            """Record what was withheld."""
+            seen.append(message.withheld)
+            assert message.get("Subject") == "hi"
+
+    listener = await serve(Pipeline([EnabledPlugin("add", Adder(), reads=frozenset())]))
+    try:
+        client = await connect(listener)
+        await client.send(c.OptNeg(6, int(ALL_ACTIONS), int(Step.NR_HDR | Step.NR_BODY)))
+        reply = await client.read()
+        assert isinstance(reply, c.OptNegReply)
+        assert not Step(reply.protocol) & (Step.NOHDRS | Step.NOBODY)
+        await client.send(
+            c.Connect(b"[192.0.2.1]", b"4", 4000, b"192.0.2.1"),
+            c.Mail(b"<a@example.com>"),
+            c.Rcpt(b"<b@example.com>"),
+            c.Header(b"Subject", b"hi"),
+            c.EndOfHeaders(),
+            c.Body(b"body\r\n"),
+            c.EndOfMessage(),
+        )
+        while not isinstance(await client.read(), c.Continue):
+            pass
+    finally:
+        await listener.stop()
+    assert seen == [frozenset()]
