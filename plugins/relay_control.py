@@ -39,6 +39,8 @@ class RelayControl:
     """Refuses recipients mailgate must not relay to (see the module docstring)."""
 
     Settings = RelayControlSettings
+    reads: frozenset[str] = frozenset()
+    """Envelope only (it has no content hooks)."""
 
     def __init__(self, settings: RelayControlSettings | None = None) -> None:
         self.settings = settings or RelayControlSettings()

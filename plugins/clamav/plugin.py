@@ -30,6 +30,8 @@ class ClamavPlugin:
 
     Settings = ClamavSettings
     concurrent = True
+    reads = frozenset({"headers", "body"})
+    """clamd scans the whole message."""
 
     def __init__(self, settings: ClamavSettings | None = None) -> None:
         self.settings = settings or ClamavSettings()

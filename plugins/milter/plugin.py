@@ -125,6 +125,8 @@ class MilterPlugin:
     """
 
     Settings = MilterSettings
+    reads = frozenset({"headers", "body"})
+    """The external milter is sent the whole message (whatever it asks for)."""
 
     def __init__(self, settings: MilterSettings | None = None) -> None:
         self.settings = settings or MilterSettings()

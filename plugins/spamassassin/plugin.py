@@ -41,6 +41,8 @@ class SpamassassinPlugin:
 
     Settings = SpamassassinSettings
     concurrent = True
+    reads = frozenset({"headers", "body"})
+    """spamd scores the whole message; forged X-Spam-* headers are removed."""
 
     def __init__(self, settings: SpamassassinSettings | None = None) -> None:
         self.settings = settings or SpamassassinSettings()

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from mailgate.milter.listener import MilterListener
 from mailgate.milter.settings import MilterListenerSettings
-from mailgate.pipeline import EnabledPlugin, ErrorPolicy, Pipeline
+from mailgate.pipeline import EnabledPlugin, ErrorPolicy, Pipeline, declared_reads
 from tests.peers.postfix import DeliveredMessage, Postfix
 
 T = TypeVar("T")
@@ -46,10 +46,10 @@ class Chain:
         self.pipeline = Pipeline([])
 
     def use(self, *plugins: object, on_error: ErrorPolicy = ErrorPolicy.TEMPFAIL) -> None:
-        """Enable `plugins`, in order, for the next connections."""
+        """Enable `plugins`, in order, for the next connections (each with its ``reads``)."""
         self.pipeline = Pipeline(
             [
-                EnabledPlugin(f"p{i}", p, timeout=2.0, on_error=on_error)
+                EnabledPlugin(f"p{i}", p, timeout=2.0, on_error=on_error, reads=declared_reads(p))
                 for i, p in enumerate(plugins)
             ]
         )

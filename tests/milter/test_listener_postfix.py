@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from mailgate import Address, Message, Session, Transaction, Verdict, hookimpl
+from mailgate.config import Dynamic
 from mailgate.pipeline import ErrorPolicy
+from mailgate.plugins.add_header import AddHeader, AddHeaderSettings
 from tests.milter.gate import Chain, Gate, LoopThread, Route, start_listener
 from tests.peers.postfix import Postfix
 from tests.peers.workdir import PeerDirs
@@ -210,6 +212,59 @@ def test_add_header(gate: Gate, routes: list[Route]) -> None:
         (copy,) = gate.delivered(sent)
         assert header(copy.data, "X-Scanned") == ["by mailgate"], route.name
         assert b"\nX-Scanned: by mailgate\n" in copy.data
+
+
+class Withheld:
+    """Reads nothing (``reads = frozenset()``); records what the message it is given holds."""
+
+    reads: frozenset[str] = frozenset()
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[frozenset[str], int, int]] = []
+
+    @hookimpl
+    def on_message(self, message: Message) -> None:
+        """Record the withheld parts, the header count and the body size."""
+        self.seen.append((message.withheld, len(message.headers), message.body_size))
+
+
+def test_add_header_plugin_is_sent_no_content_and_still_adds_its_header(
+    gate: Gate, routes: list[Route]
+) -> None:
+    # The bundled plugin declares it reads nothing: Postfix is asked for no headers, no end of
+    # headers and no body (SMFIP_NOHDRS, NOEOH, NOBODY); its ADDHEADER still applies.
+    witness = Withheld()
+    gate.chain.use(AddHeader(AddHeaderSettings("X-Mailgate", Dynamic.fixed("passed"))), witness)
+    for route in routes:
+        sent = gate.send(route, headers=["Subject: kept"], body="Body kept.")
+        assert sent.returncode == 0, sent.output
+        (copy,) = gate.delivered(sent)
+        assert header(copy.data, "X-Mailgate") == ["passed"], route.name
+        assert header(copy.data, "Subject") == ["kept"], route.name
+        assert copy.data.split(b"\n\n", 1)[1].rstrip() == b"Body kept.", route.name
+        # What the plugins were given: nothing from Postfix (the header added by add_header
+        # before it is the only one), so Postfix honoured the negotiation.
+        assert witness.seen[-1] == (frozenset({"headers", "body"}), 1, 0), route.name
+
+
+def test_a_header_reader_gets_headers_but_no_body(gate: Gate, routes: list[Route]) -> None:
+    subjects: list[tuple[str | None, frozenset[str], int]] = []
+
+    class HeaderReader:
+        reads = frozenset({"headers"})
+
+        @hookimpl
+        def on_message(self, transaction: Transaction, message: Message) -> None:
+            subjects.append((message.get("Subject"), message.withheld, message.body_size))
+            transaction.change_header("Subject", f"[tag] {message.get('Subject')}")
+
+    gate.chain.use(HeaderReader())
+    for route in routes:
+        sent = gate.send(route, headers=["Subject: hello"], body="Body kept.")
+        (copy,) = gate.delivered(sent)
+        assert header(copy.data, "Subject") == ["[tag] hello"], route.name
+        assert copy.data.split(b"\n\n", 1)[1].rstrip() == b"Body kept.", route.name
+        assert subjects[-1] == ("hello", frozenset({"body"}), 0), route.name
 
 
 def test_insert_header_at_the_top(gate: Gate, routes: list[Route]) -> None:

@@ -30,6 +30,8 @@ class SubjectTag:
     """Tags subjects and refuses some recipients (see the module docstring)."""
 
     Settings = SubjectTagSettings
+    reads = frozenset({"headers"})
+    """on_message reads the Subject, never the body (a milter need not be sent the body)."""
 
     def __init__(self, settings: SubjectTagSettings) -> None:
         self.settings = settings
