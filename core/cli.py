@@ -102,9 +102,10 @@ def _plugin_table(config: Config) -> str:
     for i, p in enumerate(config.chain, 1):
         extra = f"  when: {p.when.source}" if p.when is not None else ""
         concurrent = "  concurrent" if p.concurrent else ""
+        reads = " and ".join(part for part in ("headers", "body") if part in p.reads)
         lines.append(
             f"  {i}. {p.name}  ({p.source}; timeout {p.timeout:g}s; on_error "
-            f"{p.on_error.value}){concurrent}{extra}"
+            f"{p.on_error.value}; reads {reads or 'nothing'}){concurrent}{extra}"
         )
     for name, source in config.disabled:
         lines.append(f"  -  {name}  ({source}: enabled = false)")

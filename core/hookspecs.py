@@ -28,6 +28,21 @@ Rules every hook follows:
 - Plugins change the message only through :class:`mailgate.Transaction` methods
   (``add_header``, ``delete_recipient``, ...), never by writing to the message directly.
 - A hook is never told which way the message came in (SMTP or milter) or will leave.
+
+What a plugin reads of the message is declared by the class attribute ``reads``, a set of
+``"headers"`` and ``"body"`` (default: both, so a plugin that says nothing gets everything)::
+
+    class AddHeader:
+        reads = frozenset()                 # adds a header, never looks at the message
+
+    class SubjectTag:
+        reads = frozenset({"headers"})      # reads and changes the Subject, not the body
+
+It is a fact about the plugin's code, not a setting: ``conf.d`` cannot change it. The milter
+listener asks the MTA for the headers only when some plugin with `on_headers` or `on_message`
+reads them, and for the body only when some plugin with `on_message` does (sending them costs
+Postfix CPU time per message). A part nobody reads is then empty for every plugin: see
+:func:`on_message`. The SMTP listener always has the whole message, whatever ``reads`` says.
 """
 
 from __future__ import annotations
@@ -118,7 +133,8 @@ def on_headers(session: Session, transaction: Transaction, headers: list[Header]
     """The header block is complete; the body may not have arrived yet.
 
     :param headers: the parsed headers, in order. Do not change them here: use the
-        transaction's modification methods in :func:`on_message`.
+        transaction's modification methods in :func:`on_message`. Empty on the milter
+        listener when no plugin declares it ``reads`` the headers.
 
     A refusal is given at the end of data (SMTP cannot answer earlier).
     """
@@ -135,6 +151,26 @@ def on_message(session: Session, transaction: Transaction, message: Message) -> 
     same time as their concurrent neighbours in ``conf.d`` order, so a message costs the
     slowest scan, not their sum; their modifications are applied afterwards in ``conf.d``
     order. Every other plugin sees the message as the plugins before it left it.
+
+    **Declare what you read** (class attribute ``reads``, see the module docstring). On the
+    milter listener, when no enabled plugin with `on_headers`/`on_message` reads the headers
+    (or, for the body, no plugin with `on_message` reads it), the MTA is asked not to send
+    them, and every plugin then sees:
+
+    - ``message.headers`` empty (only the headers added by plugins before it), so
+      ``message.get(...)`` is None; ``message.withheld`` contains ``"headers"``;
+    - an empty body (``message.body_size == 0``, ``iter_body()`` yields nothing);
+      ``message.withheld`` contains ``"body"``;
+    - ``message.size`` counting only what is there; ``size`` in ``when`` expressions is
+      then the client's SIZE parameter (0 if it gave none).
+
+    The envelope, the session and ``transaction.queue_id`` are complete as always. Every
+    modification still works, since each is a milter action applied by the MTA to the real
+    message: ``add_header``, ``insert_header``, recipients, sender, quarantine, and
+    ``replace_body`` (the new body is sent whole). ``change_header`` and ``delete_header``
+    act on the real headers too, but a plugin that uses them normally decides from the
+    headers, so it must declare ``"headers"``. On the SMTP listener ``message.withheld`` is
+    always empty.
     """
 
 
