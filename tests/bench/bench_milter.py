@@ -6,6 +6,8 @@ private Postfix that relays to smtp-sink; one smtpd port per configuration:
 - Postfix with no milter (the baseline);
 - mailgate's milter listener with no plugins (relay control only), over TCP and a unix socket;
 - mailgate with one header-adding plugin (``add_header``), over TCP and a unix socket;
+- the same plugin made to declare it reads headers and body (as every plugin did before
+  ``reads``), over TCP: Postfix then sends the whole message over the milter socket;
 - a minimal pymilter milter that adds a header at the end of the message, over TCP.
 
 ``python -m tests.bench.bench_milter [--messages N] [--repeats R]`` prints the table; the
@@ -86,7 +88,14 @@ def cpu_seconds(pid: int) -> float:
     return total / CLOCK_TICKS
 
 
-def _mailgate(dirs: PeerDirs, add_header: bool) -> tuple[Daemon, str, str]:
+_READS_ALL = (
+    "import sys, mailgate.cli, mailgate.pipeline, mailgate.plugins.add_header as a; "
+    "a.AddHeader.reads = mailgate.pipeline.MESSAGE_PARTS; sys.exit(mailgate.cli.main())"
+)
+"""``mailgate`` with ``add_header`` declaring it reads everything (the cost before ``reads``)."""
+
+
+def _mailgate(dirs: PeerDirs, add_header: bool, reads_all: bool = False) -> tuple[Daemon, str, str]:
     """Start ``mailgate serve`` with a TCP and a unix milter listener; return their addresses."""
     conf = dirs.new("mailgate-conf")
     sock = dirs.new("mailgate-sock") / "milter.sock"
@@ -98,9 +107,10 @@ def _mailgate(dirs: PeerDirs, add_header: bool) -> tuple[Daemon, str, str]:
     )
     if add_header:
         (conf / "20-add_header.toml").write_text('name = "X-Mailgate"\nvalue = "passed"\n')
+    command = [sys.executable, "-c", _READS_ALL] if reads_all else [str(MAILGATE)]
     daemon = start_daemon(
         "mailgate-milter",
-        [str(MAILGATE), "serve", "--config", str(conf)],
+        [*command, "serve", "--config", str(conf)],
         workdir=conf,
         probe=connect_probe("127.0.0.1", port),
         grace=3.0,
@@ -137,8 +147,9 @@ def milter_testbed(dirs: PeerDirs) -> Iterator[tuple[Postfix, list[Route]]]:
         )
         plain, plain_tcp, plain_unix = _mailgate(dirs, add_header=False)
         header, header_tcp, header_unix = _mailgate(dirs, add_header=True)
+        full, full_tcp, _ = _mailgate(dirs, add_header=True, reads_all=True)
         pym, pym_tcp = _pymilter(dirs)
-        daemons = [sink, plain, header, pym]
+        daemons = [sink, plain, header, full, pym]
         stack.callback(stop_all, daemons)
         postfix = Postfix(dirs.new("postfix"), ("127.0.0.1", sink_port), main_cf=BENCH_MAIN_CF)
         routes = [Route("postfix alone", postfix.port)]
@@ -147,6 +158,7 @@ def milter_testbed(dirs: PeerDirs) -> Iterator[tuple[Postfix, list[Route]]]:
             ("mailgate, no plugins, unix", plain_unix, plain.pid),
             ("mailgate + add_header, TCP", header_tcp, header.pid),
             ("mailgate + add_header, unix", header_unix, header.pid),
+            ("mailgate + add_header reading all, TCP", full_tcp, full.pid),
             ("pymilter + header, TCP", pym_tcp, pym.pid),
         ):
             routes.append(Route(name, postfix.add_listener([milter]), pid))
@@ -246,7 +258,7 @@ def table(results: list[Result]) -> str:
 @pytest.mark.bench
 def test_milter_bench_smoke(peer_dirs: PeerDirs) -> None:
     results = run(messages=40, repeats=1, dirs=peer_dirs)
-    assert len(results) == 6
+    assert len(results) == 7
     assert all(r.rate > 0 for r in results)
 
 
