@@ -41,8 +41,9 @@ What a plugin reads of the message is declared by the class attribute ``reads``,
 It is a fact about the plugin's code, not a setting: ``conf.d`` cannot change it. The milter
 listener asks the MTA for the headers only when some plugin with `on_headers` or `on_message`
 reads them, and for the body only when some plugin with `on_message` does (sending and
-buffering them costs CPU time on both sides, growing with the message's size). A part nobody reads is then empty for every plugin: see
-:func:`on_message`. The SMTP listener always has the whole message, whatever ``reads`` says.
+buffering them costs CPU time on both sides, growing with the message's size). A part nobody
+reads is then empty for every plugin: see :func:`on_message`. The SMTP listener always has
+the whole message, whatever ``reads`` says.
 """
 
 from __future__ import annotations
