@@ -86,6 +86,9 @@ def authenticate(session: Session, mechanism: str, login: str, secret: str) -> b
     :param mechanism: ``PLAIN`` or ``LOGIN``.
     :return: True to accept (``session.auth_login`` is then set), False to refuse, None when
         this plugin has no opinion on this login.
+
+    A plugin that raises or times out ends the check: the client gets ``454 4.7.0`` (try
+    again later), never a ``535`` for a password nobody looked at. No later plugin is asked.
     """
 
 

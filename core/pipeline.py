@@ -97,6 +97,10 @@ class _Outcome:
     modifications: list[Modification] = field(default_factory=list)
 
 
+class AuthenticationUnavailable(Exception):
+    """An `authenticate` plugin failed (raised or timed out): no answer, not a wrong password."""
+
+
 def error_verdict(policy: ErrorPolicy) -> Verdict | None:
     """The verdict a plugin failure becomes under `policy` (None: go on)."""
     if policy is ErrorPolicy.TEMPFAIL:
@@ -248,7 +252,11 @@ class Pipeline:
     async def authenticate(
         self, session: Session, mechanism: str, login: str, secret: str
     ) -> bool | None:
-        """Run `authenticate` until a plugin gives a True/False answer."""
+        """Run `authenticate` until a plugin gives a True/False answer.
+
+        Raises `AuthenticationUnavailable` when a plugin fails: the client should hear a
+        temporary failure, and no later plugin is asked on its behalf.
+        """
         kwargs: dict[str, Any] = {
             "session": session,
             "mechanism": mechanism,
@@ -258,7 +266,7 @@ class Pipeline:
         for call in self._calls["authenticate"]:
             ok, result = await self._invoke(call, kwargs, session, None)
             if not ok:
-                return False
+                raise AuthenticationUnavailable(call.plugin.name)
             if result is not None:
                 return bool(result)
         return None

@@ -19,7 +19,7 @@ from aiosmtpd.smtp import SMTP
 
 from mailgate.egress import DownstreamTransaction, Egress, Reply
 from mailgate.message import Header, Message
-from mailgate.pipeline import Pipeline
+from mailgate.pipeline import AuthenticationUnavailable, Pipeline
 from mailgate.session import Address, Session, Transaction
 from mailgate.smtp import replies
 from mailgate.smtp.auth import (
@@ -466,13 +466,17 @@ class SmtpConnection(SMTP):
     async def _check_credentials(self, mechanism: str, credentials: Credentials) -> None:
         """Ask the plugins; a plugin failure is a temporary failure, not a wrong password."""
         assert self.mg is not None and self._pipeline is not None
-        # `Pipeline.authenticate` turns a plugin failure into False; the failure is counted.
-        errors_before = self.mg.counters.get("plugin_errors", 0)
-        ok = await self._pipeline.authenticate(
-            self.mg, mechanism, credentials.login, credentials.secret
-        )
-        if self.mg.counters.get("plugin_errors", 0) > errors_before:
-            log.warning("authentication error", mechanism=mechanism, login=credentials.login)
+        try:
+            ok = await self._pipeline.authenticate(
+                self.mg, mechanism, credentials.login, credentials.secret
+            )
+        except AuthenticationUnavailable as exc:
+            log.warning(
+                "authentication error",
+                mechanism=mechanism,
+                login=credentials.login,
+                plugin=str(exc),
+            )
             await self._send(replies.AUTH_TEMPFAIL)
             return
         if not ok:

@@ -8,7 +8,14 @@ import pytest
 
 from mailgate import Address, Session, Transaction, Verdict, hookimpl
 from mailgate.message import Message, new_spool, parse_header_block
-from mailgate.pipeline import MESSAGE_PARTS, EnabledPlugin, ErrorPolicy, Pipeline, declared_reads
+from mailgate.pipeline import (
+    MESSAGE_PARTS,
+    AuthenticationUnavailable,
+    EnabledPlugin,
+    ErrorPolicy,
+    Pipeline,
+    declared_reads,
+)
 
 
 def _tx() -> Transaction:
@@ -261,3 +268,21 @@ def test_the_chain_reads_what_its_content_hooks_declare() -> None:
         EnabledPlugin("a", OnMessage(), reads=nothing),
         EnabledPlugin("b", OnMessage(), reads=frozenset({"headers"})),
     ) == (True, False)
+
+
+class BrokenDirectory:
+    @hookimpl
+    async def authenticate(self, login: str) -> bool | None:
+        raise ConnectionError("directory down")
+
+
+class Yes:
+    @hookimpl
+    def authenticate(self) -> bool:
+        return True
+
+
+async def test_a_failing_authenticator_is_not_a_wrong_password() -> None:
+    pipeline = Pipeline([EnabledPlugin("dir", BrokenDirectory()), EnabledPlugin("yes", Yes())])
+    with pytest.raises(AuthenticationUnavailable):
+        await pipeline.authenticate(Session("192.0.2.1"), "PLAIN", "alice", "secret")
