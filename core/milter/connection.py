@@ -15,7 +15,7 @@ from mailgate.milter import codec as c
 from mailgate.milter.macros import decode_macros, new_session, update_session, update_transaction
 from mailgate.milter.negotiation import Negotiated, negotiate
 from mailgate.milter.protocol import Command
-from mailgate.milter.replies import actions, verdict_reply
+from mailgate.milter.replies import actions, ungranted, verdict_reply
 from mailgate.milter.settings import MilterListenerSettings
 from mailgate.pipeline import Pipeline
 from mailgate.session import Address, Session, Transaction
@@ -295,8 +295,15 @@ class MilterConnection:
         if verdict is None or not verdict.is_refusal:
             if verdict is not None and verdict.kind is VerdictKind.QUARANTINE:
                 tx.quarantine(verdict.reason or "quarantined by policy")
-            for action in actions(tx.modifications, tx.message, self.agreed):
-                self.reply(action)
+            missing = ungranted(tx.modifications, self.agreed)
+            if missing:
+                log.error(
+                    "modification not offered by the MTA: message tempfailed", missing=missing
+                )
+                verdict = Verdict.tempfail(451, "4.3.0", "Filter cannot apply its changes")
+            else:
+                for action in actions(tx.modifications, tx.message, self.agreed):
+                    self.reply(action)
         self.reply(verdict_reply(verdict, end_of_message=True))
         await self.pipeline.outcome(session, tx, verdict or Verdict.accept())
         self.end_transaction()

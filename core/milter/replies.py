@@ -89,19 +89,28 @@ def _action(mod: m.Modification, agreed: Negotiated) -> c.MilterReply | None:
     return None
 
 
+def ungranted(modifications: list[m.Modification], agreed: Negotiated) -> list[str]:
+    """The kinds of modification in `modifications` that the MTA did not offer to accept.
+
+    The message must not go on without them (a recipient a plugin removed would still get it),
+    so the listener tempfails such a message instead of dropping the change.
+    """
+    return sorted(
+        {type(mod).__name__ for mod in modifications if not agreed.actions & _NEEDS[type(mod)]}
+    )
+
+
 def actions(
     modifications: list[m.Modification], message: Message | None, agreed: Negotiated
 ) -> Iterator[c.MilterReply]:
     """The milter actions for a transaction's modifications, in the order they were made.
 
-    A replaced body is sent once, from the message as the plugins left it, in chunks. An action
-    the MTA did not offer is logged and left out.
+    A replaced body is sent once, from the message as the plugins left it, in chunks. Check
+    `ungranted` first: an action the MTA did not offer is left out here.
     """
     body_replaced = False
     for mod in modifications:
-        needed = _NEEDS[type(mod)]
-        if not agreed.actions & needed:
-            log.warning("modification not offered by the MTA", action=type(mod).__name__)
+        if not agreed.actions & _NEEDS[type(mod)]:
             continue
         if isinstance(mod, m.ReplaceBody):
             body_replaced = True

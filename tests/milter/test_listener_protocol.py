@@ -351,3 +351,24 @@ async def test_an_mta_that_sends_the_content_anyway_is_served() -> None:
     finally:
         await listener.stop()
     assert seen == [frozenset()]
+
+
+async def test_a_change_the_mta_did_not_grant_tempfails_the_message(
+    tagging: MilterListener,
+) -> None:
+    client = await connect(tagging)
+    # The plugin adds a header; this MTA grants every action but adding headers.
+    await client.send(c.OptNeg(6, int(ALL_ACTIONS & ~Action.ADDHDRS), int(EVERYTHING)))
+    await client.read()
+    await client.send(
+        c.Connect(b"[192.0.2.1]", b"4", 4000, b"192.0.2.1"),
+        c.Mail(b"<a@example.com>"),
+        c.Rcpt(b"<b@example.com>"),
+        c.Header(b"Subject", b" hi"),
+        c.Body(b"body\r\n"),
+        c.EndOfMessage(),
+    )
+    data = await asyncio.wait_for(client.reader.read(65536), 5)
+    [reply] = client.decoder.feed(data)
+    assert isinstance(reply, c.ReplyCode)
+    assert reply.text.startswith(b"451 4.3.0")

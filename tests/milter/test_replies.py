@@ -4,7 +4,7 @@ from mailgate import modifications as m
 from mailgate.milter import codec as c
 from mailgate.milter.negotiation import Negotiated
 from mailgate.milter.protocol import Action, Step
-from mailgate.milter.replies import actions
+from mailgate.milter.replies import actions, ungranted
 
 
 def test_insert_header_needs_addhdrs_not_chghdrs() -> None:
@@ -13,6 +13,12 @@ def test_insert_header_needs_addhdrs_not_chghdrs() -> None:
     assert [type(a) for a in sent] == [c.InsertHeader]
 
 
-def test_change_header_is_left_out_without_chghdrs() -> None:
+def test_modifications_the_mta_did_not_grant_are_named() -> None:
     agreed = Negotiated(6, Action.ADDHDRS, Step(0))
-    assert list(actions([m.ChangeHeader("Subject", 1, "x")], None, agreed)) == []
+    mods: list[m.Modification] = [
+        m.AddHeader("X-A", "1"),
+        m.ChangeHeader("Subject", 1, "x"),
+        m.DeleteRecipient("b@example.org"),
+    ]
+    assert ungranted(mods, agreed) == ["ChangeHeader", "DeleteRecipient"]
+    assert ungranted(mods[:1], agreed) == []
