@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mailgate.milter import codec as c
@@ -33,7 +34,6 @@ from mailgate.milter.protocol import (
 from mailgate.sockaddr import SocketAddress
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
-_READ_SIZE = 1 << 16
 
 OFFERED_STEPS = Step(
     Step.NOCONNECT
@@ -194,6 +194,10 @@ def offer(version: int) -> c.OptNeg:
     return c.OptNeg(2, int(V2_ACTIONS), int(V2_STEPS))
 
 
+_ENCODED_OFFERS = {v: c.encode(offer(v)) for v in (2, 6)}
+_QUIT = c.encode(c.Quit())
+
+
 def check_negotiation(sent: c.OptNeg, answer: c.Frame) -> Agreed:
     """The milter's OPTNEG answer as `Agreed`, or MilterFailure if it asks beyond the offer."""
     if not isinstance(answer, c.OptNegReply):
@@ -219,6 +223,132 @@ def check_negotiation(sent: c.OptNeg, answer: c.Frame) -> Agreed:
     return Agreed(answer.version, Action(answer.actions), Step(protocol), lists)
 
 
+class _Stream(asyncio.Protocol):
+    """The milter connection's protocol: received bytes go straight into the decoder.
+
+    No StreamReader, no read buffer: `data_received` decodes the replies as they arrive and
+    wakes the one reader waiting for them (a single future per wait).
+    """
+
+    __slots__ = (
+        "_decoder",
+        "_drained",
+        "_loop",
+        "_paused",
+        "_quickack",
+        "_waiter",
+        "error",
+        "frames",
+        "timed_out",
+        "transport",
+    )
+
+    def __init__(self, max_frame: int) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.frames: deque[c.Frame] = deque()
+        self.error: MilterFailure | None = None
+        self.timed_out = False
+        self._decoder = c.FrameDecoder("replies", max_frame=max_frame)
+        self._waiter: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._quickack: Callable[[int, int, int], None] | None = None
+        self._paused = False
+        self._drained: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport; on TCP, remember how to re-arm TCP_QUICKACK."""
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._loop = asyncio.get_running_loop()
+        sock = transport.get_extra_info("socket")
+        if (
+            _QUICKACK is not None
+            and sock is not None
+            and sock.family in (socket.AF_INET, socket.AF_INET6)
+        ):
+            # asyncio's transport has already set TCP_NODELAY on it.
+            self._quickack = sock.setsockopt
+
+    def data_received(self, data: bytes) -> None:
+        """Decode the replies in `data`; wake the reader."""
+        if self._quickack is not None:
+            # Linux falls back to delayed ACKs after a while: re-arm after every read.
+            with contextlib.suppress(OSError):
+                self._quickack(socket.IPPROTO_TCP, _QUICKACK, 1)  # type: ignore[arg-type]
+        if self.error is None:
+            try:
+                self.frames.extend(self._decoder.feed(data))
+            except c.MilterProtocolError as exc:
+                self.error = MilterFailure(f"bad frame: {exc}")
+        self.wake()
+
+    def eof_received(self) -> bool:
+        """The milter closed its side: close ours too."""
+        if self.error is None:
+            self.error = MilterGone("milter closed the connection")
+        self.wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Closed or reset: whoever waits (to read or to write) is told."""
+        if self.error is None:
+            if exc is None:
+                self.error = MilterGone("milter closed the connection")
+            else:
+                self.error = MilterGone(f"connection lost: {exc}")
+        self.wake()
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is full: `drain` waits."""
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        """The transport's buffer has room again."""
+        self._paused = False
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    # -- for the client -------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Wake the reader, if one waits."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def time_out(self) -> None:
+        """The reader's deadline has passed."""
+        self.timed_out = True
+        self.wake()
+
+    async def wait(self) -> None:
+        """Until something was received, the connection ended or the deadline passed."""
+        assert self._loop is not None
+        waiter = self._waiter = self._loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    async def drain(self) -> None:
+        """Until the transport takes more data (only waits when it asked to pause)."""
+        assert self._loop is not None and self.transport is not None
+        while self._paused and not self.transport.is_closing():
+            self._drained = self._loop.create_future()
+            try:
+                await self._drained
+            finally:
+                self._drained = None
+        if self.transport.is_closing():
+            raise MilterGone(f"write failed: {self.error or 'connection lost'}")
+
+
 class MilterClient:
     """One connection to one milter. Not safe for concurrent use: one SMTP session owns it."""
 
@@ -239,11 +369,8 @@ class MilterClient:
         self.eom_timeout = eom_timeout
         self.max_frame = max_frame
         self.agreed: Agreed | None = None
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._sock: socket.socket | None = None
-        self._decoder = c.FrameDecoder("replies", max_frame=max_frame)
-        self._pending: list[c.Frame] = []
+        self._writer: asyncio.Transport | None = None
+        self._stream: _Stream | None = None
         self._out: list[bytes] = []
         self._unverified: c.OptNeg | None = None
 
@@ -256,6 +383,16 @@ class MilterClient:
 
     # -- connection -------------------------------------------------------------------------
 
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        stream = _Stream(self.max_frame)
+        if self.address.path:
+            await loop.create_unix_connection(lambda: stream, self.address.path)
+        else:
+            await loop.create_connection(lambda: stream, self.address.host, self.address.port)
+        self._stream = stream
+        self._writer = stream.transport
+
     async def open(self, expect: Agreed | None = None) -> Agreed:
         """Connect and negotiate options, within the connect timeout.
 
@@ -266,13 +403,9 @@ class MilterClient:
         """
         try:
             async with asyncio.timeout(self.connect_timeout):
-                self._reader, self._writer = await self.address.open_connection()
-                sock = self._writer.get_extra_info("socket")
-                if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-                    # asyncio's transport has already set TCP_NODELAY on it.
-                    self._sock = sock
+                await self._connect()
                 sent = offer(self.version)
-                self.send(sent)
+                self._out.append(_ENCODED_OFFERS[sent.version])
                 if expect is not None:
                     self._unverified = sent
                     self.agreed = expect
@@ -295,25 +428,20 @@ class MilterClient:
         if self._writer is not None:
             self._writer.close()
         self._writer = None
-        self._reader = None
-        self._sock = None
+        self._stream = None
         self.agreed = None
         self._unverified = None
-        self._pending.clear()
         self._out.clear()
-        self._decoder = c.FrameDecoder("replies", max_frame=self.max_frame)
 
     async def close(self) -> None:
-        """Say QUIT and close."""
+        """Say QUIT and close (the transport sends what it still holds before closing)."""
         writer = self._writer
         if writer is not None and not writer.is_closing() and self.agreed is not None:
-            with contextlib.suppress(OSError, MilterFailure):
-                self.send(c.Quit())
-                await self.flush()
+            self._out.append(_QUIT)
+            data = b"".join(self._out)
+            self._out.clear()
+            writer.write(data)
         self.abandon()
-        if writer is not None:
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
 
     # -- frames -----------------------------------------------------------------------------
 
@@ -321,54 +449,72 @@ class MilterClient:
         """Queue a frame; `flush` writes every queued frame in one write."""
         self._out.append(c.encode(frame))
 
+    def send_raw(self, data: bytes) -> None:
+        """Queue frames already encoded."""
+        self._out.append(data)
+
     async def flush(self) -> None:
         """Write the queued frames."""
-        if not self._out or self._writer is None:
+        writer, stream = self._writer, self._stream
+        if not self._out or writer is None or stream is None:
             self._out.clear()
-            if self._writer is None:
+            if writer is None:
                 raise MilterGone("connection is closed")
             return
         data = b"".join(self._out)
         self._out.clear()
-        try:
-            self._writer.write(data)
-            await self._writer.drain()
-        except OSError as exc:
-            raise MilterGone(f"write failed: {exc}") from None
+        if writer.is_closing():
+            raise MilterGone(f"write failed: {stream.error or 'connection is closed'}")
+        writer.write(data)
+        if stream._paused:
+            await stream.drain()
 
     async def _read(self) -> c.Frame:
-        while not self._pending:
-            assert self._reader is not None
-            try:
-                data = await self._reader.read(_READ_SIZE)
-            except OSError as exc:
-                raise MilterGone(f"read failed: {exc}") from None
-            if not data:
-                raise MilterGone("milter closed the connection")
-            if self._sock is not None and _QUICKACK is not None:
-                # Linux falls back to delayed ACKs after a while: re-arm after every read.
-                with contextlib.suppress(OSError):
-                    self._sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-            try:
-                self._pending += self._decoder.feed(data)
-            except c.MilterProtocolError as exc:
-                raise MilterFailure(f"bad frame: {exc}") from None
-        return self._pending.pop(0)
+        """The next frame, however long it takes (the caller bounds the time)."""
+        stream = self._stream
+        if stream is None:
+            raise MilterGone("connection is closed")
+        while not stream.frames:
+            if stream.error is not None:
+                raise stream.error
+            await stream.wait()
+        return stream.frames.popleft()
+
+    async def _next(self, timeout: float) -> c.Frame | None:
+        """The next frame, or None if none came within `timeout` seconds.
+
+        A timer only when nothing is received yet: replies that came in the same segment are
+        taken without one.
+        """
+        stream = self._stream
+        if stream is None:
+            raise MilterGone("connection is closed")
+        frames = stream.frames
+        if frames:
+            return frames.popleft()
+        if stream.error is not None:
+            raise stream.error
+        loop = stream._loop
+        assert loop is not None
+        stream.timed_out = False
+        timer = loop.call_at(loop.time() + timeout, stream.time_out)
+        try:
+            while not frames:
+                if stream.error is not None:
+                    raise stream.error
+                if stream.timed_out:
+                    return None
+                await stream.wait()
+        finally:
+            timer.cancel()
+        return frames.popleft()
 
     async def read(self, timeout: float) -> c.Frame:
         """The next frame, within `timeout` seconds; PROGRESS restarts the clock."""
-        if self._reader is None:
-            raise MilterGone("connection is closed")
         while True:
-            if self._pending:
-                # Already received with an earlier read: no timer needed.
-                frame = self._pending.pop(0)
-            else:
-                try:
-                    async with asyncio.timeout(timeout):
-                        frame = await self._read()
-                except TimeoutError:
-                    raise MilterFailure(f"no reply within {timeout:g}s") from None
+            frame = await self._next(timeout)
+            if frame is None:
+                raise MilterFailure(f"no reply within {timeout:g}s")
             if not isinstance(frame, c.Progress):
                 return frame
 
@@ -376,11 +522,9 @@ class MilterClient:
         """Read the OPTNEG answer that `open(expect=...)` left pending; check it is `agreed`."""
         sent, self._unverified = self._unverified, None
         assert sent is not None
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                answer = await self._read()
-        except TimeoutError:
-            raise MilterFailure(f"no connection within {self.connect_timeout:g}s") from None
+        answer = await self._next(self.connect_timeout)
+        if answer is None:
+            raise MilterFailure(f"no connection within {self.connect_timeout:g}s")
         if check_negotiation(sent, answer) != self.agreed:
             raise NegotiationChanged("the milter's OPTNEG answer changed")
 
