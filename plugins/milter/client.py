@@ -147,6 +147,7 @@ class Agreed:
     # Worked out once from the flags: the hot path asks these for every frame.
     _unwanted: frozenset[Command] = field(init=False, repr=False, compare=False)
     _answered: frozenset[Command] = field(init=False, repr=False, compare=False)
+    _leading_space: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         unwanted = {cmd for cmd, flag in _SKIPPED_BY.items() if self.protocol & flag}
@@ -155,6 +156,7 @@ class Agreed:
         self._unwanted = frozenset(unwanted)
         answered = {cmd for cmd, flag in NO_REPLY.items() if not self.protocol & flag}
         self._answered = frozenset(answered | {Command.BODYEOB})
+        self._leading_space = bool(self.protocol & Step.HDR_LEADSPC)
 
     def sends(self, command: Command) -> bool:
         """True if the milter wants `command` at all."""
@@ -167,7 +169,7 @@ class Agreed:
     @property
     def leading_space(self) -> bool:
         """True if header values carry their leading space both ways."""
-        return bool(self.protocol & Step.HDR_LEADSPC)
+        return self._leading_space
 
 
 @dataclass(slots=True)
@@ -198,8 +200,28 @@ _ENCODED_OFFERS = {v: c.encode(offer(v)) for v in (2, 6)}
 _QUIT = c.encode(c.Quit())
 
 
+_NEGOTIATED: dict[tuple[c.OptNeg, c.OptNegReply], Agreed] = {}
+"""Answers already checked: a milter gives the same one on every connection."""
+
+
 def check_negotiation(sent: c.OptNeg, answer: c.Frame) -> Agreed:
-    """The milter's OPTNEG answer as `Agreed`, or MilterFailure if it asks beyond the offer."""
+    """The milter's OPTNEG answer as `Agreed`, or MilterFailure if it asks beyond the offer.
+
+    An answer seen before gives the same `Agreed` object again (do not modify it).
+    """
+    if isinstance(answer, c.OptNegReply):
+        agreed = _NEGOTIATED.get((sent, answer))
+        if agreed is not None:
+            return agreed
+    agreed = _check_negotiation(sent, answer)
+    assert isinstance(answer, c.OptNegReply)
+    if len(_NEGOTIATED) >= 64:
+        _NEGOTIATED.clear()
+    _NEGOTIATED[sent, answer] = agreed
+    return agreed
+
+
+def _check_negotiation(sent: c.OptNeg, answer: c.Frame) -> Agreed:
     if not isinstance(answer, c.OptNegReply):
         raise MilterFailure(f"expected OPTNEG, got {type(answer).__name__}")
     if not 2 <= answer.version <= sent.version:
@@ -525,7 +547,8 @@ class MilterClient:
         answer = await self._next(self.connect_timeout)
         if answer is None:
             raise MilterFailure(f"no connection within {self.connect_timeout:g}s")
-        if check_negotiation(sent, answer) != self.agreed:
+        agreed = check_negotiation(sent, answer)
+        if agreed is not self.agreed and agreed != self.agreed:
             raise NegotiationChanged("the milter's OPTNEG answer changed")
 
     # -- exchanges --------------------------------------------------------------------------
