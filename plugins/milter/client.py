@@ -198,6 +198,8 @@ def offer(version: int) -> c.OptNeg:
 
 _ENCODED_OFFERS = {v: c.encode(offer(v)) for v in (2, 6)}
 _QUIT = c.encode(c.Quit())
+_EOM = c.encode(c.EndOfMessage())
+_CONTINUE = c.Continue()
 
 
 _NEGOTIATED: dict[tuple[c.OptNeg, c.OptNegReply], Agreed] = {}
@@ -563,13 +565,18 @@ class MilterClient:
         owed after it, the answer says the connection is out of step: it must not be reused.
         """
         owed = [cmd for cmd, frame in commands if self._owes(cmd, frame)]
+        return await self.exchange(owed, end_of_message=end_of_message)
+
+    async def exchange(self, owed: list[Command], *, end_of_message: bool = False) -> Answer:
+        """`step` for frames already queued (encoded, with `send_raw`): `owed` lists the
+        commands among them that the milter answers, in order. `owed` is extended."""
         if end_of_message:
-            self.send(c.EndOfMessage())
+            self._out.append(_EOM)
             owed.append(Command.BODYEOB)
         await self.flush()
         if self._unverified is not None:
             await self._verify_negotiation()
-        answer = Answer(c.Continue())
+        answer = Answer(_CONTINUE)
         for i, cmd in enumerate(owed):
             if cmd is Command.BODYEOB:
                 return await self._end_of_message(answer)

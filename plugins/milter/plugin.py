@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -33,7 +34,7 @@ from mailgate.plugins.milter.client import (
 from mailgate.plugins.milter.macros import (
     POSTFIX_DEFAULTS,
     STAGE_OF,
-    macro_pairs,
+    macro_frame,
     session_values,
     transaction_values,
 )
@@ -297,57 +298,64 @@ class MilterPlugin:
         helo: str,
     ) -> Answer:
         client = link.client
-        assert client.agreed is not None
-        out = _Commands(client.agreed, session_values(session, self.hostname))
+        out = _Commands(client, session, self.hostname)
         at = _ORDER[stage]
         if not link.sent_connect:
-            out.add(Command.CONNECT, _connect_frame(session))
+            out.add(Command.CONNECT, c.encode(_connect_frame(session)))
             link.sent_connect = True
         helo = helo or session.helo
         if at >= _ORDER["helo"] and helo and link.sent_helo != helo:
-            out.add(Command.HELO, c.Helo(_wire(helo)))
+            out.add(Command.HELO, c.encode(c.Helo(_wire(helo))))
             link.sent_helo = helo
         if tx is None or at < _ORDER["mail"]:
-            return await client.step(out.frames)
+            return await out.step()
         out.values.update(transaction_values(tx))
         if link.tx_id != tx.id:
             if link.mail_open:
-                out.frames.append((Command.ABORT, c.Abort()))
-            out.add(Command.MAIL, c.Mail(_angle(tx.sender.address), _params(tx.sender.params)))
+                client.send_raw(_ABORT)
+            mail = c.Mail(_angle(tx.sender.address), _params(tx.sender.params))
+            out.add(Command.MAIL, c.encode(mail))
             link.tx_id, link.mail_open, link.rcpts_sent, link.data_sent = tx.id, True, [], False
         pending = [r for r in tx.recipients if id(r) not in link.rcpts_sent]
         if recipient is not None and stage == "rcpt":
             pending.append(recipient)
         for rcpt in pending:
             out.values.update(transaction_values(tx, rcpt))
-            out.add(Command.RCPT, c.Rcpt(_angle(rcpt.address), _params(rcpt.params)))
+            out.add(Command.RCPT, c.encode(c.Rcpt(_angle(rcpt.address), _params(rcpt.params))))
             link.rcpts_sent.append(id(rcpt))
         if at >= _ORDER["data"] and not link.data_sent:
             out.values.update(transaction_values(tx))
-            out.add(Command.DATA, c.Data())
+            out.add(Command.DATA, _DATA)
             link.data_sent = True
         if stage != "message":
-            return await client.step(out.frames)
+            return await out.step()
         assert tx.message is not None
         return await self._content(client, out, tx.message)
 
     async def _content(self, client: MilterClient, out: _Commands, message: Message) -> Answer:
         agreed = out.agreed
-        for header in message.headers:
-            value = header.raw_value if agreed.leading_space else header.value
-            frame = c.Header(_wire(header.name), _wire(value.replace("\r\n", "\n")))
-            out.add(Command.HEADER, frame)
-        out.add(Command.EOH, c.EndOfHeaders())
+        if agreed.sends(Command.HEADER):
+            leading_space = agreed.leading_space
+            for header in message.headers:
+                value = header.raw_value if leading_space else header.value
+                out.add(
+                    Command.HEADER,
+                    _header_frame(_wire(header.name), _wire(value.replace("\r\n", "\n"))),
+                )
+        out.add(Command.EOH, _EOH)
         if not agreed.sends(Command.BODY):
             out.macros(Command.BODYEOB)
-            return await client.step(out.frames, end_of_message=True)
+            return await out.step(end_of_message=True)
         chunks = message.iter_body(BODY_CHUNK)
         per_chunk_reply = agreed.replies_to(Command.BODY)
         chunk = next(chunks, None)
         while True:
             size = 0
             while chunk is not None:
-                out.frames.append((Command.BODY, c.Body(chunk)))
+                client.send_raw(_U32.pack(len(chunk) + 1) + _BODY)
+                client.send_raw(chunk)
+                if per_chunk_reply:
+                    out.owed.append(Command.BODY)
                 size += len(chunk)
                 chunk = next(chunks, None)
                 if per_chunk_reply or size >= _BODY_GROUP:
@@ -355,13 +363,12 @@ class MilterPlugin:
             last = chunk is None
             if last:
                 out.macros(Command.BODYEOB)
-            answer = await client.step(out.frames, end_of_message=last)
-            out.frames = []
+            answer = await out.step(end_of_message=last)
             if last or answer.command is not None:
                 return answer
             if answer.skipped:
                 out.macros(Command.BODYEOB)
-                return await client.step(out.frames, end_of_message=True)
+                return await out.step(end_of_message=True)
 
     # -- what comes back -----------------------------------------------------------------------
 
@@ -448,12 +455,27 @@ class MilterPlugin:
 
 
 class _Commands:
-    """A group of frames being built, each command preceded by its MACRO frame."""
+    """A group of frames being built, encoded as they are added, each command preceded by
+    its MACRO frame; `owed` lists the commands the milter answers, in order."""
 
-    def __init__(self, agreed: Agreed, values: dict[str, str]) -> None:
-        self.agreed = agreed
-        self.values = values
-        self.frames: list[tuple[Command, c.MilterCommand]] = []
+    __slots__ = ("_session", "_values", "agreed", "client", "hostname", "owed")
+
+    def __init__(self, client: MilterClient, session: Session, hostname: str) -> None:
+        assert client.agreed is not None
+        self.client = client
+        self.agreed = client.agreed
+        self._session = session
+        self.hostname = hostname
+        self._values: dict[str, str] | None = None
+        self.owed: list[Command] = []
+
+    @property
+    def values(self) -> dict[str, str]:
+        """The macro values, worked out at the first MACRO frame (steps the milter declined
+        need none)."""
+        if self._values is None:
+            self._values = session_values(self._session, self.hostname)
+        return self._values
 
     def macros(self, command: Command) -> None:
         """The MACRO frame for `command`: the milter's own list for its stage, else Postfix's."""
@@ -461,16 +483,38 @@ class _Commands:
         if stage is None:
             return
         names = self.agreed.macro_lists.get(stage, POSTFIX_DEFAULTS[stage])
-        pairs = macro_pairs(names, self.values)
-        if pairs:
-            self.frames.append((Command.MACRO, c.Macro(command.value, pairs)))
+        frame = macro_frame(command.value, names, self.values)
+        if frame is not None:
+            self.client.send_raw(frame)
 
-    def add(self, command: Command, frame: c.MilterCommand) -> None:
-        """Add a command (and its macros) if the milter wants it."""
-        if not self.agreed.sends(command):
+    def add(self, command: Command, frame: bytes) -> None:
+        """Add a command (encoded; with its macros) if the milter wants it."""
+        agreed = self.agreed
+        if not agreed.sends(command):
             return
         self.macros(command)
-        self.frames.append((command, frame))
+        self.client.send_raw(frame)
+        if agreed.replies_to(command):
+            self.owed.append(command)
+
+    async def step(self, *, end_of_message: bool = False) -> Answer:
+        """Send what was added; the milter's answer. Starts a new group."""
+        owed, self.owed = self.owed, []
+        return await self.client.exchange(owed, end_of_message=end_of_message)
+
+
+_U32 = struct.Struct("!I")
+_EOH = c.encode(c.EndOfHeaders())
+_DATA = c.encode(c.Data())
+_ABORT = c.encode(c.Abort())
+_HEADER = Command.HEADER.value
+_BODY = Command.BODY.value
+
+
+def _header_frame(name: bytes, value: bytes) -> bytes:
+    if b"\0" in name or b"\0" in value:
+        raise ValueError(f"header name or value must not contain NUL: {name!r}")
+    return b"".join((_U32.pack(len(name) + len(value) + 3), _HEADER, name, b"\0", value, b"\0"))
 
 
 def _angle(address: str) -> bytes:
