@@ -255,11 +255,13 @@ class _Stream(asyncio.Protocol):
     """
 
     __slots__ = (
+        "_deadline",
         "_decoder",
         "_drained",
         "_loop",
         "_paused",
         "_quickack",
+        "_timer",
         "_waiter",
         "error",
         "frames",
@@ -272,6 +274,8 @@ class _Stream(asyncio.Protocol):
         self.frames: deque[c.Frame] = deque()
         self.error: MilterFailure | None = None
         self.timed_out = False
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self._decoder = c.FrameDecoder("replies", max_frame=max_frame)
         self._waiter: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -346,8 +350,36 @@ class _Stream(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def time_out(self) -> None:
-        """The reader's deadline has passed."""
+    def arm(self, timeout: float) -> None:
+        """A reader waits from now on, for at most `timeout` seconds.
+
+        One timer serves every wait of an exchange: a later deadline only moves `_deadline`,
+        and the timer, when it fires early, sets itself again for it.
+        """
+        loop = self._loop
+        assert loop is not None
+        self.timed_out = False
+        self._deadline = deadline = loop.time() + timeout
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self._timer = loop.call_at(deadline, self._check_deadline)
+
+    def disarm(self) -> None:
+        """No reader waits any more (the end of an exchange)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_deadline(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._timer = None
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._check_deadline)
+            return
         self.timed_out = True
         self.wake()
 
@@ -449,6 +481,8 @@ class MilterClient:
 
     def abandon(self) -> None:
         """Drop the connection without a word (after a failure)."""
+        if self._stream is not None:
+            self._stream.disarm()
         if self._writer is not None:
             self._writer.close()
         self._writer = None
@@ -518,19 +552,13 @@ class MilterClient:
             return frames.popleft()
         if stream.error is not None:
             raise stream.error
-        loop = stream._loop
-        assert loop is not None
-        stream.timed_out = False
-        timer = loop.call_at(loop.time() + timeout, stream.time_out)
-        try:
-            while not frames:
-                if stream.error is not None:
-                    raise stream.error
-                if stream.timed_out:
-                    return None
-                await stream.wait()
-        finally:
-            timer.cancel()
+        stream.arm(timeout)
+        while not frames:
+            if stream.error is not None:
+                raise stream.error
+            if stream.timed_out:
+                return None
+            await stream.wait()
         return frames.popleft()
 
     async def read(self, timeout: float) -> c.Frame:
@@ -570,6 +598,13 @@ class MilterClient:
     async def exchange(self, owed: list[Command], *, end_of_message: bool = False) -> Answer:
         """`step` for frames already queued (encoded, with `send_raw`): `owed` lists the
         commands among them that the milter answers, in order. `owed` is extended."""
+        try:
+            return await self._exchange(owed, end_of_message)
+        finally:
+            if self._stream is not None:
+                self._stream.disarm()
+
+    async def _exchange(self, owed: list[Command], end_of_message: bool) -> Answer:
         if end_of_message:
             self._out.append(_EOM)
             owed.append(Command.BODYEOB)
