@@ -598,6 +598,10 @@ class MilterClient:
     async def exchange(self, owed: list[Command], *, end_of_message: bool = False) -> Answer:
         """`step` for frames already queued (encoded, with `send_raw`): `owed` lists the
         commands among them that the milter answers, in order. `owed` is extended."""
+        if not owed and not end_of_message and not self._out and self._unverified is None:
+            if self._writer is None:
+                raise MilterGone("connection is closed")
+            return Answer(_CONTINUE)  # nothing to say (a step the milter declined)
         try:
             return await self._exchange(owed, end_of_message)
         finally:
