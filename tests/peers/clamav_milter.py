@@ -9,11 +9,11 @@ import pytest
 
 from tests.peers.clamd import Clamd, start_clamd
 from tests.peers.milter_probe import optneg_probe
-from tests.peers.process import Daemon, start_daemon, stop_all
+from tests.peers.process import Daemon, Peer, start_daemon, stop_all
 from tests.peers.workdir import PeerDirs
 
 
-class ClamavMilter:
+class ClamavMilter(Peer):
     """A running clamav-milter: rejects EICAR with ``550 5.7.1 Virus found: <name>``, adds
     ``X-Virus-Status: Clean`` to clean mail."""
 
@@ -61,12 +61,6 @@ class ClamavMilter:
             grace=0.5,  # libmilter notices SIGTERM only after a poll timeout of up to 5 s
         )
         return self
-
-    def stop(self) -> None:
-        """Stop clamav-milter by its PID."""
-        if self.daemon is not None:
-            self.daemon.stop()
-            self.daemon = None
 
 
 @pytest.fixture(scope="session")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
 from tests.peers.ports import free_port
-from tests.peers.process import Daemon, start_daemon
+from tests.peers.process import SocketDaemon, start_daemon
 
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 """The EICAR test file: every antivirus reports it, it harms nothing."""
@@ -17,25 +16,8 @@ STREAM_MAX_LENGTH = 4 * 1024 * 1024
 """clamd's StreamMaxLength in the test instance: small, so the limit is cheap to reach."""
 
 
-@dataclass
-class Clamd:
+class Clamd(SocketDaemon):
     """A running clamd: ``host``/``port`` for TCP, ``socket_path`` for the unix socket."""
-
-    daemon: Daemon
-    host: str
-    port: int
-    socket_path: Path
-    log: Path
-
-    @property
-    def tcp_address(self) -> str:
-        """The TCP address as the clamav plugin's ``servers`` setting spells it."""
-        return f"{self.host}:{self.port}"
-
-    @property
-    def unix_address(self) -> str:
-        """The unix socket as the clamav plugin's ``servers`` setting spells it."""
-        return f"unix:{self.socket_path}"
 
 
 def write_signatures(db: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 from tests.peers.dns import DnsServer
 from tests.peers.milter_probe import optneg_probe
 from tests.peers.ports import free_port
-from tests.peers.process import Daemon, start_daemon, stop_all
+from tests.peers.process import Daemon, Peer, start_daemon, stop_all
 from tests.peers.workdir import PeerDirs
 
 
@@ -51,7 +51,7 @@ def make_key(directory: Path, domain: str = "example.com", selector: str = "sel1
     return DkimKey(domain, selector, directory / f"{selector}.private", record)
 
 
-class OpenDkim:
+class OpenDkim(Peer):
     """A running opendkim in mode ``s`` (sign with ``key``) or ``v`` (verify).
 
     A verifier finds public keys in ``dns`` when given (``Nameservers``), otherwise in a
@@ -123,12 +123,6 @@ class OpenDkim:
             stop_signal=signal.SIGTERM,
         )
         return self
-
-    def stop(self) -> None:
-        """Stop opendkim by its PID."""
-        if self.daemon is not None:
-            self.daemon.stop()
-            self.daemon = None
 
 
 OpenDkimFactory = Callable[..., OpenDkim]

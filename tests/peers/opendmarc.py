@@ -17,7 +17,7 @@ import pytest
 from tests.peers.dns import EXAMPLE_ZONE, DnsServer
 from tests.peers.milter_probe import optneg_probe
 from tests.peers.ports import free_port
-from tests.peers.process import Daemon, start_daemon
+from tests.peers.process import Daemon, Peer, start_daemon
 from tests.peers.workdir import PeerDirs
 
 
@@ -32,7 +32,7 @@ def start_port53_dns() -> DnsServer:
     raise OSError("no free 127/8 address for a DNS server on port 53")
 
 
-class OpenDmarc:
+class OpenDmarc(Peer):
     """A running opendmarc: checks SPF itself, trusts Authentication-Results from mx.pf.test,
     rejects DMARC failures under p=reject with ``550 5.7.1 rejected by DMARC policy``."""
 
@@ -87,12 +87,6 @@ class OpenDmarc:
             grace=0.5,  # libmilter notices SIGTERM only after a poll timeout of up to 5 s
         )
         return self
-
-    def stop(self) -> None:
-        """Stop opendmarc by its PID."""
-        if self.daemon is not None:
-            self.daemon.stop()
-            self.daemon = None
 
 
 @pytest.fixture(scope="session")

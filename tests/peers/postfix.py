@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.peers.ports import free_port
-from tests.peers.process import Daemon, banner_probe, make_dir, start_daemon
+from tests.peers.process import Daemon, Peer, banner_probe, make_dir, start_daemon
 from tests.peers.smtp_sink import SmtpSink
 from tests.peers.workdir import PeerDirs
 
@@ -129,7 +129,7 @@ class DeliveredMessage:
         return str(self.message.get("Delivered-To", ""))
 
 
-class Postfix:
+class Postfix(Peer):
     """A private Postfix instance: own config, queue and logs in ``workdir``; master runs as root.
 
     Mail to ``@local.test`` lands in a Maildir (``delivered()``); everything else goes to
@@ -272,12 +272,6 @@ class Postfix:
         make_dir(self.spool / "maildrop", owner="postfix:postdrop", mode=0o730)
         make_dir(self.spool / "public", owner="postfix:postdrop", mode=0o710)
         make_dir(self.spool / "pid")
-
-    def stop(self) -> None:
-        """SIGTERM the master (it stops its own children)."""
-        if self.daemon is not None:
-            self.daemon.stop()
-            self.daemon = None
 
     def reload(self) -> None:
         """Re-read main.cf and master.cf (SIGHUP to the master)."""

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from tests.peers.ports import free_port
-from tests.peers.process import Daemon, as_user, make_dir, start_daemon
+from tests.peers.process import Daemon, Peer, as_user, make_dir, start_daemon
 from tests.peers.workdir import PeerDirs
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 
 
-class Postgres:
+class Postgres(Peer):
     """A running PostgreSQL cluster; connect as ``user`` (trust) to ``host``:``port``."""
 
     user = "test"
@@ -94,12 +94,6 @@ class Postgres:
         """Create an empty database; returns its DSN."""
         self.psql(f'CREATE DATABASE "{name}"')
         return self.dsn(name)
-
-    def stop(self) -> None:
-        """Fast shutdown by the postmaster's PID."""
-        if self.daemon is not None:
-            self.daemon.stop()
-            self.daemon = None
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 Probe = Callable[[], bool]
@@ -79,6 +80,39 @@ class Daemon:
         for path in (self.output, *self.logs):
             parts.append(f"--- {path} ---\n{read_tail(path, tail)}")
         return "\n".join(parts)
+
+
+class Peer:
+    """Base of the peer wrappers: holds the started `Daemon` and stops it by its own PID."""
+
+    daemon: Daemon | None = None
+
+    def stop(self) -> None:
+        """Stop the daemon by its PID (stop signal, then SIGKILL); a second call does nothing."""
+        if self.daemon is not None:
+            self.daemon.stop()
+            self.daemon = None
+
+
+@dataclass
+class SocketDaemon:
+    """A running daemon that listens on TCP (`host`, `port`) and on a unix socket."""
+
+    daemon: Daemon
+    host: str
+    port: int
+    socket_path: Path
+    log: Path
+
+    @property
+    def tcp_address(self) -> str:
+        """The TCP address as the plugins' ``servers`` settings spell it."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def unix_address(self) -> str:
+        """The unix socket as the plugins' ``servers`` settings spell it."""
+        return f"unix:{self.socket_path}"
 
 
 def read_tail(path: Path, lines: int) -> str:

@@ -10,7 +10,7 @@ import pytest
 from tests.peers.dns import EXAMPLE_ZONE, DnsServer
 from tests.peers.milter_probe import optneg_probe
 from tests.peers.ports import free_port
-from tests.peers.process import Daemon, make_dir, start_daemon
+from tests.peers.process import Daemon, Peer, make_dir, start_daemon
 from tests.peers.workdir import PeerDirs
 
 TOP_CONF = """\
@@ -54,7 +54,7 @@ DISABLED_MODULES = (
 )
 
 
-class Rspamd:
+class Rspamd(Peer):
     """A running rspamd whose proxy worker speaks milter on ``milter``; DNS goes to ``dns``."""
 
     def __init__(self, workdir: Path, dns: DnsServer) -> None:
@@ -115,12 +115,6 @@ class Rspamd:
             grace=3.0,
         )
         return self
-
-    def stop(self) -> None:
-        """Stop rspamd by its PID (it stops its workers)."""
-        if self.daemon is not None:
-            self.daemon.stop()
-            self.daemon = None
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.peers.ports import free_port
-from tests.peers.process import Daemon, banner_probe, make_dir, start_daemon
+from tests.peers.process import Daemon, Peer, banner_probe, make_dir, start_daemon
 from tests.peers.workdir import PeerDirs
 
 
@@ -130,7 +130,7 @@ def parse_dump(raw: bytes, path: Path) -> SinkTransaction:
     )
 
 
-class SmtpSink:
+class SmtpSink(Peer):
     """A running smtp-sink on loopback that dumps each transaction into its own file."""
 
     def __init__(
@@ -165,12 +165,6 @@ class SmtpSink:
         )
         self.daemon = start_daemon("smtp-sink", argv, workdir=self.workdir, probe=probe, grace=2.0)
         return self
-
-    def stop(self) -> None:
-        """Stop smtp-sink by its PID."""
-        if self.daemon is not None:
-            self.daemon.stop()
-            self.daemon = None
 
     def messages(self) -> list[SinkTransaction]:
         """Every transaction received so far, oldest first."""

@@ -9,12 +9,12 @@ import pytest
 
 from tests.peers.milter_probe import optneg_probe
 from tests.peers.ports import free_port
-from tests.peers.process import Daemon, start_daemon, stop_all
+from tests.peers.process import Daemon, Peer, start_daemon, stop_all
 from tests.peers.spamd import Spamd, start_spamd
 from tests.peers.workdir import PeerDirs
 
 
-class SpamassMilter:
+class SpamassMilter(Peer):
     """A running spamass-milter (``-m``: headers only, body untouched) that rejects mail
     scoring ``reject_score`` or more (GTUBE) with ``550 5.7.1 Blocked by SpamAssassin``."""
 
@@ -56,12 +56,6 @@ class SpamassMilter:
             grace=0.5,  # libmilter notices SIGTERM only after a poll timeout of up to 5 s
         )
         return self
-
-    def stop(self) -> None:
-        """Stop spamass-milter by its PID."""
-        if self.daemon is not None:
-            self.daemon.stop()
-            self.daemon = None
 
 
 @pytest.fixture(scope="session")

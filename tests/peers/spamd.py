@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import shutil
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
 from tests.peers.ports import free_port
-from tests.peers.process import Daemon, make_dir, start_daemon
+from tests.peers.process import SocketDaemon, make_dir, start_daemon
 
 GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 """The GTUBE line: SpamAssassin scores a message containing it 1000."""
@@ -20,25 +19,8 @@ dns_available no
 """
 
 
-@dataclass
-class Spamd:
+class Spamd(SocketDaemon):
     """A running spamd: ``host``/``port`` for TCP, ``socket_path`` for the unix socket."""
-
-    daemon: Daemon
-    host: str
-    port: int
-    socket_path: Path
-    log: Path
-
-    @property
-    def tcp_address(self) -> str:
-        """The TCP address as the spamassassin plugin's ``servers`` setting spells it."""
-        return f"{self.host}:{self.port}"
-
-    @property
-    def unix_address(self) -> str:
-        """The unix socket as the spamassassin plugin's ``servers`` setting spells it."""
-        return f"unix:{self.socket_path}"
 
 
 def _pong(host: str, port: int) -> bool:
