@@ -5,6 +5,11 @@ A recipient is accepted when its domain is one of ``domains`` (``example.org`` m
 client authenticated (``authenticated_may_relay``). Anything else gets
 ``554 5.7.1 Relay access denied`` at RCPT, so mailgate is never an open relay.
 
+Behind Postfix as a milter, Postfix has already decided who may relay
+(``smtpd_relay_restrictions``, ``mynetworks``) before mailgate sees a recipient, and mailgate
+cannot know its networks: relay control leaves milter traffic alone unless ``check_milter``
+is set.
+
 Configured in the ``[relay_control]`` table of ``mailgate.toml``.
 """
 
@@ -33,6 +38,8 @@ class RelayControlSettings:
     """The refusal's SMTP code (554, or 550 as some sites prefer)."""
     reply_text: str = "Relay access denied"
     """The refusal's text."""
+    check_milter: bool = False
+    """Also check recipients that come through the milter listener (Postfix already did)."""
 
 
 class RelayControl:
@@ -70,6 +77,8 @@ class RelayControl:
     @hookimpl
     def on_rcpt(self, session: Session, recipient: Address) -> Verdict | None:
         """Refuse a recipient outside `domains` from a client that may not relay."""
+        if session.ingress == "milter" and not self.settings.check_milter:
+            return None
         if self.local_domain(recipient.domain) or self.may_relay(session):
             return None
         return Verdict.reject(

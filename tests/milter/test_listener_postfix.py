@@ -17,6 +17,7 @@ from mailgate import Address, Message, Session, Transaction, Verdict, hookimpl
 from mailgate.config import Dynamic
 from mailgate.pipeline import ErrorPolicy
 from mailgate.plugins.add_header import AddHeader, AddHeaderSettings
+from mailgate.plugins.relay_control import RelayControl, RelayControlSettings
 from tests.milter.gate import Chain, Gate, LoopThread, Route, start_listener
 from tests.peers.postfix import Postfix
 from tests.peers.workdir import PeerDirs
@@ -384,3 +385,17 @@ def test_quarantine_asked_at_rcpt_holds_the_message(gate: Gate, routes: list[Rou
         assert sent.returncode == 0, sent.output
         held = [e for e in gate.postfix.queue() if e.queue_id == sent.queue_id]
         assert held and held[0].held, (route.name, gate.postfix.queue())
+
+
+def test_relay_control_leaves_postfix_accepted_mail_alone(gate: Gate, routes: list[Route]) -> None:
+    """Postfix already applied its relay restrictions; mailgate does not second-guess them."""
+    route = routes[0]
+    outside = ["--xclient-addr", "192.0.2.55"]  # not in relay_control's default networks
+    gate.chain.use(RelayControl())
+    sent = gate.send(route, extra=outside)
+    assert sent.returncode == 0, sent.output
+    assert gate.delivered(sent)
+
+    gate.chain.use(RelayControl(RelayControlSettings(check_milter=True)))
+    sent = gate.send(route, extra=outside)
+    assert "554 5.7.1 Relay access denied" in sent.output
