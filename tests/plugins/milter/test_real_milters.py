@@ -3,11 +3,14 @@ spamass-milter, rspamd, and mailgate's own milter listener."""
 
 from __future__ import annotations
 
+import io
 import smtplib
 
 import dkim
 import pytest
 
+from mailgate import Address, Message, Session, Transaction, Verdict, VerdictKind
+from mailgate.message import parse_header_block
 from mailgate.milter import MilterListener, MilterListenerSettings
 from mailgate.pipeline import EnabledPlugin, Pipeline
 from mailgate.plugins.add_header import AddHeader, AddHeaderSettings
@@ -121,6 +124,53 @@ def test_opendmarc_passes_aligned_mail_and_refuses_a_spoof(
     send(gw.port, b"From: a@example.com\r\nSubject: aligned\r\n\r\nhi\r\n")
     [tx] = smtp_sink.wait_for_messages(1)
     assert "dmarc=pass" in (tx.header("Authentication-Results") or "")
+
+
+SPOOFABLE = b"From: a@example.com\r\nTo: b@example.net\r\nSubject: dmarc\r\n\r\nhi\r\n"
+
+
+async def through_pipeline(
+    pipeline: Pipeline, client_ip: str, data: bytes
+) -> tuple[Verdict | None, Transaction]:
+    """One whole session from `client_ip` (CONNECT and ``{client_addr}`` carry it) through
+    `pipeline`, stage by stage as the SMTP ingress runs it; the first refusal and the tx."""
+    session = Session(client_ip=client_ip, client_port=40000)
+    tx = Transaction(Address("a@example.com"))
+    rcpt = Address("b@example.net")
+    head, _, body = data.partition(b"\r\n\r\n")
+    try:
+        verdict = await pipeline.connect(session) or await pipeline.helo(session, "c.example.com")
+        if verdict is not None:
+            return verdict, tx
+        session.helo = "c.example.com"
+        verdict = await pipeline.mail(session, tx) or await pipeline.rcpt(session, tx, rcpt)
+        if verdict is not None:
+            return verdict, tx
+        tx.recipients.append(rcpt)
+        if verdict := await pipeline.data(session, tx):
+            return verdict, tx
+        tx.message = Message(parse_header_block(head + b"\r\n"), io.BytesIO(body))
+        return await pipeline.message(session, tx), tx
+    finally:
+        await pipeline.disconnect(session)
+
+
+async def test_opendmarc_refuses_a_spoof_from_outside_spf_and_passes_it_from_inside(
+    opendmarc: OpenDmarc,
+) -> None:
+    pipeline = Pipeline([milter(opendmarc.milter)])
+    verdict, _ = await through_pipeline(pipeline, "198.51.100.7", SPOOFABLE)
+    assert verdict is not None and verdict.kind is VerdictKind.REJECT
+    assert (verdict.code, verdict.status, verdict.text) == (
+        550,
+        "5.7.1",
+        "rejected by DMARC policy for example.com",
+    )
+    verdict, tx = await through_pipeline(pipeline, "192.0.2.10", SPOOFABLE)
+    assert verdict is None
+    assert tx.message is not None
+    results = tx.message.get("Authentication-Results") or ""
+    assert "dmarc=pass" in results and "header.from=example.com" in results
 
 
 def test_mailgate_milter_listener_works_as_a_milter(
