@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Awaitable, Callable
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import structlog
 
@@ -25,6 +25,11 @@ log = structlog.get_logger("mailgate.milter")
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 _READ_SIZE = 1 << 18
+_PROGRESS = c.encode(c.Progress())
+_PROGRESS_VERSION = 6
+"""SMFIR_PROGRESS exists from milter protocol 6 on."""
+
+T = TypeVar("T")
 
 
 def _address(raw: bytes) -> str:
@@ -291,7 +296,7 @@ class MilterConnection:
         if tx.message is None:
             tx.message = Message(self.headers, self.body(), withheld=self.agreed.withheld)
             self.spool = None
-        verdict = await self.pipeline.message(session, tx)
+        verdict = await self.with_progress(self.pipeline.message(session, tx))
         if verdict is None or not verdict.is_refusal:
             if verdict is not None and verdict.kind is VerdictKind.QUARANTINE:
                 tx.quarantine(verdict.reason or "quarantined by policy")
@@ -307,6 +312,33 @@ class MilterConnection:
         self.reply(verdict_reply(verdict, end_of_message=True))
         await self.pipeline.outcome(session, tx, verdict or Verdict.accept())
         self.end_transaction()
+
+    async def with_progress(self, work: Awaitable[T]) -> T:
+        """Await `work`, sending PROGRESS every `progress_interval` seconds until it is done.
+
+        The MTA gives the milter `milter_content_timeout` for its end-of-message reply; each
+        PROGRESS restarts that timer, so a long scan is not tempfailed. If the connection is
+        closed or cancelled meanwhile, `work` is cancelled too.
+        """
+        assert self.agreed is not None
+        interval = self.settings.progress_interval
+        if interval <= 0 or self.agreed.version < _PROGRESS_VERSION:
+            return await work
+        task = asyncio.ensure_future(work)
+        try:
+            while True:
+                done, _ = await asyncio.wait((task,), timeout=interval)
+                if done:
+                    return task.result()
+                # Replies queued before the end of message go first, then PROGRESS, at once.
+                self.out.append(_PROGRESS)
+                self.writer.write(b"".join(self.out))
+                self.out.clear()
+                await self.writer.drain()
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait((task,))
 
     # -- endings ----------------------------------------------------------------------------------
 

@@ -25,6 +25,9 @@ class MilterListenerSettings:
     """Largest milter frame accepted, in bytes; a larger one closes the connection."""
     socket_mode: int = 0o660
     """Permissions of a unix socket: Postfix's smtpd (user ``postfix``) must be able to connect."""
+    progress_interval: float = 10.0
+    """While the end-of-message plugins run longer than this, send SMFIR_PROGRESS every this
+    many seconds (protocol 6 only), so the MTA's content timeout does not expire; 0: never."""
 
     def __post_init__(self) -> None:
         SocketAddress.parse(self.address)
@@ -32,6 +35,8 @@ class MilterListenerSettings:
             raise ValueError("max_frame must be at least 65536 (one body chunk)")
         if self.idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive")
+        if self.progress_interval < 0:
+            raise ValueError("progress_interval must be 0 (off) or positive")
 
     @property
     def socket_address(self) -> SocketAddress:

@@ -45,11 +45,18 @@ class Chain:
     def __init__(self) -> None:
         self.pipeline = Pipeline([])
 
-    def use(self, *plugins: object, on_error: ErrorPolicy = ErrorPolicy.TEMPFAIL) -> None:
+    def use(
+        self,
+        *plugins: object,
+        on_error: ErrorPolicy = ErrorPolicy.TEMPFAIL,
+        timeout: float = 2.0,
+    ) -> None:
         """Enable `plugins`, in order, for the next connections (each with its ``reads``)."""
         self.pipeline = Pipeline(
             [
-                EnabledPlugin(f"p{i}", p, timeout=2.0, on_error=on_error, reads=declared_reads(p))
+                EnabledPlugin(
+                    f"p{i}", p, timeout=timeout, on_error=on_error, reads=declared_reads(p)
+                )
                 for i, p in enumerate(plugins)
             ]
         )
@@ -119,9 +126,13 @@ class Gate:
             time.sleep(0.03)
 
 
-def start_listener(loop: LoopThread, chain: Chain, address: str) -> MilterListener:
+def start_listener(
+    loop: LoopThread, chain: Chain, address: str, *, progress_interval: float = 10.0
+) -> MilterListener:
     """A milter listener on `address`, serving `chain`, in `loop`."""
-    settings = MilterListenerSettings(address=address, socket_mode=0o666)
+    settings = MilterListenerSettings(
+        address=address, socket_mode=0o666, progress_interval=progress_interval
+    )
     listener = MilterListener(settings, pipeline=lambda: chain.pipeline)
     loop.run(listener.start())
     return listener

@@ -6,6 +6,7 @@ each with ``milter_protocol = 6`` and ``2``.
 
 from __future__ import annotations
 
+import asyncio
 import smtplib
 import time
 from collections.abc import Iterator
@@ -399,3 +400,41 @@ def test_relay_control_leaves_postfix_accepted_mail_alone(gate: Gate, routes: li
     gate.chain.use(RelayControl(RelayControlSettings(check_milter=True)))
     sent = gate.send(route, extra=outside)
     assert "554 5.7.1 Relay access denied" in sent.output
+
+
+# -- PROGRESS through a long end-of-message scan -----------------------------------------------
+
+
+class SlowScan:
+    """Takes three seconds at the end of data (asynchronously: the listener keeps running)."""
+
+    @hookimpl
+    async def on_message(self) -> None:
+        """Sleep."""
+        await asyncio.sleep(3.0)
+
+
+def test_progress_keeps_postfix_waiting_past_its_content_timeout(gate: Gate) -> None:
+    loop = LoopThread()
+    keepalive = start_listener(loop, gate.chain, "inet:127.0.0.1:0", progress_interval=0.5)
+    silent = start_listener(loop, gate.chain, "inet:127.0.0.1:0", progress_interval=0)
+    try:
+        short = {"milter_content_timeout": "2s"}
+        with_progress, without = (
+            Route(name, gate.postfix.add_listener([lst.address], protocol=6, options=short), 6)
+            for name, lst in (("progress", keepalive), ("silent", silent))
+        )
+        gate.chain.use(SlowScan(), timeout=10.0)
+        sent = gate.send(with_progress)
+        assert sent.returncode == 0, sent.output
+        assert len(gate.delivered(sent)) == 1
+        # The same scan without PROGRESS outlasts milter_content_timeout: Postfix tempfails.
+        sent = gate.send(without)
+        assert sent.returncode != 0, sent.output
+        assert any(r.startswith("451 4.7.1") for r in sent.replies()), sent.output
+        assert gate.delivered(sent, timeout=0.3) == []
+    finally:
+        gate.chain.use()
+        loop.run(keepalive.stop())
+        loop.run(silent.stop())
+        loop.close()

@@ -53,10 +53,13 @@ class Client:
         return self.frames.pop(0)
 
 
-async def serve(chain: Pipeline, tmp_path: Path | None = None) -> MilterListener:
+async def serve(
+    chain: Pipeline, tmp_path: Path | None = None, *, progress_interval: float = 10.0
+) -> MilterListener:
     """A started listener on TCP (or a unix socket under `tmp_path`)."""
     address = f"unix:{tmp_path}/m.sock" if tmp_path else "inet:127.0.0.1:0"
-    listener = MilterListener(MilterListenerSettings(address=address), pipeline=lambda: chain)
+    settings = MilterListenerSettings(address=address, progress_interval=progress_interval)
+    listener = MilterListener(settings, pipeline=lambda: chain)
     await listener.start()
     return listener
 
@@ -372,3 +375,88 @@ async def test_a_change_the_mta_did_not_grant_tempfails_the_message(
     [reply] = client.decoder.feed(data)
     assert isinstance(reply, c.ReplyCode)
     assert reply.text.startswith(b"451 4.3.0")
+
+
+# -- PROGRESS while the end-of-message plugins run ---------------------------------------------
+
+
+class Slow:
+    """Takes `seconds` at the end of data, then adds a header."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.cancelled = False
+
+    @hookimpl
+    async def on_message(self, transaction: Transaction) -> None:
+        """Sleep, then add ``X-Slow: 1``."""
+        try:
+            await asyncio.sleep(self.seconds)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        transaction.add_header("X-Slow", "1")
+
+
+async def slow_message(version: int, progress_interval: float) -> list[c.Frame]:
+    """Everything a client of `version` reads after the end of a message a plugin scans 1.2 s."""
+    listener = await serve(
+        Pipeline([EnabledPlugin("slow", Slow(1.2))]), progress_interval=progress_interval
+    )
+    try:
+        client = await connect(listener)
+        steps = int(EVERYTHING) if version == 6 else int(V2_STEPS)
+        actions = ALL_ACTIONS if version == 6 else V2_ACTIONS
+        await client.send(c.OptNeg(version, int(actions), steps))
+        await client.read()
+        steps_sent: list[c.Frame] = [
+            c.Connect(b"[192.0.2.1]", b"4", 4000, b"192.0.2.1"),
+            c.Mail(b"<a@example.com>"),
+            c.Rcpt(b"<b@example.com>"),
+            c.Header(b"Subject", b" hi"),
+            c.Body(b"body\r\n"),
+        ]
+        await client.send(*steps_sent)
+        if version == 2:  # a v2 MTA waits for a reply to every step
+            for _ in steps_sent:
+                assert await client.read() == c.Continue()
+        await client.send(c.EndOfMessage())
+        frames: list[c.Frame] = []
+        while not frames or not isinstance(frames[-1], c.Continue):
+            frames.append(await client.read())
+        return frames
+    finally:
+        await listener.stop()
+
+
+async def test_progress_is_sent_while_the_plugins_work() -> None:
+    frames = await slow_message(6, 0.3)
+    *progress, action, final = frames
+    assert len(progress) >= 2, frames
+    assert all(f == c.Progress() for f in progress), frames
+    assert (action, final) == (c.AddHeader(b"X-Slow", b" 1"), c.Continue())
+
+
+async def test_no_progress_for_a_v2_mta_or_when_disabled() -> None:
+    assert await slow_message(2, 0.3) == [c.AddHeader(b"X-Slow", b"1"), c.Continue()]
+    assert await slow_message(6, 0) == [c.AddHeader(b"X-Slow", b" 1"), c.Continue()]
+
+
+async def test_closing_the_listener_cancels_the_plugins_work() -> None:
+    plugin = Slow(30)
+    listener = await serve(Pipeline([EnabledPlugin("slow", plugin)]), progress_interval=0.1)
+    try:
+        client = await connect(listener)
+        await client.send(c.OptNeg(6, int(ALL_ACTIONS), int(EVERYTHING)))
+        await client.read()
+        await client.send(
+            c.Connect(b"[192.0.2.1]", b"4", 4000, b"192.0.2.1"),
+            c.Mail(b"<a@example.com>"),
+            c.Rcpt(b"<b@example.com>"),
+            c.EndOfMessage(),
+        )
+        assert await client.read() == c.Progress()
+    finally:
+        await listener.stop()
+    assert plugin.cancelled
+    assert await asyncio.wait_for(client.reader.read(), 5) in (b"\0\0\0\x01p", b"")
