@@ -174,3 +174,18 @@ def untraced(data: bytes) -> bytes:
     while data[end + 2 : end + 3] in (b"\t", b" "):
         end = data.index(b"\r\n", end + 2)
     return data[end + 2 :]
+
+
+# The end-of-data variants of the public SMTP smuggling research: none of them ends DATA.
+FAKE_ENDS = [
+    b"\n.\n",
+    b"\r.\r",
+    b"\r.\n",
+    b"\n.\r",
+    b"\n.\r\n",
+    b"\r\n.\n",
+    b"\r.\r\n",
+    b"\r\n.\r",
+    b"\r\n\0.\r\n",
+    b"\r\n.\0\r\n",
+]

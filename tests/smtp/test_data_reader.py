@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailgate.smtp.data import DataProblem, DataReader
+from tests.smtp.helpers import FAKE_ENDS
 
 
 def read(
@@ -62,21 +63,7 @@ def test_folded_header_stays_in_header_block() -> None:
     assert [(h.name, h.raw_value) for h in reader.headers] == [("A", " b\r\n c"), ("D", " e")]
 
 
-SMUGGLING = [
-    b"\n.\n",
-    b"\r.\r",
-    b"\r.\n",
-    b"\n.\r",
-    b"\n.\r\n",
-    b"\r\n.\n",
-    b"\r.\r\n",
-    b"\r\n.\r",
-    b"\r\n\0.\r\n",
-    b"\r\n.\0\r\n",
-]
-
-
-@pytest.mark.parametrize("fake_end", SMUGGLING, ids=repr)
+@pytest.mark.parametrize("fake_end", FAKE_ENDS, ids=repr)
 def test_fake_end_of_data_is_content_and_refused(fake_end: bytes) -> None:
     smuggled = b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\nhi\r\n"
     stream = b"A: b\r\n\r\nfirst" + fake_end + smuggled + b".\r\nQUIT\r\n"
@@ -86,7 +73,7 @@ def test_fake_end_of_data_is_content_and_refused(fake_end: bytes) -> None:
     assert reader.problem is expected
 
 
-@pytest.mark.parametrize("fake_end", SMUGGLING[:8], ids=repr)
+@pytest.mark.parametrize("fake_end", FAKE_ENDS[:8], ids=repr)
 def test_normalizing_turns_bare_endings_into_crlf_content(fake_end: bytes) -> None:
     stream = b"A: b\r\n\r\nfirst" + fake_end + b"MAIL FROM:<evil@x.test>\r\n.\r\n"
     reader, used = read(stream, normalize_bare_line_endings=True)

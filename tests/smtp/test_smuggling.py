@@ -10,20 +10,8 @@ import pytest
 from tests.peers.postfix import Postfix
 from tests.peers.smtp_sink import SmtpSink
 from tests.smtp.conftest import GatewayFactory, relay_to
-from tests.smtp.helpers import codes, raw_session
+from tests.smtp.helpers import FAKE_ENDS, codes, raw_session
 
-FAKE_ENDS = [
-    b"\n.\n",
-    b"\r.\r",
-    b"\r.\n",
-    b"\n.\r",
-    b"\n.\r\n",
-    b"\r\n.\n",
-    b"\r.\r\n",
-    b"\r\n.\r",
-    b"\r\n\0.\r\n",
-    b"\r\n.\0\r\n",
-]
 ENVELOPE = b"MAIL FROM:<%s>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n"
 
 
