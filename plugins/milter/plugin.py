@@ -271,16 +271,12 @@ class MilterPlugin:
         helo: str,
     ) -> Answer:
         client = link.client
-        if client.is_open:
-            return await self._send(link, stage, session, tx, recipient, helo)
-        link.forget_connection()
-        expected = self._agreed
-        self._agreed = await client.open(expected)
-        if expected is None:
-            return await self._send(link, stage, session, tx, recipient, helo)
+        if not client.is_open:
+            link.forget_connection()
+            self._agreed = await client.open(self._agreed)
         try:
             return await self._send(link, stage, session, tx, recipient, helo)
-        except NegotiationChanged:
+        except NegotiationChanged:  # only after an open() that reused a known answer
             # The milter was reconfigured: negotiate the slow way on a new connection.
             self._agreed = None
             client.abandon()
