@@ -47,7 +47,8 @@ class App:
     """One running mailgate: its configuration, plugin chain, listeners and egress.
 
     `directory`, `listen` and `relay` are as for `mailgate.loader.load_config`; they are kept so
-    `reload` reads the same place with the same overrides.
+    `reload` reads the same place with the same overrides. `config`, if given, is what they
+    were already loaded into (``mailgate serve`` reads it first to choose the event loop).
     """
 
     def __init__(
@@ -58,13 +59,16 @@ class App:
         relay: str | None = None,
         milter: str | None = None,
         configure_logs: bool = True,
+        config: Config | None = None,
     ) -> None:
         self.directory = directory
         self.listen = listen
         self.relay = relay
         self.milter = milter
         self.configure_logs = configure_logs
-        self.config: Config = load_config(directory, listen=listen, relay=relay, milter=milter)
+        self.config: Config = config or load_config(
+            directory, listen=listen, relay=relay, milter=milter
+        )
         self.pipeline: Pipeline = self.config.pipeline()
         self.egress = RelayEgress(self.config.relay)
         self.listeners: list[Listener] = []
@@ -89,6 +93,7 @@ class App:
             config=str(self.directory) if self.directory is not None else None,
             plugins=[p.name for p in self.pipeline.plugins],
             relay=self.config.relay.address,
+            event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
         )
 
     def _listener(self, kind: str, settings: Any) -> Listener:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,14 +64,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(
     directory: Path | None, listen: str | None, relay: str | None, milter: str | None = None
 ) -> int:
+    from mailgate import event_loop
     from mailgate.app import App  # the server's imports are not needed by the other commands
 
+    config = load_config(directory, listen=listen, relay=relay, milter=milter)
+
     async def run() -> None:
-        app = App(directory, listen=listen, relay=relay, milter=milter)
+        app = App(directory, listen=listen, relay=relay, milter=milter, config=config)
         await app.run()
 
     try:
-        asyncio.run(run())
+        event_loop.run(run(), config.mailgate.event_loop)
     except OSError as exc:
         print(f"mailgate: cannot start: {exc}", file=sys.stderr)
         return 1

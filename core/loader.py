@@ -22,6 +22,7 @@ import pluggy
 
 from mailgate.config import ConfigError, is_host_port, load_settings
 from mailgate.config.errors import Text
+from mailgate.event_loop import EventLoopChoice, uvloop_available
 from mailgate.expressions import Expression, ExpressionError
 from mailgate.logging import LoggingSettings
 from mailgate.pipeline import MESSAGE_PARTS, EnabledPlugin, ErrorPolicy, Pipeline, declared_reads
@@ -47,6 +48,8 @@ class MailgateSettings:
 
     hostname: str = ""
     """This host's name, used by listeners whose own `hostname` is empty; empty: the FQDN."""
+    event_loop: EventLoopChoice = "auto"
+    """``auto`` (uvloop if installed, else asyncio's own loop), ``uvloop`` or ``asyncio``."""
 
 
 @dataclass(slots=True)
@@ -188,6 +191,14 @@ def _core(table: dict[str, Any], source: str, path: Path | None) -> Config:
     config.mailgate = load_settings(
         MailgateSettings, _table(table, "mailgate", source), source=source, prefix="mailgate"
     )
+    if config.mailgate.event_loop == "uvloop" and not uvloop_available():
+        raise ConfigError(
+            source,
+            "mailgate.event_loop",
+            "uvloop",
+            '"auto" or "asyncio"',
+            "uvloop is not installed: pip install uvloop",
+        )
     config.logging = load_settings(
         LoggingSettings, _table(table, "logging", source), source=source, prefix="logging"
     )

@@ -5,10 +5,16 @@ So a new peer module (``tests/peers/clamd.py`` with a ``clamd`` fixture) needs n
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import os
 import pkgutil
+from collections.abc import Callable
+
+import pytest
 
 import tests.peers
+from mailgate import event_loop
 
 
 def _export_peer_fixtures() -> None:
@@ -22,3 +28,15 @@ def _export_peer_fixtures() -> None:
 
 
 _export_peer_fixtures()
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Run every async test on the loop ``mailgate serve`` uses by default (uvloop here), or on
+    the one named by ``MAILGATE_TEST_LOOP`` (``asyncio`` or ``uvloop``)."""
+    choice = os.environ.get("MAILGATE_TEST_LOOP", "auto")
+    if choice not in ("auto", "uvloop", "asyncio"):
+        raise pytest.UsageError(f"MAILGATE_TEST_LOOP={choice!r}: expected uvloop or asyncio")
+    kind = event_loop.resolve(choice)  # type: ignore[arg-type]
+    return {kind: event_loop.loop_factory(kind)}

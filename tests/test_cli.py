@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -83,8 +84,9 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.
     raise AssertionError(f"mailgate did not listen on {port} within {timeout}s")
 
 
-@pytest.fixture
-def served(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+@contextmanager
+def serving(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`mailgate serve` on ``tmp_path/conf`` as a real process, logging to ``mailgate.log``."""
     port = free_port()
     log = (tmp_path / "mailgate.log").open("wb")
     proc = subprocess.Popen(
@@ -110,6 +112,12 @@ def served(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[tuple[subprocess.Pop
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=15)
         log.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    with serving(tmp_path, smtp_sink) as proc_port:
+        yield proc_port
 
 
 def send(port: int, subject: str) -> None:
@@ -167,6 +175,22 @@ def test_serve_relays_reloads_on_sighup_and_stops_on_sigterm(
     assert events[-1]["event"] == "stopped"
     session_lines = [e for e in events if e.get("session")]
     assert session_lines, "session ids are on the lines of a session"
+    (started,) = [e for e in events if e["event"] == "started"]
+    assert started["event_loop"] == "uvloop", "auto picks uvloop when it is installed"
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_serve_runs_on_the_configured_event_loop(
+    loop: str, conf: Path, tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    (conf / "mailgate.toml").write_text(f'[mailgate]\nevent_loop = "{loop}"\n')
+    (conf / "10-add_header.toml").write_text(f'name = "X-Loop"\nvalue = "{loop}"\n')
+    with serving(tmp_path, smtp_sink) as (_, port):
+        send(port, loop)
+        (message,) = smtp_sink.wait_for_messages(1)
+    assert message.header("X-Loop") == loop
+    (started,) = [e for e in log_lines(tmp_path) if e["event"] == "started"]
+    assert started["event_loop"] == loop
 
 
 def test_serve_with_a_bad_configuration_does_not_start(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import socket
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from mailgate.milter import codec as c
 from mailgate.milter.protocol import (
@@ -287,8 +288,8 @@ class _Stream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport; on TCP, remember how to re-arm TCP_QUICKACK."""
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         self._loop = asyncio.get_running_loop()
         sock = transport.get_extra_info("socket")
         if (

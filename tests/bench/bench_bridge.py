@@ -80,13 +80,18 @@ class Result:
     opendkim_cpu_ms: float = float("nan")
 
 
+EVENT_LOOP = "auto"
+"""``[mailgate] event_loop`` of the mailgates under test (``--event-loop``)."""
+
+
 def _mailgate(
     dirs: PeerDirs, sink_port: int, milter: str | None, extra: str = ""
 ) -> tuple[Daemon, int]:
     conf = dirs.new("mailgate-conf")
     port = free_port()
     (conf / "mailgate.toml").write_text(
-        '[mailgate]\nhostname = "mailgate.bench.test"\n[logging]\nlevel = "warning"\n'
+        f'[mailgate]\nhostname = "mailgate.bench.test"\nevent_loop = "{EVENT_LOOP}"\n'
+        '[logging]\nlevel = "warning"\n'
     )
     if milter is not None:
         (conf / "40-opendkim.toml").write_text(
@@ -236,7 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.bench_bridge")
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], default="auto")
     args = parser.parse_args(argv)
+    global EVENT_LOOP
+    EVENT_LOOP = args.event_loop
     print(table(run(args.messages, args.repeats, PeerDirs(create_base()))))
     return 0
 

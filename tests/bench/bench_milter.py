@@ -95,13 +95,17 @@ _READS_ALL = (
 """``mailgate`` with ``add_header`` declaring it reads everything (the cost before ``reads``)."""
 
 
+EVENT_LOOP = "auto"
+"""``[mailgate] event_loop`` of the mailgates under test (``--event-loop``)."""
+
+
 def _mailgate(dirs: PeerDirs, add_header: bool, reads_all: bool = False) -> tuple[Daemon, str, str]:
     """Start ``mailgate serve`` with a TCP and a unix milter listener; return their addresses."""
     conf = dirs.new("mailgate-conf")
     sock = dirs.new("mailgate-sock") / "milter.sock"
     port = free_port()
     (conf / "mailgate.toml").write_text(
-        '[logging]\nlevel = "warning"\n'
+        f'[mailgate]\nevent_loop = "{EVENT_LOOP}"\n[logging]\nlevel = "warning"\n'
         f'[[listener]]\ntype = "milter"\naddress = "inet:127.0.0.1:{port}"\n'
         f'[[listener]]\ntype = "milter"\naddress = "unix:{sock}"\nsocket_mode = 0o666\n'
     )
@@ -282,8 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], default="auto")
     parser.add_argument("--pymilter", metavar="SOCKET", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global EVENT_LOOP
+    EVENT_LOOP = args.event_loop
     if args.pymilter:
         _pymilter_main(args.pymilter)
         return 0

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from mailgate import event_loop, loader
 from mailgate.config import ConfigError
 from mailgate.loader import installed_plugins, load_config
 from mailgate.pipeline import ErrorPolicy
@@ -219,3 +220,23 @@ def test_a_plugin_with_a_bad_reads_is_refused(
     write(tmp_path, "10-add_header.toml", "")
     with pytest.raises(ConfigError, match=r"plugin: .*reads must be a set of 'headers' and 'body'"):
         load_config(tmp_path)
+
+
+def test_event_loop_defaults_to_auto_and_refuses_unknown_values(tmp_path: Path) -> None:
+    assert load_config(tmp_path).mailgate.event_loop == "auto"
+    write(tmp_path, "mailgate.toml", '[mailgate]\nevent_loop = "trio"\n')
+    with pytest.raises(ConfigError, match=r"mailgate\.event_loop"):
+        load_config(tmp_path)
+
+
+def test_event_loop_uvloop_without_uvloop_stops_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A machine without uvloop cannot be made on demand here: its absence is faked.
+    monkeypatch.setattr(loader, "uvloop_available", lambda: False)
+    write(tmp_path, "mailgate.toml", '[mailgate]\nevent_loop = "uvloop"\n')
+    with pytest.raises(ConfigError, match="uvloop is not installed") as caught:
+        load_config(tmp_path)
+    assert caught.value.key == "mailgate.event_loop"
+    write(tmp_path, "mailgate.toml", '[mailgate]\nevent_loop = "auto"\n')
+    assert event_loop.resolve(load_config(tmp_path).mailgate.event_loop) == "uvloop"
