@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mailgate.session import Address, Session, Transaction
+from mailgate.verdict import format_reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +33,8 @@ class Reply:
         return 400 <= self.code < 500
 
     def smtp_reply(self) -> str:
-        """As aiosmtpd's handler return value: multi-line replies use ``-`` continuation."""
-        lines = self.text.split("\n") if self.text else [""]
-        prefix = f"{self.status} " if self.status else ""
-        out = [f"{self.code}-{prefix}{line}" for line in lines[:-1]]
-        out.append(f"{self.code} {prefix}{lines[-1]}".rstrip())
-        return "\r\n".join(out)
+        """The reply as sent: multi-line replies use ``-`` continuation, lines joined by CRLF."""
+        return format_reply(self.code, self.status, self.text)
 
 
 class DownstreamTransaction(Protocol):

@@ -27,13 +27,25 @@ _DEFAULTS: dict[VerdictKind, tuple[int, str, str]] = {
 }
 
 
+def format_reply(code: int, status: str, text: str) -> str:
+    """An SMTP reply as sent, without the final CRLF: ``"550 5.7.1 No"``, or for a `text` of
+    several lines (separated by ``\\n``) one line each, all but the last with ``-`` after the code
+    (RFC 5321 4.2.1), every line carrying the enhanced status."""
+    prefix = f"{status} " if status else ""
+    lines = text.split("\n")
+    out = [f"{code}-{prefix}{line}".rstrip() for line in lines[:-1]]
+    out.append(f"{code} {prefix}{lines[-1]}".rstrip())
+    return "\r\n".join(out)
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """A decision: accept, reject, tempfail, discard, quarantine or disconnect.
 
     `code`, `status` (the RFC 3463 enhanced status code) and `text` are what the SMTP client
-    sees. `reason` is for logs and quarantine records and is never sent to the client.
-    Build one with the class methods: ``Verdict.reject(550, "5.7.1", "No thanks")``.
+    sees; a `text` of several lines, separated by ``\\n``, becomes a multi-line reply. `reason`
+    is for logs and quarantine records and is never sent to the client. Build one with the
+    class methods: ``Verdict.reject(550, "5.7.1", "No thanks")``.
     """
 
     kind: VerdictKind
@@ -53,8 +65,8 @@ class Verdict:
             raise ValueError(f"{self.kind.value} needs a {expected}xx code, got {self.code}")
         if self.status and self.status[:1] != first:
             raise ValueError(f"enhanced status {self.status} does not match code {self.code}")
-        if "\r" in self.text or "\n" in self.text:
-            raise ValueError("verdict text must be one line")
+        if "\r" in self.text:
+            raise ValueError("verdict text: separate lines with \\n, not CR")
 
     @classmethod
     def _make(
@@ -119,7 +131,5 @@ class Verdict:
         return self.kind in (VerdictKind.REJECT, VerdictKind.TEMPFAIL, VerdictKind.DISCONNECT)
 
     def smtp_reply(self) -> str:
-        """The reply line as aiosmtpd expects it, e.g. ``"550 5.7.1 No thanks"``."""
-        return (
-            f"{self.code} {self.status} {self.text}" if self.status else f"{self.code} {self.text}"
-        )
+        """The reply as sent, e.g. ``"550 5.7.1 No thanks"`` (lines joined by CRLF)."""
+        return format_reply(self.code, self.status, self.text)

@@ -98,14 +98,15 @@ def _header_value(raw: bytes) -> str:
 
 def reply_verdict(text: str) -> Verdict | None:
     """A SMFIR_REPLYCODE reply as a verdict: code, enhanced status and text as the milter gave
-    them (a multi-line reply keeps its first code and joins its texts). None if not 4xx/5xx."""
+    them; a multi-line reply stays multi-line, with its first line's code and status on every
+    line. None if not 4xx/5xx."""
     lines = [line for line in text.replace("\r\n", "\n").split("\n") if line]
     parsed = [_REPLY_LINE.match(line) for line in lines]
     if not parsed or parsed[0] is None:
         return None
     code = int(parsed[0].group(1))
     status = parsed[0].group(2) or ""
-    body = " ".join(
+    body = "\n".join(
         (m.group(3) if m else line).strip() for m, line in zip(parsed, lines, strict=True)
     )
     if status and status[0] != str(code)[0]:

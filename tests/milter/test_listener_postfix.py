@@ -134,6 +134,18 @@ def test_reject_at_end_of_data_carries_the_plugins_reply(gate: Gate, routes: lis
         assert gate.delivered(sent, timeout=0.3) == []
 
 
+def test_a_multi_line_reply_reaches_the_client_as_one(gate: Gate, routes: list[Route]) -> None:
+    text = "Not today, plugin\nSee https://example.org/why"
+    gate.chain.use(OnMessage(lambda tx, msg: Verdict.reject(554, "5.7.9", text)))
+    for route in routes:
+        sent = gate.send(route)
+        assert sent.returncode != 0, route.name
+        replies = sent.replies()
+        assert "554-5.7.9 Not today, plugin" in replies, (route.name, sent.output)
+        assert "554 5.7.9 See https://example.org/why" in replies, (route.name, sent.output)
+        assert gate.delivered(sent, timeout=0.3) == []
+
+
 def test_tempfail_at_rcpt_refuses_only_that_recipient(gate: Gate, routes: list[Route]) -> None:
     gate.chain.use(OnRcpt())
     for route in routes:

@@ -154,6 +154,19 @@ def test_reject_verdict_is_the_reply_with_the_plugins_code(
     assert smtp_sink.messages() == []
 
 
+@pytest.mark.parametrize("stage", ["mail", "rcpt", "message"])
+def test_a_multi_line_verdict_is_a_multi_line_reply(
+    gateway_factory: GatewayFactory, smtp_sink: SmtpSink, tmp_path: Path, stage: str
+) -> None:
+    verdict = Verdict.reject(550, "5.7.1", "Refused by policy\nSee https://example.org/why")
+    gateway = gateway_factory(
+        relay_to(smtp_sink.host, smtp_sink.port, tmp_path), [Decides(stage, verdict)]
+    )
+    replies = send(gateway.port)
+    assert (550, b"5.7.1 Refused by policy\n5.7.1 See https://example.org/why") in replies
+    assert smtp_sink.messages() == []
+
+
 def test_tempfail_at_end_of_data_is_a_4xx_and_nothing_is_relayed(
     gateway_factory: GatewayFactory, smtp_sink: SmtpSink, tmp_path: Path
 ) -> None:

@@ -6,7 +6,8 @@ chosen by the message:
 
 - sender ``mail-reject@...``: REJECT at MAIL; ``mail-tempfail@...``: TEMPFAIL at MAIL
 - recipient ``rcpt-reject@...``: 550 5.1.1 (setreply) at RCPT, for that recipient
-- Subject ``reply``: 554 5.7.1 (setreply) at end of message; ``discard``, ``tempfail``:
+- Subject ``reply``: 554 5.7.1 (setreply) at end of message; ``mlreply``: the same as a
+  two-line reply (setmlreply); ``discard``, ``tempfail``:
   those replies; ``quarantine``: a quarantine action; ``slow``: no answer for 5 s;
   ``progress``: PROGRESS every 0.4 s for 1.2 s, then accept
 - otherwise every action its protocol version has, then ACCEPT.
@@ -89,6 +90,9 @@ class ActionMilter(Milter.Base):  # type: ignore[misc]
         subject = self.subject
         if subject == "reply":
             self.setreply("554", "5.7.1", "milter says no")
+            return Milter.REJECT
+        if subject == "mlreply":
+            self.setreply("554", "5.7.1", "milter says no", "on two lines")
             return Milter.REJECT
         if subject == "discard":
             return Milter.DISCARD

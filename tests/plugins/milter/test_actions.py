@@ -82,6 +82,10 @@ def test_refusals_at_mail_rcpt_and_end_of_data_use_the_milters_replies(
         assert (code, text) == (554, b"5.7.1 milter says no")
         client.mail("s@example.com")
         client.rcpt("b@example.com")
+        code, text = client.data(message("mlreply"))
+        assert (code, text) == (554, b"5.7.1 milter says no\n5.7.1 on two lines")
+        client.mail("s@example.com")
+        client.rcpt("b@example.com")
         assert client.data(message("tempfail"))[0] == 451
         client.mail("s@example.com")
         client.rcpt("b@example.com")

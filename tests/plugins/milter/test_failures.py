@@ -173,7 +173,8 @@ def test_replycode_is_passed_through_verbatim() -> None:
     assert reply_verdict("550 5.7.1 Go away") == Verdict.reject(550, "5.7.1", "Go away")
     assert reply_verdict("451 try later") == Verdict.tempfail(451, "", "try later")
     verdict = reply_verdict("550-5.7.1 line one\r\n550 5.7.1 line two")
-    assert verdict is not None and verdict.text == "line one line two"
+    assert verdict is not None and verdict.text == "line one\nline two"
+    assert verdict.smtp_reply() == "550-5.7.1 line one\r\n550 5.7.1 line two"
     assert reply_verdict("250 fine") is None
     assert reply_verdict("garbage") is None
 
