@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -76,6 +78,13 @@ scache unix - - n - 1 scache
 postlog unix-dgram n - n - 1 postlogd
 """
 
+# smtpd seeds TLS from tlsmgr: without it, "no entropy for TLS key generation" and STARTTLS 454.
+TLS_SERVICES = "tlsmgr unix - - n 1000? 1 tlsmgr\n"
+
+SASL_USER_REALM = "pf.test"
+"""The realm of `Postfix.enable_sasl` users (``smtpd_sasl_local_domain``): they log in as
+``name``, and Postfix (its log, ``{auth_authen}`` for milters) calls them ``name@pf.test``."""
+
 
 @dataclass(frozen=True, slots=True)
 class Listener:
@@ -84,14 +93,15 @@ class Listener:
     port: int
     milters: tuple[str, ...] = ()
     options: Mapping[str, str] = field(default_factory=dict)  # extra ``-o name=value``
+    host: str = ""  # the instance's host when empty; "::1" for an IPv6 listener
 
     def master_cf_line(self, host: str) -> str:
-        """This listener's line in master.cf."""
+        """This listener's line in master.cf (``[::1]:PORT`` for an IPv6 host)."""
         opts = dict(self.options)
         if self.milters:
             opts["smtpd_milters"] = ", ".join(self.milters)
         args = "".join(f" -o {{ {name} = {value} }}" for name, value in opts.items())
-        return f"{host}:{self.port} inet n - n - - smtpd{args}\n"
+        return f"{_bracketed(self.host or host)}:{self.port} inet n - n - - smtpd{args}\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +167,8 @@ class Postfix(Peer):
         self.vmail = make_dir(workdir / "vmail", owner="nobody:nogroup")
         self.maillog_path = workdir / "maillog"
         self.daemon: Daemon | None = None
+        self.tls: tuple[str, str] | None = None
+        self.sasl_dir: Path | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -210,8 +222,44 @@ class Postfix(Peer):
             params["relayhost"] = f"[{self.relayhost[0]}]:{self.relayhost[1]}"
         else:
             params["default_transport"] = "retry:no relayhost in this test"
+        if self.tls is not None:
+            params["smtpd_tls_cert_file"], params["smtpd_tls_key_file"] = self.tls
+            params["smtpd_tls_security_level"] = "may"
+        if self.sasl_dir is not None:
+            params["smtpd_sasl_auth_enable"] = "yes"
+            params["smtpd_sasl_type"] = "cyrus"
+            params["smtpd_sasl_path"] = "smtpd"
+            params["cyrus_sasl_config_path"] = str(self.sasl_dir)
+            params["smtpd_sasl_local_domain"] = SASL_USER_REALM
         params.update(self.extra_main_cf)
         return params
+
+    def enable_tls(self, cert: str, key: str) -> None:
+        """Offer STARTTLS on every smtpd with this certificate and key (call before
+        ``start()``); ``certificate`` from tests.peers.certificate fits."""
+        self.tls = (cert, key)
+
+    def enable_sasl(self, users: Mapping[str, str]) -> None:
+        """Offer AUTH PLAIN and LOGIN on every smtpd (Cyrus SASL, call before ``start()``),
+        for ``users`` (name: password) in a private sasldb, in realm `SASL_USER_REALM`."""
+        # Debian's smtpd reads $config_directory/sasl/smtpd.conf whatever cyrus_sasl_config_path
+        # says (its patch puts a Cyrus GETCONFPATH callback first); upstream's uses the latter.
+        self.sasl_dir = make_dir(self.etc / "sasl")
+        db = self.sasl_dir / "sasldb2"
+        (self.sasl_dir / "smtpd.conf").write_text(
+            f"pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN\n"
+            f"sasldb_path: {db}\n"
+        )
+        for name, password in users.items():
+            subprocess.run(
+                ["saslpasswd2", "-p", "-c", "-f", str(db), "-u", SASL_USER_REALM, name],
+                input=password.encode(),
+                check=True,
+                capture_output=True,
+            )
+        # smtpd opens the sasldb at AUTH time, after it has dropped to the postfix user.
+        shutil.chown(db, "root", "postfix")
+        db.chmod(0o640)
 
     def add_listener(
         self,
@@ -220,20 +268,25 @@ class Postfix(Peer):
         protocol: int | None = None,
         default_action: str | None = None,
         options: Mapping[str, str] | None = None,
+        host: str | None = None,
     ) -> int:
         """Add an smtpd listener with ``milters``; returns its port. Works before ``start()``,
-        and after it too (Postfix reloads and the port is open when this returns)."""
+        and after it too (Postfix reloads and the port is open when this returns).
+
+        ``host="::1"`` listens on IPv6 loopback; the instance then needs ``main_cf``
+        ``inet_protocols = all`` (which a milter at ``inet:[::1]:PORT`` needs too)."""
         opts = dict(options or {})
         if protocol is not None:
             opts["milter_protocol"] = str(protocol)
         if default_action is not None:
             opts["milter_default_action"] = default_action
-        listener = Listener(free_port(self.host), tuple(milters), opts)
+        host = host or self.host
+        listener = Listener(_free_port(host), tuple(milters), opts, host)
         self.listeners.append(listener)
         if self.daemon is not None:
             self._write_config()
             self.reload()
-            _wait(banner_probe(self.host, listener.port), 10.0, f"listener {listener.port}")
+            _wait(banner_probe(host, listener.port), 10.0, f"listener {listener.port}")
         return listener.port
 
     def _write_config(self) -> None:
@@ -241,7 +294,8 @@ class Postfix(Peer):
         (self.etc / "main.cf").write_text(main)
         master = f"{self.host}:{self.port} inet n - n - - smtpd\n"
         master += "".join(listener.master_cf_line(self.host) for listener in self.listeners)
-        (self.etc / "master.cf").write_text(master + SERVICES)
+        services = SERVICES + (TLS_SERVICES if self.tls is not None else "")
+        (self.etc / "master.cf").write_text(master + services)
         (self.etc / "rcpt_access").write_text(RECIPIENT_ACCESS)
         (self.etc / "sender_access").write_text(SENDER_ACCESS)
         (self.etc / "header_checks").write_text(HEADER_CHECKS)
@@ -343,6 +397,25 @@ class Postfix(Peer):
                 )
             time.sleep(0.05)
         return found
+
+
+def _bracketed(host: str) -> str:
+    """``[::1]`` for an IPv6 literal (master.cf's spelling), any other host as it is."""
+    return f"[{host}]" if ":" in host else host
+
+
+def _free_port(host: str) -> int:
+    """`free_port` for an IPv4 or IPv6 host (free_port binds IPv4 only)."""
+    if ":" not in host:
+        return free_port(host)
+    while True:
+        port = free_port()
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        return port
 
 
 def _wait(probe: Callable[[], bool], timeout: float, what: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -53,20 +52,6 @@ def relay_to(host: str, port: int, quarantine_dir: Path | str) -> RelayEgress:
 def sink_gateway(gateway_factory: GatewayFactory, smtp_sink: SmtpSink, tmp_path: Path) -> Gateway:
     """A gateway relaying to a real smtp-sink."""
     return gateway_factory(relay_to(smtp_sink.host, smtp_sink.port, tmp_path / "quarantine"))
-
-
-@pytest.fixture(scope="session")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """A self-signed certificate and key made with openssl."""
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=mx.mailgate.test", "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return str(cert), str(key)
 
 
 @pytest.fixture
