@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import os
 import pkgutil
 from collections.abc import Callable
 
@@ -15,6 +14,7 @@ import pytest
 
 import tests.peers
 from mailgate import event_loop
+from tests import event_loops
 
 
 def _export_peer_fixtures() -> None:
@@ -35,8 +35,8 @@ def pytest_asyncio_loop_factories(
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     """Run every async test on the loop ``mailgate serve`` uses by default (uvloop here), or on
     the one named by ``MAILGATE_TEST_LOOP`` (``asyncio`` or ``uvloop``)."""
-    choice = os.environ.get("MAILGATE_TEST_LOOP", "auto")
-    if choice not in ("auto", "uvloop", "asyncio"):
-        raise pytest.UsageError(f"MAILGATE_TEST_LOOP={choice!r}: expected uvloop or asyncio")
-    kind = event_loop.resolve(choice)  # type: ignore[arg-type]
+    try:
+        kind = event_loops.chosen()
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
     return {kind: event_loop.loop_factory(kind)}

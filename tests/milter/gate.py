@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from mailgate.milter.listener import MilterListener
 from mailgate.milter.settings import MilterListenerSettings
 from mailgate.pipeline import EnabledPlugin, ErrorPolicy, Pipeline, declared_reads
+from tests import event_loops
 from tests.peers.postfix import DeliveredMessage, Postfix
 
 T = TypeVar("T")
@@ -24,7 +25,7 @@ class LoopThread:
     """An asyncio loop running in a daemon thread, so synchronous tests can drive Postfix."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = event_loops.new_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 

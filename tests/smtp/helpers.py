@@ -14,6 +14,7 @@ from mailgate.egress import Egress, Reply
 from mailgate.pipeline import EnabledPlugin, Pipeline
 from mailgate.session import Session, Transaction
 from mailgate.smtp import SmtpListener, SmtpListenerSettings
+from tests import event_loops
 
 
 @dataclass
@@ -98,7 +99,7 @@ class Gateway:
             for p in plugins
         ]
         self.pipeline = Pipeline(enabled)
-        self.loop = asyncio.new_event_loop()
+        self.loop = event_loops.new_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.listener = SmtpListener(self.settings, pipeline=lambda: self.pipeline, egress=egress)
 

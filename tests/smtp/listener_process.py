@@ -14,6 +14,7 @@ import structlog
 from mailgate.pipeline import Pipeline
 from mailgate.relay import RelayEgress, RelaySettings
 from mailgate.smtp import SmtpListener, SmtpListenerSettings
+from tests import event_loops
 
 
 async def main(relay: str, quarantine_dir: str) -> None:
@@ -35,4 +36,5 @@ async def main(relay: str, quarantine_dir: str) -> None:
 
 if __name__ == "__main__":
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    with asyncio.Runner(loop_factory=event_loops.new_loop) as runner:
+        runner.run(main(sys.argv[1], sys.argv[2]))
