@@ -19,7 +19,7 @@ import structlog
 from mailgate.config import ConfigError
 from mailgate.loader import Config, load_config
 from mailgate.logging import configure_logging
-from mailgate.pipeline import Pipeline
+from mailgate.pipeline import Observer, Pipeline
 from mailgate.relay import RelayEgress
 from mailgate.smtp.listener import SmtpListener
 
@@ -69,7 +69,10 @@ class App:
         self.config: Config = config or load_config(
             directory, listen=listen, relay=relay, milter=milter
         )
+        self.observers: list[Observer] = []
+        """Told about every plugin call of every pipeline this app runs (metrics)."""
         self.pipeline: Pipeline = self.config.pipeline()
+        self.pipeline.observers = self.observers
         self.egress = RelayEgress(self.config.relay)
         self.listeners: list[Listener] = []
         self.reloads = 0
@@ -117,6 +120,7 @@ class App:
                 self.directory, listen=self.listen, relay=self.relay, milter=self.milter
             )
             pipeline = config.pipeline()
+            pipeline.observers = self.observers
         except ConfigError as exc:
             log.error("configuration refused, keeping the old one", error=str(exc))
             return False

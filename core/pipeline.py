@@ -86,9 +86,44 @@ class EnabledPlugin:
 @dataclass(slots=True)
 class _Call:
     plugin: EnabledPlugin
+    hook: str
     function: Callable[..., Any]
     argnames: tuple[str, ...]
     is_async: bool
+
+
+class CallStatus(enum.Enum):
+    """How one plugin call went."""
+
+    OK = "ok"
+    """The plugin answered (`HookCall.result` is its answer)."""
+    SKIPPED = "skipped"
+    """Its `when` expression was false: not called."""
+    FAILED = "failed"
+    """It raised or timed out; its `on_error` policy applied (`HookCall.error` says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HookCall:
+    """One call of one plugin's hook, as observers see it (for metrics, `mailgate try`)."""
+
+    plugin: str
+    """The plugin's name in the chain (its entry-point name, or ``name:file-stem``)."""
+    hook: str
+    """``on_connect`` ... ``on_disconnect``, or ``authenticate``."""
+    status: CallStatus
+    seconds: float
+    """Wall time of the call (0 when skipped)."""
+    result: Any = None
+    """What the plugin returned: a `Verdict`, None, or for `authenticate` True/False/None."""
+    error: str = ""
+    """Why it failed (``TimeoutError``: ``timed out after 2s``; else the exception)."""
+    modifications: tuple[Modification, ...] = ()
+    """The changes this call made to the transaction, in order."""
+
+
+Observer = Callable[[HookCall, Session, Transaction | None], None]
+"""Told about every plugin call, after it returns; must be quick and must not raise."""
 
 
 @dataclass(slots=True)
@@ -110,6 +145,22 @@ def error_verdict(policy: ErrorPolicy) -> Verdict | None:
     return None
 
 
+def _modification_list(tx: Transaction | None) -> list[Modification]:
+    """Where a plugin call's changes go: the concurrent group's own list, or the transaction's."""
+    pending = pending_modifications.get()
+    if pending is not None:
+        return pending
+    return tx.modifications if tx is not None else []
+
+
+def _made_so_far(tx: Transaction | None) -> int:
+    return len(_modification_list(tx))
+
+
+def _made_since(tx: Transaction | None, before: int) -> tuple[Modification, ...]:
+    return tuple(_modification_list(tx)[before:])
+
+
 def new_plugin_manager() -> pluggy.PluginManager:
     """A plugin manager that knows mailgate's hook specifications."""
     pm = pluggy.PluginManager(PROJECT)
@@ -124,8 +175,12 @@ class Pipeline:
     they started with.
     """
 
-    def __init__(self, plugins: Sequence[EnabledPlugin]) -> None:
+    def __init__(
+        self, plugins: Sequence[EnabledPlugin], observers: Sequence[Observer] = ()
+    ) -> None:
         self.plugins = list(plugins)
+        self.observers: list[Observer] = list(observers)
+        """Called with a `HookCall` after every plugin call (see `HookCall`)."""
         self.pm = new_plugin_manager()
         for p in self.plugins:
             self.pm.register(p.instance, name=p.name)
@@ -142,7 +197,9 @@ class Pipeline:
             impl = by_plugin.get(id(p.instance))
             if impl is not None:
                 fn = impl.function
-                calls.append(_Call(p, fn, tuple(impl.argnames), inspect.iscoroutinefunction(fn)))
+                calls.append(
+                    _Call(p, hook_name, fn, tuple(impl.argnames), inspect.iscoroutinefunction(fn))
+                )
         return calls
 
     def implements(self, hook_name: str) -> bool:
@@ -177,8 +234,11 @@ class Pipeline:
         """
         p = call.plugin
         if not always and p.when is not None and not p.when(session, tx):
+            if self.observers:
+                self._observe(HookCall(p.name, call.hook, CallStatus.SKIPPED, 0.0), session, tx)
             return True, None
         args = {k: kwargs[k] for k in call.argnames}
+        made = _made_so_far(tx) if self.observers else 0
         started = time.perf_counter()
         try:
             if call.is_async:
@@ -190,12 +250,50 @@ class Pipeline:
                     async with asyncio.timeout(p.timeout):
                         result = await result
         except TimeoutError:
-            self._failed(p, session, tx, f"timed out after {p.timeout:g}s", started)
+            why = f"timed out after {p.timeout:g}s"
+            self._failed(p, session, tx, why, started)
+            self._report_failure(call, why, started, made, session, tx)
             return False, None
         except Exception as exc:
-            self._failed(p, session, tx, f"{type(exc).__name__}: {exc}", started, exc)
+            why = f"{type(exc).__name__}: {exc}"
+            self._failed(p, session, tx, why, started, exc)
+            self._report_failure(call, why, started, made, session, tx)
             return False, None
+        if self.observers:
+            seconds = time.perf_counter() - started
+            mods = _made_since(tx, made)
+            self._observe(
+                HookCall(p.name, call.hook, CallStatus.OK, seconds, result, "", mods), session, tx
+            )
         return True, result
+
+    def _report_failure(
+        self,
+        call: _Call,
+        why: str,
+        started: float,
+        made: int,
+        session: Session,
+        tx: Transaction | None,
+    ) -> None:
+        if self.observers:
+            seconds = time.perf_counter() - started
+            failure = HookCall(
+                call.plugin.name,
+                call.hook,
+                CallStatus.FAILED,
+                seconds,
+                error=why,
+                modifications=_made_since(tx, made),
+            )
+            self._observe(failure, session, tx)
+
+    def _observe(self, call: HookCall, session: Session, tx: Transaction | None) -> None:
+        for observer in self.observers:
+            try:
+                observer(call, session, tx)
+            except Exception:
+                log.exception("pipeline observer failed", observer=repr(observer))
 
     @staticmethod
     def _failed(
