@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from mailgate import Address, Session, Transaction, Verdict, hookimpl
-from mailgate.message import Message, new_spool, parse_header_block
+from mailgate.message import Message
 from mailgate.pipeline import (
     MESSAGE_PARTS,
     AuthenticationUnavailable,
@@ -16,14 +16,7 @@ from mailgate.pipeline import (
     Pipeline,
     declared_reads,
 )
-
-
-def _tx() -> Transaction:
-    tx = Transaction(Address("alice@example.com"))
-    spool = new_spool()
-    spool.write(b"body\r\n")
-    tx.message = Message(parse_header_block(b"Subject: hi\r\n"), spool)
-    return tx
+from tests.core.transactions import small_transaction
 
 
 class Recorder:
@@ -45,7 +38,9 @@ async def test_plugins_are_asked_in_confd_order_and_the_first_verdict_wins() -> 
         EnabledPlugin("b", Recorder(log, "b", Verdict.reject(550, "5.1.1", "No such user"))),
         EnabledPlugin("c", Recorder(log, "c", Verdict.reject(554, "5.7.1", "other"))),
     ]
-    verdict = await Pipeline(plugins).rcpt(Session("192.0.2.1"), _tx(), Address("x@y"))
+    verdict = await Pipeline(plugins).rcpt(
+        Session("192.0.2.1"), small_transaction(), Address("x@y")
+    )
     assert log == ["a", "b"]
     assert verdict is not None and verdict.smtp_reply() == "550 5.1.1 No such user"
 
@@ -56,7 +51,9 @@ async def test_accept_ends_the_stage() -> None:
         EnabledPlugin("a", Recorder(log, "a", Verdict.accept())),
         EnabledPlugin("b", Recorder(log, "b", Verdict.reject())),
     ]
-    verdict = await Pipeline(plugins).rcpt(Session("192.0.2.1"), _tx(), Address("x@y"))
+    verdict = await Pipeline(plugins).rcpt(
+        Session("192.0.2.1"), small_transaction(), Address("x@y")
+    )
     assert log == ["a"]
     assert verdict == Verdict.accept()
 
@@ -86,7 +83,7 @@ async def test_failure_applies_the_plugins_own_policy(
     plugin: Any, policy: ErrorPolicy, expected: str | None
 ) -> None:
     pipeline = Pipeline([EnabledPlugin("p", plugin, timeout=0.05, on_error=policy)])
-    tx = _tx()
+    tx = small_transaction()
     verdict = await pipeline.mail(Session("192.0.2.1"), tx)
     if expected is None:
         assert verdict is None
@@ -106,7 +103,7 @@ class OnlyTransaction:
 
 
 async def test_an_implementation_gets_only_the_arguments_it_names() -> None:
-    tx = _tx()
+    tx = small_transaction()
     await Pipeline([EnabledPlugin("p", OnlyTransaction())]).data(Session("192.0.2.1"), tx)
     assert OnlyTransaction.seen is tx
 
@@ -116,7 +113,9 @@ async def test_when_false_skips_the_plugin() -> None:
     plugin = EnabledPlugin(
         "a", Recorder(log, "a", Verdict.reject()), when=lambda s, t: s.client_ip == "192.0.2.9"
     )
-    verdict = await Pipeline([plugin]).rcpt(Session("192.0.2.1"), _tx(), Address("x@y"))
+    verdict = await Pipeline([plugin]).rcpt(
+        Session("192.0.2.1"), small_transaction(), Address("x@y")
+    )
     assert verdict is None and log == []
 
 
@@ -137,7 +136,7 @@ async def test_concurrent_scanners_cost_the_slowest_not_the_sum() -> None:
         EnabledPlugin("s2", SlowScanner("s2", 0.3), concurrent=True),
         EnabledPlugin("s3", SlowScanner("s3", 0.3), concurrent=True),
     ]
-    tx = _tx()
+    tx = small_transaction()
     started = time.monotonic()
     assert await Pipeline(plugins).message(Session("192.0.2.1"), tx) is None
     assert time.monotonic() - started < 0.6
@@ -150,7 +149,7 @@ async def test_concurrent_changes_are_applied_in_confd_order_whoever_ends_first(
         EnabledPlugin("slow", SlowScanner("slow", 0.2), concurrent=True),
         EnabledPlugin("fast", SlowScanner("fast", 0.0), concurrent=True),
     ]
-    tx = _tx()
+    tx = small_transaction()
     await Pipeline(plugins).message(Session("192.0.2.1"), tx)
     assert tx.message is not None
     assert tx.message.get_all("X-Scanned-By") == ["slow", "fast"]
@@ -165,7 +164,7 @@ async def test_concurrent_group_verdict_is_the_first_in_confd_order() -> None:
             "b", SlowScanner("b", 0.0, Verdict.reject(550, "5.7.1", "spam")), concurrent=True
         ),
     ]
-    verdict = await Pipeline(plugins).message(Session("192.0.2.1"), _tx())
+    verdict = await Pipeline(plugins).message(Session("192.0.2.1"), small_transaction())
     assert verdict is not None and verdict.text == "virus"
 
 
@@ -184,12 +183,12 @@ async def test_a_sequential_plugin_sees_the_message_as_earlier_plugins_left_it()
         EnabledPlugin("s1", SlowScanner("s1", 0.0), concurrent=True),
         EnabledPlugin("counter", HeaderCounter()),
     ]
-    await Pipeline(plugins).message(Session("192.0.2.1"), _tx())
+    await Pipeline(plugins).message(Session("192.0.2.1"), small_transaction())
     assert HeaderCounter.seen == ["s1"]
 
 
 async def test_recipient_modifications_change_the_envelope() -> None:
-    tx = _tx()
+    tx = small_transaction()
     tx.recipients = [Address("a@x.test"), Address("b@x.test")]
     tx.delete_recipient("A@x.test")
     tx.add_recipient("c@x.test", ("NOTIFY=NEVER",))

@@ -5,17 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from mailgate import Address, Session, Transaction, Verdict, hookimpl
-from mailgate.message import Message, new_spool, parse_header_block
 from mailgate.modifications import AddHeader, AddRecipient
 from mailgate.pipeline import CallStatus, EnabledPlugin, ErrorPolicy, HookCall, Pipeline
-
-
-def _tx() -> Transaction:
-    tx = Transaction(Address("alice@example.com"))
-    spool = new_spool()
-    spool.write(b"body\r\n")
-    tx.message = Message(parse_header_block(b"Subject: hi\r\n"), spool)
-    return tx
+from tests.core.transactions import small_transaction
 
 
 class Seen:
@@ -64,7 +56,7 @@ class Broken:
 async def test_an_answer_and_its_changes_are_reported_per_call() -> None:
     seen = Seen()
     pipeline = Pipeline([EnabledPlugin("refuser", Refuser())], observers=[seen])
-    tx = _tx()
+    tx = small_transaction()
     verdict = await pipeline.rcpt(Session("192.0.2.1"), tx, Address("x@example.com"))
     (call,) = seen.calls
     assert (call.plugin, call.hook, call.status) == ("refuser", "on_rcpt", CallStatus.OK)
@@ -80,7 +72,7 @@ async def test_a_failure_reports_why_and_a_false_when_reports_a_skip() -> None:
         EnabledPlugin("broken", Broken(), timeout=0.05, on_error=ErrorPolicy.ACCEPT),
     ]
     pipeline = Pipeline(plugins, observers=[seen])
-    tx = _tx()
+    tx = small_transaction()
     assert await pipeline.rcpt(Session("192.0.2.1"), tx, Address("x@example.com")) is None
     assert await pipeline.message(Session("192.0.2.1"), tx) is None
     skipped, failed, timed_out = seen.calls
@@ -97,7 +89,7 @@ async def test_concurrent_scanners_each_report_their_own_changes() -> None:
         EnabledPlugin("slow", Tagger("Slow", delay=0.05), concurrent=True),
         EnabledPlugin("fast", Tagger("Fast"), concurrent=True),
     ]
-    tx = _tx()
+    tx = small_transaction()
     await Pipeline(plugins, observers=[seen]).message(Session("192.0.2.1"), tx)
     by_plugin = {call.plugin: call for call in seen.calls}
     assert by_plugin["slow"].modifications == (AddHeader("X-Slow", "yes"),)
@@ -111,6 +103,8 @@ async def test_a_failing_observer_does_not_change_the_answer() -> None:
 
     seen = Seen()
     pipeline = Pipeline([EnabledPlugin("refuser", Refuser())], observers=[broken, seen])
-    verdict = await pipeline.rcpt(Session("192.0.2.1"), _tx(), Address("x@example.com"))
+    verdict = await pipeline.rcpt(
+        Session("192.0.2.1"), small_transaction(), Address("x@example.com")
+    )
     assert verdict is not None and verdict.code == 550
     assert len(seen.calls) == 1, "later observers are still told"
