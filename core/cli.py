@@ -1,15 +1,21 @@
-"""The ``mailgate`` command: ``serve``, ``check-config`` and ``plugins``."""
+"""The ``mailgate`` command: ``serve``, ``check-config``, ``plugins`` and ``try``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mailgate import __version__
 from mailgate.config import ConfigError
 from mailgate.loader import Config, installed_plugins, load_config
+
+if TYPE_CHECKING:
+    from mailgate.trial import Trial
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,7 +45,40 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--listen", metavar="HOST:PORT", help=argparse.SUPPRESS)
     check.add_argument("--relay", metavar="HOST:PORT", help=argparse.SUPPRESS)
     with_config("plugins", "list installed plugins, which are enabled, and their order")
+    _try_arguments(
+        with_config(
+            "try",
+            "run one message through the configured plugins, offline, and show what each "
+            "decided and changed (exit 0: accepted, 1: bad configuration, 2: usage, "
+            "4: tempfail, 5: reject)",
+        )
+    )
     return parser
+
+
+def _try_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("message", metavar="MESSAGE", help="the message file, or - for stdin")
+    p.add_argument(
+        "--from", dest="sender", metavar="ADDR", help="envelope sender (default: From header)"
+    )
+    p.add_argument(
+        "--rcpt",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="envelope recipient, repeat for more (default: To and Cc headers)",
+    )
+    p.add_argument("--client", default="127.0.0.1", metavar="IP", help="client address")
+    p.add_argument("--helo", default="localhost", metavar="NAME", help="HELO/EHLO name")
+    p.add_argument("--auth", default="", metavar="LOGIN", help="as if authenticated as LOGIN")
+    p.add_argument("--tls", action="store_true", help="as if the client had used STARTTLS")
+    p.add_argument(
+        "--ingress", choices=("smtp", "milter"), default="smtp", help="listener type to mimic"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document instead")
+    p.add_argument(
+        "--output", metavar="FILE", help="write the message as it would be delivered to FILE"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args.config, args.listen, args.relay, args.milter)
+        if args.command == "try":
+            return _try(args)
         if args.command == "check-config":
             config = load_config(args.config, listen=args.listen, relay=args.relay)
             config.pipeline()
@@ -79,6 +120,44 @@ def _serve(
         print(f"mailgate: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _try(args: argparse.Namespace) -> int:
+    from mailgate import event_loop, trial
+    from mailgate.logging import LoggingSettings, configure_logging
+
+    try:
+        raw = trial.read_message(args.message)
+        envelope = trial.envelope(raw, args.sender, args.rcpt)
+    except trial.UsageError as exc:
+        print(f"mailgate try: {exc}", file=sys.stderr)
+        return trial.EXIT_USAGE
+    config = load_config(args.config)
+    # Plugin failures, with their tracebacks, go to stderr as JSON lines; the report is on stdout.
+    configure_logging(LoggingSettings(level="warning"))
+    client = trial.Client(args.client, args.helo, args.auth, args.tls, args.ingress)
+    factory = event_loop.loop_factory(config.mailgate.event_loop)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        result = runner.run(trial.run_trial(config, client, envelope, raw))
+    source = "(stdin)" if args.message == "-" else args.message
+    if args.json:
+        print(json.dumps(trial.json_document(result, source), indent=2))
+    else:
+        print("\n".join(trial.text_lines(result, source)))
+    if args.output:
+        _write_output(result, args.output, quiet=args.json)
+    return result.exit_status
+
+
+def _write_output(result: Trial, path: str, *, quiet: bool) -> None:
+    from mailgate import trial
+
+    if result.delivered:
+        trial.write_message(result, path)
+        note = f"message written to {path}"
+    else:
+        note = f"{path} not written: the message would not be delivered"
+    print(note, file=sys.stderr if quiet else sys.stdout)
 
 
 def _summary(config: Config) -> str:
