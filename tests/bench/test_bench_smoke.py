@@ -10,6 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.peers.workdir import PeerDirs
+
+from . import bench_milter_latency as latency
 from .harness import (
     DEFAULT_SYSTEMS,
     BenchPlan,
@@ -133,3 +136,20 @@ def test_profile_self_time_adds_up_to_the_samples(stacks: list[tuple[list[str], 
     assert sum(own.values()) == samples
     assert all(total[name] >= own[name] for name in own)
     assert all(count <= samples for count in total.values())
+
+
+def test_milter_latency_bench_sends_every_message_through_its_milter(peer_dirs: PeerDirs) -> None:
+    """Every route of bench_milter_latency delivers every message, each milter's mark is on
+    exactly the messages of its three routes (so each route really ran its milter), and every
+    figure in the table is a positive time."""
+    delivered: list[bytes] = []
+    rows = latency.run(messages=3, repeats=1, dirs=peer_dirs, inspect=delivered.extend)
+    per_route = latency.WARMUP + 3
+    routes = 2 + len(latency.PATHS) * len(latency.MILTERS)  # Postfix alone, mailgate alone
+    assert len(delivered) == routes * per_route
+    assert latency.marked(delivered) == dict.fromkeys(
+        latency.MILTERS, len(latency.PATHS) * per_route
+    )
+    assert [row.milter for row in rows] == [latency.ALONE, *latency.MILTERS]
+    assert all(row.ms[path] > 0 for row in rows for path in latency.PATHS)
+    assert len(latency.table(rows).splitlines()) == 2 + len(rows)

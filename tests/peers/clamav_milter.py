@@ -9,31 +9,43 @@ import pytest
 
 from tests.peers.clamd import Clamd, start_clamd
 from tests.peers.milter_probe import optneg_probe
+from tests.peers.ports import free_port
 from tests.peers.process import Daemon, Peer, start_daemon, stop_all
 from tests.peers.workdir import PeerDirs
 
 
 class ClamavMilter(Peer):
     """A running clamav-milter: rejects EICAR with ``550 5.7.1 Virus found: <name>``, adds
-    ``X-Virus-Status: Clean`` to clean mail."""
+    ``X-Virus-Status: Clean`` to clean mail. It listens on a unix socket, or with ``tcp=True``
+    on a loopback TCP port instead."""
 
-    def __init__(self, workdir: Path, clamd: Clamd) -> None:
+    def __init__(self, workdir: Path, clamd: Clamd, *, tcp: bool = False) -> None:
         self.workdir = workdir
         self.clamd = clamd
         self.socket_path = workdir / "milter.sock"
+        self.port = free_port() if tcp else None
         self.log = workdir / "clamav-milter.log"
         self.daemon: Daemon | None = None
 
     @property
     def milter(self) -> str:
         """The milter address as Postfix's smtpd_milters spells it."""
+        if self.port is not None:
+            return f"inet:127.0.0.1:{self.port}"
         return f"unix:{self.socket_path}"
+
+    @property
+    def milter_socket(self) -> str:
+        """The same address as clamav-milter.conf's ``MilterSocket`` spells it."""
+        if self.port is not None:
+            return f"inet:{self.port}@127.0.0.1"
+        return self.milter
 
     def start(self) -> ClamavMilter:
         """Write clamav-milter.conf, start it, wait until it answers OPTNEG."""
         d = self.workdir
         conf = {
-            "MilterSocket": self.milter,
+            "MilterSocket": self.milter_socket,
             "MilterSocketMode": "666",
             "FixStaleSocket": "yes",
             "Foreground": "yes",

@@ -17,7 +17,7 @@ import pytest
 from tests.peers.dns import EXAMPLE_ZONE, DnsServer
 from tests.peers.milter_probe import optneg_probe
 from tests.peers.ports import free_port
-from tests.peers.process import Daemon, Peer, start_daemon
+from tests.peers.process import Daemon, Peer, make_dir, start_daemon
 from tests.peers.workdir import PeerDirs
 
 
@@ -34,20 +34,32 @@ def start_port53_dns() -> DnsServer:
 
 class OpenDmarc(Peer):
     """A running opendmarc: checks SPF itself, trusts Authentication-Results from mx.pf.test,
-    rejects DMARC failures under p=reject with ``550 5.7.1 rejected by DMARC policy``."""
+    rejects DMARC failures under p=reject with ``550 5.7.1 rejected by DMARC policy``.
+    It listens on a loopback TCP port, or with ``unix=True`` on a unix socket instead."""
 
-    def __init__(self, workdir: Path, dns: DnsServer) -> None:
+    def __init__(self, workdir: Path, dns: DnsServer, *, unix: bool = False) -> None:
         if dns.port != 53:
             raise ValueError("opendmarc's resolver can only ask port 53")
         self.workdir = workdir
         self.dns = dns
         self.port = free_port()
+        # opendmarc creates its socket after it has dropped to nobody: a directory of its own.
+        self.socket_path = workdir / "socket" / "opendmarc.sock" if unix else None
         self.daemon: Daemon | None = None
 
     @property
     def milter(self) -> str:
         """The milter address as Postfix's smtpd_milters spells it."""
+        if self.socket_path is not None:
+            return f"unix:{self.socket_path}"
         return f"inet:127.0.0.1:{self.port}"
+
+    def _socket(self) -> dict[str, str]:
+        # A unix socket anyone may connect to: Postfix's smtpd runs as postfix.
+        if self.socket_path is not None:
+            make_dir(self.socket_path.parent, owner="nobody")
+            return {"Socket": f"local:{self.socket_path}", "UMask": "000"}
+        return {"Socket": f"inet:{self.port}@127.0.0.1"}
 
     def start(self) -> OpenDmarc:
         """Write the configuration and resolv.conf, start opendmarc, wait for OPTNEG."""
@@ -56,8 +68,7 @@ class OpenDmarc(Peer):
         resolv.write_text(f"nameserver {self.dns.host}\noptions timeout:1 attempts:1\n")
         ignore = d / "ignore.hosts"
         ignore.write_text("")  # the default ignores 127.0.0.1, which is all test traffic
-        conf = {
-            "Socket": f"inet:{self.port}@127.0.0.1",
+        conf = self._socket() | {
             "PidFile": f"{d}/opendmarc.pid",
             "Background": "false",
             "Syslog": "false",

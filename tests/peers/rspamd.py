@@ -22,7 +22,7 @@ options {
 }
 logging { type = "file"; filename = "$LOGDIR/rspamd.log"; level = "info"; }
 worker "rspamd_proxy" {
-    bind_socket = "127.0.0.1:%(port)d";
+    bind_socket = "%(bind)s";
     milter = yes;
     timeout = 120s;
     count = 1;
@@ -55,26 +55,37 @@ DISABLED_MODULES = (
 
 
 class Rspamd(Peer):
-    """A running rspamd whose proxy worker speaks milter on ``milter``; DNS goes to ``dns``."""
+    """A running rspamd whose proxy worker speaks milter on ``milter``; DNS goes to ``dns``.
+    The milter is on a loopback TCP port, or with ``unix=True`` on a unix socket instead."""
 
-    def __init__(self, workdir: Path, dns: DnsServer) -> None:
+    def __init__(self, workdir: Path, dns: DnsServer, *, unix: bool = False) -> None:
         self.workdir = workdir
         self.dns = dns
         self.port = free_port()
+        self.socket_path = workdir / "run" / "milter.sock" if unix else None
         self.log = workdir / "log" / "rspamd.log"
         self.daemon: Daemon | None = None
 
     @property
     def milter(self) -> str:
         """The milter address as Postfix's smtpd_milters spells it."""
+        if self.socket_path is not None:
+            return f"unix:{self.socket_path}"
         return f"inet:127.0.0.1:{self.port}"
+
+    @property
+    def _bind_socket(self) -> str:
+        # rspamd's spelling; the socket's mode lets Postfix's smtpd (user postfix) connect.
+        if self.socket_path is not None:
+            return f"{self.socket_path} mode=0666"
+        return f"127.0.0.1:{self.port}"
 
     def _write_config(self) -> None:
         d = self.workdir
         for sub in ("run", "db", "log"):
             make_dir(d / sub, owner="nobody:nogroup")
         local = make_dir(d / "local.d")
-        (d / "rspamd.conf").write_text(TOP_CONF % {"port": self.port})
+        (d / "rspamd.conf").write_text(TOP_CONF % {"bind": self._bind_socket})
         (d / "tld.dat").write_text(TINY_TLDS)
         (local / "options.inc").write_text(
             f'dns {{ nameserver = ["{self.dns.host}:{self.dns.port}"]; timeout = 0.5s; '

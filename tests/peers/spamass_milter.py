@@ -16,19 +16,30 @@ from tests.peers.workdir import PeerDirs
 
 class SpamassMilter(Peer):
     """A running spamass-milter (``-m``: headers only, body untouched) that rejects mail
-    scoring ``reject_score`` or more (GTUBE) with ``550 5.7.1 Blocked by SpamAssassin``."""
+    scoring ``reject_score`` or more (GTUBE) with ``550 5.7.1 Blocked by SpamAssassin``.
+    It listens on a loopback TCP port, or with ``unix=True`` on a unix socket instead."""
 
-    def __init__(self, workdir: Path, spamd: Spamd, reject_score: int = 15) -> None:
+    def __init__(
+        self, workdir: Path, spamd: Spamd, reject_score: int = 15, *, unix: bool = False
+    ) -> None:
         self.workdir = workdir
         self.spamd = spamd
         self.reject_score = reject_score
         self.port = free_port()
+        self.socket_path = workdir / "spamass-milter.sock" if unix else None
         self.daemon: Daemon | None = None
 
     @property
     def milter(self) -> str:
         """The milter address as Postfix's smtpd_milters spells it."""
+        if self.socket_path is not None:
+            return f"unix:{self.socket_path}"
         return f"inet:127.0.0.1:{self.port}"
+
+    @property
+    def _listen(self) -> str:
+        # The same address as libmilter's smfi_setconn spells it (spamass-milter -p).
+        return self.milter if self.socket_path is not None else f"inet:{self.port}@127.0.0.1"
 
     def start(self) -> SpamassMilter:
         """Start spamass-milter in the foreground, wait until it answers OPTNEG."""
@@ -36,7 +47,7 @@ class SpamassMilter(Peer):
         argv = [
             "spamass-milter",
             "-p",
-            f"inet:{self.port}@127.0.0.1",
+            self._listen,
             "-P",
             str(self.workdir / "spamass-milter.pid"),
             "-m",
@@ -55,6 +66,9 @@ class SpamassMilter(Peer):
             probe=lambda: optneg_probe(self.milter),
             grace=0.5,  # libmilter notices SIGTERM only after a poll timeout of up to 5 s
         )
+        if self.socket_path is not None:
+            # spamass-milter has no socket mode option, and Postfix's smtpd runs as postfix.
+            self.socket_path.chmod(0o666)
         return self
 
 
