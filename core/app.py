@@ -4,6 +4,8 @@ SIGHUP re-reads the configuration and swaps the plugin chain (and the logging se
 sessions get the new chain, running ones keep theirs. A bad new configuration is refused and
 logged, and the old one stays. Listener and relay settings take effect at the next start.
 SIGTERM and SIGINT stop cleanly: listeners close, open sessions get 421, pooled connections QUIT.
+With ``[metrics] address`` set, Prometheus metrics are served from the same loop (a change of
+address, like a listener's, takes effect at the next start).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import structlog
 from mailgate.config import ConfigError
 from mailgate.loader import Config, load_config
 from mailgate.logging import configure_logging
+from mailgate.metrics import Metrics, MetricsServer
 from mailgate.pipeline import Observer, Pipeline
 from mailgate.relay import RelayEgress
 from mailgate.smtp.listener import SmtpListener
@@ -71,6 +74,13 @@ class App:
         )
         self.observers: list[Observer] = []
         """Told about every plugin call of every pipeline this app runs (metrics)."""
+        self.metrics: Metrics | None = None
+        """The app's metrics, when ``[metrics] address`` is set (also an observer)."""
+        self.metrics_server: MetricsServer | None = None
+        if self.config.metrics.address:
+            self.metrics = Metrics()
+            self.observers.append(self.metrics)
+            self.metrics_server = MetricsServer(self.metrics, self.config.metrics.address)
         self.pipeline: Pipeline = self.config.pipeline()
         self.pipeline.observers = self.observers
         self.egress = RelayEgress(self.config.relay)
@@ -84,9 +94,11 @@ class App:
         return self.pipeline
 
     async def start(self) -> None:
-        """Configure logging and start every listener."""
+        """Configure logging, start the metrics endpoint, then every listener."""
         if self.configure_logs:
             configure_logging(self.config.logging)
+        if self.metrics_server is not None:
+            await self.metrics_server.start()
         for lc in self.config.listeners:
             listener = self._listener(lc.type, lc.settings)
             await listener.start()
@@ -96,6 +108,7 @@ class App:
             config=str(self.directory) if self.directory is not None else None,
             plugins=[p.name for p in self.pipeline.plugins],
             relay=self.config.relay.address,
+            metrics=self.metrics_server.address if self.metrics_server is not None else None,
             event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
         )
 
@@ -123,11 +136,15 @@ class App:
             pipeline.observers = self.observers
         except ConfigError as exc:
             log.error("configuration refused, keeping the old one", error=str(exc))
+            if self.metrics is not None:
+                self.metrics.reloaded(False)
             return False
         self.config, self.pipeline = config, pipeline
         if self.configure_logs:
             configure_logging(config.logging)
         self.reloads += 1
+        if self.metrics is not None:
+            self.metrics.reloaded(True)
         log.info("configuration reloaded", plugins=[p.name for p in pipeline.plugins])
         return True
 
@@ -136,11 +153,13 @@ class App:
         self._stopping.set()
 
     async def stop(self) -> None:
-        """Stop the listeners, then close the downstream connections."""
+        """Stop the listeners, close the downstream connections, then the metrics endpoint."""
         for listener in self.listeners:
             await listener.stop()
         self.listeners.clear()
         await self.egress.close()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         log.info("stopped")
 
     async def run(self) -> None:

@@ -1,7 +1,7 @@
 """Read a configuration directory and build everything it describes, checking every key.
 
 ``DIR/mailgate.toml`` (optional) holds the core tables: ``[mailgate]``, ``[logging]``,
-``[[listener]]``, ``[relay]``, ``[relay_control]`` and ``[sender_auth]``. Each
+``[metrics]``, ``[[listener]]``, ``[relay]``, ``[relay_control]`` and ``[sender_auth]``. Each
 ``DIR/NN-name.toml`` enables one plugin,
 in file-name order; the plugin is found by entry-point name in the group ``mailgate.plugins``.
 Any mistake is a `mailgate.config.ConfigError` naming the file and the key.
@@ -53,6 +53,14 @@ class MailgateSettings:
 
 
 @dataclass(slots=True)
+class MetricsSettings:
+    """The ``[metrics]`` table."""
+
+    address: str = ""
+    """``host:port`` to serve Prometheus metrics on (``GET /metrics``); empty: no metrics."""
+
+
+@dataclass(slots=True)
 class ListenerConfig:
     """One ``[[listener]]`` table: its `type` (``smtp`` or ``milter``) and its settings."""
 
@@ -86,6 +94,7 @@ class Config:
     directory: Path | None
     mailgate: MailgateSettings = field(default_factory=MailgateSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     listeners: list[ListenerConfig] = field(default_factory=list)
     relay: RelaySettings = field(default_factory=RelaySettings)
     relay_control: PluginConfig | None = None
@@ -180,7 +189,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         ) from None
 
 
-_CORE_KEYS = ("mailgate", "logging", "listener", "relay", RELAY_CONTROL, SENDER_AUTH)
+_CORE_KEYS = ("mailgate", "logging", "metrics", "listener", "relay", RELAY_CONTROL, SENDER_AUTH)
 
 
 def _core(table: dict[str, Any], source: str, path: Path | None) -> Config:
@@ -202,6 +211,7 @@ def _core(table: dict[str, Any], source: str, path: Path | None) -> Config:
     config.logging = load_settings(
         LoggingSettings, _table(table, "logging", source), source=source, prefix="logging"
     )
+    config.metrics = _metrics(_table(table, "metrics", source), source)
     relay = _table(table, "relay", source)
     _check_address(relay.get("address", "127.0.0.1:25"), source, "relay.address")
     config.relay = load_settings(RelaySettings, relay, source=source, prefix="relay")
@@ -220,6 +230,13 @@ def _table(table: Mapping[str, Any], key: str, source: str) -> Mapping[str, Any]
     if not isinstance(value, Mapping):
         raise ConfigError(source, key, value, f"a [{key}] table")
     return value
+
+
+def _metrics(table: Mapping[str, Any], source: str) -> MetricsSettings:
+    address = table.get("address", "")
+    if address != "" and (not isinstance(address, str) or not is_host_port(address)):
+        raise ConfigError(source, "metrics.address", address, '"host:port", or "" for none')
+    return load_settings(MetricsSettings, table, source=source, prefix="metrics")
 
 
 def _check_address(value: object, source: str, key: str) -> None:

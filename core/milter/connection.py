@@ -11,6 +11,7 @@ from typing import IO, Any, TypeVar
 import structlog
 
 from mailgate.message import Header, Message, new_spool
+from mailgate.metrics import metrics_of
 from mailgate.milter import codec as c
 from mailgate.milter.macros import decode_macros, new_session, update_session, update_transaction
 from mailgate.milter.negotiation import Negotiated, negotiate
@@ -55,6 +56,7 @@ class MilterConnection:
         self.writer = writer
         self.settings = settings
         self.pipeline = pipeline
+        self.metrics = metrics_of(pipeline)
         self.agreed: Negotiated | None = None
         self.session: Session | None = None
         self.tx: Transaction | None = None
@@ -217,6 +219,8 @@ class MilterConnection:
         await self.on_end_of_message()
 
     async def _abort(self, frame: c.Abort) -> None:
+        if self.metrics is not None and self.tx is not None and self.session is not None:
+            self.metrics.aborted(self.session)
         self.end_transaction()
 
     async def _quit(self, frame: c.Quit) -> None:
@@ -234,6 +238,7 @@ class MilterConnection:
         """The session and transaction, made up if the MTA skipped the steps that create them."""
         if self.session is None:
             self.session = new_session(c.Connect(b"", b"U"), self.macros, self.settings.name)
+            self._opened(self.session)
         if self.tx is None:
             self.tx = Transaction(Address(""))
             update_transaction(self.tx, self.macros)
@@ -244,6 +249,7 @@ class MilterConnection:
         macros = self.macros
         await self.end_session()
         self.session = new_session(frame, macros, self.settings.name)
+        self._opened(self.session)
         self.answer(Command.CONNECT, await self.pipeline.connect(self.session))
 
     async def on_helo(self, name: str) -> None:
@@ -264,6 +270,8 @@ class MilterConnection:
         self.answer(Command.MAIL, verdict)
         if verdict is not None and verdict.is_refusal:
             await self.pipeline.outcome(session, self.tx, verdict)
+            if self.metrics is not None:
+                self.metrics.message(session, self.tx, verdict, -1)
             self.end_transaction()
 
     async def on_rcpt(self, recipient: Address) -> None:
@@ -310,7 +318,11 @@ class MilterConnection:
                 for action in actions(tx.modifications, tx.message, self.agreed):
                     self.reply(action)
         self.reply(verdict_reply(verdict, end_of_message=True))
-        await self.pipeline.outcome(session, tx, verdict or Verdict.accept())
+        final = verdict or Verdict.accept()
+        await self.pipeline.outcome(session, tx, final)
+        if self.metrics is not None:
+            # With headers or body withheld (no plugin reads them), the size is not known.
+            self.metrics.message(session, tx, final, -1 if tx.message.withheld else tx.message.size)
         self.end_transaction()
 
     async def with_progress(self, work: Awaitable[T]) -> T:
@@ -340,6 +352,11 @@ class MilterConnection:
                 task.cancel()
                 await asyncio.wait((task,))
 
+    def _opened(self, session: Session) -> None:
+        """Count a new session (the MTA's CONNECT, or one made up for a skipped CONNECT)."""
+        if self.metrics is not None:
+            self.metrics.session_opened(session)
+
     # -- endings ----------------------------------------------------------------------------------
 
     def end_transaction(self) -> None:
@@ -358,6 +375,8 @@ class MilterConnection:
         if self.session is not None:
             session, self.session = self.session, None
             await self.pipeline.disconnect(session)
+            if self.metrics is not None:
+                self.metrics.session_closed(session)
         self.macros = {}
         self.hold_reason = ""
 

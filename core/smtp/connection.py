@@ -19,6 +19,7 @@ from aiosmtpd.smtp import SMTP
 
 from mailgate.egress import DownstreamTransaction, Egress, Reply
 from mailgate.message import Header, Message
+from mailgate.metrics import Metrics, metrics_of
 from mailgate.pipeline import AuthenticationUnavailable, Pipeline
 from mailgate.session import Address, Session, Transaction
 from mailgate.smtp import replies
@@ -101,6 +102,7 @@ class SmtpConnection(SMTP):
         self._esmtp = False
         self.mg: Session | None = None
         self._pipeline: Pipeline | None = None
+        self._metrics: Metrics | None = None
         self._tx: Transaction | None = None
         self._dtx: DownstreamTransaction | None = None
         self._tx_started = 0.0
@@ -164,6 +166,8 @@ class SmtpConnection(SMTP):
         if self.mg is not None and self._pipeline is not None:
             await self._pipeline.disconnect(self.mg)
             log.info("session end", counters=self.mg.counters)
+            if self._metrics is not None:
+                self._metrics.session_closed(self.mg)
 
     # -- the session -------------------------------------------------------------------------
 
@@ -176,6 +180,9 @@ class SmtpConnection(SMTP):
         structlog.contextvars.bind_contextvars(session=self.mg.id)
         log.info("session start", client=self.mg.client_ip, port=self.mg.client_port)
         self._pipeline = self._state.pipeline()
+        self._metrics = metrics_of(self._pipeline)
+        if self._metrics is not None:
+            self._metrics.session_opened(self.mg)
         verdict = await self._pipeline.connect(self.mg)
         if verdict is not None and verdict.is_refusal:
             if verdict.kind is not VerdictKind.REJECT:
@@ -714,11 +721,14 @@ class SmtpConnection(SMTP):
         if tx is not None:
             await self._pipeline.outcome(self.mg, tx, verdict)
             self.mg.count("messages" if delivered else verdict.kind.value)
+            size = tx.message.size if tx.message is not None else -1
+            if self._metrics is not None:
+                self._metrics.message(self.mg, tx, verdict, size)
             log.info(
                 "message outcome",
                 sender=tx.sender.address,
                 rcpts=len(tx.recipients),
-                size=tx.message.size if tx.message is not None else 0,
+                size=max(size, 0),
                 verdict=verdict.kind.value,
                 reason=verdict.reason,
                 reply=answer.smtp_reply(),
@@ -733,6 +743,8 @@ class SmtpConnection(SMTP):
         assert self.mg is not None and self._pipeline is not None
         verdict = _aborted(outcome) if isinstance(outcome, str) else outcome
         self.mg.count("aborted")
+        if self._metrics is not None:
+            self._metrics.aborted(self.mg)
         log.info(
             "message outcome",
             sender=tx.sender.address,
