@@ -30,8 +30,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import pytest
-
 from tests.bench.harness import CLOCK_TICKS, process_tree
 from tests.peers.ports import free_port
 from tests.peers.postfix import Postfix
@@ -257,13 +255,6 @@ def table(results: list[Result]) -> str:
         for r in results
     ]
     return "\n".join(lines)
-
-
-@pytest.mark.bench
-def test_milter_bench_smoke(peer_dirs: PeerDirs) -> None:
-    results = run(messages=40, repeats=1, dirs=peer_dirs)
-    assert len(results) == 7
-    assert all(r.rate > 0 for r in results)
 
 
 def _pymilter_main(socket_spec: str) -> None:

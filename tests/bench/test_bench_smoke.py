@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from tests.peers.workdir import PeerDirs
 
+from . import bench_bridge, bench_milter
 from . import bench_milter_latency as latency
 from .harness import (
     DEFAULT_SYSTEMS,
@@ -153,3 +154,24 @@ def test_milter_latency_bench_sends_every_message_through_its_milter(peer_dirs: 
     assert [row.milter for row in rows] == [latency.ALONE, *latency.MILTERS]
     assert all(row.ms[path] > 0 for row in rows for path in latency.PATHS)
     assert len(latency.table(rows).splitlines()) == 2 + len(rows)
+
+
+def test_bridge_bench_runs_every_route(peer_dirs: PeerDirs) -> None:
+    """Postfix and mailgate, alone and with opendkim over TCP and unix: every route delivers
+    (a failed smtp-source or a milter failure in mailgate's log raises) and has a rate."""
+    results = bench_bridge.run(messages=40, repeats=1, dirs=peer_dirs)
+    assert results[0].name == "Postfix alone"
+    assert len(results) == 6
+    assert all(r.rate > 0 and r.latency_ms > 0 for r in results)
+    bridged = [r for r in results if r.name.startswith("mailgate → opendkim")]
+    assert len(bridged) == 2 and all(
+        r.mailgate_cpu_ms > 0 and r.opendkim_cpu_ms > 0 for r in bridged
+    )
+
+
+def test_milter_listener_bench_runs_every_route(peer_dirs: PeerDirs) -> None:
+    """Postfix alone, mailgate as its milter (TCP, unix, with and without a plugin) and the
+    pymilter milter: every route delivers and has a rate and a one-session latency."""
+    results = bench_milter.run(messages=40, repeats=1, dirs=peer_dirs)
+    assert len(results) == 7
+    assert all(r.rate > 0 and r.latency_ms > 0 for r in results)
