@@ -126,7 +126,7 @@ def bridge_testbed(dirs: PeerDirs) -> Iterator[tuple[list[Route], list[Daemon]]]
         # its connect, MAIL and RCPT steps with the message, in one write.
         batched, batched_port = _mailgate(dirs, sink_port, tcp.milter, 'stages = ["message"]\n')
         daemons = [sink, alone, bridged, batched]
-        stack.callback(stop_all, daemons)  # type: ignore[arg-type]
+        stack.callback(stop_all, daemons)
         postfix = Postfix(dirs.new("postfix"), ("127.0.0.1", sink_port))
         assert tcp.daemon is not None and unix.daemon is not None
         tcp_pid, unix_pid = tcp.daemon.pid, unix.daemon.pid

@@ -216,7 +216,7 @@ async def test_disconnect_is_called_even_when_the_condition_is_false() -> None:
 
 def test_declared_reads_defaults_to_everything_and_refuses_nonsense() -> None:
     class Quiet:
-        reads = frozenset()
+        reads: frozenset[str] = frozenset()
 
     class Listed:
         reads = ["headers"]

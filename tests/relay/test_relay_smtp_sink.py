@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import tracemalloc
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from tests.relay.helpers import HEADERS, message, relay, session, settings_for, 
 
 
 @pytest.fixture
-async def egress(smtp_sink: SmtpSink) -> RelayEgress:
+async def egress(smtp_sink: SmtpSink) -> AsyncIterator[RelayEgress]:
     eg = RelayEgress(settings_for(smtp_sink.host, smtp_sink.port))
     yield eg
     await eg.close()

@@ -44,7 +44,7 @@ def test_addresses_parse_and_bad_settings_are_refused() -> None:
     assert RelaySettings(address="mx.example:25").host == "mx.example"
     for bad in ({"address": "nohost"}, {"starttls": "maybe"}, {"chunk_size": 10}):
         try:
-            RelaySettings(**bad)  # type: ignore[arg-type]
+            RelaySettings(**bad)
         except ValueError as exc:
             assert str(exc).split(":")[0] in bad or "address" in str(exc)
         else:

@@ -14,7 +14,7 @@ from mailgate.pipeline import EnabledPlugin
 from mailgate.plugins.milter import MilterPlugin, MilterSettings
 from mailgate.relay import RelayEgress, RelaySettings
 from tests.peers.ports import free_port
-from tests.peers.process import connect_probe, start_daemon
+from tests.peers.process import Daemon, connect_probe, start_daemon
 from tests.peers.smtp_sink import SmtpSink
 from tests.smtp.helpers import Gateway
 
@@ -28,7 +28,7 @@ BridgeFactory = Callable[..., Gateway]
 def action_milter_factory(tmp_path: Path) -> Iterator[ActionMilterFactory]:
     """``factory(tag="A", version=6, unix=False)``: start `action_milter.py`, return its
     address as Postfix spells it (``inet:127.0.0.1:PORT`` or ``unix:/path``)."""
-    daemons = []
+    daemons: list[Daemon] = []
 
     def factory(tag: str = "A", version: int = 6, unix: bool = False) -> str:
         workdir = tmp_path / f"milter-{tag}-{len(daemons)}"
