@@ -188,7 +188,9 @@ def on_outcome(session: Session, transaction: Transaction, verdict: Verdict) -> 
     """What was finally decided for this transaction, after delivery was attempted.
 
     :param verdict: accept (delivered or queued), reject, tempfail, discard or quarantine.
-    No final reply (RSET, QUIT, EHLO, disconnect, crash): tempfail, reason ``aborted...``.
+    No final reply (RSET, QUIT, EHLO, disconnect, crash; through the milter listener, the
+    MTA's ABORT): tempfail, reason ``aborted...``. A sender refused at MAIL FROM opens no
+    transaction, so there is no outcome for it.
 
     For metrics and reports; the result is ignored and errors are only logged.
     """

@@ -133,3 +133,9 @@ class Verdict:
     def smtp_reply(self) -> str:
         """The reply as sent, e.g. ``"550 5.7.1 No thanks"`` (lines joined by CRLF)."""
         return format_reply(self.code, self.status, self.text)
+
+
+def aborted(reason: str) -> Verdict:
+    """The verdict `on_outcome` gets for a transaction that ended without a final answer
+    (RSET, QUIT, a lost connection, the MTA's ABORT): a tempfail whose `reason` says why."""
+    return Verdict.tempfail(451, "4.3.0", "Transaction aborted", reason=reason)

@@ -20,7 +20,7 @@ from mailgate.milter.replies import actions, ungranted, verdict_reply
 from mailgate.milter.settings import MilterListenerSettings
 from mailgate.pipeline import Pipeline
 from mailgate.session import Address, Session, Transaction
-from mailgate.verdict import Verdict, VerdictKind
+from mailgate.verdict import Verdict, VerdictKind, aborted
 
 log = structlog.get_logger("mailgate.milter")
 
@@ -219,8 +219,12 @@ class MilterConnection:
         await self.on_end_of_message()
 
     async def _abort(self, frame: c.Abort) -> None:
-        if self.metrics is not None and self.tx is not None and self.session is not None:
-            self.metrics.aborted(self.session)
+        if self.tx is not None and self.session is not None:
+            # As on the SMTP listener: a transaction that ends without a final answer is
+            # reported to on_outcome as an aborted tempfail.
+            if self.metrics is not None:
+                self.metrics.aborted(self.session)
+            await self.pipeline.outcome(self.session, self.tx, aborted("aborted by the MTA"))
         self.end_transaction()
 
     async def _quit(self, frame: c.Quit) -> None:
@@ -269,9 +273,7 @@ class MilterConnection:
         verdict = await self.pipeline.mail(session, self.tx)
         self.answer(Command.MAIL, verdict)
         if verdict is not None and verdict.is_refusal:
-            await self.pipeline.outcome(session, self.tx, verdict)
-            if self.metrics is not None:
-                self.metrics.message(session, self.tx, verdict, -1)
+            # A refused sender opens no transaction (as on the SMTP listener): no on_outcome.
             self.end_transaction()
 
     async def on_rcpt(self, recipient: Address) -> None:

@@ -37,7 +37,7 @@ from mailgate.smtp.commands import parse_params, parse_path
 from mailgate.smtp.data import DataReader
 from mailgate.smtp.settings import SmtpListenerSettings
 from mailgate.smtp.trace import PROTOCOL_NOTE, count_received, protocol_name, received_header
-from mailgate.verdict import Verdict, VerdictKind
+from mailgate.verdict import Verdict, VerdictKind, aborted
 
 log = structlog.get_logger("mailgate.smtp")
 
@@ -741,7 +741,7 @@ class SmtpConnection(SMTP):
 
     async def _report_abort(self, tx: Transaction, outcome: Verdict | str) -> None:
         assert self.mg is not None and self._pipeline is not None
-        verdict = _aborted(outcome) if isinstance(outcome, str) else outcome
+        verdict = aborted(outcome) if isinstance(outcome, str) else outcome
         self.mg.count("aborted")
         if self._metrics is not None:
             self._metrics.aborted(self.mg)
@@ -811,11 +811,6 @@ class SmtpConnection(SMTP):
 def _auth_line(line: bytes) -> bool:
     """AUTH command lines may be longer than other commands (RFC 4954 section 4)."""
     return len(line) <= MAX_RESPONSE_LENGTH and line[:5].upper() == b"AUTH "
-
-
-def _aborted(reason: str) -> Verdict:
-    """The verdict `on_outcome` gets for a transaction that ended without a final reply."""
-    return Verdict.tempfail(451, "4.3.0", "Transaction aborted", reason=reason)
 
 
 def _valid_dsn_rcpt_params(params: dict[str, str | None]) -> bool:

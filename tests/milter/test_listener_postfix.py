@@ -189,6 +189,49 @@ def test_disconnect_verdict_closes_the_client_session(gate: Gate, routes: list[R
         assert "421 4.7.0 Go away, plugin" in sent.replies(), (route.name, sent.output)
 
 
+class Outcomes:
+    """Refuses senders whose local part is ``refused``; records every `on_outcome`."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, Verdict]] = []
+
+    @hookimpl
+    def on_mail(self, transaction: Transaction) -> Verdict | None:
+        """Refuse ``refused@...`` at MAIL FROM."""
+        if transaction.sender.local_part == "refused":
+            return Verdict.reject(550, "5.7.1", "Not this sender")
+        return None
+
+    @hookimpl
+    def on_outcome(self, transaction: Transaction, verdict: Verdict) -> None:
+        """Record the sender and the final verdict."""
+        self.seen.append((transaction.sender.address, verdict))
+
+
+def test_on_outcome_as_on_the_smtp_listener(gate: Gate, routes: list[Route]) -> None:
+    """A refused sender opens no transaction (no on_outcome); a transaction the client drops
+    with RSET (Postfix sends ABORT) ends as an aborted tempfail; a delivered one as accept."""
+    outcomes = Outcomes()
+    gate.chain.use(outcomes)
+    for route in routes:
+        outcomes.seen.clear()
+        with smtplib.SMTP("127.0.0.1", route.port, timeout=20) as client:
+            client.ehlo("client.example")
+            assert client.mail("refused@example.com")[0] == 550, route.name
+            assert client.mail("dropped@example.com")[0] == 250
+            assert client.rcpt("bob@local.test")[0] == 250
+            client.rset()
+            client.sendmail("kept@example.com", ["bob@local.test"], b"Subject: x\r\n\r\nhi\r\n")
+        deadline = time.monotonic() + 5
+        while len(outcomes.seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        senders = [sender for sender, _ in outcomes.seen]
+        assert senders == ["dropped@example.com", "kept@example.com"], route.name
+        (_, dropped), (_, kept) = outcomes.seen
+        assert (dropped.code, dropped.reason) == (451, "aborted by the MTA"), route.name
+        assert kept.kind.value == "accept", route.name
+
+
 def test_failing_plugin_applies_its_error_policy(gate: Gate, routes: list[Route]) -> None:
     def boom(tx: Transaction, msg: Message) -> None:
         raise RuntimeError("scanner exploded")
