@@ -625,7 +625,7 @@ class SmtpConnection(SMTP):
             await self._finish(verdict, replies.from_verdict(verdict))
             return
         await self._send(replies.START_DATA)
-        reader = self._new_reader()
+        reader = self._settings.new_data_reader()
         try:
             headers, header_verdict = await self._read_data(reader, tx)
         except BaseException:
@@ -647,16 +647,6 @@ class SmtpConnection(SMTP):
             await self._finish(header_verdict, replies.from_verdict(header_verdict))
             return
         await self._decide(tx)
-
-    def _new_reader(self) -> DataReader:
-        s = self._settings
-        return DataReader(
-            max_line_length=s.max_line_length,
-            max_header_size=s.max_header_size,
-            max_size=s.max_message_size,
-            normalize_bare_line_endings=s.bare_line_endings == "normalize",
-            spool_threshold=s.spool_threshold,
-        )
 
     async def _read_data(
         self, reader: DataReader, tx: Transaction

@@ -7,6 +7,7 @@ from typing import Literal
 
 from mailgate.message import DEFAULT_SPOOL_THRESHOLD
 from mailgate.smtp.auth import MECHANISMS
+from mailgate.smtp.data import DataReader
 
 BareLineEndings = Literal["reject", "normalize"]
 
@@ -81,6 +82,16 @@ class SmtpListenerSettings:
         for name in ("max_message_size", "max_line_length", "max_command_length"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+
+    def new_data_reader(self) -> DataReader:
+        """A reader for one message's DATA, under this listener's limits."""
+        return DataReader(
+            max_line_length=self.max_line_length,
+            max_header_size=self.max_header_size,
+            max_size=self.max_message_size,
+            normalize_bare_line_endings=self.bare_line_endings == "normalize",
+            spool_threshold=self.spool_threshold,
+        )
 
     @property
     def host_port(self) -> tuple[str, int]:

@@ -10,7 +10,6 @@ from mailgate.message import Header, Message
 from mailgate.pipeline import HookCall, Pipeline
 from mailgate.session import Address, Session, Transaction
 from mailgate.smtp import replies
-from mailgate.smtp.data import DataReader
 from mailgate.smtp.trace import PROTOCOL_NOTE, count_received, protocol_name, received_header
 from mailgate.trial.inputs import (
     CHUNK,
@@ -241,7 +240,7 @@ class TrialRun:
         Returns the `on_headers` refusal, which (as on the wire) is answered at the end of data.
         """
         self.trial.begin("headers")
-        reader = self.new_reader()
+        reader = self.trial.limits.listener.new_data_reader()
         headers: list[Header] | None = None
         verdict: Verdict | None = None
         data = dot_stuffed(self.raw)
@@ -264,16 +263,6 @@ class TrialRun:
             self.refuse(stage, replies.to_verdict(reply, reason=problem.name), reply)
         tx.message = Message(headers or [], reader.body)
         return verdict
-
-    def new_reader(self) -> DataReader:
-        s = self.trial.limits.listener
-        return DataReader(
-            max_line_length=s.max_line_length,
-            max_header_size=s.max_header_size,
-            max_size=s.max_message_size,
-            normalize_bare_line_endings=s.bare_line_endings == "normalize",
-            spool_threshold=s.spool_threshold,
-        )
 
     async def headers(
         self, session: Session, tx: Transaction, headers: list[Header]
