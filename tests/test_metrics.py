@@ -19,9 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mailgate import __version__
 from mailgate.app import App
-from tests.milter.gate import LoopThread
+from tests.milter.gate import app_behind_postfix, swaks
 from tests.peers.ports import free_port
-from tests.peers.postfix import Postfix
 from tests.peers.smtp_sink import SmtpSink
 from tests.peers.workdir import PeerDirs
 from tests.test_cli import MAILGATE, run, wait_for_port
@@ -219,19 +218,8 @@ def test_milter_ingress_through_postfix_is_counted(peer_dirs: PeerDirs) -> None:
         '[[listener]]\ntype = "milter"\naddress = "inet:127.0.0.1:0"\nname = "pf-milter"\n'
     )
     (conf / "10-add_header.toml").write_text('name = "X-Metered"\n')
-    loop = LoopThread()
-    app = App(Path(conf), configure_logs=False)
-    loop.run(app.start())
-    postfix = Postfix(peer_dirs.new("postfix"))
-    try:
-        port = postfix.add_listener([f"inet:127.0.0.1:{app.ports[0]}"])
-        postfix.start()
-        out = subprocess.run(
-            ["swaks", "--server", f"127.0.0.1:{port}", "--to", "bob@local.test"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+    with app_behind_postfix(Path(conf), peer_dirs.new("postfix")) as (_, postfix, port):
+        out = swaks(port)
         assert out.returncode == 0, out.stdout
         (delivered,) = postfix.wait_for_delivered(1)
         assert delivered.message["X-Metered"] == "passed"
@@ -247,7 +235,3 @@ def test_milter_ingress_through_postfix_is_counted(peer_dirs: PeerDirs) -> None:
         assert value(m, calls, plugin="add_header", hook="on_message", status="ok") == 1
         # add_header reads nothing, so Postfix was not asked for the body: no size is known.
         assert value(m, "mailgate_message_size_bytes_count") == 0
-    finally:
-        postfix.stop()
-        loop.run(app.stop())
-        loop.close()

@@ -8,10 +8,13 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
+from mailgate.app import App
 from mailgate.milter.listener import MilterListener
 from mailgate.milter.settings import MilterListenerSettings
 from mailgate.pipeline import EnabledPlugin, ErrorPolicy, Pipeline, declared_reads
@@ -137,3 +140,30 @@ def start_listener(
     listener = MilterListener(settings, pipeline=lambda: chain.pipeline)
     loop.run(listener.start())
     return listener
+
+
+@contextmanager
+def app_behind_postfix(conf: Path, postfix_dir: Path) -> Iterator[tuple[App, Postfix, int]]:
+    """`mailgate serve`'s `App` on `conf` (its first listener a milter listener) in a
+    background loop, and a new Postfix whose one smtpd uses it as its milter.
+
+    Yields the app, the Postfix and that smtpd's port; stops both afterwards.
+    """
+    loop = LoopThread()
+    app = App(conf, configure_logs=False)
+    loop.run(app.start())
+    postfix = Postfix(postfix_dir)
+    try:
+        port = postfix.add_listener([f"inet:127.0.0.1:{app.ports[0]}"])
+        postfix.start()
+        yield app, postfix, port
+    finally:
+        postfix.stop()
+        loop.run(app.stop())
+        loop.close()
+
+
+def swaks(port: int, to: str = "bob@local.test") -> subprocess.CompletedProcess[str]:
+    """One default swaks message into 127.0.0.1:`port`."""
+    argv = ["swaks", "--server", f"127.0.0.1:{port}", "--to", to]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from mailgate.app import App
-from tests.milter.gate import LoopThread
-from tests.peers.postfix import Postfix
+from tests.milter.gate import LoopThread, app_behind_postfix, swaks
 from tests.peers.workdir import PeerDirs
 
 
@@ -16,28 +14,13 @@ def test_milter_listener_from_mailgate_toml_serves_postfix(peer_dirs: PeerDirs) 
     (conf / "mailgate.toml").write_text(
         '[[listener]]\ntype = "milter"\naddress = "inet:127.0.0.1:0"\nname = "pf-milter"\n'
     )
-    loop = LoopThread()
-    app = App(Path(conf), configure_logs=False)
-    loop.run(app.start())
-    postfix = Postfix(peer_dirs.new("postfix"))
-    try:
+    with app_behind_postfix(Path(conf), peer_dirs.new("postfix")) as (app, postfix, port):
         assert [type(x).__name__ for x in app.listeners] == ["MilterListener"]
-        port = postfix.add_listener([f"inet:127.0.0.1:{app.ports[0]}"])
-        postfix.start()
-        out = subprocess.run(
-            ["swaks", "--server", f"127.0.0.1:{port}", "--to", "bob@local.test"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        out = swaks(port)
         assert out.returncode == 0, out.stdout
         assert len(postfix.wait_for_delivered(1)) == 1
         log = postfix.maillog().splitlines()
         assert [line for line in log if "warning" in line and "milter" in line] == []
-    finally:
-        postfix.stop()
-        loop.run(app.stop())
-        loop.close()
 
 
 def test_milter_option_runs_a_milter_listener_instead_of_smtp() -> None:
