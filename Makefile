@@ -8,7 +8,8 @@ CONFIG ?= conf.d
 # The real peers the tests run against (Debian packages). Installed without their services.
 APT_PACKAGES := postfix postfix-pcre swaks clamav-daemon clamav-milter spamd spamassassin \
 	spamass-milter opendkim opendkim-tools opendmarc rspamd postgresql miltertest \
-	libmilter-dev publicsuffix gcc openssl sasl2-bin libsasl2-modules libsasl2-modules-db systemd
+	libmilter-dev publicsuffix gcc openssl sasl2-bin libsasl2-modules libsasl2-modules-db systemd \
+	prometheus
 
 .PHONY: run test venv peers lint typecheck unit bench-smoke bench clean
 
