@@ -1,0 +1,162 @@
+"""The `rewrite` plugin: envelope sender and recipient rewriting, subaddresses, catch-all."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailgate import Address, Message, Transaction, hookimpl
+from mailgate.plugins.rewrite.headers import rewrite_header_value
+from mailgate.plugins.rewrite.lookup import AddressMap, CatchAll, Lookup, rewrite, with_orcpt
+from mailgate.plugins.rewrite.settings import RewriteSettings
+
+NOTE = "rewrite"
+"""``transaction.notes["rewrite"]``: what this plugin changed (see `Rewrite`)."""
+
+SENDER_HEADERS = ("From",)
+RECIPIENT_HEADERS = ("To", "Cc")
+
+
+class Rewriter:
+    """The lookups of one configuration: what a sender or a recipient becomes."""
+
+    def __init__(self, settings: RewriteSettings) -> None:
+        lookup = Lookup(settings.subaddress_delimiter, settings.case_insensitive_local)
+        self.strip = settings.strip_subaddress
+        self.senders = AddressMap(settings.sender, lookup)
+        self.recipients = AddressMap(settings.recipients, lookup)
+        known = [*settings.known_recipients, *settings.known_from_file]
+        self.catch_all = CatchAll(
+            AddressMap(settings.catch_all, lookup), frozenset(lookup.key(a) for a in known)
+        )
+
+    def sender(self, address: str) -> str | None:
+        """The new envelope sender, or None to keep it (the null sender is never rewritten)."""
+        if not address:
+            return None
+        result = rewrite(address, self.senders, strip=False)
+        return None if result is None or result == [address] else result[0]
+
+    def recipient(self, address: str) -> list[str] | None:
+        """What one recipient becomes (one or more addresses), or None to keep it.
+
+        The recipient map first; then, for an address it does not list, the catch-all of its
+        domain (unless it is a known recipient); then subaddress stripping.
+        """
+        if self.recipients.find(address) is None:
+            catch = self.catch_all.target(address)
+            if catch is not None:
+                return None if catch == address else [catch]
+        result = rewrite(address, self.recipients, strip=self.strip)
+        return None if result is None or result == [address] else result
+
+    def header_sender(self, address: str) -> str | None:
+        """The new address for From:, by the sender map."""
+        return self.sender(address)
+
+    def header_recipient(self, address: str) -> str | None:
+        """The new address for To:/Cc:: one-to-one recipient entries only, no stripping."""
+        result = rewrite(address, self.recipients, strip=False)
+        return result[0] if result is not None and len(result) == 1 else None
+
+
+class Rewrite:
+    """Rewrite the envelope sender at MAIL and each recipient at RCPT; refuse nothing.
+
+    A rewritten recipient is deleted and its new addresses added with its ESMTP parameters
+    (``ORCPT=rfc822;<original>`` added when the client gave none). The changes are recorded
+    in ``transaction.notes["rewrite"]``: ``{"sender": [old, new], "recipients": {old: [new,
+    ...]}}``.
+
+    With ``rewrite_headers = true`` the instance is a `HeaderRewrite`, which also has
+    ``on_message``; ``reads`` (the headers) only counts for a plugin with that hook, so the
+    envelope-only plugin makes the milter listener ask the MTA for nothing.
+    """
+
+    Settings = RewriteSettings
+    reads: frozenset[str] = frozenset({"headers"})
+    """What ``on_message`` reads; only `HeaderRewrite` has one (``rewrite_headers = true``)."""
+
+    def __new__(cls, settings: RewriteSettings | None = None) -> Rewrite:
+        if cls is Rewrite and settings is not None and settings.rewrite_headers:
+            cls = HeaderRewrite
+        return super().__new__(cls)
+
+    def __init__(self, settings: RewriteSettings | None = None) -> None:
+        self.settings = settings or RewriteSettings()
+        self.rewriter = Rewriter(self.settings)
+
+    @hookimpl
+    def on_mail(self, transaction: Transaction, sender: Address) -> None:
+        """Rewrite the envelope sender, keeping its ESMTP parameters."""
+        new = self.rewriter.sender(sender.address)
+        if new is not None:
+            _notes(transaction)["sender"] = [sender.address, new]
+            transaction.change_sender(new, tuple(sender.params))
+
+    @hookimpl
+    def on_rcpt(self, transaction: Transaction, recipient: Address) -> None:
+        """Replace the recipient by what the maps, the catch-all or stripping make of it."""
+        original = recipient.address
+        targets = self.rewriter.recipient(original)
+        if targets is None:
+            return
+        notes = _notes(transaction)
+        notes["recipients"][original] = targets
+        params = with_orcpt(recipient.params, original)
+        keep = any(t.lower() == original.lower() for t in targets)
+        if not keep:
+            self._delete(transaction, original)
+            notes["deleted"].append(original)
+        for target in targets:
+            if target.lower() != original.lower():
+                transaction.add_recipient(target, params)
+                notes["added"].append((target, params))
+
+    @hookimpl
+    def on_data(self, transaction: Transaction) -> None:
+        """Remove the originals the listener appended after ``on_rcpt`` deleted them.
+
+        Today's listeners append the recipient given at RCPT once every plugin has let it
+        through, even when a plugin deleted it there; this takes it out again before the
+        message is relayed (on the milter listener the extra deletion is a no-op for the MTA).
+        """
+        notes = transaction.notes.get(NOTE)
+        if not notes:
+            return
+        present = {r.address.lower() for r in transaction.recipients}
+        for original in dict.fromkeys(notes["deleted"]):
+            if original.lower() in present:
+                self._delete(transaction, original)
+
+    @staticmethod
+    def _delete(transaction: Transaction, address: str) -> None:
+        """Delete `address`, then add back the copies of it this plugin added for others."""
+        transaction.delete_recipient(address)
+        notes = _notes(transaction)
+        for target, params in notes["added"]:
+            if target.lower() == address.lower():
+                transaction.add_recipient(target, params)
+
+
+class HeaderRewrite(Rewrite):
+    """`Rewrite` with ``rewrite_headers = true``: From:, To: and Cc: too, at the end of data."""
+
+    @hookimpl
+    def on_message(self, transaction: Transaction, message: Message) -> None:
+        """Rewrite the header addresses that the sender and recipient maps list."""
+        for names, fn in (
+            (SENDER_HEADERS, self.rewriter.header_sender),
+            (RECIPIENT_HEADERS, self.rewriter.header_recipient),
+        ):
+            for name in names:
+                for i, value in enumerate(message.get_all(name), 1):
+                    new = rewrite_header_value(value, fn)
+                    if new != value:
+                        transaction.change_header(name, new, i)
+
+
+def _notes(transaction: Transaction) -> dict[str, Any]:
+    notes: dict[str, Any] = transaction.notes.setdefault(
+        NOTE, {"sender": None, "recipients": {}, "deleted": [], "added": []}
+    )
+    return notes

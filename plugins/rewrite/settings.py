@@ -1,0 +1,86 @@
+"""The settings of the `rewrite` plugin: the keys of ``conf.d/NN-rewrite.toml``."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from mailgate.config import Check
+from mailgate.plugins.rewrite.lookup import is_address, is_domain_key, is_map_entry
+
+MapEntry = Annotated[
+    str, Check(is_map_entry, 'an address "user@example.com" or a domain "@example.com"')
+]
+"""A value of the ``sender`` or ``recipients`` map."""
+
+FullAddress = Annotated[str, Check(is_address, 'an address such as "user@example.com"')]
+"""A catch-all target or a known recipient."""
+
+
+@dataclass(slots=True)
+class RewriteSettings:
+    """What to rewrite, and how addresses are compared."""
+
+    sender: dict[str, MapEntry] = field(default_factory=dict)
+    """Envelope sender map: ``"old@x" = "new@y"``, ``"@old.example" = "@new.example"``."""
+    recipients: dict[str, MapEntry | list[MapEntry]] = field(default_factory=dict)
+    """Recipient map; a list value expands one recipient into several."""
+    subaddress_delimiter: str = "+"
+    """Characters that start a subaddress (``bob+tag``); empty: no subaddresses."""
+    strip_subaddress: bool = False
+    """Deliver ``bob+tag@x`` as ``bob@x`` (recipients only; senders keep theirs)."""
+    case_insensitive_local: bool = False
+    """Compare local parts without case (domains are always compared without case)."""
+    catch_all: dict[str, FullAddress] = field(default_factory=dict)
+    """``"@example.com" = "postmaster@example.com"``: unknown recipients of the domain go there."""
+    known_recipients: list[FullAddress] = field(default_factory=list)
+    """The real recipients of the catch-all domains."""
+    known_recipients_file: pathlib.Path | None = None
+    """A file of more known recipients, one address a line; ``#`` lines and blank lines skipped."""
+    rewrite_headers: bool = False
+    """Also rewrite From: (sender map) and To:/Cc: (one-to-one recipient entries)."""
+    known_from_file: list[str] = field(init=False, default_factory=list)
+    """The addresses read from `known_recipients_file` at load."""
+
+    def __post_init__(self) -> None:
+        _check_keys("sender", self.sender, is_map_entry)
+        _check_keys("recipients", self.recipients, is_map_entry)
+        _check_keys("catch_all", self.catch_all, is_domain_key)
+        for key, value in self.recipients.items():
+            if isinstance(value, list) and not value:
+                raise ValueError(f"recipients: {key!r} expands to an empty list")
+        for char in self.subaddress_delimiter:
+            if char == "@" or char.isspace() or char == ".":
+                raise ValueError(f"subaddress_delimiter may not contain {char!r}")
+        if self.known_recipients_file is not None:
+            self.known_from_file = read_known_recipients(self.known_recipients_file)
+
+
+def _check_keys(name: str, table: Mapping[str, object], test: Callable[[str], bool]) -> None:
+    expected = "@domain" if name == "catch_all" else '"user@example.com" or "@example.com"'
+    for key in table:
+        if not test(key):
+            raise ValueError(f"{name}: the key {key!r} is not {expected}")
+
+
+def read_known_recipients(path: pathlib.Path) -> list[str]:
+    """The addresses in `path`, one a line; raises `ValueError` naming the key and the line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"known_recipients_file: cannot read {path}: {exc}") from None
+    return list(_addresses(path, text.splitlines()))
+
+
+def _addresses(path: pathlib.Path, lines: Iterable[str]) -> Iterable[str]:
+    for number, line in enumerate(lines, 1):
+        address = line.strip()
+        if not address or address.startswith("#"):
+            continue
+        if not is_address(address):
+            raise ValueError(
+                f"known_recipients_file: {path} line {number}: {address!r} is not an address"
+            )
+        yield address
