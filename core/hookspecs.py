@@ -120,6 +120,22 @@ def on_rcpt(session: Session, transaction: Transaction, recipient: Address) -> V
 
 
 @hookspec
+def on_rcpt_refused(
+    session: Session, transaction: Transaction, recipient: Address, verdict: Verdict
+) -> None:
+    """A recipient was refused at RCPT: by a plugin, by the downstream, or (through the milter
+    listener) by the MTA itself.
+
+    :param verdict: the refusal, with the code, enhanced status and text the client got.
+
+    For plugins that count refusals (a milter that asked for rejected recipients,
+    ``SMFIP_RCPT_REJ``; harvest detection; rate limits). Plugins that already saw this
+    recipient in `on_rcpt` are told too. Always called, whatever a plugin's ``when``; the
+    result is ignored and errors are only logged.
+    """
+
+
+@hookspec
 def on_data(session: Session, transaction: Transaction) -> Verdict | None:
     """DATA, before the 354: the recipients are final.
 

@@ -439,6 +439,22 @@ class Pipeline:
                 first = out.verdict
         return first
 
+    async def rcpt_refused(
+        self, session: Session, tx: Transaction, recipient: Address, verdict: Verdict
+    ) -> None:
+        """Run `on_rcpt_refused` on every plugin; failures are only logged."""
+        calls = self._calls["on_rcpt_refused"]
+        if not calls:
+            return
+        kwargs: dict[str, Any] = {
+            "session": session,
+            "transaction": tx,
+            "recipient": recipient,
+            "verdict": verdict,
+        }
+        for call in calls:
+            await self._invoke(call, kwargs, session, tx, always=True)
+
     async def outcome(self, session: Session, tx: Transaction, verdict: Verdict) -> None:
         """Run `on_outcome` on every plugin; failures are only logged."""
         kwargs: dict[str, Any] = {"session": session, "transaction": tx, "verdict": verdict}

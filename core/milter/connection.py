@@ -13,7 +13,13 @@ import structlog
 from mailgate.message import Header, Message, new_spool
 from mailgate.metrics import metrics_of
 from mailgate.milter import codec as c
-from mailgate.milter.macros import decode_macros, new_session, update_session, update_transaction
+from mailgate.milter.macros import (
+    decode_macros,
+    new_session,
+    refused_by_mta,
+    update_session,
+    update_transaction,
+)
 from mailgate.milter.negotiation import Negotiated, negotiate
 from mailgate.milter.protocol import Command
 from mailgate.milter.replies import actions, ungranted, verdict_reply
@@ -277,10 +283,18 @@ class MilterConnection:
             self.end_transaction()
 
     async def on_rcpt(self, recipient: Address) -> None:
-        """RCPT TO: the recipient joins the transaction unless a plugin refuses it."""
+        """RCPT TO: the recipient joins the transaction unless a plugin refuses it. A recipient
+        the MTA itself refused (sent because a plugin has `on_rcpt_refused`) goes to that hook."""
         session, tx = self.current()
+        refused = refused_by_mta(self.macros)
+        if refused is not None:
+            await self.pipeline.rcpt_refused(session, tx, recipient, refused)
+            self.answer(Command.RCPT, None)
+            return
         verdict = await self.pipeline.rcpt(session, tx, recipient)
-        if verdict is None or not verdict.is_refusal:
+        if verdict is not None and verdict.is_refusal:
+            await self.pipeline.rcpt_refused(session, tx, recipient, verdict)
+        else:
             tx.recipients.append(recipient)
         self.answer(Command.RCPT, verdict)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mailgate.milter.codec import Connect
 from mailgate.session import Session, Transaction
+from mailgate.verdict import Verdict
 
 
 def macro_name(raw: bytes) -> str:
@@ -53,3 +54,22 @@ def update_transaction(transaction: Transaction, macros: dict[str, str]) -> None
     """Take the queue id (macro ``i``) into the transaction once Postfix has one."""
     if macros.get("i"):
         transaction.queue_id = macros["i"]
+
+
+def refused_by_mta(macros: dict[str, str]) -> Verdict | None:
+    """The MTA's own refusal of the recipient these RCPT macros describe, or None.
+
+    With ``SMFIP_RCPT_REJ`` Postfix also sends the recipients it refused, with
+    ``{rcpt_mailer}`` = ``error``, the enhanced status in ``{rcpt_host}`` and the rest of its
+    reply (``<bob@example.org>: Relay access denied``) in ``{rcpt_addr}``. The three-digit code
+    is not sent: 550 or 450 stands for its class.
+    """
+    if macros.get("rcpt_mailer") != "error":
+        return None
+    status = macros.get("rcpt_host", "")
+    text = macros.get("rcpt_addr") or None
+    if status.startswith("4"):
+        return Verdict.tempfail(450, status, text, reason="refused by the MTA")
+    return Verdict.reject(
+        550, status if status.startswith("5") else "", text, reason="refused by the MTA"
+    )

@@ -25,7 +25,7 @@ MACRO_REQUESTS: tuple[tuple[MacroStage, bytes], ...] = (
     ),
     (MacroStage.HELO, b"{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}"),
     (MacroStage.ENVFROM, b"i {auth_type} {auth_authen} {auth_author} {mail_addr}"),
-    (MacroStage.ENVRCPT, b"i {rcpt_addr}"),
+    (MacroStage.ENVRCPT, b"i {rcpt_addr} {rcpt_host} {rcpt_mailer}"),
     (MacroStage.DATA, b"i"),
     (MacroStage.EOH, b"i"),
     (MacroStage.EOM, b"i"),
@@ -68,8 +68,10 @@ def wanted_steps(pipeline: Pipeline) -> Step:
     The envelope steps always come (plugins read the session and envelope at later stages),
     but without a reply when no plugin decides there. Headers and body come only when a plugin
     with `on_headers`/`on_message` declares it reads them (``reads``: `Pipeline.reads`); EOH
-    and DATA only when a plugin has a hook there. End of message always comes: modifications
-    (add a header, a recipient) and the final verdict are sent then, content or not.
+    and DATA only when a plugin has a hook there; the recipients the MTA refused
+    (``RCPT_REJ``) only when a plugin has `on_rcpt_refused`. End of message always comes:
+    modifications (add a header, a recipient) and the final verdict are sent then, content or
+    not.
     """
     steps = Step.NOUNKNOWN | Step.NR_UNKN | Step.NR_HDR | Step.NR_BODY | Step.HDR_LEADSPC
     for hook, flag in (
@@ -80,6 +82,8 @@ def wanted_steps(pipeline: Pipeline) -> Step:
     ):
         if not pipeline.implements(hook):
             steps |= flag
+    if pipeline.implements("on_rcpt_refused"):
+        steps |= Step.RCPT_REJ
     if not pipeline.implements("on_data"):
         steps |= Step.NODATA
     if not pipeline.implements("on_headers"):

@@ -582,11 +582,16 @@ class SmtpConnection(SMTP):
         recipient = Address(address, raw_params)
         verdict = await self._pipeline.rcpt(self.mg, tx, recipient)
         if verdict is not None and verdict.is_refusal:
+            await self._pipeline.rcpt_refused(self.mg, tx, recipient, verdict)
             await self._refuse(verdict)
             return
         reply = await self._downstream(dtx.rcpt(recipient))
         if reply is None or not reply.ok:
-            await self._send(self._refusal(reply))
+            refusal = self._refusal(reply)
+            if self._pipeline.implements("on_rcpt_refused"):
+                refused = replies.to_verdict(refusal, reason="refused downstream")
+                await self._pipeline.rcpt_refused(self.mg, tx, recipient, refused)
+            await self._send(refusal)
             return
         tx.recipients.append(recipient)
         self._early = self._early or _early_verdict(verdict)

@@ -72,7 +72,7 @@ def from_verdict(verdict: Verdict) -> Reply:
 
 def to_verdict(reply: Reply, *, reason: str) -> Verdict:
     """A refusal reply (ours or the downstream's) as the verdict reported to `on_outcome`."""
-    text = " ".join(reply.text.split("\n")) or None
+    text = reply.text or None
     status = reply.status if reply.status[:1] == str(reply.code)[:1] else ""
     if 500 <= reply.code < 600:
         return Verdict.reject(reply.code, status, text, reason=reason)

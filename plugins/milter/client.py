@@ -57,8 +57,9 @@ OFFERED_STEPS = Step(
     | Step.NR_EOH
     | Step.NR_BODY
     | Step.HDR_LEADSPC
+    | Step.RCPT_REJ
 )
-"""The protocol flags the bridge honours (v6): everything except RCPT_REJ and bigger chunks."""
+"""The protocol flags the bridge honours (v6): everything except bigger body chunks."""
 
 _SKIPPED_BY: dict[Command, Step] = {
     Command.CONNECT: Step.NOCONNECT,

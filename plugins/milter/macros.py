@@ -7,6 +7,7 @@ import struct
 import mailgate
 from mailgate.milter.protocol import Command, MacroStage
 from mailgate.session import Address, Session, Transaction
+from mailgate.verdict import Verdict
 
 POSTFIX_DEFAULTS: dict[MacroStage, tuple[str, ...]] = {
     MacroStage.CONNECT: ("j", "{daemon_name}", "{daemon_addr}", "v", "_"),
@@ -131,3 +132,14 @@ def macro_frame(code: bytes, names: tuple[str, ...], values: dict[str, str]) -> 
     # code + NUL-terminated strings: the code is the first "string" joined above; drop its NUL.
     payload = code + payload[2:]
     return _U32.pack(len(payload) + 1) + b"D" + payload
+
+
+def refused_values(verdict: Verdict) -> dict[str, str]:
+    """The RCPT macros of a refused recipient, as Postfix sends them to a milter that asked
+    for refused recipients (``SMFIP_RCPT_REJ``): ``{rcpt_mailer}`` = ``error``, the enhanced
+    status as ``{rcpt_host}``, the reply text as ``{rcpt_addr}``."""
+    return {
+        "{rcpt_mailer}": "error",
+        "{rcpt_host}": verdict.status or f"{str(verdict.code)[0]}.0.0",
+        "{rcpt_addr}": verdict.text.split("\n")[0],
+    }

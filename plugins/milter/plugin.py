@@ -22,7 +22,7 @@ import structlog
 from mailgate import Address, Message, Session, Transaction, Verdict, hookimpl
 from mailgate.message import new_spool
 from mailgate.milter import codec as c
-from mailgate.milter.protocol import BODY_CHUNK, Command
+from mailgate.milter.protocol import BODY_CHUNK, Command, Step
 from mailgate.plugins.milter.client import (
     Agreed,
     Answer,
@@ -35,6 +35,7 @@ from mailgate.plugins.milter.macros import (
     POSTFIX_DEFAULTS,
     STAGE_OF,
     macro_frame,
+    refused_values,
     session_values,
     transaction_values,
 )
@@ -162,6 +163,41 @@ class MilterPlugin:
     ) -> Verdict | None:
         """RCPT TO: a refusal refuses this recipient only."""
         return await self._stage("rcpt", session, transaction, recipient)
+
+    @hookimpl
+    async def on_rcpt_refused(
+        self, session: Session, transaction: Transaction, recipient: Address, verdict: Verdict
+    ) -> None:
+        """A recipient refused by a plugin or the downstream, for a milter that asked for them
+        (SMFIP_RCPT_REJ): sent as RCPT with ``{rcpt_mailer}`` = ``error``, as Postfix sends
+        the recipients it refuses. What the milter answers to it does not count."""
+        link = session.notes.get(self._key)
+        if not isinstance(link, _Link) or not self._wants_refused(link, transaction, recipient):
+            return
+        try:
+            answer = await self._send(link, "rcpt", session, transaction, recipient, "", verdict)
+        except (MilterGone, MilterFailure) as exc:
+            link.client.abandon()
+            self._failed(link, "rcpt", session, transaction, str(exc))
+            return
+        if answer.out_of_step:
+            link.client.abandon()
+
+    def _wants_refused(self, link: _Link, tx: Transaction, recipient: Address) -> bool:
+        """True if this milter asked for refused recipients, is still listening to this
+        transaction, and has not been sent this recipient already (it came before the refusal)."""
+        agreed = link.client.agreed
+        return (
+            agreed is not None
+            and link.client.is_open
+            and bool(agreed.protocol & Step.RCPT_REJ)
+            and "rcpt" in self.settings.stages
+            and link.tx_id == tx.id
+            and link.failed is None
+            and not link.done_session
+            and link.done_tx != tx.id
+            and id(recipient) not in link.rcpts_sent
+        )
 
     @hookimpl
     async def on_data(self, session: Session, transaction: Transaction) -> Verdict | None:
@@ -293,7 +329,10 @@ class MilterPlugin:
         tx: Transaction | None,
         recipient: Address | None,
         helo: str,
+        refused: Verdict | None = None,
     ) -> Answer:
+        """Send what the milter has not been told yet up to `stage`; `refused` marks
+        `recipient` as one that was refused (SMFIP_RCPT_REJ)."""
         client = link.client
         out = _Commands(client, session, self.hostname)
         at = _ORDER[stage]
@@ -318,8 +357,11 @@ class MilterPlugin:
             pending.append(recipient)
         for rcpt in pending:
             out.values.update(transaction_values(tx, rcpt))
+            if refused is not None and rcpt is recipient:
+                out.values.update(refused_values(refused))
             out.add(Command.RCPT, c.encode(c.Rcpt(_angle(rcpt.address), _params(rcpt.params))))
-            link.rcpts_sent.append(id(rcpt))
+            if refused is None or rcpt is not recipient:
+                link.rcpts_sent.append(id(rcpt))
         if at >= _ORDER["data"] and not link.data_sent:
             out.values.update(transaction_values(tx))
             out.add(Command.DATA, _DATA)

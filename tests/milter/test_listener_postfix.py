@@ -232,6 +232,39 @@ def test_on_outcome_as_on_the_smtp_listener(gate: Gate, routes: list[Route]) -> 
         assert kept.kind.value == "accept", route.name
 
 
+class RefusalsSeen:
+    """Records every `on_rcpt_refused` (which makes the listener ask for SMFIP_RCPT_REJ)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, Verdict]] = []
+
+    @hookimpl
+    def on_rcpt_refused(self, recipient: Address, verdict: Verdict) -> None:
+        """Keep the recipient and the verdict it was refused with."""
+        self.seen.append((recipient.address, verdict))
+
+
+def test_recipients_postfix_refused_reach_on_rcpt_refused(gate: Gate, routes: list[Route]) -> None:
+    """With protocol 6 Postfix sends the recipients its own restrictions refused (RCPT_REJ):
+    plugins see them with Postfix's status and text; the message goes on to the others.
+    Protocol 2 has no RCPT_REJ: nothing is reported there."""
+    seen = RefusalsSeen()
+    gate.chain.use(seen)
+    for route in routes:
+        seen.seen.clear()
+        sent = gate.send(route, to=["reject-me@local.test", "bob@local.test"])
+        assert sent.returncode == 0, sent.output
+        assert len(gate.delivered(sent)) == 1, route.name
+        if route.protocol == 2:
+            assert seen.seen == [], route.name
+            continue
+        ((rcpt, verdict),) = seen.seen
+        assert rcpt == "reject-me@local.test", route.name
+        assert (verdict.code, verdict.status) == (550, "5.1.1"), route.name
+        assert "Recipient rejected by test rule" in verdict.text, route.name
+        assert verdict.reason == "refused by the MTA"
+
+
 def test_failing_plugin_applies_its_error_policy(gate: Gate, routes: list[Route]) -> None:
     def boom(tx: Transaction, msg: Message) -> None:
         raise RuntimeError("scanner exploded")

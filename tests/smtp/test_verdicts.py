@@ -265,3 +265,37 @@ def test_a_plugin_returning_nonsense_gives_a_temporary_failure(
     gateway = gateway_factory(egress, [Nonsense()])
     assert send(gateway.port)[-1][0] == 451
     assert egress.delivered == []
+
+
+class RefusalsSeen:
+    """Records every `on_rcpt_refused`: the recipient and the code and status refused with."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int, str, str]] = []
+
+    @hookimpl
+    def on_rcpt_refused(self, recipient: Address, verdict: Verdict) -> None:
+        self.seen.append((recipient.address, verdict.code, verdict.status, verdict.reason))
+
+
+def test_a_recipient_refused_by_a_plugin_is_reported_to_every_plugin(
+    gateway_factory: GatewayFactory, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    seen = RefusalsSeen()
+    refuser = Decides("rcpt", Verdict.reject(550, "5.1.1", "No such user", reason="unknown"))
+    gateway = gateway_factory(relay_to(smtp_sink.host, smtp_sink.port, tmp_path), [refuser, seen])
+    assert send(gateway.port)[1] == (550, b"5.1.1 No such user")
+    assert seen.seen == [("b@example.net", 550, "5.1.1", "unknown")]
+
+
+def test_a_recipient_the_downstream_refused_is_reported(
+    gateway_factory: GatewayFactory, smtp_sink_factory: Any, tmp_path: Path
+) -> None:
+    sink = smtp_sink_factory(hard_reject=["RCPT"])
+    seen = RefusalsSeen()
+    gateway = gateway_factory(relay_to(sink.host, sink.port, tmp_path), [seen])
+    code = send(gateway.port)[1][0]
+    assert code // 100 == 5
+    assert [(rcpt, c // 100, reason) for rcpt, c, _, reason in seen.seen] == [
+        ("b@example.net", 5, "refused downstream")
+    ]

@@ -6,6 +6,8 @@ chosen by the message:
 
 - sender ``mail-reject@...``: REJECT at MAIL; ``mail-tempfail@...``: TEMPFAIL at MAIL
 - recipient ``rcpt-reject@...``: 550 5.1.1 (setreply) at RCPT, for that recipient
+- recipients the MTA refused (it asks for them, SMFIP_RCPT_REJ, when offered) are listed,
+  with their ``{rcpt_host}`` and ``{rcpt_addr}``, in an ``X-TAG-Refused`` header
 - Subject ``reply``: 554 5.7.1 (setreply) at end of message; ``mlreply``: the same as a
   two-line reply (setmlreply); ``discard``, ``tempfail``:
   those replies; ``quarantine``: a quarantine action; ``slow``: no answer for 5 s;
@@ -24,6 +26,7 @@ TAG = "A"
 VERSION = 6
 
 
+@Milter.rejected_recipients
 class ActionMilter(Milter.Base):  # type: ignore[misc]
     """Records the envelope and headers; answers at each step as the message asks."""
 
@@ -32,6 +35,7 @@ class ActionMilter(Milter.Base):  # type: ignore[misc]
         self.subject = ""
         self.body_len = 0
         self.rcpts: list[str] = []
+        self.refused: list[str] = []
         self.connect_macro = ""
 
     def negotiate(self, opts: list[int]) -> int:
@@ -54,6 +58,7 @@ class ActionMilter(Milter.Base):  # type: ignore[misc]
         """Refuse some senders."""
         self.sender = sender
         self.rcpts = []
+        self.refused = []
         self.subject = ""
         self.body_len = 0
         self.mail_macros = "|".join(
@@ -66,7 +71,11 @@ class ActionMilter(Milter.Base):  # type: ignore[misc]
         return Milter.CONTINUE
 
     def envrcpt(self, recipient: str, *params: str) -> int:
-        """Refuse some recipients."""
+        """Refuse some recipients; note the ones the MTA refused."""
+        if self.getsymval("{rcpt_mailer}") == "error":
+            host, addr = self.getsymval("{rcpt_host}"), self.getsymval("{rcpt_addr}")
+            self.refused.append(f"{recipient} {host} {addr}")
+            return Milter.CONTINUE
         if recipient.startswith("<rcpt-reject@"):
             self.setreply("550", "5.1.1", "no such user here")
             return Milter.REJECT
@@ -118,6 +127,8 @@ class ActionMilter(Milter.Base):  # type: ignore[misc]
         self.addheader(f"X-{t}-Subject", self.subject)
         self.addheader(f"X-{t}-Body-Len", str(self.body_len))
         self.addheader(f"X-{t}-Rcpts", ",".join(self.rcpts))
+        if self.refused:
+            self.addheader(f"X-{t}-Refused", ",".join(self.refused))
         self.addheader(f"X-{t}-Connect", self.connect_macro)
         self.addheader(f"X-{t}-Mail", self.mail_macros)
         self.addheader(f"X-{t}-Folded", "first line\n\tsecond line")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from mailgate import Address, Verdict, hookimpl
+from mailgate.pipeline import EnabledPlugin
 from tests.peers.smtp_sink import SmtpSink
 from tests.plugins.milter.conftest import ActionMilterFactory, BridgeFactory, milter
 
@@ -144,3 +146,37 @@ def test_one_connection_serves_every_transaction_of_a_session(
     assert sorted(t.header("X-A-Subject") or "" for t in txs) == ["n0", "n1", "n2"]
     queue_ids = {(t.header("X-A-Mail") or "").split("|")[0] for t in txs}
     assert len(queue_ids) == 3
+
+
+class RefusesNobody:
+    """Refuses ``nobody@...`` at RCPT, before the milter in the chain."""
+
+    @hookimpl
+    def on_rcpt(self, recipient: Address) -> Verdict | None:
+        if recipient.local_part == "nobody":
+            return Verdict.reject(550, "5.1.1", "No such user here")
+        return None
+
+
+def test_a_milter_that_asks_for_refused_recipients_gets_them(
+    action_milter_factory: ActionMilterFactory, bridge_factory: BridgeFactory, smtp_sink: SmtpSink
+) -> None:
+    """SMFIP_RCPT_REJ: a recipient an earlier plugin refused reaches the milter as RCPT with
+    {rcpt_mailer} = error, {rcpt_host} = the status and {rcpt_addr} = the text, as Postfix
+    sends it; one the milter itself refused is not sent twice; the others are as usual."""
+    gw = bridge_factory(
+        EnabledPlugin("refuses_nobody", RefusesNobody()), milter(action_milter_factory("A", 6))
+    )
+    refused = send(
+        gw.port,
+        "s@example.com",
+        ["nobody@example.com", "b@example.com", "rcpt-reject@example.com"],
+        message("hi"),
+    )
+    assert refused == {
+        "nobody@example.com": (550, b"5.1.1 No such user here"),
+        "rcpt-reject@example.com": (550, b"5.1.1 no such user here"),
+    }
+    [tx] = smtp_sink.wait_for_messages(1)
+    assert tx.header("X-A-Refused") == "<nobody@example.com> 5.1.1 No such user here"
+    assert tx.header("X-A-Rcpts") == "<b@example.com>"
