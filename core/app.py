@@ -23,6 +23,7 @@ from mailgate.loader import Config, load_config
 from mailgate.logging import configure_logging
 from mailgate.metrics import Metrics, MetricsServer
 from mailgate.pipeline import Observer, Pipeline
+from mailgate.policy import PolicyListener
 from mailgate.relay import RelayEgress
 from mailgate.smtp.listener import SmtpListener
 
@@ -30,7 +31,7 @@ log = structlog.get_logger("mailgate.app")
 
 
 class Listener(Protocol):
-    """What the app needs of a listener (SMTP or milter)."""
+    """What the app needs of a listener (SMTP, milter or policy)."""
 
     @property
     def port(self) -> int:
@@ -61,6 +62,7 @@ class App:
         listen: str | None = None,
         relay: str | None = None,
         milter: str | None = None,
+        policy: str | None = None,
         configure_logs: bool = True,
         config: Config | None = None,
     ) -> None:
@@ -68,9 +70,10 @@ class App:
         self.listen = listen
         self.relay = relay
         self.milter = milter
+        self.policy = policy
         self.configure_logs = configure_logs
         self.config: Config = config or load_config(
-            directory, listen=listen, relay=relay, milter=milter
+            directory, listen=listen, relay=relay, milter=milter, policy=policy
         )
         self.observers: list[Observer] = []
         """Told about every plugin call of every pipeline this app runs (metrics)."""
@@ -117,6 +120,8 @@ class App:
             if not settings.hostname:
                 settings.hostname = self.config.mailgate.hostname
             return SmtpListener(settings, pipeline=self.current_pipeline, egress=self.egress)
+        if kind == "policy":
+            return PolicyListener(settings, pipeline=self.current_pipeline)
         milter = importlib.import_module("mailgate.milter")
         listener: Listener = milter.MilterListener(settings, pipeline=self.current_pipeline)
         return listener
@@ -130,7 +135,11 @@ class App:
         """Re-read the configuration and swap the plugin chain; False (and logged) if it is bad."""
         try:
             config = load_config(
-                self.directory, listen=self.listen, relay=self.relay, milter=self.milter
+                self.directory,
+                listen=self.listen,
+                relay=self.relay,
+                milter=self.milter,
+                policy=self.policy,
             )
             pipeline = config.pipeline()
             pipeline.observers = self.observers

@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", metavar="HOST:PORT", help="address of the first SMTP listener")
     serve.add_argument("--relay", metavar="HOST:PORT", help="the downstream MTA")
     serve.add_argument("--milter", metavar="HOST:PORT", help="address of the first milter listener")
+    serve.add_argument("--policy", metavar="HOST:PORT", help="address of the first policy listener")
     check = with_config("check-config", "check the configuration and exit (0: good, 1: bad)")
     check.add_argument("--listen", metavar="HOST:PORT", help=argparse.SUPPRESS)
     check.add_argument("--relay", metavar="HOST:PORT", help=argparse.SUPPRESS)
@@ -86,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
-            return _serve(args.config, args.listen, args.relay, args.milter)
+            return _serve(args.config, args.listen, args.relay, args.milter, args.policy)
         if args.command == "try":
             return _try(args)
         if args.command == "check-config":
@@ -103,15 +104,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(
-    directory: Path | None, listen: str | None, relay: str | None, milter: str | None = None
+    directory: Path | None,
+    listen: str | None,
+    relay: str | None,
+    milter: str | None = None,
+    policy: str | None = None,
 ) -> int:
     from mailgate import event_loop
     from mailgate.app import App  # the server's imports are not needed by the other commands
 
-    config = load_config(directory, listen=listen, relay=relay, milter=milter)
+    config = load_config(directory, listen=listen, relay=relay, milter=milter, policy=policy)
 
     async def run() -> None:
-        app = App(directory, listen=listen, relay=relay, milter=milter, config=config)
+        app = App(
+            directory, listen=listen, relay=relay, milter=milter, policy=policy, config=config
+        )
         await app.run()
 
     try:

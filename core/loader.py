@@ -29,6 +29,7 @@ from mailgate.pipeline import MESSAGE_PARTS, EnabledPlugin, ErrorPolicy, Pipelin
 from mailgate.plugin import ENTRY_POINT_GROUP
 from mailgate.plugins.relay_control import RelayControl
 from mailgate.plugins.sender_auth import SenderAuth
+from mailgate.policy.settings import PolicyListenerSettings
 from mailgate.relay import RelaySettings
 from mailgate.smtp.settings import SmtpListenerSettings
 
@@ -62,7 +63,7 @@ class MetricsSettings:
 
 @dataclass(slots=True)
 class ListenerConfig:
-    """One ``[[listener]]`` table: its `type` (``smtp`` or ``milter``) and its settings."""
+    """One ``[[listener]]`` table: its `type` (``smtp``, ``milter`` or ``policy``), its settings."""
 
     type: str
     settings: Any
@@ -143,12 +144,14 @@ def load_config(
     listen: str | None = None,
     relay: str | None = None,
     milter: str | None = None,
+    policy: str | None = None,
 ) -> Config:
     """Read and check `directory` (None: built-in defaults); `listen`/`relay` override addresses.
 
     `listen` replaces the address of the first SMTP listener (one is made if there is none);
     `relay` replaces ``relay.address``; `milter` replaces the address of the first milter
-    listener (one is made, and then no default SMTP listener, if there is none). Raises
+    listener (one is made, and then no default SMTP listener, if there is none); `policy` does
+    the same for the first policy listener. Raises
     `ConfigError`; plugins are not yet instantiated (`Config.pipeline` does that).
     """
     path = Path(directory) if directory is not None else None
@@ -165,6 +168,8 @@ def load_config(
             built_in.source = "built in"
     if milter is not None:
         _override_milter(config, milter)
+    if policy is not None:
+        _override_policy(config, policy)
     _override(config, listen=listen, relay=relay)
     if path is not None:
         installed = installed_plugins()
@@ -253,8 +258,12 @@ def _listener(table: Mapping[str, Any], source: str, key: str) -> ListenerConfig
         )
     elif kind == "milter":
         settings = _milter_settings(table, source, key)
+    elif kind == "policy":
+        settings = load_settings(
+            PolicyListenerSettings, table, source=source, prefix=key, skip=frozenset({"type"})
+        )
     else:
-        raise ConfigError(source, f"{key}.type", kind, 'one of "smtp", "milter"')
+        raise ConfigError(source, f"{key}.type", kind, 'one of "smtp", "milter", "policy"')
     return ListenerConfig(kind, settings, source)
 
 
@@ -280,6 +289,18 @@ def _override_milter(config: Config, address: str) -> None:
         config.listeners.append(ListenerConfig("milter", settings, "--milter"))
     else:
         first.settings.address, first.source = address, "--milter"
+
+
+def _override_policy(config: Config, address: str) -> None:
+    try:
+        settings = PolicyListenerSettings(address=address)
+    except ValueError as exc:
+        raise ConfigError("--policy", "address", address, "inet:HOST:PORT or unix:/path") from exc
+    first = next((lc for lc in config.listeners if lc.type == "policy"), None)
+    if first is None:
+        config.listeners.append(ListenerConfig("policy", settings, "--policy"))
+    else:
+        first.settings.address, first.source = address, "--policy"
 
 
 def _override(config: Config, *, listen: str | None, relay: str | None) -> None:

@@ -8,7 +8,9 @@ client authenticated (``authenticated_may_relay``). Anything else gets
 Behind Postfix as a milter, Postfix has already decided who may relay
 (``smtpd_relay_restrictions``, ``mynetworks``) before mailgate sees a recipient, and mailgate
 cannot know its networks: relay control leaves milter traffic alone unless ``check_milter``
-is set.
+is set. The same holds for the policy listener (``check_policy_service``), which Postfix asks
+from its own restriction lists, next to ``reject_unauth_destination``: relay control leaves it
+alone unless ``check_policy`` is set.
 
 Configured in the ``[relay_control]`` table of ``mailgate.toml``.
 """
@@ -40,6 +42,8 @@ class RelayControlSettings:
     """The refusal's text."""
     check_milter: bool = False
     """Also check recipients that come through the milter listener (Postfix already did)."""
+    check_policy: bool = False
+    """Also check recipients that come through the policy listener (Postfix decides relaying)."""
 
 
 class RelayControl:
@@ -78,6 +82,8 @@ class RelayControl:
     def on_rcpt(self, session: Session, recipient: Address) -> Verdict | None:
         """Refuse a recipient outside `domains` from a client that may not relay."""
         if session.ingress == "milter" and not self.settings.check_milter:
+            return None
+        if session.ingress == "policy" and not self.settings.check_policy:
             return None
         if self.local_domain(recipient.domain) or self.may_relay(session):
             return None
