@@ -172,6 +172,18 @@ class Transaction:
         else:
             self.apply(mod)
 
+    def deletes_since(self, since: int, address: str) -> bool:
+        """True if one of the modifications after the first `since` deletes `address`.
+
+        The listeners ask this after `on_rcpt`: a recipient a plugin deleted there (rewrote
+        into others) does not join the transaction and is not offered downstream.
+        """
+        key = address.lower()
+        return any(
+            isinstance(mod, m.DeleteRecipient) and mod.address.lower() == key
+            for mod in self.modifications[since:]
+        )
+
     def apply(self, mod: m.Modification) -> None:
         """Record `mod` and apply it to the envelope and message at once.
 

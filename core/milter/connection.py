@@ -291,10 +291,11 @@ class MilterConnection:
             await self.pipeline.rcpt_refused(session, tx, recipient, refused)
             self.answer(Command.RCPT, None)
             return
+        made = len(tx.modifications)
         verdict = await self.pipeline.rcpt(session, tx, recipient)
         if verdict is not None and verdict.is_refusal:
             await self.pipeline.rcpt_refused(session, tx, recipient, verdict)
-        else:
+        elif not tx.deletes_since(made, recipient.address):
             tx.recipients.append(recipient)
         self.answer(Command.RCPT, verdict)
 

@@ -580,10 +580,17 @@ class SmtpConnection(SMTP):
             await self._send(replies.TOO_MANY_RECIPIENTS)
             return
         recipient = Address(address, raw_params)
+        made = len(tx.modifications)
         verdict = await self._pipeline.rcpt(self.mg, tx, recipient)
         if verdict is not None and verdict.is_refusal:
             await self._pipeline.rcpt_refused(self.mg, tx, recipient, verdict)
             await self._refuse(verdict)
+            return
+        if tx.deletes_since(made, recipient.address):
+            # Rewritten into the recipients the plugin added: those get their RCPT downstream
+            # with the final envelope, at the end of data.
+            self._early = self._early or _early_verdict(verdict)
+            await self._send(replies.RECIPIENT_OK)
             return
         reply = await self._downstream(dtx.rcpt(recipient))
         if reply is None or not reply.ok:

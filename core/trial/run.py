@@ -211,13 +211,15 @@ class TrialRun:
         stage = self.trial.begin("rcpt", f"<{recipient.address}>")
         if self.smtp and len(tx.recipients) >= self.trial.limits.listener.max_recipients:
             return self.refuse_recipient(stage, recipient, replies.TOO_MANY_RECIPIENTS)
+        made = len(tx.modifications)
         verdict = await self.pipeline.rcpt(session, tx, recipient)
         if verdict is not None and verdict.kind is VerdictKind.DISCONNECT:
             self.refuse(stage, verdict)
         if verdict is not None and verdict.is_refusal:
             self.refuse_recipient(stage, recipient, replies.from_verdict(verdict))
             return verdict
-        tx.recipients.append(recipient)
+        if not tx.deletes_since(made, recipient.address):
+            tx.recipients.append(recipient)
         self.early = self.early or _early(verdict)
         stage.reply = replies.RECIPIENT_OK.smtp_reply()
         return None

@@ -106,27 +106,10 @@ class Rewrite:
         keep = any(t.lower() == original.lower() for t in targets)
         if not keep:
             self._delete(transaction, original)
-            notes["deleted"].append(original)
         for target in targets:
             if target.lower() != original.lower():
                 transaction.add_recipient(target, params)
                 notes["added"].append((target, params))
-
-    @hookimpl
-    def on_data(self, transaction: Transaction) -> None:
-        """Remove the originals the listener appended after ``on_rcpt`` deleted them.
-
-        Today's listeners append the recipient given at RCPT once every plugin has let it
-        through, even when a plugin deleted it there; this takes it out again before the
-        message is relayed (on the milter listener the extra deletion is a no-op for the MTA).
-        """
-        notes = transaction.notes.get(NOTE)
-        if not notes:
-            return
-        present = {r.address.lower() for r in transaction.recipients}
-        for original in dict.fromkeys(notes["deleted"]):
-            if original.lower() in present:
-                self._delete(transaction, original)
 
     @staticmethod
     def _delete(transaction: Transaction, address: str) -> None:
@@ -157,6 +140,6 @@ class HeaderRewrite(Rewrite):
 
 def _notes(transaction: Transaction) -> dict[str, Any]:
     notes: dict[str, Any] = transaction.notes.setdefault(
-        NOTE, {"sender": None, "recipients": {}, "deleted": [], "added": []}
+        NOTE, {"sender": None, "recipients": {}, "added": []}
     )
     return notes
