@@ -246,6 +246,12 @@ class PolicyConnection:
                 current.verdict = self.session_verdict
         if attrs.get("queue_id"):
             current.tx.queue_id = attrs["queue_id"]
+        size = attrs.get("size", "")
+        if size.isdigit() and int(size) > 0:
+            # SIZE= from MAIL FROM until the data is in, then the real size.
+            sender = current.tx.sender
+            sender.params = [p for p in sender.params if not p.upper().startswith("SIZE=")]
+            sender.params.append(f"SIZE={size}")
         return current
 
     async def transaction_stages(

@@ -27,7 +27,10 @@ class PolicyListenerSettings:
     """Largest request accepted, in bytes; a larger (or malformed) one closes the connection."""
 
     def __post_init__(self) -> None:
-        SocketAddress.parse(self.address)
+        try:
+            SocketAddress.parse(self.address)
+        except ValueError as exc:
+            raise ValueError(f"address: {exc}") from None
         if self.idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive")
         if self.max_request < 1024:
