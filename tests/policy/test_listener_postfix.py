@@ -253,6 +253,36 @@ def test_disconnect_closes_the_client_session(gate: PolicyGate, routes: list[Rou
         assert gate.delivered(sent, timeout=0.3) == []
 
 
+class AtData:
+    """Refuses at DATA when the sender is ``late@...``; holds every message at its end."""
+
+    @hookimpl
+    def on_data(self, transaction: Transaction) -> Verdict | None:
+        """Refuse ``late@...`` at DATA."""
+        if transaction.sender.local_part == "late":
+            return Verdict.reject(554, "5.7.2", "Not at DATA, plugin")
+        return None
+
+    @hookimpl
+    def on_message(self) -> Verdict:
+        """Hold the message."""
+        return Verdict.quarantine(reason="held at end of data")
+
+
+def test_data_and_end_of_data_decisions(gate: PolicyGate, routes: list[Route]) -> None:
+    gate.chain.use(AtData())
+    for route in routes:
+        sent = gate.send(route, sender="late@example.com")
+        line = reply_to(sent.output, "554")
+        assert line.startswith("554 5.7.2") and line.endswith("Not at DATA, plugin"), sent.output
+        assert gate.delivered(sent, timeout=0.3) == []
+        sent = gate.send(route)
+        assert sent.returncode == 0, sent.output
+        held = [e for e in gate.postfix.queue() if e.queue_id == sent.queue_id]
+        assert held and held[0].held, (route.name, gate.postfix.queue())
+        gate.postfix.wait_for_log(rf"{sent.queue_id}: hold: END-OF-MESSAGE .*held at end of data")
+
+
 def test_a_header_added_before_the_data_is_prepended(gate: PolicyGate, routes: list[Route]) -> None:
     gate.chain.use(Tagger())
     for route in routes:
