@@ -275,11 +275,16 @@ class PolicyConnection:
         return self._refused(current.verdict) or rcpt_verdict or current.verdict
 
     async def rcpt(self, session: Session, current: _Tx, recipient: str) -> Verdict | None:
-        """`on_rcpt` once per recipient; asked again (another restriction list), same answer."""
+        """`on_rcpt` once per recipient; asked again (another restriction list), same answer.
+
+        A refused recipient goes to `on_rcpt_refused`. One a plugin deleted stays: Postfix
+        still delivers to it (the deletion is among the changes a reply cannot carry)."""
         if recipient not in current.recipients:
             address = Address(recipient)
             verdict = await self.pipeline.rcpt(session, current.tx, address)
-            if verdict is None or not verdict.is_refusal:
+            if verdict is not None and verdict.is_refusal:
+                await self.pipeline.rcpt_refused(session, current.tx, address, verdict)
+            else:
                 current.tx.recipients.append(address)
             current.recipients[recipient] = verdict
             if verdict is not None and verdict.kind in _WHOLE_MESSAGE and current.verdict is None:

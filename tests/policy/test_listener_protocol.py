@@ -131,6 +131,11 @@ class Recorder:
         return None
 
     @hookimpl
+    def on_rcpt_refused(self, recipient: Address, verdict: Verdict) -> None:
+        """Record the refusal."""
+        self.events.append(("refused", recipient.address, str(verdict.code)))
+
+    @hookimpl
     def on_data(self) -> None:
         """Record DATA."""
         self.events.append(("data",))
@@ -183,6 +188,7 @@ async def test_sessions_and_transactions_on_one_connection(serve: Any) -> None:
         ("mail", "alice@example.com", "SIZE=1234"),
         ("rcpt", "bob@local.test", "", ""),
         ("rcpt", "nobody@local.test", "", ""),
+        ("refused", "nobody@local.test", "550"),
         ("data",),
         ("message", "QID1", "SIZE=2048"),
         ("outcome", "bob@local.test", "accept"),
@@ -194,6 +200,7 @@ async def test_sessions_and_transactions_on_one_connection(serve: Any) -> None:
         ("mail", "alice@example.com", "SIZE=1234"),
         ("rcpt", "carol@local.test", "alice", "TLSv1.3"),
         ("rcpt", "nora@local.test", "alice", "TLSv1.3"),
+        ("refused", "nora@local.test", "550"),
         ("outcome", "carol@local.test", "accept"),
         ("disconnect", "1002"),
     ]
