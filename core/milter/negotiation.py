@@ -25,12 +25,16 @@ MACRO_REQUESTS: tuple[tuple[MacroStage, bytes], ...] = (
     ),
     (MacroStage.HELO, b"{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}"),
     (MacroStage.ENVFROM, b"i {auth_type} {auth_authen} {auth_author} {mail_addr}"),
-    (MacroStage.ENVRCPT, b"i {rcpt_addr} {rcpt_host} {rcpt_mailer}"),
+    (MacroStage.ENVRCPT, b"i {rcpt_addr}"),
     (MacroStage.DATA, b"i"),
     (MacroStage.EOH, b"i"),
     (MacroStage.EOM, b"i"),
 )
 """The macros the listener asks for at each stage (when the MTA offers SMFIF_SETSYMLIST)."""
+
+REFUSED_RCPT_MACROS = b"i {rcpt_addr} {rcpt_host} {rcpt_mailer}"
+"""The RCPT macros when refused recipients are asked for too (SMFIP_RCPT_REJ): Postfix marks
+them with ``{rcpt_mailer}`` = ``error`` and puts the status and text in the other two."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +124,10 @@ def _negotiate(offer: OptNeg, pipeline: Pipeline) -> tuple[Negotiated, OptNegRep
     protocol = wanted_steps(pipeline) & Step(offer.protocol)
     macros: tuple[tuple[int, bytes], ...] = ()
     if actions & Action.SETSYMLIST:
-        macros = tuple((int(stage), names) for stage, names in MACRO_REQUESTS)
+        refused = bool(protocol & Step.RCPT_REJ)
+        macros = tuple(
+            (int(stage), REFUSED_RCPT_MACROS if refused and stage is MacroStage.ENVRCPT else names)
+            for stage, names in MACRO_REQUESTS
+        )
     agreed = Negotiated(version, actions, protocol)
     return agreed, OptNegReply(version, int(actions), int(protocol), macros)
