@@ -1,9 +1,9 @@
 """Read a configuration directory and build everything it describes, checking every key.
 
 ``DIR/mailgate.toml`` (optional) holds the core tables: ``[mailgate]``, ``[logging]``,
-``[metrics]``, ``[[listener]]``, ``[relay]``, ``[relay_control]`` and ``[sender_auth]``. Each
-``DIR/NN-name.toml`` enables one plugin,
-in file-name order; the plugin is found by entry-point name in the group ``mailgate.plugins``.
+``[metrics]``, ``[dns]``, ``[[listener]]``, ``[relay]``, ``[relay_control]`` and
+``[sender_auth]``. Each ``DIR/NN-name.toml`` enables one plugin, in file-name order; the
+plugin is found by entry-point name in the group ``mailgate.plugins``.
 Any mistake is a `mailgate.config.ConfigError` naming the file and the key.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 import re
 import tomllib
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ import pluggy
 
 from mailgate.config import ConfigError, is_host_port, load_settings
 from mailgate.config.errors import Text
+from mailgate.dns import DnsSettings
 from mailgate.event_loop import EventLoopChoice, uvloop_available
 from mailgate.expressions import Expression, ExpressionError
 from mailgate.logging import LoggingSettings
@@ -96,6 +98,7 @@ class Config:
     mailgate: MailgateSettings = field(default_factory=MailgateSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    dns: DnsSettings = field(default_factory=DnsSettings)
     listeners: list[ListenerConfig] = field(default_factory=list)
     relay: RelaySettings = field(default_factory=RelaySettings)
     relay_control: PluginConfig | None = None
@@ -115,7 +118,7 @@ class Config:
 
         A plugin enabled by two files runs twice; the second is named ``name:file-stem``.
         """
-        enabled = [_instantiate(p) for p in self.chain]
+        enabled = [_instantiate(p, self.dns) for p in self.chain]
         seen: set[str] = set()
         for e in enabled:
             if e.name in seen:
@@ -194,7 +197,16 @@ def _read_toml(path: Path) -> dict[str, Any]:
         ) from None
 
 
-_CORE_KEYS = ("mailgate", "logging", "metrics", "listener", "relay", RELAY_CONTROL, SENDER_AUTH)
+_CORE_KEYS = (
+    "mailgate",
+    "logging",
+    "metrics",
+    "dns",
+    "listener",
+    "relay",
+    RELAY_CONTROL,
+    SENDER_AUTH,
+)
 
 
 def _core(table: dict[str, Any], source: str, path: Path | None) -> Config:
@@ -217,6 +229,9 @@ def _core(table: dict[str, Any], source: str, path: Path | None) -> Config:
         LoggingSettings, _table(table, "logging", source), source=source, prefix="logging"
     )
     config.metrics = _metrics(_table(table, "metrics", source), source)
+    config.dns = load_settings(
+        DnsSettings, _table(table, "dns", source), source=source, prefix="dns"
+    )
     relay = _table(table, "relay", source)
     _check_address(relay.get("address", "127.0.0.1:25"), source, "relay.address")
     config.relay = load_settings(RelaySettings, relay, source=source, prefix="relay")
@@ -404,9 +419,18 @@ def _plugin(
     return _run_options(table, source, name, cls)
 
 
-def _instantiate(p: PluginConfig) -> EnabledPlugin:
+def _wants_dns(cls: type) -> bool:
+    """True when the plugin's ``__init__`` takes a ``dns`` keyword: it gets the `[dns]` table."""
     try:
-        instance = p.cls(p.settings) if p.settings is not None else p.cls()
+        return "dns" in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _instantiate(p: PluginConfig, dns: DnsSettings) -> EnabledPlugin:
+    extra = {"dns": dns} if _wants_dns(p.cls) else {}
+    try:
+        instance = p.cls(p.settings, **extra) if p.settings is not None else p.cls(**extra)
     except (TypeError, ValueError) as exc:
         refused = Text("settings the plugin refused")
         raise ConfigError(p.source, "(settings)", refused, str(exc)) from None

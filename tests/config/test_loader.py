@@ -78,7 +78,10 @@ networks = ["192.0.2.0/24"]
     [
         ("[relay]\naddress = 42\n", 'relay.address: found 42 (int), expected "host:port"'),
         ('[relay]\naddress = "nowhere"\n', 'relay.address: found "nowhere" (str)'),
-        ("[relai]\n", "relai: found an unknown key, expected one of listener, logging, mailgate"),
+        (
+            "[relai]\n",
+            "relai: found an unknown key, expected one of dns, listener, logging, mailgate",
+        ),
         ('[[listener]]\ntype = "pop3"\n', 'listener[0].type: found "pop3" (str)'),
         ("[[listener]]\nmax_recipient = 3\n", 'did you mean "max_recipients"?'),
         ('[logging]\nformat = "xml"\n', 'logging.format: found "xml" (str), expected one of'),

@@ -1,0 +1,104 @@
+"""The ``[dns]`` table and the resolvers built from it: one DNS configuration for every plugin.
+
+Plugins that look things up in the DNS (SPF, DKIM, DMARC) take a `DnsSettings` and build their
+resolver with `async_resolver` (dnspython's asyncio resolver) or `sync_resolver` (for a
+synchronous library run in a thread, such as pyspf).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import dns.asyncresolver
+import dns.nameserver
+import dns.resolver
+
+from mailgate.config import Check
+
+DEFAULT_PORT = 53
+
+
+def parse_nameserver(value: str) -> tuple[str, int]:
+    """``"192.0.2.53"`` -> ``("192.0.2.53", 53)``; ``"[::1]:5353"`` -> ``("::1", 5353)``.
+
+    Raises `ValueError` unless `value` is an IP address, with an optional port (IPv6 with a
+    port in brackets).
+    """
+    host, port = value, DEFAULT_PORT
+    if value.startswith("["):
+        inside, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"not an IP address with an optional port: {value!r}")
+        host, port = inside, _port(rest[1:], value) if rest else DEFAULT_PORT
+    elif value.count(":") == 1:
+        host, _, text = value.partition(":")
+        port = _port(text, value)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"not an IP address with an optional port: {value!r}") from None
+    return host, port
+
+
+def _port(text: str, value: str) -> int:
+    if not text.isdigit() or not 0 < int(text) <= 65535:
+        raise ValueError(f"not a port from 1 to 65535 in {value!r}")
+    return int(text)
+
+
+def _valid_nameservers(value: list[str]) -> bool:
+    try:
+        for server in value:
+            parse_nameserver(server)
+    except ValueError:
+        return False
+    return True
+
+
+Nameservers = Annotated[
+    list[str],
+    Check(
+        _valid_nameservers,
+        'IP addresses with an optional port: "192.0.2.53", "192.0.2.53:5353", "[2001:db8::53]:53"',
+    ),
+]
+"""A list of name servers as ``[dns] nameservers`` takes them."""
+
+
+@dataclass(slots=True)
+class DnsSettings:
+    """The ``[dns]`` table."""
+
+    nameservers: Nameservers = field(default_factory=list)
+    """``"host"`` or ``"host:port"`` (IP addresses); empty: the system's ``/etc/resolv.conf``."""
+    timeout: float = 5.0
+    """Seconds one lookup may take, retries included; then it fails as a timeout."""
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0:
+            raise ValueError("timeout must be a positive number of seconds")
+
+
+def _configure(resolver: dns.resolver.BaseResolver, settings: DnsSettings) -> None:
+    if settings.nameservers:
+        resolver.nameservers = [
+            dns.nameserver.Do53Nameserver(*parse_nameserver(s)) for s in settings.nameservers
+        ]
+    resolver.lifetime = settings.timeout
+    resolver.timeout = settings.timeout
+
+
+def async_resolver(settings: DnsSettings) -> dns.asyncresolver.Resolver:
+    """A dnspython asyncio resolver that asks the configured name servers."""
+    resolver = dns.asyncresolver.Resolver(configure=not settings.nameservers)
+    _configure(resolver, settings)
+    return resolver
+
+
+def sync_resolver(settings: DnsSettings) -> dns.resolver.Resolver:
+    """A synchronous dnspython resolver (for a library run in a thread) with the same setup."""
+    resolver = dns.resolver.Resolver(configure=not settings.nameservers)
+    _configure(resolver, settings)
+    return resolver
