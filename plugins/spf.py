@@ -1,0 +1,200 @@
+"""SPF (RFC 7208): check the sender's domain against the client's address at MAIL FROM.
+
+pyspf does the evaluation, in a thread; its lookups go to the core ``[dns]`` name servers.
+Enable with ``conf.d/80-spf.toml``; see ``docs/plugins/spf.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import ipaddress
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import dns.exception
+import dns.resolver
+import spf
+
+from mailgate import Address, Session, Transaction, Verdict, hookimpl
+from mailgate.config import Networks
+from mailgate.dns import DnsSettings, sync_resolver
+
+RESULT_KEY = "spf"
+"""The key of this plugin's entry in ``transaction.results``."""
+
+SpfResult = Literal["pass", "fail", "softfail", "neutral", "none", "permerror", "temperror"]
+
+_HEADER_NOTE = "spf.received_spf"
+
+# pyspf calls its module-level `DNSLookup` for every query. It is replaced once, at import, by
+# `_lookup`, which uses the resolver of the check running in this context and otherwise does
+# exactly what pyspf's own function did: other users of pyspf in the process are unaffected.
+_resolver: contextvars.ContextVar[dns.resolver.Resolver] = contextvars.ContextVar("spf_resolver")
+_pyspf_lookup: Callable[..., list[tuple[tuple[str, str], Any]]] = spf.DNSLookup
+
+
+def _lookup(
+    name: str, qtype: str, strict: bool = True, timeout: float = 30
+) -> list[tuple[tuple[str, str], Any]]:
+    """pyspf's DNS lookup, answered by the resolver set for the running check."""
+    resolver = _resolver.get(None)
+    if resolver is None:
+        return _pyspf_lookup(name, qtype, strict, timeout)
+    try:
+        answer = resolver.resolve(
+            name, qtype, lifetime=min(timeout, resolver.lifetime), search=False
+        )
+    except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
+        return []
+    except dns.exception.DNSException as exc:  # timeout, no server answered, malformed reply
+        raise spf.TempError(f"DNS {exc}") from exc
+    return [((name, qtype), _value(qtype, rdata)) for rdata in answer]
+
+
+def _value(qtype: str, rdata: Any) -> Any:
+    if qtype in ("A", "AAAA"):
+        return rdata.address
+    if qtype == "MX":
+        return (rdata.preference, rdata.exchange)
+    if qtype == "PTR":
+        return rdata.target.to_text(True)
+    return rdata.strings  # TXT
+
+
+spf.DNSLookup = _lookup
+
+
+@dataclass(slots=True)
+class SpfSettings:
+    """Settings of the ``spf`` plugin (``conf.d/80-spf.toml``)."""
+
+    reject: list[SpfResult] = field(default_factory=lambda: ["fail"])
+    """Results refused at MAIL FROM with 550 (5.7.23; 5.7.24 for permerror and temperror)."""
+    tempfail: list[SpfResult] = field(default_factory=lambda: ["temperror"])
+    """Results refused at MAIL FROM with 451 4.7.24 (the client may try again later)."""
+    header: bool = True
+    """Add a ``Received-SPF:`` header (RFC 7208 9.1) at the end of data."""
+    skip_networks: Networks = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    """Clients in these networks are not checked (result ``skipped``)."""
+    check_timeout: float = 20.0
+    """Seconds all the DNS lookups of one check may take together; then ``temperror``."""
+    receiver: str = ""
+    """This host's name in the header; empty: the machine's FQDN."""
+
+    def __post_init__(self) -> None:
+        both = sorted(set(self.reject) & set(self.tempfail))
+        if both:
+            raise ValueError(f"tempfail names {', '.join(both)}, which reject names too")
+        if self.check_timeout <= 0:
+            raise ValueError("check_timeout must be a positive number of seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class SpfOutcome:
+    """What one check found: the result, pyspf's explanation and the Received-SPF value."""
+
+    result: str
+    explanation: str
+    identity: str
+    domain: str
+    header: str
+
+
+class Spf:
+    """Checks the MAIL FROM (or, for ``<>``, the HELO) identity of each transaction."""
+
+    Settings = SpfSettings
+    reads: frozenset[str] = frozenset()
+    """It decides from the envelope and only adds a header."""
+
+    def __init__(self, settings: SpfSettings | None = None, *, dns: DnsSettings | None = None):
+        self.settings = settings or SpfSettings()
+        self.resolver = sync_resolver(dns or DnsSettings())
+        self.receiver = self.settings.receiver or socket.getfqdn()
+        self._skip = [ipaddress.ip_network(n, strict=False) for n in self.settings.skip_networks]
+
+    @hookimpl
+    async def on_mail(
+        self, session: Session, transaction: Transaction, sender: Address
+    ) -> Verdict | None:
+        """Check SPF; refuse or tempfail the sender when the settings say so."""
+        skipped = self._skip_reason(session)
+        if skipped:
+            transaction.set_result(RESULT_KEY, "skipped", reason=skipped)
+            return None
+        outcome = await self.check(session.client_ip, sender.address, session.helo)
+        self._record(transaction, outcome)
+        return self._verdict(outcome)
+
+    @hookimpl
+    def on_message(self, transaction: Transaction) -> None:
+        """Add the Received-SPF header of this transaction's check."""
+        header = transaction.notes.get(_HEADER_NOTE)
+        if self.settings.header and header:
+            transaction.add_header("Received-SPF", header)
+
+    def _skip_reason(self, session: Session) -> str:
+        if session.auth_login:
+            return "authenticated"
+        try:
+            ip = ipaddress.ip_address(session.client_ip)
+        except ValueError:
+            return "no client address"
+        if any(ip in network for network in self._skip):
+            return "skip_networks"
+        return ""
+
+    async def check(self, ip: str, sender: str, helo: str) -> SpfOutcome:
+        """Evaluate SPF for `ip` sending as `sender` (or as `helo` when `sender` is empty)."""
+        limit = self.settings.check_timeout
+        try:
+            async with asyncio.timeout(limit + 1.0):
+                return await asyncio.to_thread(self._check, ip, sender, helo)
+        except TimeoutError:
+            domain = sender.rpartition("@")[2] or helo
+            reason = f"SPF check took longer than {limit:g}s"
+            identity = "mailfrom" if sender else "helo"
+            return SpfOutcome("temperror", reason, identity, domain, "")
+
+    def _check(self, ip: str, sender: str, helo: str) -> SpfOutcome:
+        """The blocking check, in a worker thread (its own copy of the context)."""
+        if not sender and not helo:
+            return SpfOutcome("none", "no identity to check", "helo", "", "")
+        _resolver.set(self.resolver)
+        query = spf.query(
+            i=ip, s=sender, h=helo, receiver=self.receiver, querytime=self.settings.check_timeout
+        )
+        result, _code, explanation = query.check()
+        header = query.get_header(result, self.receiver)
+        return SpfOutcome(result, explanation, query.ident, query.d, header)
+
+    def _record(self, transaction: Transaction, outcome: SpfOutcome) -> None:
+        prop = "smtp.mailfrom" if outcome.identity == "mailfrom" else "smtp.helo"
+        transaction.set_result(
+            RESULT_KEY,
+            outcome.result,
+            reason=outcome.explanation,
+            identity=outcome.identity,
+            domain=outcome.domain,
+            auth_method="spf",
+            auth_properties={prop: outcome.domain},
+        )
+        if outcome.header:
+            transaction.notes[_HEADER_NOTE] = outcome.header
+
+    def _verdict(self, outcome: SpfOutcome) -> Verdict | None:
+        text = _reply_text(outcome)
+        if outcome.result in self.settings.reject:
+            status = "5.7.24" if outcome.result in ("permerror", "temperror") else "5.7.23"
+            return Verdict.reject(550, status, text)
+        if outcome.result in self.settings.tempfail:
+            return Verdict.tempfail(451, "4.7.24", text)
+        return None
+
+
+def _reply_text(outcome: SpfOutcome) -> str:
+    explanation = " ".join(outcome.explanation.split()) or outcome.result
+    return f"SPF {outcome.result} for {outcome.domain or '(no domain)'}: {explanation}"
