@@ -167,3 +167,26 @@ def swaks(port: int, to: str = "bob@local.test") -> subprocess.CompletedProcess[
     """One default swaks message into 127.0.0.1:`port`."""
     argv = ["swaks", "--server", f"127.0.0.1:{port}", "--to", to]
     return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+
+@contextmanager
+def open_gate(postfix_dir: Path, listeners: Sequence[tuple[str, str]]) -> Iterator[Gate]:
+    """Milter listeners at each ``(name, address)`` in `listeners`, serving one `Chain`, and a
+    Postfix with one smtpd per listener and milter protocol (6 and 2): the routes
+    ``NAME-v6`` and ``NAME-v2``. Stops everything afterwards."""
+    loop = LoopThread()
+    chain = Chain()
+    started = [(name, start_listener(loop, chain, address)) for name, address in listeners]
+    gate = Gate(Postfix(postfix_dir), chain)
+    for name, listener in started:
+        for protocol in (6, 2):
+            port = gate.postfix.add_listener([listener.address], protocol=protocol)
+            gate.routes.append(Route(f"{name}-v{protocol}", port, protocol))
+    gate.postfix.start()
+    try:
+        yield gate
+    finally:
+        gate.postfix.stop()
+        for _, listener in started:
+            loop.run(listener.stop())
+        loop.close()

@@ -19,33 +19,17 @@ from mailgate.config import Dynamic
 from mailgate.pipeline import ErrorPolicy
 from mailgate.plugins.add_header import AddHeader, AddHeaderSettings
 from mailgate.plugins.relay_control import RelayControl, RelayControlSettings
-from tests.milter.gate import Chain, Gate, LoopThread, Route, start_listener
-from tests.peers.postfix import Postfix
+from tests.milter.gate import Gate, LoopThread, Route, open_gate, start_listener
 from tests.peers.workdir import PeerDirs
 
 
 @pytest.fixture(scope="module")
 def gate(peer_dirs: PeerDirs) -> Iterator[Gate]:
     """mailgate's milter listeners (TCP and unix) behind one Postfix with four smtpd ports."""
-    loop = LoopThread()
-    chain = Chain()
     sock_dir = peer_dirs.new("milter")
-    tcp = start_listener(loop, chain, "inet:127.0.0.1:0")
-    unix = start_listener(loop, chain, f"unix:{sock_dir}/mailgate.sock")
-    postfix = Postfix(peer_dirs.new("postfix"))
-    g = Gate(postfix, chain)
-    for name, listener in (("tcp", tcp), ("unix", unix)):
-        for protocol in (6, 2):
-            port = postfix.add_listener([listener.address], protocol=protocol)
-            g.routes.append(Route(f"{name}-v{protocol}", port, protocol))
-    postfix.start()
-    try:
-        yield g
-    finally:
-        postfix.stop()
-        loop.run(tcp.stop())
-        loop.run(unix.stop())
-        loop.close()
+    listeners = [("tcp", "inet:127.0.0.1:0"), ("unix", f"unix:{sock_dir}/mailgate.sock")]
+    with open_gate(peer_dirs.new("postfix"), listeners) as gate:
+        yield gate
 
 
 @pytest.fixture

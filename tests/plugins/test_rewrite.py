@@ -27,8 +27,7 @@ from mailgate.plugins.rewrite import (
     rewrite,
     with_orcpt,
 )
-from tests.milter.gate import Chain, Gate, LoopThread, Route, start_listener
-from tests.peers.postfix import Postfix
+from tests.milter.gate import Gate, open_gate
 from tests.peers.smtp_sink import SmtpSink
 from tests.peers.workdir import PeerDirs
 
@@ -326,21 +325,8 @@ async def test_smtp_listener_when_false_for_the_last_recipient(
 @pytest.fixture(scope="module")
 def milter_gate(peer_dirs: PeerDirs) -> Iterator[Gate]:
     """mailgate's milter listener behind a Postfix with one smtpd per milter protocol."""
-    loop = LoopThread()
-    chain = Chain()
-    listener = start_listener(loop, chain, "inet:127.0.0.1:0")
-    postfix = Postfix(peer_dirs.new("postfix-rewrite"))
-    gate = Gate(postfix, chain)
-    for protocol in (6, 2):
-        port = postfix.add_listener([listener.address], protocol=protocol)
-        gate.routes.append(Route(f"tcp-v{protocol}", port, protocol))
-    postfix.start()
-    try:
+    with open_gate(peer_dirs.new("postfix-rewrite"), [("tcp", "inet:127.0.0.1:0")]) as gate:
         yield gate
-    finally:
-        postfix.stop()
-        loop.run(listener.stop())
-        loop.close()
 
 
 def test_postfix_applies_the_rewritten_envelope(milter_gate: Gate) -> None:
