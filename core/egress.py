@@ -66,6 +66,10 @@ class Egress(Protocol):
         """Start a transaction downstream with MAIL FROM; None if the downstream refused it."""
         ...
 
+    async def end_session(self, session: Session) -> None:
+        """The client session is over: release what the egress kept for it."""
+        ...
+
     async def close(self) -> None:
         """Close pooled connections (at shutdown)."""
         ...

@@ -12,7 +12,7 @@ import enum
 import inspect
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import pluggy
@@ -335,7 +335,7 @@ class Pipeline:
     def _checked(p: EnabledPlugin, verdict: object) -> Verdict:
         if not isinstance(verdict, Verdict):
             raise TypeError(f"plugin {p.name} returned {verdict!r}, not a Verdict or None")
-        return verdict
+        return verdict if verdict.plugin else replace(verdict, plugin=p.name)
 
     # -- stages ----------------------------------------------------------------------------------
 

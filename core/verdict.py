@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class VerdictKind(enum.Enum):
@@ -53,6 +53,8 @@ class Verdict:
     status: str
     text: str
     reason: str = ""
+    plugin: str = field(default="", compare=False)
+    """The plugin that gave this verdict; the pipeline fills it in, for the log."""
 
     def __post_init__(self) -> None:
         first = str(self.code)[:1]

@@ -5,6 +5,12 @@ A recipient is accepted when its domain is one of ``domains`` (``example.org`` m
 client authenticated (``authenticated_may_relay``). Anything else gets
 ``554 5.7.1 Relay access denied`` at RCPT, so mailgate is never an open relay.
 
+A recipient in one of ``domains`` is still refused from a client that may not relay when its
+local part carries routing (``user%elsewhere@example.org``, ``elsewhere!user@example.org``,
+``"user@elsewhere"@example.org``, see `mailgate.routing`): the downstream may deliver it to
+another domain. ``allow_untrusted_routing`` lets such addresses through, as Postfix's setting of
+that name does.
+
 Behind Postfix as a milter, Postfix has already decided who may relay
 (``smtpd_relay_restrictions``, ``mynetworks``) before mailgate sees a recipient, and mailgate
 cannot know its networks: relay control leaves milter traffic alone unless ``check_milter``
@@ -22,6 +28,7 @@ from dataclasses import dataclass, field
 from mailgate.config import Networks
 from mailgate.expressions import ip_in
 from mailgate.plugin import hookimpl
+from mailgate.routing import routing_reason, valid_domain
 from mailgate.session import Address, Session
 from mailgate.verdict import Verdict
 
@@ -36,6 +43,10 @@ class RelayControlSettings:
     """Clients in these networks may send to any domain (relay)."""
     authenticated_may_relay: bool = True
     """Clients that authenticated (SMTP AUTH) may send to any domain."""
+    allow_untrusted_routing: bool = False
+    """Accept recipients whose local part routes (``%``, ``!``, a quoted or second ``@``) from
+    clients that may not relay, when their domain is one of `domains`. Off, as in Postfix:
+    the downstream may route them to any domain."""
     reply_code: int = 554
     """The refusal's SMTP code (554, or 550 as some sites prefer)."""
     reply_text: str = "Relay access denied"
@@ -69,6 +80,8 @@ class RelayControl:
 
     def local_domain(self, domain: str) -> bool:
         """True if mail for `domain` is accepted from anyone."""
+        if not valid_domain(domain):
+            return False
         domain = domain.lower().rstrip(".")
         return domain in self._exact or (bool(self._subs) and domain.endswith(self._subs))
 
@@ -85,11 +98,16 @@ class RelayControl:
             return None
         if session.ingress == "policy" and not self.settings.check_policy:
             return None
-        if self.local_domain(recipient.domain) or self.may_relay(session):
+        if self.may_relay(session):
             return None
+        routing = None
+        if not self.settings.allow_untrusted_routing:
+            routing = routing_reason(recipient.address)
+        if routing is None and self.local_domain(recipient.domain):
+            return None
+        reason = f"relay to {recipient.domain or recipient.address} from {session.client_ip}"
+        if routing is not None:
+            reason = f"{reason}: {routing} in {recipient.address!r}"
         return Verdict.reject(
-            self.settings.reply_code,
-            "5.7.1",
-            self.settings.reply_text,
-            reason=f"relay to {recipient.domain or recipient.address} from {session.client_ip}",
+            self.settings.reply_code, "5.7.1", self.settings.reply_text, reason=reason
         )

@@ -77,3 +77,45 @@ def test_relay_control_is_on_with_no_files_at_all() -> None:
     assert [p.name for p in app.pipeline.plugins] == ["relay_control", "sender_auth"]
     settings = app.pipeline.plugins[0].instance.settings  # type: ignore[attr-defined]
     assert settings.networks == ["127.0.0.0/8", "::1/128"] and settings.domains == []
+
+
+ROUTED = ["v%evil.test@example.org", '"v@evil.test"@example.org', "evil.test!v@example.org"]
+
+
+def send_raw(port: int, source: str, rcpts: list[str]) -> dict[str, int]:
+    """RCPT each address as written (smtplib's rcpt() would re-quote it); the codes."""
+    with smtplib.SMTP("127.0.0.2", port, source_address=(source, 0), timeout=10) as client:
+        client.ehlo("client.example.net")
+        client.docmd("MAIL", "FROM:<a@example.net>")
+        return {rcpt: client.docmd("RCPT", f"TO:<{rcpt}>")[0] for rcpt in rcpts}
+
+
+async def test_routing_in_a_local_domains_address_is_refused_from_outside(
+    gate: App, capsys: pytest.CaptureFixture[str]
+) -> None:
+    codes = await asyncio.to_thread(send_raw, gate.ports[0], "127.0.0.2", ROUTED)
+    assert codes == dict.fromkeys(ROUTED, 554)
+    out = capsys.readouterr().out
+    assert "percent hack (user%host)" in out and "bang path" in out and "second @" in out
+
+
+async def test_routing_is_accepted_from_a_client_that_may_relay(gate: App) -> None:
+    codes = await asyncio.to_thread(send_raw, gate.ports[0], "127.0.0.1", ROUTED)
+    assert codes == dict.fromkeys(ROUTED, 250)
+
+
+async def test_allow_untrusted_routing_accepts_it_for_local_domains_only(
+    tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    (tmp_path / "mailgate.toml").write_text(
+        '[relay_control]\ndomains = ["example.org"]\nnetworks = ["127.0.0.1/32"]\n'
+        "allow_untrusted_routing = true\n"
+    )
+    app = App(tmp_path, listen="127.0.0.2:0", relay=f"{smtp_sink.host}:{smtp_sink.port}")
+    await app.start()
+    try:
+        rcpts = [*ROUTED, "victim%example.org@evil.test", "victim@evil.test%example.org"]
+        codes = await asyncio.to_thread(send_raw, app.ports[0], "127.0.0.2", rcpts)
+    finally:
+        await app.stop()
+    assert codes == {**dict.fromkeys(ROUTED, 250), rcpts[-2]: 554, rcpts[-1]: 554}

@@ -42,7 +42,15 @@ class DownstreamError(Exception):
 class DownstreamConnection:
     """An open, greeted SMTP connection with the downstream's EHLO extensions."""
 
-    __slots__ = ("_protocol", "_settings", "extensions", "idle_since", "idle_timer", "messages")
+    __slots__ = (
+        "_protocol",
+        "_settings",
+        "extensions",
+        "idle_since",
+        "idle_timer",
+        "messages",
+        "owner",
+    )
 
     def __init__(
         self, protocol: SMTPProtocol, extensions: dict[str, str], settings: RelaySettings
@@ -55,6 +63,9 @@ class DownstreamConnection:
         """Transactions completed on this connection."""
         self.idle_since = time.monotonic()
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.owner = ""
+        """The id of the client session this connection was handed to with XCLIENT; empty
+        while it is mailgate's own and may serve any session."""
 
     @classmethod
     async def open(
@@ -101,6 +112,36 @@ class DownstreamConnection:
         if response.code != 250:
             raise DownstreamError(replies.unreachable(f"HELO refused with {response.code}"))
         self.extensions = {}
+
+    async def xclient(self, command: str, helo_name: str, owner: str) -> None:
+        """Send `command` (XCLIENT ...), read the new greeting and EHLO as the client did.
+
+        Raises `DownstreamError` when the downstream refuses it: relaying as mailgate instead
+        would skip the restrictions the site asked the downstream to apply to the real client.
+        """
+        try:
+            response = await self._protocol.execute_command(
+                command.encode("utf-8", "surrogateescape"),
+                timeout=self._settings.command_timeout,
+            )
+        except _FAILURES as exc:
+            self.close()
+            raise DownstreamError(replies.lost(_describe(exc))) from exc
+        # Postfix answers with a new greeting (220); smtp-sink and older servers with 250.
+        if response.code not in (220, 250):
+            self.close()
+            raise DownstreamError(
+                replies.unreachable(f"XCLIENT refused: {response.code} {response.message}")
+            )
+        try:
+            await self._hello(helo_name)
+        except DownstreamError:
+            self.close()
+            raise
+        except _FAILURES as exc:
+            self.close()
+            raise DownstreamError(replies.lost(_describe(exc))) from exc
+        self.owner = owner
 
     @property
     def alive(self) -> bool:

@@ -10,6 +10,7 @@ Any refusal there makes the whole message a 4xx, never a partial delivery.
 from __future__ import annotations
 
 import logging
+import re
 
 from mailgate.egress import Reply
 from mailgate.quarantine import QuarantineStore
@@ -19,11 +20,16 @@ from mailgate.relay.params import mail_params, rcpt_params, with_size
 from mailgate.relay.pool import ConnectionPool
 from mailgate.relay.settings import RelaySettings
 from mailgate.relay.xforward import commands as xforward_commands
+from mailgate.relay.xforward import xclient_command
 from mailgate.session import Address, Session, Transaction
 
 log = logging.getLogger(__name__)
 
 _Key = tuple[str, tuple[str, ...]]
+
+_PLAIN_HELO = re.compile(r"[\x21-\x7e]{1,255}\Z")
+"""A client HELO name mailgate repeats in its own EHLO after XCLIENT; any other is replaced by
+mailgate's name (XCLIENT's HELO attribute, xtext-encoded, still carries it)."""
 
 
 def _key(address: Address) -> _Key:
@@ -43,10 +49,11 @@ class RelayEgress:
         self, session: Session, transaction: Transaction
     ) -> tuple[Reply, RelayTransaction | None]:
         """Send MAIL FROM downstream; a 4xx reply (never an exception) if that is impossible."""
+        owner = session.id if self.settings.xclient else ""
         try:
-            conn, reused = await self.pool.acquire()
+            conn, reused = await self.pool.acquire(owner)
             try:
-                await self.xforward(conn, session, transaction)
+                await self.introduce(conn, session, transaction)
                 reply = await _mail(conn, transaction.sender)
             except DownstreamError:
                 if not reused:
@@ -54,7 +61,7 @@ class RelayEgress:
                 # The pooled connection went stale while idle: one fresh attempt is safe,
                 # nothing was accepted on the old one.
                 conn = await self.pool.open_new()
-                await self.xforward(conn, session, transaction)
+                await self.introduce(conn, session, transaction)
                 reply = await _mail(conn, transaction.sender)
         except DownstreamError as exc:
             return exc.reply, None
@@ -63,6 +70,21 @@ class RelayEgress:
             return reply, None
         return reply, RelayTransaction(self, conn, transaction.sender)
 
+    async def introduce(
+        self, conn: DownstreamConnection, session: Session, transaction: Transaction
+    ) -> None:
+        """Tell the downstream who the client is: XCLIENT once per connection and session,
+        then XFORWARD per transaction (only the transaction id after XCLIENT)."""
+        offered = conn.extensions.get("xclient")
+        if self.settings.xclient and offered is not None and conn.owner != session.id:
+            helo = session.helo if _PLAIN_HELO.match(session.helo) else self.pool.helo_name
+            await conn.xclient(xclient_command(offered, session, transaction), helo, session.id)
+        await self.xforward(conn, session, transaction)
+
+    async def end_session(self, session: Session) -> None:
+        """The client session ended: its XCLIENT connections are of no further use."""
+        self.pool.release_owner(session.id)
+
     async def xforward(
         self, conn: DownstreamConnection, session: Session, transaction: Transaction
     ) -> None:
@@ -70,6 +92,8 @@ class RelayEgress:
         offered = conn.extensions.get("xforward")
         if not self.settings.xforward or offered is None:
             return
+        if conn.owner:
+            offered = "IDENT" if "IDENT" in offered.upper().split() else ""
         for command in xforward_commands(offered, session, transaction):
             reply = await conn.command(command)
             if not reply.ok:
@@ -147,7 +171,7 @@ class RelayTransaction:
         final = {_key(r): r for r in transaction.recipients}
         if _key(transaction.sender) != self._sender or not self._accepted <= final.keys():
             await self._reset_or_fail(conn)
-            await self._egress.xforward(conn, session, transaction)
+            await self._egress.introduce(conn, session, transaction)
             params = mail_params(transaction.sender.params, conn.extensions)
             if conn.supports("size"):
                 params = with_size(params, size)

@@ -32,19 +32,46 @@ class ConnectionPool:
         """How many connections wait in the pool now."""
         return len(self._idle)
 
-    async def acquire(self) -> tuple[DownstreamConnection, bool]:
-        """A connection and whether it was reused; raises `DownstreamError` if none can open."""
-        while self._idle:
-            conn = self._idle.pop()
-            if conn.idle_timer is not None:
-                conn.idle_timer.cancel()
-                conn.idle_timer = None
+    @property
+    def helo_name(self) -> str:
+        """The name mailgate gives in EHLO."""
+        return self._helo
+
+    async def acquire(self, owner: str = "") -> tuple[DownstreamConnection, bool]:
+        """A connection and whether it was reused; raises `DownstreamError` if none can open.
+
+        An idle connection already handed to session `owner` with XCLIENT comes first, then one
+        that is still mailgate's own; a connection handed to another session is never given.
+        """
+        while (conn := self._take_idle(owner)) is not None:
             if conn.alive:
                 return conn, True
             conn.close()
         conn = await DownstreamConnection.open(self._settings, self._helo, self._tls)
         self.opened += 1
         return conn, False
+
+    def _take_idle(self, owner: str) -> DownstreamConnection | None:
+        found = None
+        for conn in reversed(self._idle):
+            if conn.owner == owner:
+                found = conn
+                break
+            if not conn.owner and found is None:
+                found = conn
+        if found is None:
+            return None
+        self._idle.remove(found)
+        if found.idle_timer is not None:
+            found.idle_timer.cancel()
+            found.idle_timer = None
+        return found
+
+    def release_owner(self, owner: str) -> None:
+        """QUIT the idle connections handed to session `owner` (it ended)."""
+        for conn in [c for c in self._idle if c.owner == owner]:
+            self._idle.remove(conn)
+            conn.quit()
 
     async def open_new(self) -> DownstreamConnection:
         """A fresh connection, bypassing the pool (after a pooled one turned out stale)."""

@@ -55,6 +55,13 @@ class RelaySettings:
     XFORWARD before each MAIL FROM when the downstream offers it (Postfix does to the hosts in
     ``smtpd_authorized_xforward_hosts``)."""
 
+    xclient: bool = True
+    """Present the original client (name, address, port, HELO, login) with XCLIENT when the
+    downstream offers it (Postfix does to the hosts in ``smtpd_authorized_xclient_hosts``), so
+    that the downstream applies its own restrictions to the real client. A downstream connection
+    then serves one client session (XCLIENT cannot be undone); XFORWARD, when also offered,
+    still carries the transaction id."""
+
     quarantine_dir: str = "/var/lib/mailgate/quarantine"
     """Where quarantined messages are kept (one ``.eml`` plus a ``.json`` sidecar each)."""
 

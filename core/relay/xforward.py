@@ -1,8 +1,14 @@
-"""Postfix's XFORWARD: tell the downstream who the original client was (XFORWARD_README).
+"""Postfix's XFORWARD and XCLIENT: tell the downstream who the original client was.
 
-Postfix then logs and checks (``smtpd_client_restrictions``, its own ``Received:``) the
-forwarded client instead of mailgate. The attributes last for one transaction, so they are
-sent before every MAIL FROM, also on a pooled connection and after RSET.
+XFORWARD (XFORWARD_README) changes only what the downstream logs and writes in its
+``Received:``; its attributes last for one transaction, so they are sent before every MAIL FROM,
+also on a pooled connection and after RSET.
+
+XCLIENT (XCLIENT_README) makes the downstream treat the connection as if the original client
+had made it: its restrictions (``permit_mynetworks``, ``reject_unauth_destination``,
+``permit_sasl_authenticated`` through ``LOGIN``) judge the real client, not mailgate. It lasts
+for the rest of the connection, and Postfix checks ``smtpd_authorized_xclient_hosts`` against the
+client it now believes in, so a connection serves one client session and is not shared.
 """
 
 from __future__ import annotations
@@ -33,6 +39,25 @@ def attributes(session: Session, transaction: Transaction) -> dict[str, str]:
         "HELO": session.helo[:_MAX_HELO] or UNAVAILABLE,
         "IDENT": transaction.id,
     }
+
+
+def xclient_command(offered: str, session: Session, transaction: Transaction) -> str:
+    """The one XCLIENT command for the attributes the downstream offered (``NAME ADDR PROTO
+    HELO REVERSE_NAME PORT LOGIN ...``). One command, because Postfix re-checks its
+    authorisation against the new client after each one."""
+    wanted = set(offered.upper().split())
+    ip = session.client_ip
+    protocol = str(transaction.notes.get("protocol") or "ESMTP").upper()
+    values = {
+        "NAME": session.client_name or UNAVAILABLE,
+        "ADDR": (f"IPv6:{ip}" if ":" in ip else ip) or UNAVAILABLE,
+        "PORT": str(session.client_port) if session.client_port else UNAVAILABLE,
+        "PROTO": "ESMTP" if protocol.startswith("ESMTP") else "SMTP",
+        "HELO": session.helo[:_MAX_HELO] or UNAVAILABLE,
+        "LOGIN": session.auth_login[:_MAX_HELO] or UNAVAILABLE,
+    }
+    pairs = [f"{name}={xtext(value)}" for name, value in values.items() if name in wanted]
+    return "XCLIENT " + " ".join(pairs)
 
 
 def commands(offered: str, session: Session, transaction: Transaction) -> list[str]:

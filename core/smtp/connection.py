@@ -163,6 +163,8 @@ class SmtpConnection(SMTP):
 
     async def _cleanup(self) -> None:
         await self._end_transaction(self._abort_reason)
+        if self.mg is not None:
+            await self._state.egress.end_session(self.mg)
         if self.mg is not None and self._pipeline is not None:
             await self._pipeline.disconnect(self.mg)
             log.info("session end", counters=self.mg.counters)
@@ -583,6 +585,13 @@ class SmtpConnection(SMTP):
         made = len(tx.modifications)
         verdict = await self._pipeline.rcpt(self.mg, tx, recipient)
         if verdict is not None and verdict.is_refusal:
+            log.info(
+                "recipient refused",
+                rcpt=recipient.address,
+                code=verdict.code,
+                by=verdict.plugin,
+                reason=verdict.reason,
+            )
             await self._pipeline.rcpt_refused(self.mg, tx, recipient, verdict)
             await self._refuse(verdict)
             return
@@ -595,6 +604,13 @@ class SmtpConnection(SMTP):
         reply = await self._downstream(dtx.rcpt(recipient))
         if reply is None or not reply.ok:
             refusal = self._refusal(reply)
+            log.info(
+                "recipient refused",
+                rcpt=recipient.address,
+                code=refusal.code,
+                by="downstream",
+                reply=refusal.smtp_reply(),
+            )
             if self._pipeline.implements("on_rcpt_refused"):
                 refused = replies.to_verdict(refusal, reason="refused downstream")
                 await self._pipeline.rcpt_refused(self.mg, tx, recipient, refused)

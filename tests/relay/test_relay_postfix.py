@@ -220,6 +220,7 @@ async def test_removing_every_recipient_sends_nothing(egress: RelayEgress, mta: 
 
 
 async def test_connection_is_reused_across_messages(egress: RelayEgress, mta: Postfix) -> None:
+    egress.settings.xclient = False  # with XCLIENT a connection serves one session only
     mark = len(mta.maillog())
     for _ in range(5):
         _, final = await relay(
@@ -229,3 +230,25 @@ async def test_connection_is_reused_across_messages(egress: RelayEgress, mta: Po
     assert egress.pool.opened == 1
     (line,) = await close_and_count(egress, mta, mark)
     assert "mail=5" in line and "bdat=5" in line
+
+
+async def test_with_xclient_a_connection_serves_the_messages_of_one_session(
+    egress: RelayEgress, mta: Postfix
+) -> None:
+    mark = len(mta.maillog())
+    first, second = session(), session()
+    for sess in (first, first, second, first):
+        _, final = await relay(
+            egress, transaction(rcpts=["x@local.test"]), message(headers=headers(unique())), sess
+        )
+        assert final == 250
+    assert egress.pool.opened == 2
+    await egress.end_session(first)
+    assert egress.pool.idle == 1
+    await egress.close()
+    deadline = time.monotonic() + 5
+    while len(lines := sessions_since(mta, mark)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(re.search(r"mail=(\d+)", line).group(1) for line in lines) == ["1", "3"]  # type: ignore[union-attr]
+    # Postfix counts XCLIENT as "0/1" (its success counter restarts with the new client).
+    assert all(" xclient=" in line and "ehlo=2" in line for line in lines), lines

@@ -35,8 +35,19 @@ async def test_message_arrives_with_envelope_and_params(
     # smtp-sink does not advertise SIZE, and nobody gets AUTH= or unknown parameters.
     assert got.mail_params == ("BODY=8BITMIME",)
     assert got.rcpts == ("b@example.net", "c@example.net")
-    assert got.helo == "relay.test"
+    # smtp-sink offers XCLIENT: mailgate hands it the client and says EHLO with its name.
+    assert got.helo == "client.test"
     assert got.data.endswith(b"\r\n\r\nHello\r\n")
+
+
+async def test_without_xclient_mailgate_says_ehlo_with_its_own_name(
+    egress: RelayEgress, smtp_sink: SmtpSink
+) -> None:
+    egress.settings.xclient = False
+    _, final = await relay(egress, transaction(), message(b"Hello\r\n"))
+    assert final == 250
+    (got,) = smtp_sink.messages()
+    assert got.helo == "relay.test"
 
 
 async def test_lines_starting_with_a_dot_arrive_unchanged(

@@ -54,6 +54,9 @@ class RecordingEgress:
             return self.mail_reply, None
         return self.mail_reply, _RecordingTransaction(self)
 
+    async def end_session(self, session: Session) -> None:
+        pass
+
     async def close(self) -> None:
         pass
 

@@ -1,6 +1,8 @@
-"""XFORWARD through the listener and the relay, with real Postfix and smtp-sink downstream.
+"""XCLIENT and XFORWARD through the listener and the relay, with real Postfix and smtp-sink.
 
-Postfix 3.7 logs the forwarded client and transaction id in its smtpd line:
+With XCLIENT (Postfix offers it to ``smtpd_authorized_xclient_hosts``) Postfix takes the
+connection as the client's own: ``client=unknown[127.0.0.2], orig_queue_id=t...``. With
+XFORWARD alone it logs the forwarded client beside mailgate:
 ``client=localhost[127.0.0.1], orig_queue_id=t..., orig_client=unknown[127.0.0.2]``.
 """
 
@@ -26,10 +28,25 @@ def send_two(port: int) -> None:
             assert client.sendmail("a@example.com", ["b@example.net"], MESSAGE) == {}
 
 
+def test_postfix_sees_the_real_client_through_xclient_on_one_connection(
+    gateway_factory: GatewayFactory, postfix: Postfix, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    egress = relay_to(postfix.host, postfix.port, tmp_path)
+    gateway = gateway_factory(egress)
+    send_two(gateway.port)
+    smtp_sink.wait_for_messages(2)
+    assert isinstance(egress, RelayEgress) and egress.pool.opened == 1
+    lines = re.findall(r"smtpd\[\d+\]: \w+: client=.*", postfix.maillog())
+    assert len(lines) == 2
+    for line in lines:
+        assert re.search(r"client=unknown\[127\.0\.0\.2\], orig_queue_id=t[0-9a-f]+-\d+$", line)
+
+
 def test_postfix_logs_the_original_client_for_every_pooled_transaction(
     gateway_factory: GatewayFactory, postfix: Postfix, smtp_sink: SmtpSink, tmp_path: Path
 ) -> None:
     egress = relay_to(postfix.host, postfix.port, tmp_path)
+    egress.settings.xclient = False
     gateway = gateway_factory(egress)
     send_two(gateway.port)
     smtp_sink.wait_for_messages(2)
@@ -49,6 +66,7 @@ def test_no_xforward_when_switched_off(
 ) -> None:
     egress = relay_to(postfix.host, postfix.port, tmp_path)
     egress.settings.xforward = False
+    egress.settings.xclient = False
     gateway = gateway_factory(egress)
     send_two(gateway.port)
     smtp_sink.wait_for_messages(2)
