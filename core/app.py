@@ -24,6 +24,7 @@ from mailgate.logging import configure_logging
 from mailgate.metrics import Metrics, MetricsServer
 from mailgate.pipeline import Observer, Pipeline
 from mailgate.policy import PolicyListener
+from mailgate.quarantine import QuarantineStore
 from mailgate.relay import RelayEgress
 from mailgate.smtp.listener import SmtpListener
 
@@ -87,6 +88,7 @@ class App:
         self.pipeline: Pipeline = self.config.pipeline()
         self.pipeline.observers = self.observers
         self.egress = RelayEgress(self.config.relay)
+        self.quarantine = QuarantineStore(self.config.relay.quarantine_dir)
         self.listeners: list[Listener] = []
         self.reloads = 0
         """Configurations successfully swapped in by `reload`."""
@@ -119,7 +121,12 @@ class App:
         if kind == "smtp":
             if not settings.hostname:
                 settings.hostname = self.config.mailgate.hostname
-            return SmtpListener(settings, pipeline=self.current_pipeline, egress=self.egress)
+            return SmtpListener(
+                settings,
+                pipeline=self.current_pipeline,
+                egress=self.egress,
+                quarantine=self.quarantine,
+            )
         if kind == "policy":
             return PolicyListener(settings, pipeline=self.current_pipeline)
         milter = importlib.import_module("mailgate.milter")

@@ -129,6 +129,12 @@ class Metrics:
             ["ingress", "listener"],
             registry=r,
         )
+        self.downstream_errors = Counter(
+            "mailgate_downstream_errors",
+            "Downstream failures: unreachable or lost (unavailable), timed out, or an error.",
+            ["downstream", "kind"],
+            registry=r,
+        )
         self.reloads = Counter(
             "mailgate_config_reloads",
             "SIGHUP reloads, by result (ok, refused).",
@@ -177,6 +183,10 @@ class Metrics:
         self._count_message(session, outcome_of(verdict, tx))
         if size >= 0:
             self.message_size.observe(size)
+
+    def downstream_error(self, downstream: str, kind: str) -> None:
+        """The downstream could not be reached, failed or timed out (`kind`)."""
+        self.downstream_errors.labels(downstream, kind).inc()
 
     def aborted(self, session: Session) -> None:
         """Count a transaction that ended without a final reply."""

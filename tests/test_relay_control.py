@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from mailgate.app import App
 from tests.peers.smtp_sink import SmtpSink
@@ -90,13 +91,16 @@ def send_raw(port: int, source: str, rcpts: list[str]) -> dict[str, int]:
         return {rcpt: client.docmd("RCPT", f"TO:<{rcpt}>")[0] for rcpt in rcpts}
 
 
-async def test_routing_in_a_local_domains_address_is_refused_from_outside(
-    gate: App, capsys: pytest.CaptureFixture[str]
-) -> None:
-    codes = await asyncio.to_thread(send_raw, gate.ports[0], "127.0.0.2", ROUTED)
+async def test_routing_in_a_local_domains_address_is_refused_from_outside(gate: App) -> None:
+    with structlog.testing.capture_logs() as logs:
+        codes = await asyncio.to_thread(send_raw, gate.ports[0], "127.0.0.2", ROUTED)
     assert codes == dict.fromkeys(ROUTED, 554)
-    out = capsys.readouterr().out
-    assert "percent hack (user%host)" in out and "bang path" in out and "second @" in out
+    reasons = [e["reason"] for e in logs if e["event"] == "recipient refused"]
+    assert [(e["by"], e["code"]) for e in logs if e["event"] == "recipient refused"] == [
+        ("relay_control", 554)
+    ] * 3
+    assert "percent hack (user%host)" in reasons[0] and "second @" in reasons[1]
+    assert "bang path" in reasons[2]
 
 
 async def test_routing_is_accepted_from_a_client_that_may_relay(gate: App) -> None:

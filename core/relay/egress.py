@@ -9,11 +9,11 @@ Any refusal there makes the whole message a 4xx, never a partial delivery.
 
 from __future__ import annotations
 
-import logging
 import re
 
+import structlog
+
 from mailgate.egress import Reply
-from mailgate.quarantine import QuarantineStore
 from mailgate.relay import reply as replies
 from mailgate.relay.connection import DownstreamConnection, DownstreamError
 from mailgate.relay.params import mail_params, rcpt_params, with_size
@@ -23,7 +23,7 @@ from mailgate.relay.xforward import commands as xforward_commands
 from mailgate.relay.xforward import xclient_command
 from mailgate.session import Address, Session, Transaction
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger("mailgate.relay")
 
 _Key = tuple[str, tuple[str, ...]]
 
@@ -37,13 +37,18 @@ def _key(address: Address) -> _Key:
 
 
 class RelayEgress:
-    """Relays each message downstream while the client waits (`mailgate.egress.Egress`)."""
+    """Relays each message downstream while the client waits (`mailgate.egress.Egress`).
+
+    A quarantined message is not its business: the flow stores it and never hands it over.
+    """
+
+    holds_quarantined = False
 
     def __init__(self, settings: RelaySettings) -> None:
         self.settings = settings
+        self.name = f"relay {settings.address}"
         self.pool = ConnectionPool(settings)
         """The downstream connections; `pool.opened` counts connections made."""
-        self.quarantine = QuarantineStore(settings.quarantine_dir)
 
     async def begin(
         self, session: Session, transaction: Transaction
@@ -97,7 +102,7 @@ class RelayEgress:
         for command in xforward_commands(offered, session, transaction):
             reply = await conn.command(command)
             if not reply.ok:
-                log.warning("relay: downstream refused XFORWARD: %s", reply)
+                log.warning("downstream refused XFORWARD", reply=reply.smtp_reply())
                 return
 
     async def close(self) -> None:
@@ -155,9 +160,6 @@ class RelayTransaction:
         message = transaction.message
         if message is None:
             return Reply(451, "4.3.0", "internal error: no message to relay"), False
-        reason = transaction.quarantined
-        if reason is not None:
-            return await self._hold(session, transaction, reason), False
         if not transaction.recipients:
             return Reply(250, "2.0.0", "Ok: discarded, no recipients left"), False
         refused = await self._apply_envelope(conn, session, transaction, message.size)
@@ -177,7 +179,7 @@ class RelayTransaction:
                 params = with_size(params, size)
             mail = await conn.command(_path("MAIL FROM:", transaction.sender), *params)
             if not mail.ok:
-                log.info("relay: downstream refused changed sender: %s", mail)
+                log.info("downstream refused the changed sender", reply=mail.smtp_reply())
                 return replies.ENVELOPE_REFUSED
             pending = list(final.values())
         else:
@@ -185,17 +187,13 @@ class RelayTransaction:
         for recipient in pending:
             reply = await _rcpt(conn, recipient)
             if not reply.ok:
-                log.info("relay: downstream refused %s: %s", recipient.address, reply)
+                log.info(
+                    "downstream refused an added recipient",
+                    rcpt=recipient.address,
+                    reply=reply.smtp_reply(),
+                )
                 return replies.ENVELOPE_REFUSED
         return None
-
-    async def _hold(self, session: Session, transaction: Transaction, reason: str) -> Reply:
-        try:
-            held = await self._egress.quarantine.store(session, transaction, reason)
-        except OSError as exc:
-            log.error("relay: quarantine store failed: %s", exc)
-            return Reply(451, "4.3.0", "quarantine unavailable, try again later")
-        return Reply(250, "2.0.0", f"Ok: held as {held.id}")
 
     async def _reset_or_fail(self, conn: DownstreamConnection) -> None:
         if not await conn.reset():

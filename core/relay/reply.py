@@ -24,13 +24,14 @@ def reply_from_response(response: SMTPResponse) -> Reply:
 
 
 def unreachable(reason: str) -> Reply:
-    """The downstream could not be reached or refused the connection."""
-    return Reply(451, "4.4.1", f"downstream unavailable: {reason}")
+    """The downstream could not be reached or refused the connection (`reason` is logged,
+    the client gets a plain text)."""
+    return Reply(451, "4.4.1", "Downstream unavailable, try again later", failure=reason)
 
 
 def lost(reason: str) -> Reply:
     """The downstream went away or timed out in the middle of a transaction."""
-    return Reply(451, "4.4.2", f"downstream connection lost: {reason}")
+    return Reply(451, "4.4.2", "Downstream connection lost, try again later", failure=reason)
 
 
 ENVELOPE_REFUSED = Reply(451, "4.3.0", "downstream refused the changed envelope; try again later")

@@ -1,9 +1,7 @@
-"""The SMTP ingress: `SmtpListener` translates SMTP into pipeline stages and egress calls.
+"""The SMTP ingress: `mailgate.smtp.listener.SmtpListener` translates SMTP into calls on the
+session's flow (`mailgate.flow`).
 
-`SmtpListenerSettings` is what a ``[[listener]]`` table with ``type = "smtp"`` configures.
+`mailgate.smtp.settings.SmtpListenerSettings` is what a ``[[listener]]`` table with
+``type = "smtp"`` configures; `replies`, `trace`, `commands` and `data` hold the SMTP vocabulary
+the flow and `mailgate try` share.
 """
-
-from mailgate.smtp.listener import SmtpListener
-from mailgate.smtp.settings import SmtpListenerSettings
-
-__all__ = ["SmtpListener", "SmtpListenerSettings"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -17,10 +16,11 @@ from typing import TypeVar
 import structlog
 from aiosmtpd.smtp import SMTP
 
-from mailgate.egress import DownstreamTransaction, Egress, Reply
+from mailgate.egress import Egress, Reply
+from mailgate.flow import FlowSettings, SessionFlow, Trace
 from mailgate.message import Header, Message
-from mailgate.metrics import Metrics, metrics_of
 from mailgate.pipeline import AuthenticationUnavailable, Pipeline
+from mailgate.quarantine import QuarantineStore
 from mailgate.session import Address, Session, Transaction
 from mailgate.smtp import replies
 from mailgate.smtp.auth import (
@@ -36,8 +36,8 @@ from mailgate.smtp.auth import (
 from mailgate.smtp.commands import parse_params, parse_path
 from mailgate.smtp.data import DataReader
 from mailgate.smtp.settings import SmtpListenerSettings
-from mailgate.smtp.trace import PROTOCOL_NOTE, count_received, protocol_name, received_header
-from mailgate.verdict import Verdict, VerdictKind, aborted
+from mailgate.smtp.trace import PROTOCOL_NOTE, protocol_name
+from mailgate.verdict import Verdict, VerdictKind
 
 log = structlog.get_logger("mailgate.smtp")
 
@@ -56,6 +56,7 @@ class ListenerState:
     pipeline: Callable[[], Pipeline]
     egress: Egress
     tls_context: ssl.SSLContext | None = None
+    quarantine: QuarantineStore | None = None
     connections: set[SmtpConnection] = field(default_factory=set)
     cleanups: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -100,14 +101,7 @@ class SmtpConnection(SMTP):
         self._refused: Verdict | None = None
         self._errors = 0
         self._esmtp = False
-        self.mg: Session | None = None
-        self._pipeline: Pipeline | None = None
-        self._metrics: Metrics | None = None
-        self._tx: Transaction | None = None
-        self._dtx: DownstreamTransaction | None = None
-        self._tx_started = 0.0
-        self._early: Verdict | None = None
-        self._failure = replies.DOWNSTREAM_FAILED
+        self._flow: SessionFlow | None = None
         self._abort_reason = "aborted by client: disconnect"
         self._commands: dict[str, Callable[[str], Awaitable[None]]] = {
             "EHLO": self._ehlo,
@@ -162,30 +156,45 @@ class SmtpConnection(SMTP):
             self.transport.close()
 
     async def _cleanup(self) -> None:
-        await self._end_transaction(self._abort_reason)
-        if self.mg is not None:
-            await self._state.egress.end_session(self.mg)
-        if self.mg is not None and self._pipeline is not None:
-            await self._pipeline.disconnect(self.mg)
-            log.info("session end", counters=self.mg.counters)
-            if self._metrics is not None:
-                self._metrics.session_closed(self.mg)
+        if self._flow is not None:
+            await self._flow.close(self._abort_reason)
+
+    @property
+    def _session(self) -> Session:
+        assert self._flow is not None
+        return self._flow.session
+
+    @property
+    def _pipeline(self) -> Pipeline:
+        assert self._flow is not None
+        return self._flow.pipeline
+
+    @property
+    def _tx(self) -> Transaction | None:
+        return None if self._flow is None else self._flow.tx
 
     # -- the session -------------------------------------------------------------------------
 
     async def _serve(self) -> None:
         assert self.transport is not None
         peer = self.transport.get_extra_info("peername") or ("", 0)
-        self.mg = Session(
+        session = Session(
             client_ip=str(peer[0]), client_port=int(peer[1]), listener=self._settings.name
         )
-        structlog.contextvars.bind_contextvars(session=self.mg.id)
-        log.info("session start", client=self.mg.client_ip, port=self.mg.client_port)
-        self._pipeline = self._state.pipeline()
-        self._metrics = metrics_of(self._pipeline)
-        if self._metrics is not None:
-            self._metrics.session_opened(self.mg)
-        verdict = await self._pipeline.connect(self.mg)
+        s = self._settings
+        self._flow = SessionFlow(
+            self._state.pipeline(),
+            session,
+            self._state.egress,
+            settings=FlowSettings(
+                egress_timeout=s.egress_timeout,
+                max_recipients=s.max_recipients,
+                trace=Trace(self.hostname, s.add_received, s.max_received),
+            ),
+            quarantine=self._state.quarantine,
+            before_egress=self._flush,
+        )
+        verdict = await self._flow.open()
         if verdict is not None and verdict.is_refusal:
             if verdict.kind is not VerdictKind.REJECT:
                 await self._close_with(Reply(421, "", f"{self.hostname} {verdict.text}"))
@@ -215,7 +224,8 @@ class SmtpConnection(SMTP):
         except Exception:
             # A bug or a misbehaving plugin: the client hears "try later", never a 250.
             log.exception("command failed", command=verb)
-            await self._end_transaction("aborted: local error")
+            assert self._flow is not None
+            await self._flow.abort("aborted: local error")
             await self._send(replies.LOCAL_ERROR)
 
     async def _send(self, reply: Reply) -> None:
@@ -229,8 +239,7 @@ class SmtpConnection(SMTP):
         self._out.append(reply.smtp_reply().encode("utf-8", "surrogateescape") + b"\r\n")
         if reply.code >= 400 and reply.code != 421:
             self._errors += 1
-            assert self.mg is not None
-            self.mg.count("errors")
+            self._session.count("errors")
             if 0 < self._settings.max_errors < self._errors:
                 await self._close_with(replies.TOO_MANY_ERRORS)
         if not self._command_waiting():
@@ -317,16 +326,15 @@ class SmtpConnection(SMTP):
     # -- commands ------------------------------------------------------------------------------
 
     async def _helo_common(self, name: str) -> bool:
-        assert self.mg is not None and self._pipeline is not None
+        assert self._flow is not None
         if not name:
             await self._send(replies.SYNTAX)
             return False
-        await self._end_transaction("aborted by client: HELO/EHLO")
-        verdict = await self._pipeline.helo(self.mg, name)
+        await self._flow.abort("aborted by client: HELO/EHLO")
+        verdict = await self._flow.helo(name)
         if verdict is not None and verdict.is_refusal:
             await self._refuse(verdict)
             return False
-        self.mg.helo = name
         return True
 
     async def _ehlo(self, arg: str) -> None:
@@ -341,7 +349,7 @@ class SmtpConnection(SMTP):
             "SMTPUTF8",
             "DSN",
         ]
-        if self.tls_context is not None and self.mg is not None and not self.mg.tls:
+        if self.tls_context is not None and not self._session.tls:
             lines.append("STARTTLS")
         if self._auth_offered():
             lines.append("AUTH " + " ".join(self._settings.auth_mechanisms))
@@ -357,11 +365,13 @@ class SmtpConnection(SMTP):
         await self._send(replies.OK)
 
     async def _rset(self, arg: str) -> None:
-        await self._end_transaction("aborted by client: RSET")
+        assert self._flow is not None
+        await self._flow.abort("aborted by client: RSET")
         await self._send(replies.OK)
 
     async def _quit(self, arg: str) -> None:
-        await self._end_transaction("aborted by client: QUIT")
+        assert self._flow is not None
+        await self._flow.abort("aborted by client: QUIT")
         self._writer.write(b"".join([*self._out, replies.BYE.smtp_reply().encode() + b"\r\n"]))
         self._out.clear()
         raise _Closed
@@ -376,14 +386,15 @@ class SmtpConnection(SMTP):
         await self._send(replies.HELP)
 
     async def _starttls(self, arg: str) -> None:
-        assert self.mg is not None
-        if self.tls_context is None or self.mg.tls:
+        assert self._flow is not None
+        session = self._session
+        if self.tls_context is None or session.tls:
             await self._send(replies.TLS_UNAVAILABLE)
             return
         if arg:
             await self._send(replies.SYNTAX)
             return
-        await self._end_transaction("aborted by client: STARTTLS")
+        await self._flow.abort("aborted by client: STARTTLS")
         # Anything sent after STARTTLS in clear text is an injection attempt (CVE-2011-0411).
         self._prefetch = b""
         self._reader._buffer.clear()  # type: ignore[attr-defined]
@@ -395,28 +406,26 @@ class SmtpConnection(SMTP):
             raise _Closed from exc
         self.transport = self._writer.transport
         ssl_object = self.transport.get_extra_info("ssl_object")
-        self.mg.tls = True
-        self.mg.helo = ""
-        self.mg.auth_login = ""  # RFC 3207: forget what the clear-text session established
+        session.tls = True
+        session.helo = ""
+        session.auth_login = ""  # RFC 3207: forget what the clear-text session established
         if ssl_object is not None:
-            self.mg.tls_version = ssl_object.version() or ""
+            session.tls_version = ssl_object.version() or ""
             cipher = ssl_object.cipher()
-            self.mg.tls_cipher = cipher[0] if cipher else ""
-        log.info("TLS started", version=self.mg.tls_version, cipher=self.mg.tls_cipher)
+            session.tls_cipher = cipher[0] if cipher else ""
+        log.info("TLS started", version=session.tls_version, cipher=session.tls_cipher)
 
     # -- authentication ------------------------------------------------------------------------
 
     def _auth_offered(self) -> bool:
         """AUTH is in the EHLO reply: a plugin can check credentials, and TLS is on if needed."""
-        assert self.mg is not None and self._pipeline is not None
         return (
             bool(self._settings.auth_mechanisms)
             and self._pipeline.implements("authenticate")
-            and (self.mg.tls or not self._settings.auth_require_tls)
+            and (self._session.tls or not self._settings.auth_require_tls)
         )
 
     async def _auth(self, arg: str) -> None:
-        assert self.mg is not None and self._pipeline is not None
         problem = self._auth_refusal()
         if problem is not None:
             await self._send(problem)
@@ -438,14 +447,13 @@ class SmtpConnection(SMTP):
 
     def _auth_refusal(self) -> Reply | None:
         """Why AUTH cannot be given now (RFC 4954 section 4), or None."""
-        assert self.mg is not None and self._pipeline is not None
         if not self._settings.auth_mechanisms or not self._pipeline.implements("authenticate"):
             return replies.AUTH_NOT_OFFERED
-        if not self._esmtp or not self.mg.helo:
+        if not self._esmtp or not self._session.helo:
             return replies.NEED_HELO
-        if self._settings.auth_require_tls and not self.mg.tls:
+        if self._settings.auth_require_tls and not self._session.tls:
             return replies.AUTH_NEEDS_TLS
-        if self.mg.auth_login:
+        if self._session.auth_login:
             return replies.AUTH_TWICE
         if self._tx is not None:
             return replies.AUTH_IN_TRANSACTION
@@ -474,10 +482,9 @@ class SmtpConnection(SMTP):
 
     async def _check_credentials(self, mechanism: str, credentials: Credentials) -> None:
         """Ask the plugins; a plugin failure is a temporary failure, not a wrong password."""
-        assert self.mg is not None and self._pipeline is not None
         try:
             ok = await self._pipeline.authenticate(
-                self.mg, mechanism, credentials.login, credentials.secret
+                self._session, mechanism, credentials.login, credentials.secret
             )
         except AuthenticationUnavailable as exc:
             log.warning(
@@ -490,20 +497,19 @@ class SmtpConnection(SMTP):
             return
         if not ok:
             log.info("authentication failed", mechanism=mechanism, login=credentials.login)
-            self.mg.count("auth_failures")
+            self._session.count("auth_failures")
             await self._flush()
             await asyncio.sleep(self._settings.auth_failure_delay)
             await self._send(replies.AUTH_FAILED)
             return
-        self.mg.auth_login = credentials.login
+        self._session.auth_login = credentials.login
         log.info("authenticated", mechanism=mechanism, login=credentials.login)
         await self._send(replies.AUTH_OK)
 
     # -- envelope ------------------------------------------------------------------------------
 
     async def _mail(self, arg: str) -> None:
-        assert self.mg is not None and self._pipeline is not None
-        if not self.mg.helo:
+        if not self._session.helo:
             await self._send(replies.NEED_HELO)
             return
         if self._tx is not None:
@@ -518,27 +524,19 @@ class SmtpConnection(SMTP):
         if problem is not None:
             await self._send(problem)
             return
-        tx = Transaction(sender=Address(address, raw_params))
-        tx.notes[PROTOCOL_NOTE] = protocol_name(
-            esmtp=self._esmtp,
-            tls=self.mg.tls,
-            authenticated=bool(self.mg.auth_login),
-            smtputf8=any(p.upper() == "SMTPUTF8" for p in raw_params),
-        )
-        structlog.contextvars.bind_contextvars(tx=tx.id)
-        self._tx_started = time.monotonic()
-        verdict = await self._pipeline.mail(self.mg, tx)
+        notes = {
+            PROTOCOL_NOTE: protocol_name(
+                esmtp=self._esmtp,
+                tls=self._session.tls,
+                authenticated=bool(self._session.auth_login),
+                smtputf8=any(p.upper() == "SMTPUTF8" for p in raw_params),
+            )
+        }
+        assert self._flow is not None
+        verdict = await self._flow.mail(Address(address, raw_params), notes)
         if verdict is not None and verdict.is_refusal:
-            structlog.contextvars.unbind_contextvars("tx")
             await self._refuse(verdict)
             return
-        begun = await self._downstream(self._state.egress.begin(self.mg, tx))
-        if begun is None or begun[1] is None:
-            structlog.contextvars.unbind_contextvars("tx")
-            await self._send(self._refusal(begun[0] if begun else None))
-            return
-        self._tx, self._dtx = tx, begun[1]
-        self._early = _early_verdict(verdict)
         await self._send(replies.SENDER_OK)
 
     def _check_mail_params(self, address: str, params: dict[str, str | None]) -> Reply | None:
@@ -562,9 +560,8 @@ class SmtpConnection(SMTP):
         return None
 
     async def _rcpt(self, arg: str) -> None:
-        assert self.mg is not None and self._pipeline is not None
-        tx, dtx = self._tx, self._dtx
-        if tx is None or dtx is None:
+        tx = self._tx
+        if tx is None or self._flow is None:
             await self._send(replies.NEED_MAIL)
             return
         parsed = self._parse_envelope_arg(arg, "TO:")
@@ -578,46 +575,10 @@ class SmtpConnection(SMTP):
         if not address.isascii() and not any(p.upper() == "SMTPUTF8" for p in tx.sender.params):
             await self._send(replies.NO_SMTPUTF8)
             return
-        if len(tx.recipients) >= self._settings.max_recipients:
-            await self._send(replies.TOO_MANY_RECIPIENTS)
-            return
-        recipient = Address(address, raw_params)
-        made = len(tx.modifications)
-        verdict = await self._pipeline.rcpt(self.mg, tx, recipient)
+        verdict = await self._flow.rcpt(Address(address, raw_params))
         if verdict is not None and verdict.is_refusal:
-            log.info(
-                "recipient refused",
-                rcpt=recipient.address,
-                code=verdict.code,
-                by=verdict.plugin,
-                reason=verdict.reason,
-            )
-            await self._pipeline.rcpt_refused(self.mg, tx, recipient, verdict)
             await self._refuse(verdict)
             return
-        if tx.deletes_since(made, recipient.address):
-            # Rewritten into the recipients the plugin added: those get their RCPT downstream
-            # with the final envelope, at the end of data.
-            self._early = self._early or _early_verdict(verdict)
-            await self._send(replies.RECIPIENT_OK)
-            return
-        reply = await self._downstream(dtx.rcpt(recipient))
-        if reply is None or not reply.ok:
-            refusal = self._refusal(reply)
-            log.info(
-                "recipient refused",
-                rcpt=recipient.address,
-                code=refusal.code,
-                by="downstream",
-                reply=refusal.smtp_reply(),
-            )
-            if self._pipeline.implements("on_rcpt_refused"):
-                refused = replies.to_verdict(refusal, reason="refused downstream")
-                await self._pipeline.rcpt_refused(self.mg, tx, recipient, refused)
-            await self._send(refusal)
-            return
-        tx.recipients.append(recipient)
-        self._early = self._early or _early_verdict(verdict)
         await self._send(replies.RECIPIENT_OK)
 
     @staticmethod
@@ -637,7 +598,6 @@ class SmtpConnection(SMTP):
     # -- data ----------------------------------------------------------------------------------
 
     async def _data(self, arg: str) -> None:
-        assert self.mg is not None and self._pipeline is not None
         tx = self._tx
         if tx is None:
             await self._send(replies.NEED_MAIL)
@@ -648,14 +608,15 @@ class SmtpConnection(SMTP):
         if arg:
             await self._send(replies.SYNTAX)
             return
-        verdict = await self._pipeline.data(self.mg, tx)
+        assert self._flow is not None
+        verdict = await self._flow.data()
         if verdict is not None and verdict.is_refusal:
             await self._finish(verdict, replies.from_verdict(verdict))
             return
         await self._send(replies.START_DATA)
         reader = self._settings.new_data_reader()
         try:
-            headers, header_verdict = await self._read_data(reader, tx)
+            headers, header_verdict = await self._read_data(reader)
         except BaseException:
             reader.close()
             raise
@@ -674,13 +635,14 @@ class SmtpConnection(SMTP):
         if header_verdict is not None and header_verdict.is_refusal:
             await self._finish(header_verdict, replies.from_verdict(header_verdict))
             return
-        await self._decide(tx)
+        ending = await self._flow.end_of_data()
+        if ending.delivered:
+            self._errors = 0
+        await self._answer_end(ending.verdict, ending.reply)
 
-    async def _read_data(
-        self, reader: DataReader, tx: Transaction
-    ) -> tuple[list[Header], Verdict | None]:
+    async def _read_data(self, reader: DataReader) -> tuple[list[Header], Verdict | None]:
         """Read to the real end of data; run `on_headers` as soon as the header block is in."""
-        assert self.mg is not None and self._pipeline is not None
+        assert self._flow is not None
         headers: list[Header] | None = None
         verdict: Verdict | None = None
         while True:
@@ -688,142 +650,30 @@ class SmtpConnection(SMTP):
             used = reader.feed(chunk)
             if headers is None and reader.headers_complete and reader.problem is None:
                 headers = reader.headers
-                verdict = await self._headers_complete(tx, headers)
+                verdict = await self._flow.headers(headers)
             if used >= 0:
                 self._prefetch = chunk[used:]
                 return headers or [], verdict
 
-    async def _headers_complete(self, tx: Transaction, headers: list[Header]) -> Verdict | None:
-        """Count the hops, add our trace header at the top, then run `on_headers`."""
-        assert self.mg is not None and self._pipeline is not None
-        limit = self._settings.max_received
-        if limit and count_received(headers) > limit:
-            return replies.to_verdict(replies.TOO_MANY_HOPS, reason="mail loop")
-        if self._settings.add_received:
-            headers.insert(0, received_header(self.mg, tx, hostname=self.hostname))
-        # A copy: the message's own list changes later with the plugins' modifications.
-        return await self._pipeline.headers(self.mg, tx, list(headers))
+    async def _finish(self, verdict: Verdict, answer: Reply) -> None:
+        """End the transaction with `verdict` and answer the client."""
+        assert self._flow is not None
+        await self._flow.finish(verdict, answer)
+        await self._answer_end(verdict, answer)
 
-    async def _decide(self, tx: Transaction) -> None:
-        """Run `on_message`, then deliver, discard or refuse."""
-        assert self.mg is not None and self._pipeline is not None and self._dtx is not None
-        verdict = await self._pipeline.message(self.mg, tx)
-        if verdict is None or verdict.kind is VerdictKind.ACCEPT:
-            verdict = self._early or verdict
-        if verdict is not None and verdict.is_refusal:
-            await self._finish(verdict, replies.from_verdict(verdict))
-            return
-        if verdict is not None and verdict.kind is VerdictKind.DISCARD:
-            await self._finish(verdict, replies.from_verdict(verdict))
-            return
-        if verdict is not None and verdict.kind is VerdictKind.QUARANTINE:
-            if tx.quarantined is None:
-                tx.quarantine(verdict.reason or "quarantined by plugin")
-        elif tx.quarantined is not None:
-            verdict = Verdict.quarantine(reason=tx.quarantined)
-        dtx, self._dtx = self._dtx, None
-        reply = await self._downstream(dtx.deliver(self.mg, tx))
-        if reply is None or not 200 <= reply.code < 300:
-            self._dtx = dtx
-            refusal = self._refusal(reply)
-            await self._finish(replies.to_verdict(refusal, reason="downstream"), refusal)
-            return
-        final = verdict if verdict is not None else Verdict.accept(reason="delivered")
-        self._errors = 0
-        await self._finish(final, reply, delivered=True)
-
-    async def _finish(self, verdict: Verdict, answer: Reply, *, delivered: bool = False) -> None:
-        """Answer the end of the transaction, report the outcome, and forget it."""
-        assert self.mg is not None and self._pipeline is not None
-        tx = self._tx
-        if tx is not None:
-            await self._pipeline.outcome(self.mg, tx, verdict)
-            self.mg.count("messages" if delivered else verdict.kind.value)
-            size = tx.message.size if tx.message is not None else -1
-            if self._metrics is not None:
-                self._metrics.message(self.mg, tx, verdict, size)
-            log.info(
-                "message outcome",
-                sender=tx.sender.address,
-                rcpts=len(tx.recipients),
-                size=max(size, 0),
-                verdict=verdict.kind.value,
-                reason=verdict.reason,
-                reply=answer.smtp_reply(),
-                elapsed_ms=round((time.monotonic() - self._tx_started) * 1000, 2),
-            )
-        await self._end_transaction(None)
+    async def _answer_end(self, verdict: Verdict, answer: Reply) -> None:
         if verdict.kind is VerdictKind.DISCONNECT:
             await self._close_with(answer)
         await self._send(answer)
 
-    async def _report_abort(self, tx: Transaction, outcome: Verdict | str) -> None:
-        assert self.mg is not None and self._pipeline is not None
-        verdict = aborted(outcome) if isinstance(outcome, str) else outcome
-        self.mg.count("aborted")
-        if self._metrics is not None:
-            self._metrics.aborted(self.mg)
-        log.info(
-            "message outcome",
-            sender=tx.sender.address,
-            rcpts=len(tx.recipients),
-            size=0,
-            verdict=verdict.kind.value,
-            reason=verdict.reason,
-            reply="",
-            elapsed_ms=round((time.monotonic() - self._tx_started) * 1000, 2),
-        )
-        await self._pipeline.outcome(self.mg, tx, verdict)
-
     async def _refuse(self, verdict: Verdict) -> None:
-        """Answer a refused command; a disconnect verdict also closes the session."""
+        """Answer a refused command; a disconnect verdict also ends the transaction and closes."""
         if verdict.kind is VerdictKind.DISCONNECT:
-            await self._end_transaction(verdict)
+            assert self._flow is not None
+            if self._flow.tx is not None:
+                await self._flow.finish(verdict, replies.from_verdict(verdict))
             await self._close_with(replies.from_verdict(verdict))
         await self._send(replies.from_verdict(verdict))
-
-    # -- downstream ------------------------------------------------------------------------------
-
-    async def _downstream(self, step: Awaitable[T]) -> T | None:
-        """Await one egress step with the egress timeout; None if it failed or timed out."""
-        await self._flush()
-        try:
-            async with asyncio.timeout(self._settings.egress_timeout):
-                return await step
-        except TimeoutError:
-            log.warning("downstream timed out", timeout=self._settings.egress_timeout)
-            self._failure = replies.DOWNSTREAM_TIMEOUT
-        except Exception as exc:
-            log.error("downstream failed", reason=f"{type(exc).__name__}: {exc}")
-            self._failure = replies.DOWNSTREAM_FAILED
-        return None
-
-    def _refusal(self, reply: Reply | None) -> Reply:
-        """The downstream's refusal as is; 451 when there was none (it failed or timed out)."""
-        if reply is None:
-            return self._failure
-        return reply if 400 <= reply.code < 600 else replies.LOCAL_ERROR
-
-    async def _end_transaction(self, outcome: Verdict | str | None) -> None:
-        """Drop the current transaction: abort it downstream and release its spool.
-
-        `outcome` is reported to `on_outcome` if a transaction is open: a verdict, or the
-        reason it was aborted (a tempfail); None once `_finish` has reported it.
-        """
-        tx, dtx = self._tx, self._dtx
-        self._tx = self._dtx = self._early = None
-        if tx is not None and outcome is not None:
-            await self._report_abort(tx, outcome)
-        if dtx is not None:
-            await self._flush()
-            try:
-                await dtx.abort()
-            except Exception as exc:
-                log.warning("downstream abort failed", reason=f"{type(exc).__name__}: {exc}")
-        if tx is not None:
-            if tx.message is not None:
-                tx.message.close()
-            structlog.contextvars.unbind_contextvars("tx")
 
 
 def _auth_line(line: bytes) -> bool:
@@ -839,10 +689,3 @@ def _valid_dsn_rcpt_params(params: dict[str, str | None]) -> bool:
         return False
     words = set(notify.upper().split(","))
     return words == {"NEVER"} or words <= {"SUCCESS", "FAILURE", "DELAY"}
-
-
-def _early_verdict(verdict: Verdict | None) -> Verdict | None:
-    """A discard or quarantine given before the end of data: it applies at the end."""
-    if verdict is not None and verdict.kind in (VerdictKind.DISCARD, VerdictKind.QUARANTINE):
-        return verdict
-    return None

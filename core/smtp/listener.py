@@ -11,6 +11,7 @@ import structlog
 
 from mailgate.egress import Egress
 from mailgate.pipeline import Pipeline
+from mailgate.quarantine import QuarantineStore
 from mailgate.smtp.connection import ListenerState, SmtpConnection
 from mailgate.smtp.settings import SmtpListenerSettings
 
@@ -23,7 +24,8 @@ class SmtpListener:
     """An SMTP server socket in front of the pipeline and an egress.
 
     ``pipeline`` is called once per connection, so a session keeps the plugin chain it started
-    with when the configuration is reloaded. ``egress`` is where accepted messages go.
+    with when the configuration is reloaded. ``egress`` is where accepted messages go;
+    ``quarantine`` keeps the messages plugins hold, when the egress cannot.
     """
 
     def __init__(
@@ -32,10 +34,12 @@ class SmtpListener:
         *,
         pipeline: Callable[[], Pipeline],
         egress: Egress,
+        quarantine: QuarantineStore | None = None,
     ) -> None:
         self.settings = settings
         self._pipeline = pipeline
         self._egress = egress
+        self._quarantine = quarantine
         self._server: asyncio.Server | None = None
         self._state: ListenerState | None = None
 
@@ -56,6 +60,7 @@ class SmtpListener:
             pipeline=self._pipeline,
             egress=self._egress,
             tls_context=self._tls_context(),
+            quarantine=self._quarantine,
         )
         self._state = state
         self._server = await asyncio.get_running_loop().create_server(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import tracemalloc
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -183,47 +182,6 @@ async def test_pool_size_zero_opens_a_connection_per_message(smtp_sink: SmtpSink
     for _ in range(3):
         assert (await relay(eg, transaction(), message()))[1] == 250
     assert eg.pool.opened == 3 and eg.pool.idle == 0
-
-
-async def test_quarantined_message_is_stored_and_not_relayed(
-    smtp_sink: SmtpSink, tmp_path: Path
-) -> None:
-    eg = RelayEgress(settings_for(smtp_sink.host, smtp_sink.port, quarantine_dir=str(tmp_path)))
-    tx = transaction(rcpts=["b@example.net"])
-    _reply, dtx = await eg.begin(session(), tx)
-    assert dtx is not None
-    await dtx.rcpt(tx.recipients[0])
-    tx.message = message(b"suspicious\r\n")
-    tx.quarantine("looks like phishing")
-    tx.add_header("X-Scanned", "yes")
-    final = await dtx.deliver(session(), tx)
-    assert final.code == 250 and "held as" in final.text
-    assert smtp_sink.messages() == []
-    assert eg.pool.idle == 1  # reset and kept
-    (entry,) = eg.quarantine.entries()
-    assert entry["reason"] == "looks like phishing"
-    assert entry["sender"] == "a@example.com"
-    assert [r["address"] for r in entry["recipients"]] == ["b@example.net"]
-    (eml,) = tmp_path.glob("*.eml")
-    assert eml.read_bytes().endswith(b"X-Scanned: yes\r\n\r\nsuspicious\r\n")
-    assert not list(tmp_path.glob(".*.tmp"))
-    await eg.close()
-
-
-async def test_unwritable_quarantine_tempfails(smtp_sink: SmtpSink, tmp_path: Path) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_text("not a directory")
-    eg = RelayEgress(settings_for(smtp_sink.host, smtp_sink.port, quarantine_dir=str(blocker)))
-    tx = transaction()
-    _, dtx = await eg.begin(session(), tx)
-    assert dtx is not None
-    await dtx.rcpt(tx.recipients[0])
-    tx.message = message()
-    tx.quarantine("x")
-    final = await dtx.deliver(session(), tx)
-    assert (final.code, final.status) == (451, "4.3.0")
-    assert smtp_sink.messages() == []
-    await eg.close()
 
 
 async def test_50_mib_message_is_streamed_without_buffering(smtp_sink: SmtpSink) -> None:

@@ -12,8 +12,11 @@ from typing import Any
 
 from mailgate.egress import Egress, Reply
 from mailgate.pipeline import EnabledPlugin, Pipeline
+from mailgate.quarantine import QuarantineStore
+from mailgate.relay import RelayEgress
 from mailgate.session import Session, Transaction
-from mailgate.smtp import SmtpListener, SmtpListenerSettings
+from mailgate.smtp.listener import SmtpListener
+from mailgate.smtp.settings import SmtpListenerSettings
 from tests import event_loops
 
 
@@ -29,7 +32,11 @@ class Delivered:
 
 @dataclass
 class RecordingEgress:
-    """An egress that keeps what it gets; for error paths a real downstream cannot produce."""
+    """An egress that keeps what it gets; for error paths a real downstream cannot produce.
+    Like the MTA behind a milter, it is handed quarantined messages (marked) to hold."""
+
+    name = "recording"
+    holds_quarantined = True
 
     mail_reply: Reply = field(default_factory=lambda: Reply(250, "2.1.0", "OK"))
     rcpt_reply: Reply = field(default_factory=lambda: Reply(250, "2.1.5", "OK"))
@@ -104,7 +111,12 @@ class Gateway:
         self.pipeline = Pipeline(enabled)
         self.loop = event_loops.new_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.listener = SmtpListener(self.settings, pipeline=lambda: self.pipeline, egress=egress)
+        quarantine = None
+        if isinstance(egress, RelayEgress):
+            quarantine = QuarantineStore(egress.settings.quarantine_dir)
+        self.listener = SmtpListener(
+            self.settings, pipeline=lambda: self.pipeline, egress=egress, quarantine=quarantine
+        )
 
     def run(self, coro: Any, timeout: float = 30.0) -> Any:
         """Run a coroutine on the gateway's loop and wait for its result."""

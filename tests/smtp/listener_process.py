@@ -13,7 +13,8 @@ import structlog
 
 from mailgate.pipeline import Pipeline
 from mailgate.relay import RelayEgress, RelaySettings
-from mailgate.smtp import SmtpListener, SmtpListenerSettings
+from mailgate.smtp.listener import SmtpListener
+from mailgate.smtp.settings import SmtpListenerSettings
 from tests import event_loops
 
 
