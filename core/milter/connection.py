@@ -1,4 +1,8 @@
-"""One milter connection from the MTA: frames in, pipeline stages called, replies out."""
+"""One milter connection from the MTA: frames in, calls on the session's flow, replies out.
+
+The MTA keeps the message: the flow's egress is `MtaEgress`, whose end of data is the hand-back
+of the plugins' changes as milter actions (or a tempfail when the MTA did not allow one).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ from typing import IO, Any, TypeVar
 
 import structlog
 
+from mailgate.egress import MtaEgress, Reply
+from mailgate.flow import SessionFlow
 from mailgate.message import Header, Message, new_spool
-from mailgate.metrics import metrics_of
 from mailgate.milter import codec as c
 from mailgate.milter.macros import (
     decode_macros,
@@ -25,8 +30,8 @@ from mailgate.milter.protocol import Command
 from mailgate.milter.replies import actions, ungranted, verdict_reply
 from mailgate.milter.settings import MilterListenerSettings
 from mailgate.pipeline import Pipeline
-from mailgate.session import Address, Session, Transaction
-from mailgate.verdict import Verdict, VerdictKind, aborted
+from mailgate.session import Address, Transaction
+from mailgate.verdict import Verdict, VerdictKind
 
 log = structlog.get_logger("mailgate.milter")
 
@@ -62,17 +67,16 @@ class MilterConnection:
         self.writer = writer
         self.settings = settings
         self.pipeline = pipeline
-        self.metrics = metrics_of(pipeline)
         self.agreed: Negotiated | None = None
-        self.session: Session | None = None
-        self.tx: Transaction | None = None
+        self.flow: SessionFlow | None = None
+        """The current SMTP session's flow (a connection carries one session after another)."""
+        self.egress = MtaEgress(self.hand_back)
         self.macros: dict[str, str] = {}
         self.headers: list[Header] = []
         self.spool: IO[bytes] | None = None
         self.out: list[bytes] = []
-        self.hold_reason = ""
-        """A quarantine verdict given before MAIL: every message of the session is held."""
         self.closing = False
+        self.connect_verdict: Verdict | None = None
         self._deadline = 0.0
         self._reading = False
         self._idle_expired = False
@@ -154,15 +158,9 @@ class MilterConnection:
         self.out.append(c.encode(frame))
 
     def answer(self, command: Command, verdict: Verdict | None) -> None:
-        """Reply to a step, unless the MTA agreed not to wait for one."""
+        """Reply to a step, unless the MTA agreed not to wait for one. A quarantine given
+        before the end of message is the flow's to apply there (the MTA holds only then)."""
         assert self.agreed is not None
-        if verdict is not None and verdict.kind is VerdictKind.QUARANTINE:
-            # The milter can only hold a message at its end: remember the request until then.
-            reason = verdict.reason or "quarantined by policy"
-            if self.tx is not None:
-                self.tx.quarantine(reason)
-            else:
-                self.hold_reason = reason
         if self.agreed.replies_to(command):
             self.reply(verdict_reply(verdict, end_of_message=False))
 
@@ -190,10 +188,10 @@ class MilterConnection:
             self._macro_pairs = frame.macros
             self._decoded_macros = decode_macros(frame.macros)
         self.macros = self._decoded_macros
-        if self.session is not None:
-            update_session(self.session, self.macros)
-        if self.tx is not None:
-            update_transaction(self.tx, self.macros)
+        if self.flow is not None:
+            update_session(self.flow.session, self.macros)
+            if self.flow.tx is not None:
+                update_transaction(self.flow.tx, self.macros)
 
     async def _helo(self, frame: c.Helo) -> None:
         await self.on_helo(frame.name.decode("utf-8", "surrogateescape"))
@@ -205,15 +203,15 @@ class MilterConnection:
         await self.on_rcpt(Address(_address(frame.recipient), _params(frame.params)))
 
     async def _data(self, frame: c.Data) -> None:
-        self.answer(Command.DATA, await self.pipeline.data(*self.current()))
+        flow, _ = await self.current()
+        self.answer(Command.DATA, await flow.data())
 
     async def _header(self, frame: c.Header) -> None:
         self.on_header(frame.name, frame.value)
 
     async def _end_of_headers(self, frame: c.EndOfHeaders) -> None:
-        session, tx = self.current()
-        verdict = await self.pipeline.headers(session, tx, list(self.headers))
-        self.answer(Command.EOH, verdict)
+        flow, _ = await self.current()
+        self.answer(Command.EOH, await flow.headers(self.headers))
 
     async def _body(self, frame: c.Body) -> None:
         self.body().write(frame.chunk)
@@ -225,12 +223,14 @@ class MilterConnection:
         await self.on_end_of_message()
 
     async def _abort(self, frame: c.Abort) -> None:
-        if self.tx is not None and self.session is not None:
-            # As on the SMTP listener: a transaction that ends without a final answer is
-            # reported to on_outcome as an aborted tempfail.
-            if self.metrics is not None:
-                self.metrics.aborted(self.session)
-            await self.pipeline.outcome(self.session, self.tx, aborted("aborted by the MTA"))
+        flow = self.flow
+        if flow is not None and flow.tx is not None:
+            later = flow.later
+            if later is not None and later.kind is VerdictKind.DISCARD:
+                # The MTA was told to discard at an earlier step, and did.
+                await flow.finish(later, Reply(250, "2.0.0", "Ok: discarded"))
+            else:
+                await flow.abort("aborted by the MTA")
         self.end_transaction()
 
     async def _quit(self, frame: c.Quit) -> None:
@@ -244,60 +244,64 @@ class MilterConnection:
 
     # -- stages -----------------------------------------------------------------------------------
 
-    def current(self) -> tuple[Session, Transaction]:
-        """The session and transaction, made up if the MTA skipped the steps that create them."""
-        if self.session is None:
-            self.session = new_session(c.Connect(b"", b"U"), self.macros, self.settings.name)
-            self._opened(self.session)
-        if self.tx is None:
-            self.tx = Transaction(Address(""))
-            update_transaction(self.tx, self.macros)
-        return self.session, self.tx
+    async def current(self) -> tuple[SessionFlow, Transaction]:
+        """The flow and its transaction, made up if the MTA skipped the steps that open them
+        (no plugin asked for CONNECT or MAIL)."""
+        flow = self.flow
+        if flow is None:
+            flow = await self.open_session(c.Connect(b"", b"U"))
+        if flow.tx is None:
+            await flow.mail(Address(""))
+            if flow.tx is None:
+                raise c.MilterProtocolError("a transaction was refused at a step the MTA skipped")
+            update_transaction(flow.tx, self.macros)
+        return flow, flow.tx
+
+    async def open_session(self, frame: c.Connect) -> SessionFlow:
+        """A new SMTP session: its flow, opened (``on_connect``)."""
+        session = new_session(frame, self.macros, self.settings.name)
+        self.flow = SessionFlow(self.pipeline, session, self.egress)
+        self.connect_verdict = await self.flow.open()
+        return self.flow
 
     async def on_connect(self, frame: c.Connect) -> None:
         """CONNECT: a new session."""
         macros = self.macros
         await self.end_session()
-        self.session = new_session(frame, macros, self.settings.name)
-        self._opened(self.session)
-        self.answer(Command.CONNECT, await self.pipeline.connect(self.session))
+        self.macros = macros
+        await self.open_session(frame)
+        self.answer(Command.CONNECT, self.connect_verdict)
 
     async def on_helo(self, name: str) -> None:
         """HELO: remember the name (a new HELO replaces it)."""
-        session, _ = self.current()
-        session.helo = name
-        self.answer(Command.HELO, await self.pipeline.helo(session, name))
+        if self.flow is None:
+            await self.open_session(c.Connect(b"", b"U"))
+        assert self.flow is not None
+        self.flow.session.helo = name
+        self.answer(Command.HELO, await self.flow.helo(name))
 
     async def on_mail(self, sender: Address) -> None:
-        """MAIL FROM: a new transaction."""
+        """MAIL FROM: a new transaction; a refused sender opens none (no on_outcome)."""
         self.end_transaction()
-        self.tx = Transaction(sender)
-        update_transaction(self.tx, self.macros)
-        if self.hold_reason:
-            self.tx.quarantine(self.hold_reason)
-        session = self.current()[0]
-        verdict = await self.pipeline.mail(session, self.tx)
+        if self.flow is None:
+            await self.open_session(c.Connect(b"", b"U"))
+        assert self.flow is not None
+        await self.flow.abort("aborted by the MTA: new MAIL FROM")
+        verdict = await self.flow.mail(sender)
+        if self.flow.tx is not None:
+            update_transaction(self.flow.tx, self.macros)
         self.answer(Command.MAIL, verdict)
-        if verdict is not None and verdict.is_refusal:
-            # A refused sender opens no transaction (as on the SMTP listener): no on_outcome.
-            self.end_transaction()
 
     async def on_rcpt(self, recipient: Address) -> None:
         """RCPT TO: the recipient joins the transaction unless a plugin refuses it. A recipient
         the MTA itself refused (sent because a plugin has `on_rcpt_refused`) goes to that hook."""
-        session, tx = self.current()
+        flow, _ = await self.current()
         refused = refused_by_mta(self.macros)
         if refused is not None:
-            await self.pipeline.rcpt_refused(session, tx, recipient, refused)
+            await flow.refused(recipient, refused, by="mta")
             self.answer(Command.RCPT, None)
             return
-        made = len(tx.modifications)
-        verdict = await self.pipeline.rcpt(session, tx, recipient)
-        if verdict is not None and verdict.is_refusal:
-            await self.pipeline.rcpt_refused(session, tx, recipient, verdict)
-        elif not tx.deletes_since(made, recipient.address):
-            tx.recipients.append(recipient)
-        self.answer(Command.RCPT, verdict)
+        self.answer(Command.RCPT, await flow.rcpt(recipient))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """One header: kept as it will be written, with CRLF inside folded values."""
@@ -315,32 +319,31 @@ class MilterConnection:
         return self.spool
 
     async def on_end_of_message(self) -> None:
-        """End of message: run `on_message`, send the modifications and the verdict."""
+        """End of message: the flow decides; the changes go back as actions (`hand_back`),
+        then the final reply."""
         assert self.agreed is not None
-        session, tx = self.current()
+        flow, tx = await self.current()
         if tx.message is None:
             tx.message = Message(self.headers, self.body(), withheld=self.agreed.withheld)
             self.spool = None
-        verdict = await self.with_progress(self.pipeline.message(session, tx))
-        if verdict is None or not verdict.is_refusal:
-            if verdict is not None and verdict.kind is VerdictKind.QUARANTINE:
-                tx.quarantine(verdict.reason or "quarantined by policy")
-            missing = ungranted(tx.modifications, self.agreed)
-            if missing:
-                log.error(
-                    "modification not offered by the MTA: message tempfailed", missing=missing
-                )
-                verdict = Verdict.tempfail(451, "4.3.0", "Filter cannot apply its changes")
-            else:
-                for action in actions(tx.modifications, tx.message, self.agreed):
-                    self.reply(action)
+        ending = await self.with_progress(flow.end_of_data())
+        verdict: Verdict | None = ending.verdict
+        if ending.delivered and ending.verdict.kind is VerdictKind.ACCEPT and not verdict.plugin:
+            verdict = None  # no plugin decided: CONTINUE, as libmilter filters answer
         self.reply(verdict_reply(verdict, end_of_message=True))
-        final = verdict or Verdict.accept()
-        await self.pipeline.outcome(session, tx, final)
-        if self.metrics is not None:
-            # With headers or body withheld (no plugin reads them), the size is not known.
-            self.metrics.message(session, tx, final, -1 if tx.message.withheld else tx.message.size)
         self.end_transaction()
+
+    def hand_back(self, tx: Transaction) -> Reply | None:
+        """The MTA takes the message back: the plugins' changes as milter actions, or a
+        tempfail when one of them is an action the MTA did not offer."""
+        assert self.agreed is not None
+        missing = ungranted(tx.modifications, self.agreed)
+        if missing:
+            log.error("modification not offered by the MTA: message tempfailed", missing=missing)
+            return Reply(451, "4.3.0", "Filter cannot apply its changes")
+        for action in actions(tx.modifications, tx.message, self.agreed):
+            self.reply(action)
+        return None
 
     async def with_progress(self, work: Awaitable[T]) -> T:
         """Await `work`, sending PROGRESS every `progress_interval` seconds until it is done.
@@ -369,33 +372,22 @@ class MilterConnection:
                 task.cancel()
                 await asyncio.wait((task,))
 
-    def _opened(self, session: Session) -> None:
-        """Count a new session (the MTA's CONNECT, or one made up for a skipped CONNECT)."""
-        if self.metrics is not None:
-            self.metrics.session_opened(session)
-
     # -- endings ----------------------------------------------------------------------------------
 
     def end_transaction(self) -> None:
-        """Forget the current message (ABORT, a new MAIL, or its end)."""
-        if self.tx is not None and self.tx.message is not None:
-            self.tx.message.close()
+        """Forget the current message's headers and body (ABORT, a new MAIL, or its end)."""
         if self.spool is not None:
             self.spool.close()
             self.spool = None
-        self.tx = None
         self.headers = []
 
     async def end_session(self) -> None:
-        """The SMTP session is over: run `on_disconnect` once."""
+        """The SMTP session is over: the flow closes it (`on_disconnect` once)."""
         self.end_transaction()
-        if self.session is not None:
-            session, self.session = self.session, None
-            await self.pipeline.disconnect(session)
-            if self.metrics is not None:
-                self.metrics.session_closed(session)
+        flow, self.flow = self.flow, None
+        if flow is not None:
+            await flow.close("aborted by the MTA: session ended")
         self.macros = {}
-        self.hold_reason = ""
 
 
 _ENCODED_OPTNEG: dict[c.OptNegReply, bytes] = {}

@@ -6,13 +6,8 @@ plugins made for each test; the listeners' own tests run the same flow through t
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
-
-import pytest
-import structlog
 
 from mailgate.egress import MtaEgress, Reply
 from mailgate.flow import FlowSettings, SessionFlow
@@ -23,8 +18,11 @@ from mailgate.quarantine import QuarantineStore
 from mailgate.relay import RelayEgress
 from mailgate.session import Address, Session, Transaction
 from mailgate.verdict import Verdict
+from tests.logs import captured_logs, events
 from tests.peers.smtp_sink import SmtpSink
 from tests.relay.helpers import message, settings_for
+
+__all__ = ["captured_logs"]
 
 
 class Chain:
@@ -52,37 +50,10 @@ class Chain:
         self.outcomes.append(verdict)
 
 
-@pytest.fixture
-def logs() -> Iterator[list[dict[str, Any]]]:
-    """structlog lines as dicts, with the context variables merged in."""
-    lines: list[dict[str, Any]] = []
-    old = structlog.get_config()
-
-    def keep(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> str:
-        lines.append(dict(event))
-        return json.dumps(event, default=str)
-
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            keep,
-        ],
-        logger_factory=structlog.ReturnLoggerFactory(),
-        cache_logger_on_first_use=False,
-    )
-    yield lines
-    structlog.configure(**old)
-
-
 def flow_for(chain: Chain, egress: Any, **kw: Any) -> tuple[SessionFlow, Metrics]:
     metrics = Metrics()
     pipeline = Pipeline([EnabledPlugin("chain", chain)], observers=[metrics])
     return SessionFlow(pipeline, Session("192.0.2.1", 4000, helo="c.test"), egress, **kw), metrics
-
-
-def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [line for line in logs if line["event"] == name]
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
@@ -91,7 +62,7 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
 
 
 async def test_a_quarantined_message_is_stored_and_never_relayed(
-    smtp_sink: SmtpSink, tmp_path: Path, logs: list[dict[str, Any]]
+    smtp_sink: SmtpSink, tmp_path: Path, captured_logs: list[dict[str, Any]]
 ) -> None:
     egress = RelayEgress(settings_for(smtp_sink.host, smtp_sink.port))
     store = QuarantineStore(tmp_path)
@@ -114,7 +85,7 @@ async def test_a_quarantined_message_is_stored_and_never_relayed(
     assert [r["address"] for r in entry["recipients"]] == ["b@example.net"]
     (eml,) = tmp_path.glob("*.eml")
     assert eml.read_bytes().endswith(b"X-Scanned: yes\r\n\r\nsuspicious\r\n")
-    (outcome,) = events(logs, "message outcome")
+    (outcome,) = events(captured_logs, "message outcome")
     assert outcome["verdict"] == "quarantine" and outcome["tx"] == tx.id
     assert sample(metrics, "mailgate_messages_total", ingress="smtp", listener="smtp",
                   outcome="quarantined") == 1  # fmt: skip
@@ -143,7 +114,7 @@ async def test_an_unwritable_quarantine_is_a_451_and_nothing_is_relayed(
 
 
 async def test_refusals_are_logged_with_who_refused_and_reported_to_plugins(
-    smtp_sink_factory: Any, logs: list[dict[str, Any]]
+    smtp_sink_factory: Any, captured_logs: list[dict[str, Any]]
 ) -> None:
     sink = smtp_sink_factory(hard_reject=["RCPT"])
     egress = RelayEgress(settings_for(sink.host, sink.port))
@@ -155,7 +126,7 @@ async def test_refusals_are_logged_with_who_refused_and_reported_to_plugins(
         verdict = await flow.rcpt(Address(rcpt))
         assert verdict is not None and verdict.is_refusal
     await flow.close()
-    refused = events(logs, "recipient refused")
+    refused = events(captured_logs, "recipient refused")
     # smtp-sink's hard reject is "500 5.0.0 Error: command failed".
     assert [(r["rcpt"], r["code"], r["by"]) for r in refused] == [
         ("spam@example.net", 550, "chain"),
@@ -164,26 +135,26 @@ async def test_refusals_are_logged_with_who_refused_and_reported_to_plugins(
     ]
     assert chain.refused == [(r["rcpt"], r["code"]) for r in refused]
     # Every recipient refused: the transaction ends as that refusal, in the log and metrics.
-    (outcome,) = events(logs, "message outcome")
+    (outcome,) = events(captured_logs, "message outcome")
     assert outcome["verdict"] == "reject" and chain.outcomes[-1].code == 500
     assert sample(metrics, "mailgate_messages_total", ingress="smtp", listener="smtp",
                   outcome="rejected") == 1  # fmt: skip
     await egress.close()
 
 
-async def test_the_recipient_limit_is_the_flows(logs: list[dict[str, Any]]) -> None:
+async def test_the_recipient_limit_is_the_flows(captured_logs: list[dict[str, Any]]) -> None:
     flow, _ = flow_for(Chain(), MtaEgress(), settings=FlowSettings(max_recipients=1))
     await flow.open()
     await flow.mail(Address("a@example.com"))
     assert await flow.rcpt(Address("one@example.net")) is None
     refusal = await flow.rcpt(Address("two@example.net"))
     assert refusal is not None and (refusal.code, refusal.status) == (452, "4.5.3")
-    assert events(logs, "recipient refused")[-1]["by"] == "listener"
+    assert events(captured_logs, "recipient refused")[-1]["by"] == "listener"
     await flow.close()
 
 
 async def test_an_unreachable_downstream_is_a_warning_a_metric_and_a_plain_451(
-    logs: list[dict[str, Any]],
+    captured_logs: list[dict[str, Any]],
 ) -> None:
     from tests.peers.ports import free_port
 
@@ -194,7 +165,7 @@ async def test_an_unreachable_downstream_is_a_warning_a_metric_and_a_plain_451(
     refusal = await flow.mail(Address("a@example.com"))
     assert refusal is not None and (refusal.code, refusal.status) == (451, "4.4.1")
     assert "Errno" not in refusal.text and "refused" not in refusal.text.lower()
-    (warning,) = events(logs, "downstream failed")
+    (warning,) = events(captured_logs, "downstream failed")
     assert warning["level"] == "warning" and warning["downstream"] == f"relay 127.0.0.1:{port}"
     assert "Connection refused" in warning["error"] and warning["session"] == flow.session.id
     assert (

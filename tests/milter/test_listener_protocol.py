@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from mailgate import Message, Transaction, hookimpl
+from mailgate import Address, Message, Transaction, Verdict, hookimpl
 from mailgate.message import Header
 from mailgate.milter import MilterListener, MilterListenerSettings
 from mailgate.milter import codec as c
@@ -17,6 +17,9 @@ from mailgate.milter.protocol import ALL_ACTIONS, V2_ACTIONS, V2_STEPS, Action, 
 from mailgate.pipeline import EnabledPlugin, Pipeline, declared_reads
 from mailgate.plugins.add_header import AddHeader
 from mailgate.sockaddr import SocketAddress
+from tests.logs import captured_logs, events
+
+__all__ = ["captured_logs"]
 
 EVERYTHING = Step(0x1FFFFF)
 
@@ -460,3 +463,56 @@ async def test_closing_the_listener_cancels_the_plugins_work() -> None:
         await listener.stop()
     assert plugin.cancelled
     assert await asyncio.wait_for(client.reader.read(), 5) in (b"\0\0\0\x01p", b"")
+
+
+async def test_the_operators_log_has_every_session_and_message(
+    captured_logs: list[dict[str, object]],
+) -> None:
+    class Refuser(Tagger):
+        @hookimpl
+        def on_rcpt(self, recipient: Address) -> Verdict | None:
+            """Refuse spam@."""
+            if recipient.local_part == "spam":
+                return Verdict.reject(550, "5.7.1", "Go away", reason="listed")
+            return None
+
+    listener = await serve(Pipeline([EnabledPlugin("refuser", Refuser())]))
+    try:
+        client = await connect(listener)
+        await client.send(c.OptNeg(6, int(ALL_ACTIONS), int(EVERYTHING)))
+        await client.read()
+        content: list[c.Frame] = [
+            c.Header(b"Subject", b"hi"),
+            c.EndOfHeaders(),
+            c.Body(b"body\r\n"),
+            c.EndOfMessage(),
+        ]
+        # As Postfix does: with its only recipient refused, the message is aborted.
+        for rcpt, rest in ((b"<spam@example.com>", [c.Abort()]), (b"<b@example.com>", content)):
+            await client.send(
+                c.Connect(b"client.test", b"4", 4000, b"192.0.2.1"),
+                c.Helo(b"client.test"),
+                c.Mail(b"<a@example.com>"),
+                c.Rcpt(rcpt),
+                *rest,
+                c.QuitNoClose(),
+            )
+        await client.send(c.Quit())
+        while await asyncio.wait_for(client.reader.read(65536), 5):
+            pass
+    finally:
+        await listener.stop()
+    starts = events(captured_logs, "session start")
+    outcomes = events(captured_logs, "message outcome")
+    assert (
+        len(starts) == 2 and len(outcomes) == 2 and len(events(captured_logs, "session end")) == 2
+    )
+    listener_lines = {"milter listener started", "milter listener stopped"}
+    sessionless = [x for x in captured_logs if not x.get("session")]
+    assert {x["event"] for x in sessionless} <= listener_lines, sessionless
+    assert [o["verdict"] for o in outcomes] == ["reject", "accept"]
+    assert all(
+        o["tx"] and o["session"] == s["session"] for o, s in zip(outcomes, starts, strict=True)
+    )
+    (refused,) = events(captured_logs, "recipient refused")
+    assert (refused["rcpt"], refused["code"], refused["by"]) == ("spam@example.com", 550, "refuser")

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from mailgate.egress import Egress
 from mailgate.relay import RelayEgress, RelaySettings
+from tests.logs import captured_logs
 from tests.peers.smtp_sink import SmtpSink
 from tests.smtp.helpers import Gateway, RecordingEgress
 
 GatewayFactory = Callable[..., Gateway]
+
+__all__ = ["captured_logs"]
 
 
 @pytest.fixture
@@ -52,22 +53,3 @@ def relay_to(host: str, port: int, quarantine_dir: Path | str) -> RelayEgress:
 def sink_gateway(gateway_factory: GatewayFactory, smtp_sink: SmtpSink, tmp_path: Path) -> Gateway:
     """A gateway relaying to a real smtp-sink."""
     return gateway_factory(relay_to(smtp_sink.host, smtp_sink.port, tmp_path / "quarantine"))
-
-
-@pytest.fixture
-def captured_logs() -> Iterator[list[dict[str, object]]]:
-    """structlog lines as dicts, with the context variables merged in."""
-    lines: list[dict[str, object]] = []
-    old = structlog.get_config()
-
-    def keep(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> str:
-        lines.append(dict(event))
-        return json.dumps(event, default=str)
-
-    structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars, keep],
-        logger_factory=structlog.ReturnLoggerFactory(),
-        cache_logger_on_first_use=False,
-    )
-    yield lines
-    structlog.configure(**old)
