@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import socket
-import struct
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -379,7 +378,7 @@ class MilterPlugin:
                 value = header.raw_value if leading_space else header.value
                 out.add(
                     Command.HEADER,
-                    _header_frame(_wire(header.name), _wire(value.replace("\r\n", "\n"))),
+                    c.encode_header(_wire(header.name), _wire(value.replace("\r\n", "\n"))),
                 )
         out.add(Command.EOH, _EOH)
         if not agreed.sends(Command.BODY):
@@ -391,7 +390,7 @@ class MilterPlugin:
         while True:
             size = 0
             while chunk is not None:
-                client.send_raw(_U32.pack(len(chunk) + 1) + _BODY)
+                client.send_raw(c.body_head(len(chunk)))
                 client.send_raw(chunk)
                 if per_chunk_reply:
                     out.owed.append(Command.BODY)
@@ -542,18 +541,9 @@ class _Commands:
         return await self.client.exchange(owed, end_of_message=end_of_message)
 
 
-_U32 = struct.Struct("!I")
 _EOH = c.encode(c.EndOfHeaders())
 _DATA = c.encode(c.Data())
 _ABORT = c.encode(c.Abort())
-_HEADER = Command.HEADER.value
-_BODY = Command.BODY.value
-
-
-def _header_frame(name: bytes, value: bytes) -> bytes:
-    if b"\0" in name or b"\0" in value:
-        raise ValueError(f"header name or value must not contain NUL: {name!r}")
-    return b"".join((_U32.pack(len(name) + len(value) + 3), _HEADER, name, b"\0", value, b"\0"))
 
 
 def _angle(address: str) -> bytes:
