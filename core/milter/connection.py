@@ -20,7 +20,8 @@ from mailgate.milter.macros import (
     update_session,
     update_transaction,
 )
-from mailgate.milter.negotiation import Negotiated, negotiate
+from mailgate.milter.negotiation import negotiate
+from mailgate.milter.options import Negotiated
 from mailgate.milter.protocol import Command
 from mailgate.milter.replies import actions, ungranted, verdict_reply
 from mailgate.milter.settings import MilterListenerSettings

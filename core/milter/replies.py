@@ -9,7 +9,7 @@ import structlog
 from mailgate import modifications as m
 from mailgate.message import Message
 from mailgate.milter import codec as c
-from mailgate.milter.negotiation import Negotiated
+from mailgate.milter.options import Negotiated
 from mailgate.milter.protocol import BODY_CHUNK, Action
 from mailgate.verdict import Verdict, VerdictKind
 

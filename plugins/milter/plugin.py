@@ -21,9 +21,9 @@ import structlog
 from mailgate import Address, Message, Session, Transaction, Verdict, hookimpl
 from mailgate.message import new_spool
 from mailgate.milter import codec as c
+from mailgate.milter.options import Negotiated
 from mailgate.milter.protocol import BODY_CHUNK, Command, Step
 from mailgate.plugins.milter.client import (
-    Agreed,
     Answer,
     MilterClient,
     MilterFailure,
@@ -136,7 +136,7 @@ class MilterPlugin:
         self.name = self.settings.name or self.settings.address
         self.hostname = self.settings.hostname or socket.gethostname()
         self._key = f"milter:{self.name}"
-        self._agreed: Agreed | None = None
+        self._agreed: Negotiated | None = None
         """What the milter agreed to last time: new connections pipeline OPTNEG with it."""
 
     # -- hooks ---------------------------------------------------------------------------------

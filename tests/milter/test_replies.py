@@ -2,7 +2,7 @@
 
 from mailgate import modifications as m
 from mailgate.milter import codec as c
-from mailgate.milter.negotiation import Negotiated
+from mailgate.milter.options import Negotiated
 from mailgate.milter.protocol import Action, Step
 from mailgate.milter.replies import actions, ungranted
 
