@@ -23,8 +23,8 @@ from mailgate.milter.macros import (
 from mailgate.milter.negotiation import negotiate
 from mailgate.milter.options import Negotiated
 from mailgate.milter.protocol import Command
-from mailgate.milter.replies import actions, ungranted, verdict_reply
 from mailgate.milter.settings import MilterListenerSettings
+from mailgate.milter.translate import actions, ungranted, verdict_reply
 from mailgate.pipeline import Pipeline
 from mailgate.session import Address, Session, Transaction
 from mailgate.verdict import Verdict, VerdictKind, aborted

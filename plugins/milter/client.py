@@ -32,6 +32,7 @@ from mailgate.milter.protocol import (
     MacroStage,
     Step,
 )
+from mailgate.milter.translate import ACTION_NEEDS
 from mailgate.sockaddr import SocketAddress
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
@@ -85,18 +86,6 @@ EOM_ACTIONS = (
     c.Quarantine,
 )
 """Frames a milter may send before its end-of-message reply."""
-
-_ACTION_NEEDS: dict[type, Action] = {
-    c.AddHeader: Action.ADDHDRS,
-    c.InsertHeader: Action.ADDHDRS,  # as libmilter and Postfix have it, not CHGHDRS
-    c.ChangeHeader: Action.CHGHDRS,
-    c.ReplaceBody: Action.CHGBODY,
-    c.AddRcpt: Action.ADDRCPT,
-    c.AddRcptPar: Action.ADDRCPT_PAR,
-    c.DelRcpt: Action.DELRCPT,
-    c.ChangeFrom: Action.CHGFROM,
-    c.Quarantine: Action.QUARANTINE,
-}
 
 FinalReply = (
     c.Accept
@@ -601,7 +590,7 @@ class MilterClient:
                 return answer
             if not isinstance(frame, EOM_ACTIONS):
                 raise MilterFailure(f"unexpected {type(frame).__name__} at end of message")
-            needed = _ACTION_NEEDS[type(frame)]
+            needed = ACTION_NEEDS[type(frame)]
             if not self.agreed.actions & needed:
                 raise MilterFailure(f"{type(frame).__name__} without negotiating it")
             answer.actions.append(frame)

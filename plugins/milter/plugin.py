@@ -11,18 +11,16 @@ transaction's modifications.
 
 from __future__ import annotations
 
-import re
 import socket
 from dataclasses import dataclass, field
-from typing import IO
 
 import structlog
 
 from mailgate import Address, Message, Session, Transaction, Verdict, hookimpl
-from mailgate.message import new_spool
 from mailgate.milter import codec as c
 from mailgate.milter.options import Negotiated
 from mailgate.milter.protocol import BODY_CHUNK, Command, Step
+from mailgate.milter.translate import apply_actions, milter_verdict
 from mailgate.plugins.milter.client import (
     Answer,
     MilterClient,
@@ -46,7 +44,6 @@ log = structlog.get_logger("mailgate.plugins.milter")
 _ORDER: dict[str, int] = {name: i for i, name in enumerate(STAGES)}
 _BODY_GROUP = 1 << 20
 """Body bytes per write when the milter does not answer each chunk."""
-_REPLY_LINE = re.compile(r"^([2-5]\d\d)[ -](?:([2-5]\.\d{1,3}\.\d{1,3}) )?(.*)$")
 
 
 @dataclass(slots=True)
@@ -80,44 +77,6 @@ class _Link:
 
 def _wire(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def _bare_address(raw: bytes) -> str:
-    text = _text(raw).strip()
-    return text[1:-1] if text.startswith("<") and text.endswith(">") else text
-
-
-def _header_value(raw: bytes) -> str:
-    """A header value from the milter, with CRLF line ends inside folded values."""
-    return _text(raw).replace("\r\n", "\n").replace("\n", "\r\n")
-
-
-def reply_verdict(text: str) -> Verdict | None:
-    """A SMFIR_REPLYCODE reply as a verdict: code, enhanced status and text as the milter gave
-    them; a multi-line reply stays multi-line, with its first line's code and status on every
-    line. None if not 4xx/5xx."""
-    lines = [line for line in text.replace("\r\n", "\n").split("\n") if line]
-    parsed = [_REPLY_LINE.match(line) for line in lines]
-    if not parsed or parsed[0] is None:
-        return None
-    code = int(parsed[0].group(1))
-    status = parsed[0].group(2) or ""
-    body = "\n".join(
-        (m.group(3) if m else line).strip() for m, line in zip(parsed, lines, strict=True)
-    )
-    if status and status[0] != str(code)[0]:
-        status = ""
-    if code == 421:
-        return Verdict.disconnect(body, reason="milter replied 421")
-    if code // 100 == 4:
-        return Verdict.tempfail(code, status, body)
-    if code // 100 == 5:
-        return Verdict.reject(code, status, body)
-    return None
 
 
 class MilterPlugin:
@@ -415,13 +374,10 @@ class MilterPlugin:
     ) -> Verdict | None:
         reply, command = answer.reply, answer.command
         session_wide = command in (Command.CONNECT, Command.HELO)
-        if isinstance(reply, c.Continue):
-            verdict = None
-        elif isinstance(reply, c.Accept):
-            verdict = None
+        verdict = milter_verdict(reply, command, self.name, end_of_message=stage == "message")
+        if isinstance(reply, c.Accept):
             self._done(link, tx, session_wide)
         elif isinstance(reply, c.Discard):
-            verdict = Verdict.discard(reason=f"milter {self.name}") if stage == "message" else None
             if session_wide or tx is None:
                 link.discard_session = True
             else:
@@ -430,14 +386,12 @@ class MilterPlugin:
         elif isinstance(reply, c.Shutdown | c.ConnFail):
             link.done_session = True
             link.client.abandon()
-            verdict = Verdict.disconnect(reason=f"milter {self.name}: {type(reply).__name__}")
-        else:
-            verdict = self._refusal(reply, command)
-            if command is not Command.RCPT or stage != "rcpt":
-                self._done(link, tx, session_wide)
+        elif not isinstance(reply, c.Continue) and (command is not Command.RCPT or stage != "rcpt"):
+            # A refusal ends this milter's say, except at RCPT: that refuses one recipient.
+            self._done(link, tx, session_wide)
         if tx is not None and stage == "message":
             if verdict is None and not isinstance(reply, c.Discard):
-                self._apply(answer, tx)
+                apply_actions(answer.actions, tx, self.name)
             word = "continue" if verdict is None else verdict.kind.value
             tx.set_result(self.name, word, reason=type(reply).__name__.lower())
         return verdict
@@ -447,49 +401,6 @@ class MilterPlugin:
             link.done_session = True
         else:
             link.done_tx = tx.id
-
-    def _refusal(self, reply: c.Frame, command: Command | None) -> Verdict:
-        why = f"milter {self.name} at {command.name if command else '?'}"
-        if isinstance(reply, c.ReplyCode):
-            verdict = reply_verdict(_text(reply.text))
-            if verdict is not None:
-                return verdict
-            log.warning("milter sent a bad reply code", milter=self.name, reply=reply.text)
-            return Verdict.tempfail(451, "4.7.1", "Service unavailable - try again later")
-        if isinstance(reply, c.Reject):
-            code = 554 if command is Command.CONNECT else 550
-            return Verdict.reject(code, "5.7.1", "Command rejected", reason=why)
-        return Verdict.tempfail(451, "4.7.1", "Service unavailable - try again later", reason=why)
-
-    def _apply(self, answer: Answer, tx: Transaction) -> None:
-        """The milter's actions as the transaction's modifications, in the order they came."""
-        body: IO[bytes] | None = None
-        for action in answer.actions:
-            match action:
-                case c.AddHeader(name, value):
-                    tx.add_header(_text(name), _header_value(value))
-                case c.InsertHeader(index, name, value):
-                    tx.insert_header(index, _text(name), _header_value(value))
-                case c.ChangeHeader(index, name, b""):
-                    tx.delete_header(_text(name), max(index, 1))
-                case c.ChangeHeader(index, name, value):
-                    tx.change_header(_text(name), _header_value(value), max(index, 1))
-                case c.ReplaceBody(chunk):
-                    body = body or new_spool()
-                    body.write(chunk)
-                case c.AddRcpt(rcpt):
-                    tx.add_recipient(_bare_address(rcpt))
-                case c.AddRcptPar(rcpt, params):
-                    tx.add_recipient(_bare_address(rcpt), tuple(_text(params).split()))
-                case c.DelRcpt(rcpt):
-                    tx.delete_recipient(_bare_address(rcpt))
-                case c.ChangeFrom(sender, params):
-                    tx.change_sender(_bare_address(sender), tuple(_text(params or b"").split()))
-                case c.Quarantine(reason):
-                    tx.quarantine(_text(reason) or f"milter {self.name}")
-        if body is not None:
-            body.seek(0)
-            tx.replace_body(body)
 
 
 class _Commands:
