@@ -56,7 +56,8 @@ class _Link:
     sent_helo: str | None = None
     tx_id: str | None = None
     mail_open: bool = False
-    rcpts_sent: list[int] = field(default_factory=list)
+    rcpts_sent: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)
+    """The recipients the milter was told of in this transaction, by value (`_rcpt_key`)."""
     data_sent: bool = False
     done_session: bool = False
     done_tx: str | None = None
@@ -71,7 +72,7 @@ class _Link:
         self.sent_helo = None
         self.tx_id = None
         self.mail_open = False
-        self.rcpts_sent = []
+        self.rcpts_sent = set()
         self.data_sent = False
 
 
@@ -154,7 +155,7 @@ class MilterPlugin:
             and link.failed is None
             and not link.done_session
             and link.done_tx != tx.id
-            and id(recipient) not in link.rcpts_sent
+            and _rcpt_key(recipient) not in link.rcpts_sent
         )
 
     @hookimpl
@@ -309,8 +310,9 @@ class MilterPlugin:
                 client.send_raw(_ABORT)
             mail = c.Mail(_angle(tx.sender.address), _params(tx.sender.params))
             out.add(Command.MAIL, c.encode(mail))
-            link.tx_id, link.mail_open, link.rcpts_sent, link.data_sent = tx.id, True, [], False
-        pending = [r for r in tx.recipients if id(r) not in link.rcpts_sent]
+            link.tx_id, link.mail_open, link.rcpts_sent, link.data_sent = tx.id, True, set(), False
+        sent = link.rcpts_sent
+        pending = [r for r in tx.recipients if _rcpt_key(r) not in sent]
         if recipient is not None and stage == "rcpt":
             pending.append(recipient)
         for rcpt in pending:
@@ -319,7 +321,7 @@ class MilterPlugin:
                 out.values.update(refused_values(refused))
             out.add(Command.RCPT, c.encode(c.Rcpt(_angle(rcpt.address), _params(rcpt.params))))
             if refused is None or rcpt is not recipient:
-                link.rcpts_sent.append(id(rcpt))
+                sent.add(_rcpt_key(rcpt))
         if at >= _ORDER["data"] and not link.data_sent:
             out.values.update(transaction_values(tx))
             out.add(Command.DATA, _DATA)
@@ -455,6 +457,12 @@ class _Commands:
 _EOH = c.encode(c.EndOfHeaders())
 _DATA = c.encode(c.Data())
 _ABORT = c.encode(c.Abort())
+
+
+def _rcpt_key(recipient: Address) -> tuple[str, tuple[str, ...]]:
+    # By value: the transaction may hold a copy of the Address the milter was told of, and an
+    # id() can be reused by a new object once the old one is gone.
+    return recipient.address, tuple(recipient.params)
 
 
 def _angle(address: str) -> bytes:
