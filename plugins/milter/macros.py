@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import struct
-
 import mailgate
+from mailgate.milter.codec import encode_macro
 from mailgate.milter.protocol import Command, MacroStage
 from mailgate.session import Address, Session, Transaction
 from mailgate.verdict import Verdict
@@ -110,28 +109,11 @@ def macro_pairs(names: tuple[str, ...], values: dict[str, str]) -> tuple[tuple[b
     return tuple(pairs)
 
 
-_U32 = struct.Struct("!I")
-
-
 def macro_frame(code: bytes, names: tuple[str, ...], values: dict[str, str]) -> bytes | None:
     """The encoded MACRO frame for command `code` with `names` (as `macro_pairs` picks them);
     None when no name has a value."""
-    parts = [code]
-    for name in names:
-        value = values.get(name)
-        if value is None and len(name) > 2 and not name.startswith("{"):
-            value = values.get("{" + name + "}")
-        if value:
-            parts.append(name.encode())
-            parts.append(value.encode("utf-8", "surrogateescape"))
-    if len(parts) == 1:
-        return None
-    payload = b"\0".join(parts) + b"\0"
-    if payload.count(b"\0") != len(parts):
-        raise ValueError(f"macro name or value must not contain NUL: {payload!r}")
-    # code + NUL-terminated strings: the code is the first "string" joined above; drop its NUL.
-    payload = code + payload[2:]
-    return _U32.pack(len(payload) + 1) + b"D" + payload
+    pairs = macro_pairs(names, values)
+    return encode_macro(code, pairs) if pairs else None
 
 
 def refused_values(verdict: Verdict) -> dict[str, str]:

@@ -11,20 +11,17 @@ transaction's modifications.
 
 from __future__ import annotations
 
-import re
 import socket
-import struct
 from dataclasses import dataclass, field
-from typing import IO
 
 import structlog
 
 from mailgate import Address, Message, Session, Transaction, Verdict, hookimpl
-from mailgate.message import new_spool
 from mailgate.milter import codec as c
+from mailgate.milter.options import Negotiated
 from mailgate.milter.protocol import BODY_CHUNK, Command, Step
+from mailgate.milter.translate import apply_actions, milter_verdict
 from mailgate.plugins.milter.client import (
-    Agreed,
     Answer,
     MilterClient,
     MilterFailure,
@@ -47,7 +44,6 @@ log = structlog.get_logger("mailgate.plugins.milter")
 _ORDER: dict[str, int] = {name: i for i, name in enumerate(STAGES)}
 _BODY_GROUP = 1 << 20
 """Body bytes per write when the milter does not answer each chunk."""
-_REPLY_LINE = re.compile(r"^([2-5]\d\d)[ -](?:([2-5]\.\d{1,3}\.\d{1,3}) )?(.*)$")
 
 
 @dataclass(slots=True)
@@ -60,7 +56,8 @@ class _Link:
     sent_helo: str | None = None
     tx_id: str | None = None
     mail_open: bool = False
-    rcpts_sent: list[int] = field(default_factory=list)
+    rcpts_sent: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)
+    """The recipients the milter was told of in this transaction, by value (`_rcpt_key`)."""
     data_sent: bool = False
     done_session: bool = False
     done_tx: str | None = None
@@ -75,50 +72,12 @@ class _Link:
         self.sent_helo = None
         self.tx_id = None
         self.mail_open = False
-        self.rcpts_sent = []
+        self.rcpts_sent = set()
         self.data_sent = False
 
 
 def _wire(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def _bare_address(raw: bytes) -> str:
-    text = _text(raw).strip()
-    return text[1:-1] if text.startswith("<") and text.endswith(">") else text
-
-
-def _header_value(raw: bytes) -> str:
-    """A header value from the milter, with CRLF line ends inside folded values."""
-    return _text(raw).replace("\r\n", "\n").replace("\n", "\r\n")
-
-
-def reply_verdict(text: str) -> Verdict | None:
-    """A SMFIR_REPLYCODE reply as a verdict: code, enhanced status and text as the milter gave
-    them; a multi-line reply stays multi-line, with its first line's code and status on every
-    line. None if not 4xx/5xx."""
-    lines = [line for line in text.replace("\r\n", "\n").split("\n") if line]
-    parsed = [_REPLY_LINE.match(line) for line in lines]
-    if not parsed or parsed[0] is None:
-        return None
-    code = int(parsed[0].group(1))
-    status = parsed[0].group(2) or ""
-    body = "\n".join(
-        (m.group(3) if m else line).strip() for m, line in zip(parsed, lines, strict=True)
-    )
-    if status and status[0] != str(code)[0]:
-        status = ""
-    if code == 421:
-        return Verdict.disconnect(body, reason="milter replied 421")
-    if code // 100 == 4:
-        return Verdict.tempfail(code, status, body)
-    if code // 100 == 5:
-        return Verdict.reject(code, status, body)
-    return None
 
 
 class MilterPlugin:
@@ -137,7 +96,7 @@ class MilterPlugin:
         self.name = self.settings.name or self.settings.address
         self.hostname = self.settings.hostname or socket.gethostname()
         self._key = f"milter:{self.name}"
-        self._agreed: Agreed | None = None
+        self._agreed: Negotiated | None = None
         """What the milter agreed to last time: new connections pipeline OPTNEG with it."""
 
     # -- hooks ---------------------------------------------------------------------------------
@@ -196,7 +155,7 @@ class MilterPlugin:
             and link.failed is None
             and not link.done_session
             and link.done_tx != tx.id
-            and id(recipient) not in link.rcpts_sent
+            and _rcpt_key(recipient) not in link.rcpts_sent
         )
 
     @hookimpl
@@ -351,8 +310,9 @@ class MilterPlugin:
                 client.send_raw(_ABORT)
             mail = c.Mail(_angle(tx.sender.address), _params(tx.sender.params))
             out.add(Command.MAIL, c.encode(mail))
-            link.tx_id, link.mail_open, link.rcpts_sent, link.data_sent = tx.id, True, [], False
-        pending = [r for r in tx.recipients if id(r) not in link.rcpts_sent]
+            link.tx_id, link.mail_open, link.rcpts_sent, link.data_sent = tx.id, True, set(), False
+        sent = link.rcpts_sent
+        pending = [r for r in tx.recipients if _rcpt_key(r) not in sent]
         if recipient is not None and stage == "rcpt":
             pending.append(recipient)
         for rcpt in pending:
@@ -361,7 +321,7 @@ class MilterPlugin:
                 out.values.update(refused_values(refused))
             out.add(Command.RCPT, c.encode(c.Rcpt(_angle(rcpt.address), _params(rcpt.params))))
             if refused is None or rcpt is not recipient:
-                link.rcpts_sent.append(id(rcpt))
+                sent.add(_rcpt_key(rcpt))
         if at >= _ORDER["data"] and not link.data_sent:
             out.values.update(transaction_values(tx))
             out.add(Command.DATA, _DATA)
@@ -379,7 +339,7 @@ class MilterPlugin:
                 value = header.raw_value if leading_space else header.value
                 out.add(
                     Command.HEADER,
-                    _header_frame(_wire(header.name), _wire(value.replace("\r\n", "\n"))),
+                    c.encode_header(_wire(header.name), _wire(value.replace("\r\n", "\n"))),
                 )
         out.add(Command.EOH, _EOH)
         if not agreed.sends(Command.BODY):
@@ -391,7 +351,7 @@ class MilterPlugin:
         while True:
             size = 0
             while chunk is not None:
-                client.send_raw(_U32.pack(len(chunk) + 1) + _BODY)
+                client.send_raw(c.body_head(len(chunk)))
                 client.send_raw(chunk)
                 if per_chunk_reply:
                     out.owed.append(Command.BODY)
@@ -416,13 +376,10 @@ class MilterPlugin:
     ) -> Verdict | None:
         reply, command = answer.reply, answer.command
         session_wide = command in (Command.CONNECT, Command.HELO)
-        if isinstance(reply, c.Continue):
-            verdict = None
-        elif isinstance(reply, c.Accept):
-            verdict = None
+        verdict = milter_verdict(reply, command, self.name, end_of_message=stage == "message")
+        if isinstance(reply, c.Accept):
             self._done(link, tx, session_wide)
         elif isinstance(reply, c.Discard):
-            verdict = Verdict.discard(reason=f"milter {self.name}") if stage == "message" else None
             if session_wide or tx is None:
                 link.discard_session = True
             else:
@@ -431,14 +388,12 @@ class MilterPlugin:
         elif isinstance(reply, c.Shutdown | c.ConnFail):
             link.done_session = True
             link.client.abandon()
-            verdict = Verdict.disconnect(reason=f"milter {self.name}: {type(reply).__name__}")
-        else:
-            verdict = self._refusal(reply, command)
-            if command is not Command.RCPT or stage != "rcpt":
-                self._done(link, tx, session_wide)
+        elif not isinstance(reply, c.Continue) and (command is not Command.RCPT or stage != "rcpt"):
+            # A refusal ends this milter's say, except at RCPT: that refuses one recipient.
+            self._done(link, tx, session_wide)
         if tx is not None and stage == "message":
             if verdict is None and not isinstance(reply, c.Discard):
-                self._apply(answer, tx)
+                apply_actions(answer.actions, tx, self.name)
             word = "continue" if verdict is None else verdict.kind.value
             tx.set_result(self.name, word, reason=type(reply).__name__.lower())
         return verdict
@@ -448,49 +403,6 @@ class MilterPlugin:
             link.done_session = True
         else:
             link.done_tx = tx.id
-
-    def _refusal(self, reply: c.Frame, command: Command | None) -> Verdict:
-        why = f"milter {self.name} at {command.name if command else '?'}"
-        if isinstance(reply, c.ReplyCode):
-            verdict = reply_verdict(_text(reply.text))
-            if verdict is not None:
-                return verdict
-            log.warning("milter sent a bad reply code", milter=self.name, reply=reply.text)
-            return Verdict.tempfail(451, "4.7.1", "Service unavailable - try again later")
-        if isinstance(reply, c.Reject):
-            code = 554 if command is Command.CONNECT else 550
-            return Verdict.reject(code, "5.7.1", "Command rejected", reason=why)
-        return Verdict.tempfail(451, "4.7.1", "Service unavailable - try again later", reason=why)
-
-    def _apply(self, answer: Answer, tx: Transaction) -> None:
-        """The milter's actions as the transaction's modifications, in the order they came."""
-        body: IO[bytes] | None = None
-        for action in answer.actions:
-            match action:
-                case c.AddHeader(name, value):
-                    tx.add_header(_text(name), _header_value(value))
-                case c.InsertHeader(index, name, value):
-                    tx.insert_header(index, _text(name), _header_value(value))
-                case c.ChangeHeader(index, name, b""):
-                    tx.delete_header(_text(name), max(index, 1))
-                case c.ChangeHeader(index, name, value):
-                    tx.change_header(_text(name), _header_value(value), max(index, 1))
-                case c.ReplaceBody(chunk):
-                    body = body or new_spool()
-                    body.write(chunk)
-                case c.AddRcpt(rcpt):
-                    tx.add_recipient(_bare_address(rcpt))
-                case c.AddRcptPar(rcpt, params):
-                    tx.add_recipient(_bare_address(rcpt), tuple(_text(params).split()))
-                case c.DelRcpt(rcpt):
-                    tx.delete_recipient(_bare_address(rcpt))
-                case c.ChangeFrom(sender, params):
-                    tx.change_sender(_bare_address(sender), tuple(_text(params or b"").split()))
-                case c.Quarantine(reason):
-                    tx.quarantine(_text(reason) or f"milter {self.name}")
-        if body is not None:
-            body.seek(0)
-            tx.replace_body(body)
 
 
 class _Commands:
@@ -542,18 +454,15 @@ class _Commands:
         return await self.client.exchange(owed, end_of_message=end_of_message)
 
 
-_U32 = struct.Struct("!I")
 _EOH = c.encode(c.EndOfHeaders())
 _DATA = c.encode(c.Data())
 _ABORT = c.encode(c.Abort())
-_HEADER = Command.HEADER.value
-_BODY = Command.BODY.value
 
 
-def _header_frame(name: bytes, value: bytes) -> bytes:
-    if b"\0" in name or b"\0" in value:
-        raise ValueError(f"header name or value must not contain NUL: {name!r}")
-    return b"".join((_U32.pack(len(name) + len(value) + 3), _HEADER, name, b"\0", value, b"\0"))
+def _rcpt_key(recipient: Address) -> tuple[str, tuple[str, ...]]:
+    # By value: the transaction may hold a copy of the Address the milter was told of, and an
+    # id() can be reused by a new object once the old one is gone.
+    return recipient.address, tuple(recipient.params)
 
 
 def _angle(address: str) -> bytes:

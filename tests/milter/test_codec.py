@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -157,3 +158,35 @@ def test_every_code_has_a_frame_class() -> None:
 def test_strings_with_nul_cannot_be_encoded() -> None:
     with pytest.raises(ValueError, match="NUL"):
         c.encode(c.Helo(b"a\0b"))
+
+
+@given(text, text)
+def test_encode_header_is_encode_of_a_header_frame(name: bytes, value: bytes) -> None:
+    assert c.encode_header(name, value) == c.encode(c.Header(name, value))
+
+
+@given(st.binary(min_size=1, max_size=1), st.lists(st.tuples(text, text), max_size=6))
+def test_encode_macro_is_encode_of_a_macro_frame(
+    stage: bytes, pairs: list[tuple[bytes, bytes]]
+) -> None:
+    macros = tuple(pairs)
+    assert c.encode_macro(stage, macros) == c.encode(c.Macro(stage, macros))
+
+
+@given(st.binary(max_size=300))
+def test_body_head_and_chunk_make_a_body_frame(chunk: bytes) -> None:
+    assert c.body_head(len(chunk)) + chunk == c.encode(c.Body(chunk))
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda: c.encode_header(b"X-A", b"a\0b"),
+        lambda: c.encode_macro(b"M", ((b"i", b"a\0b"),)),
+        lambda: c.encode_macro(b"M", ((b"{a\0}", b"v"),)),
+        lambda: c.encode_macro(b"MM", ()),
+    ],
+)
+def test_fast_encoders_refuse_what_encode_refuses(encode: Callable[[], bytes]) -> None:
+    with pytest.raises(ValueError):
+        encode()
