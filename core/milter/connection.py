@@ -329,8 +329,9 @@ class MilterConnection:
             self.spool = None
         ending = await self.with_progress(flow.end_of_data())
         verdict: Verdict | None = ending.verdict
-        if ending.delivered and ending.verdict.kind is VerdictKind.ACCEPT and not verdict.plugin:
-            verdict = None  # no plugin decided: CONTINUE, as libmilter filters answer
+        if ending.delivered and ending.verdict.kind is VerdictKind.ACCEPT:
+            # No plugin decided: CONTINUE, as libmilter filters answer.
+            verdict = ending.verdict if ending.verdict.plugin else None
         self.reply(verdict_reply(verdict, end_of_message=True))
         self.end_transaction()
 
