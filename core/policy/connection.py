@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 import structlog
 
 from mailgate import modifications as m
+from mailgate.egress import MtaEgress
+from mailgate.flow import SessionFlow
 from mailgate.message import Message
-from mailgate.metrics import metrics_of
 from mailgate.pipeline import HookCall, Pipeline
 from mailgate.policy.protocol import (
     DUNNO,
@@ -40,6 +41,7 @@ from mailgate.policy.protocol import (
 )
 from mailgate.policy.settings import PolicyListenerSettings
 from mailgate.session import Address, Session, Transaction
+from mailgate.smtp import replies
 from mailgate.verdict import Verdict, VerdictKind, aborted
 
 log = structlog.get_logger("mailgate.policy")
@@ -101,7 +103,8 @@ class _Tx:
     """One transaction (one ``instance``) and what was decided for it so far."""
 
     instance: str
-    tx: Transaction
+    tx: Transaction | None = None
+    """The flow's transaction; None until MAIL ran, and for a sender refused at MAIL."""
     verdict: Verdict | None = None
     """A decision for the whole message (MAIL, DATA, END-OF-MESSAGE): answered from then on."""
     stage: int = 0
@@ -130,8 +133,8 @@ class PolicyConnection:
         """Called at each new SMTP session: a reload reaches the next session, not only the
         next connection (Postfix keeps a policy connection for up to 1000 s)."""
         self.pipeline = self._view(pipeline())
-        self.metrics = metrics_of(self.pipeline)
-        self.session: Session | None = None
+        self.flow: SessionFlow | None = None
+        self.egress = MtaEgress()
         self.key: tuple[str, str, str, str] | None = None
         self.session_verdict: Verdict | None = None
         """A refusal, discard or hold from CONNECT or HELO: answered for the whole session."""
@@ -198,20 +201,23 @@ class PolicyConnection:
     async def open_session(self, attrs: dict[str, str]) -> Session:
         """The session of this request: the current one, or a new one if the client changed."""
         key = session_key(attrs)
-        if self.session is None or key != self.key:
+        if self.flow is None or key != self.key:
             await self.end_session()
             self.key = key
             self.pipeline = self._view(self.current_pipeline())
-            self.metrics = metrics_of(self.pipeline)
-            self.session = new_session(attrs, self.settings.name)
-            if self.metrics is not None:
-                self.metrics.session_opened(self.session)
-            verdict = await self.pipeline.connect(self.session)
+            session = new_session(attrs, self.settings.name)
+            self.flow = SessionFlow(self.pipeline, session, self.egress)
+            verdict = await self.flow.open()
             if verdict is not None and verdict.kind is not VerdictKind.ACCEPT:
                 self.session_verdict = verdict
         else:
-            update_session(self.session, attrs)
-        return self.session
+            update_session(self.flow.session, attrs)
+        return self.flow.session
+
+    @property
+    def session(self) -> Session | None:
+        """The current SMTP session (None between sessions)."""
+        return None if self.flow is None else self.flow.session
 
     async def session_stages(
         self, session: Session, attrs: dict[str, str], stage: int
@@ -219,8 +225,9 @@ class PolicyConnection:
         """HELO when a new name was given; the session's own decision (CONNECT, HELO)."""
         name = attrs.get("helo_name", "")
         if self._refused(self.session_verdict) is None and stage >= 1 and name != self.helo:
+            assert self.flow is not None
             self.helo = session.helo = name
-            verdict = await self.pipeline.helo(session, name)
+            verdict = await self.flow.helo(name)
             if verdict is not None and verdict.kind is not VerdictKind.ACCEPT:
                 self.session_verdict = verdict
         refused = self._refused(self.session_verdict)
@@ -236,39 +243,50 @@ class PolicyConnection:
         current = self.current
         if current is None or current.instance != instance:
             await self.end_transaction()
-            tx = Transaction(new_sender(attrs))
-            # No content ever comes through a policy server; an empty message with both parts
-            # withheld lets plugins add headers before the end of data (sent as PREPEND).
-            tx.message = Message([], io.BytesIO(), 0, withheld=_WITHHELD)
-            current = self.current = _Tx(instance, tx)
+            current = self.current = _Tx(instance)
             if self.session_verdict is not None and not self.session_verdict.is_refusal:
                 # A discard or hold from CONNECT or HELO applies to every message.
                 current.verdict = self.session_verdict
-        if attrs.get("queue_id"):
-            current.tx.queue_id = attrs["queue_id"]
-        size = attrs.get("size", "")
-        if size.isdigit() and int(size) > 0:
-            # SIZE= from MAIL FROM until the data is in, then the real size.
-            sender = current.tx.sender
-            sender.params = [p for p in sender.params if not p.upper().startswith("SIZE=")]
-            sender.params.append(f"SIZE={size}")
+        tx = current.tx
+        if tx is not None:
+            if attrs.get("queue_id"):
+                tx.queue_id = attrs["queue_id"]
+            size = attrs.get("size", "")
+            if size.isdigit() and int(size) > 0:
+                # SIZE= from MAIL FROM until the data is in, then the real size.
+                sender = tx.sender
+                sender.params = [p for p in sender.params if not p.upper().startswith("SIZE=")]
+                sender.params.append(f"SIZE={size}")
         return current
+
+    async def mail(self, current: _Tx, attrs: dict[str, str]) -> None:
+        """MAIL FROM, once per transaction: the flow opens it, or the sender is refused."""
+        assert self.flow is not None
+        current.stage = _MAIL
+        verdict = await self.flow.mail(new_sender(attrs))
+        tx = current.tx = self.flow.tx
+        if tx is not None:
+            # No content ever comes through a policy server; an empty message with both parts
+            # withheld lets plugins add headers before the end of data (sent as PREPEND).
+            tx.message = Message([], io.BytesIO(), 0, withheld=_WITHHELD)
+            if attrs.get("queue_id"):
+                tx.queue_id = attrs["queue_id"]
+        self._record(current, verdict)
 
     async def transaction_stages(
         self, session: Session, current: _Tx, attrs: dict[str, str], stage: int
     ) -> Verdict | None:
         """MAIL, RCPT, DATA and END-OF-MESSAGE, each once; the verdict for this request."""
-        tx = current.tx
         if current.stage < _MAIL:
-            current.stage = _MAIL
-            await self._decide(current, self.pipeline.mail(session, tx))
+            await self.mail(current, attrs)
         recipient = attrs.get("recipient", "")
         rcpt_verdict = None
         if stage >= _RCPT and recipient and not self._blocked(current):
             rcpt_verdict = await self.rcpt(session, current, recipient)
         if stage >= _DATA and current.stage < _DATA and not self._blocked(current):
+            assert self.flow is not None
             current.stage = _DATA
-            await self._decide(current, self.pipeline.data(session, tx))
+            await self._decide(current, self.flow.data())
         if stage >= _EOM and current.stage < _EOM and not self._blocked(current):
             current.stage = _EOM
             await self.end_of_message(session, current)
@@ -279,12 +297,12 @@ class PolicyConnection:
 
         A refused recipient goes to `on_rcpt_refused`. One a plugin deleted stays: Postfix
         still delivers to it (the deletion is among the changes a reply cannot carry)."""
+        assert self.flow is not None and current.tx is not None
         if recipient not in current.recipients:
             address = Address(recipient)
-            verdict = await self.pipeline.rcpt(session, current.tx, address)
-            if verdict is not None and verdict.is_refusal:
-                await self.pipeline.rcpt_refused(session, current.tx, address, verdict)
-            else:
+            verdict = await self.flow.rcpt(address)
+            joined = any(r is address for r in current.tx.recipients)
+            if (verdict is None or not verdict.is_refusal) and not joined:
                 current.tx.recipients.append(address)
             current.recipients[recipient] = verdict
             if verdict is not None and verdict.kind in _WHOLE_MESSAGE and current.verdict is None:
@@ -295,13 +313,16 @@ class PolicyConnection:
 
     async def end_of_message(self, session: Session, current: _Tx) -> None:
         """END-OF-MESSAGE: `on_headers` and `on_message` with the content withheld."""
-        tx = current.tx
-        if await self._decide(current, self.pipeline.headers(session, tx, [])) is None:
-            await self._decide(current, self.pipeline.message(session, tx))
+        assert self.flow is not None
+        if await self._decide(current, self.flow.headers([])) is None:
+            await self._decide(current, self.flow.message_verdict())
 
     async def _decide(self, current: _Tx, stage: Awaitable[Verdict | None]) -> Verdict | None:
         """Await a stage; a refusal, discard or hold becomes the transaction's verdict."""
-        verdict = await stage
+        return self._record(current, await stage)
+
+    @staticmethod
+    def _record(current: _Tx, verdict: Verdict | None) -> Verdict | None:
         if verdict is not None and verdict.kind is not VerdictKind.ACCEPT:
             if current.verdict is None or verdict.is_refusal:
                 current.verdict = verdict
@@ -315,6 +336,8 @@ class PolicyConnection:
     def action(self, current: _Tx, verdict: Verdict | None) -> str:
         """The one action for this request: a decision, a held message, or one new header."""
         tx = current.tx
+        if tx is None:
+            return verdict_action(verdict)
         if verdict is None and tx.quarantined is not None:
             verdict = Verdict.quarantine(reason=tx.quarantined)
         new = tx.modifications[current.sent :]
@@ -336,7 +359,7 @@ class PolicyConnection:
         current.warned = True
         log.warning(
             "changes a policy reply cannot carry were dropped",
-            queue_id=current.tx.queue_id,
+            queue_id=current.tx.queue_id if current.tx is not None else "",
             changes=[
                 f"{self._made_by.get(id(mod), '?')}: {type(mod).__name__} {_describe(mod)}"
                 for mod in mods
@@ -348,31 +371,23 @@ class PolicyConnection:
     async def end_transaction(self) -> None:
         """Report the open transaction's outcome: what mailgate last decided for it."""
         current, self.current = self.current, None
-        if current is None or self.session is None:
-            return
+        flow = self.flow
+        if current is None or flow is None or flow.tx is None:
+            return  # none, or refused at MAIL: no transaction, as on the other listeners
         final = _final(current)
-        if final is None:
-            return  # refused at MAIL: no transaction, as on the other listeners
-        tx = current.tx
-        await self.pipeline.outcome(self.session, tx, final)
-        if self.metrics is not None:
-            if final.reason.startswith("aborted"):
-                self.metrics.aborted(self.session)
-            else:
-                self.metrics.message(self.session, tx, final, -1)
-        if tx.message is not None:
-            tx.message.close()
+        if final is None or final.reason.startswith("aborted"):
+            await flow.abort(final.reason if final is not None else "aborted")
+        else:
+            await flow.finish(final, replies.from_verdict(final))
 
     async def end_session(self) -> None:
         """The SMTP session is over (another client, or the connection closed): on_disconnect."""
         await self.end_transaction()
-        session, self.session = self.session, None
+        flow, self.flow = self.flow, None
         self.key, self.session_verdict, self.helo = None, None, ""
         self._made_by.clear()
-        if session is not None:
-            await self.pipeline.disconnect(session)
-            if self.metrics is not None:
-                self.metrics.session_closed(session)
+        if flow is not None:
+            await flow.close("aborted: the SMTP session ended")
 
 
 def _final(current: _Tx) -> Verdict | None:
