@@ -451,9 +451,9 @@ class Pipeline:
             out = _Outcome()
             pending_modifications.set(out.modifications)
             ok, result = await self._invoke(call, kwargs, session, tx)
-            out.verdict = result if ok else error_verdict(call.plugin.on_error)
-            if out.verdict is not None:
-                self._checked(call.plugin, out.verdict)
+            verdict = result if ok else error_verdict(call.plugin.on_error)
+            # Named here: the group's verdict is any member's, not the last one's.
+            out.verdict = self._checked(call.plugin, verdict) if verdict is not None else None
             return out
 
         outcomes = await asyncio.gather(*(one(c) for c in group))

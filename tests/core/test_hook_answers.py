@@ -86,7 +86,23 @@ async def test_a_wrong_answer_among_concurrent_scanners_is_that_scanners_failure
     tx = small_transaction()
     verdict = await Pipeline(plugins).message(Session("192.0.2.1"), tx)
     assert verdict is not None and verdict.smtp_reply() == "554 5.3.0 Local policy failure"
+    assert verdict.plugin == "scorer"
     assert tx.results["scorer"].result == "error"
+
+
+class Rejects:
+    @hookimpl
+    async def on_message(self) -> Verdict:
+        return Verdict.reject(554, "5.7.1", "virus")
+
+
+async def test_a_concurrent_verdict_is_named_after_the_scanner_that_gave_it() -> None:
+    plugins = [
+        EnabledPlugin("clamav", Rejects(), concurrent=True),
+        EnabledPlugin("spamassassin", CleanScanner(), concurrent=True),
+    ]
+    verdict = await Pipeline(plugins).message(Session("192.0.2.1"), small_transaction())
+    assert verdict is not None and verdict.plugin == "clamav"
 
 
 class YesAsText:
