@@ -447,6 +447,9 @@ def _instantiate(p: PluginConfig, dns: DnsSettings) -> EnabledPlugin:
     except (TypeError, ValueError) as exc:
         refused = Text("settings the plugin refused")
         raise ConfigError(p.source, "(settings)", refused, str(exc)) from None
+    except Exception as exc:  # a SIGHUP reload must refuse it, not die in the signal handler
+        reason = f"raised {type(exc).__name__}: {exc}"
+        raise PluginError(p.source, p.name, "__init__", reason) from None
     return EnabledPlugin(
         name=p.name,
         instance=instance,

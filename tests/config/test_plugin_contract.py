@@ -12,6 +12,7 @@ from mailgate import Address, Session, Transaction, Verdict, hookimpl
 from mailgate.config import ConfigError, PluginError
 from mailgate.contract import ContractError, check_plugin_class, hook_arguments
 from mailgate.loader import installed_plugins, load_config
+from mailgate.plugins.add_header import AddHeader
 from tests.config.contract_plugins import install_contract_plugins
 
 
@@ -82,6 +83,22 @@ def test_what_pluggy_still_refuses_names_the_file_and_plugin(
     text = str(err.value)
     assert text.startswith(f"{source}: plugin sneaky: refused by pluggy: ")
     assert "rcpt" in text
+
+
+def test_a_plugin_that_cannot_start_is_a_configuration_error(
+    conf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def cannot_start(self: AddHeader, settings: object = None) -> None:
+        raise RuntimeError("no licence file")
+
+    monkeypatch.setattr(AddHeader, "__init__", cannot_start)
+    source = conf / "20-add_header.toml"
+    source.write_text("")
+    config = load_config(conf)
+    with pytest.raises(PluginError) as err:
+        config.pipeline()
+    expected = f"{source}: plugin add_header: __init__: raised RuntimeError: no licence file"
+    assert str(err.value) == expected
 
 
 def test_every_installed_plugin_keeps_the_contract() -> None:
