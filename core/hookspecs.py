@@ -25,8 +25,8 @@ Rules every hook follows:
   ``on_error`` policy (``tempfail``, ``reject`` or ``accept``) instead of a blanket answer,
   and logs ``plugin failed`` naming the plugin and the hook.
 - A plugin whose ``when`` expression is false for this session/transaction is not called
-  for the decision hooks; ``on_outcome`` and ``on_disconnect`` are always called, so a plugin
-  can release what it holds.
+  for the decision hooks; ``on_rcpt_refused``, ``on_outcome`` and ``on_disconnect`` are always
+  called, so a plugin can release what it holds.
 - Plugins change the message only through :class:`mailgate.Transaction` methods
   (``add_header``, ``delete_recipient``, ...), never by writing to the message directly.
 - A hook is never told which way the message came in (SMTP or milter) or will leave.
@@ -104,6 +104,9 @@ class PluginClass(Protocol):
       never called). ``wrapper``, ``hookwrapper``, ``tryfirst`` and ``trylast`` are not
       supported: plugins run in ``conf.d`` order, one call each. A method named after a hook
       but not marked ``@hookimpl`` is an error too: it would never be called.
+
+    A plugin switched off with ``enabled = false`` is not checked (a broken upgrade can be
+    parked). :func:`mailgate.contract.check_plugin_class` is the check.
     """
 
     Settings: ClassVar[type[Any] | None]

@@ -11,6 +11,7 @@ import pytest
 from mailgate import Address, Session, Transaction, Verdict, hookimpl
 from mailgate.config import ConfigError, PluginError
 from mailgate.contract import ContractError, check_plugin_class, hook_arguments
+from mailgate.hookspecs import PluginClass
 from mailgate.loader import installed_plugins, load_config
 from mailgate.plugins.add_header import AddHeader
 from tests.config.contract_plugins import install_contract_plugins
@@ -222,3 +223,12 @@ def test_each_way_of_breaking_the_contract_is_named(cls: type, message: str) -> 
     with pytest.raises(ContractError) as err:
         check_plugin_class(cls)
     assert str(err.value).startswith(message)
+
+
+def test_every_attribute_of_the_protocol_is_checked() -> None:
+    bad = {"Settings": int, "reads": "body", "concurrent": 1}
+    assert set(PluginClass.__annotations__) == set(bad)
+    for attribute, value in bad.items():
+        cls = type("Bad", (), {attribute: value})
+        with pytest.raises(ContractError, match=attribute):
+            check_plugin_class(cls)
