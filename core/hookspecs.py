@@ -19,12 +19,14 @@ Rules every hook follows:
 - Decision hooks return ``None`` (go on) or a :class:`mailgate.Verdict`. Plugins are asked in
   ``conf.d`` order; the first verdict ends the stage. ``Verdict.accept()`` ends it too, with
   the remaining plugins not asked.
-- Each call has the plugin's ``timeout``; an exception or a timeout applies the plugin's
-  ``on_error`` policy (``tempfail``, ``accept``, ``reject`` or ``ignore``) instead of a blanket
-  answer.
+- Each call has the plugin's ``timeout``; an exception, a timeout or an answer of the wrong
+  type (a decision hook returning something other than ``None`` or a ``Verdict``,
+  ``authenticate`` something other than ``None``, True or False) applies the plugin's
+  ``on_error`` policy (``tempfail``, ``reject`` or ``accept``) instead of a blanket answer,
+  and logs ``plugin failed`` naming the plugin and the hook.
 - A plugin whose ``when`` expression is false for this session/transaction is not called
-  for the decision hooks; ``on_outcome`` and ``on_disconnect`` are always called, so a plugin
-  can release what it holds.
+  for the decision hooks; ``on_rcpt_refused``, ``on_outcome`` and ``on_disconnect`` are always
+  called, so a plugin can release what it holds.
 - Plugins change the message only through :class:`mailgate.Transaction` methods
   (``add_header``, ``delete_recipient``, ...), never by writing to the message directly.
 - A hook is never told which way the message came in (SMTP or milter) or will leave.
@@ -44,14 +46,76 @@ reads them, and for the body only when some plugin with `on_message` does (sendi
 buffering them costs CPU time on both sides, growing with the message's size). A part nobody
 reads is then empty for every plugin: see :func:`on_message`. The SMTP listener always has
 the whole message, whatever ``reads`` says.
+
+Everything else mailgate reads of a plugin class is in :class:`PluginClass`. It is all checked
+when the configuration is loaded (``mailgate check-config``, ``try``, ``serve`` and SIGHUP
+alike), and a plugin that breaks it is a configuration error naming the file, the plugin, the
+hook and the reason::
+
+    conf.d/20-foo.toml: plugin foo: hook on_recipient: no such hook (did you mean on_rcpt?)
+    conf.d/20-foo.toml: plugin foo: hook on_rcpt: unknown argument 'rcpt' (the hook offers
+        session, transaction, recipient)
+    conf.d/20-foo.toml: plugin foo: hook on_rcpt: hookimpl option wrapper is not supported
 """
 
 from __future__ import annotations
+
+from collections.abc import Set
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from mailgate.message import Header, Message
 from mailgate.plugin import hookspec
 from mailgate.session import Address, Session, Transaction
 from mailgate.verdict import Verdict
+
+if TYPE_CHECKING:
+    from mailgate.dns import DnsSettings
+
+# -------------------------------------------------------------------------------------------
+# the plugin class
+# -------------------------------------------------------------------------------------------
+
+
+class PluginClass(Protocol):
+    """What mailgate reads of a plugin class, besides its hooks. Every attribute is optional.
+
+    A plugin does not inherit from this; it documents the attributes the loader looks for, each
+    with its default when the class leaves it out, and what is a configuration error:
+
+    - ``Settings``: a dataclass whose fields are the keys of the plugin's ``conf.d`` file
+      (checked by :func:`mailgate.config.load_settings`). Default: none, and then the file may
+      hold only the run options (``enabled``, ``when``, ``timeout``, ``on_error``,
+      ``concurrent``). Anything else than a dataclass is an error.
+    - ``reads``: the parts of the message its ``on_headers``/``on_message`` read, a set of
+      ``"headers"`` and ``"body"`` (see the module docstring). Default: both.
+    - ``concurrent``: True for a scanner that may run at the same time as its concurrent
+      neighbours at the end of data (see :func:`on_message`); the ``conf.d`` key of the same
+      name overrides it. Default: False. Anything else than True or False is an error.
+    - ``__init__``: called once per enabled ``conf.d`` file (and again on SIGHUP), with the
+      ``Settings`` instance as its one positional argument (with no argument when there is no
+      ``Settings``). When it has a keyword parameter named ``dns``, it is also given the core
+      ``[dns]`` table, a :class:`mailgate.dns.DnsSettings`; give it a default, so the plugin
+      can be built by hand in a test. A ``TypeError`` or ``ValueError`` from it is reported as
+      settings the plugin refused.
+    - hooks: methods marked ``@hookimpl``, named after a hook below (or naming it with
+      ``@hookimpl(specname="on_rcpt")``), whose arguments are among the ones the hook offers,
+      with no default values and no ``*args``/``**kwargs``. ``@hookimpl(optionalhook=True)``
+      lets a plugin implement a hook that this version of mailgate may not have (it is then
+      never called). ``wrapper``, ``hookwrapper``, ``tryfirst`` and ``trylast`` are not
+      supported: plugins run in ``conf.d`` order, one call each. A method named after a hook
+      but not marked ``@hookimpl`` is an error too: it would never be called.
+
+    A plugin switched off with ``enabled = false`` is not checked (a broken upgrade can be
+    parked). :func:`mailgate.contract.check_plugin_class` is the check.
+    """
+
+    Settings: ClassVar[type[Any] | None]
+    reads: ClassVar[Set[str]]
+    concurrent: ClassVar[bool]
+
+    def __init__(self, settings: Any = ..., /, *, dns: DnsSettings | None = None) -> None:
+        """Build the plugin from its ``conf.d`` settings (and the ``[dns]`` table, if asked)."""
+
 
 # -------------------------------------------------------------------------------------------
 # connection

@@ -4,11 +4,14 @@
 ``[metrics]``, ``[dns]``, ``[[listener]]``, ``[relay]``, ``[relay_control]`` and
 ``[sender_auth]``. Each ``DIR/NN-name.toml`` enables one plugin, in file-name order; the
 plugin is found by entry-point name in the group ``mailgate.plugins``.
-Any mistake is a `mailgate.config.ConfigError` naming the file and the key.
+Any mistake is a `mailgate.config.ConfigError` naming the file and the key; an enabled plugin
+whose class breaks the plugin contract (`mailgate.hookspecs`) is a `mailgate.config.PluginError`
+naming the file, the plugin, the hook and the reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import inspect
@@ -21,8 +24,9 @@ from typing import Any
 
 import pluggy
 
-from mailgate.config import ConfigError, is_host_port, load_settings
+from mailgate.config import ConfigError, PluginError, is_host_port, load_settings
 from mailgate.config.errors import Text
+from mailgate.contract import ContractError, check_plugin_class
 from mailgate.dns import DnsSettings
 from mailgate.event_loop import EventLoopChoice, uvloop_available
 from mailgate.expressions import Expression, ExpressionError
@@ -127,8 +131,10 @@ class Config:
         try:
             return Pipeline(enabled)
         except pluggy.PluginValidationError as exc:
-            p = next(p for p in self.chain if p.name == exc.plugin_name)  # type: ignore[attr-defined]
-            raise ConfigError(p.source, "plugin", p.name, f"a valid plugin ({exc})") from None
+            # The class was checked at load; pluggy may still refuse what an instance added.
+            e = next(e for e in enabled if e.instance is exc.plugin)
+            reason = " ".join(str(exc).split())
+            raise PluginError(e.source, e.name, "", f"refused by pluggy: {reason}") from None
 
 
 def installed_plugins() -> dict[str, importlib.metadata.EntryPoint]:
@@ -347,13 +353,18 @@ def _run_options(
     if policy not in policies:
         expected = "one of " + ", ".join(f'"{v}"' for v in policies)
         raise ConfigError(source, _key(prefix, "on_error"), policy, expected)
-    concurrent = table.get("concurrent", bool(getattr(cls, "concurrent", False)))
+    if enabled:  # a broken plugin can still be switched off with enabled = false
+        try:
+            check_plugin_class(cls)
+        except ContractError as exc:
+            raise PluginError(source, name, exc.where, exc.reason) from None
+    concurrent = table.get("concurrent", getattr(cls, "concurrent", False) is True)
     if not isinstance(concurrent, bool):
         raise ConfigError(source, _key(prefix, "concurrent"), concurrent, "true or false")
     try:
         reads = declared_reads(cls)
-    except ValueError as exc:
-        raise ConfigError(source, "plugin", name, f"a valid plugin ({exc})") from None
+    except ValueError:
+        reads = MESSAGE_PARTS  # only for a disabled plugin, which never runs
     when = table.get("when")
     condition = None
     if when is not None:
@@ -371,6 +382,8 @@ def _run_options(
         for k in rest:
             raise ConfigError.unknown_key(source, _key(prefix, k), k, RESERVED)
         settings = None
+    elif not (isinstance(settings_cls, type) and dataclasses.is_dataclass(settings_cls)):
+        settings = None  # only for a disabled plugin, which is never built
     else:
         settings = load_settings(settings_cls, rest, source=source, prefix=prefix)
     plugin = PluginConfig(
@@ -434,6 +447,9 @@ def _instantiate(p: PluginConfig, dns: DnsSettings) -> EnabledPlugin:
     except (TypeError, ValueError) as exc:
         refused = Text("settings the plugin refused")
         raise ConfigError(p.source, "(settings)", refused, str(exc)) from None
+    except Exception as exc:  # a SIGHUP reload must refuse it, not die in the signal handler
+        reason = f"raised {type(exc).__name__}: {exc}"
+        raise PluginError(p.source, p.name, "__init__", reason) from None
     return EnabledPlugin(
         name=p.name,
         instance=instance,

@@ -1,8 +1,9 @@
 """The pipeline: calls each hook on the enabled plugins, in `conf.d` order, and decides.
 
 pluggy registers and validates the plugins; it cannot await coroutines, so the calls are made
-here. Each call gets the plugin's timeout and, when it raises or times out, the plugin's own
-`on_error` policy. Concurrent scanners at the end of data run at the same time.
+here. Each call gets the plugin's timeout and, when it raises, times out or answers with the
+wrong type, the plugin's own `on_error` policy. Concurrent scanners at the end of data run at
+the same time.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ log = structlog.get_logger("mailgate.pipeline")
 
 
 class ErrorPolicy(enum.Enum):
-    """What a plugin's failure (exception or timeout) turns into."""
+    """What a plugin's failure (exception, timeout, wrong type of answer) turns into."""
 
     TEMPFAIL = "tempfail"
     """Answer 451 4.3.0: the client tries again later (the safe default)."""
@@ -136,6 +137,24 @@ class AuthenticationUnavailable(Exception):
     """An `authenticate` plugin failed (raised or timed out): no answer, not a wrong password."""
 
 
+_ANSWERS: dict[str, tuple[type, ...]] = {"authenticate": (bool,)}
+"""What each hook may answer besides None: a `Verdict`, unless listed here."""
+_ANSWER_IGNORED = frozenset({"on_rcpt_refused", "on_outcome", "on_disconnect"})
+
+
+def wrong_answer(hook: str, result: object) -> str:
+    """Why `result` is not an answer `hook` may give (empty: it is one)."""
+    if result is None or hook in _ANSWER_IGNORED:
+        return ""
+    allowed = _ANSWERS.get(hook, (Verdict,))
+    if isinstance(result, allowed):
+        return ""
+    names = " or ".join(a.__name__ for a in allowed)
+    text = repr(result)
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    return f"returned {shown} ({type(result).__name__}), not None or {names}"
+
+
 def error_verdict(policy: ErrorPolicy) -> Verdict | None:
     """The verdict a plugin failure becomes under `policy` (None: go on)."""
     if policy is ErrorPolicy.TEMPFAIL:
@@ -229,6 +248,8 @@ class Pipeline:
     ) -> tuple[bool, Any]:
         """Call one plugin; return (ok, result). A failure is logged and counted.
 
+        An answer of the wrong type for the hook (see `wrong_answer`) is a failure too.
+
         `when` gates decisions only: with `always`, a plugin is called whatever its `when`
         says, so it can release what it holds (a milter connection, a counter).
         """
@@ -251,12 +272,17 @@ class Pipeline:
                         result = await result
         except TimeoutError:
             why = f"timed out after {p.timeout:g}s"
-            self._failed(p, session, tx, why, started)
+            self._failed(call, session, tx, why, started)
             self._report_failure(call, why, started, made, session, tx)
             return False, None
         except Exception as exc:
             why = f"{type(exc).__name__}: {exc}"
-            self._failed(p, session, tx, why, started, exc)
+            self._failed(call, session, tx, why, started, exc)
+            self._report_failure(call, why, started, made, session, tx)
+            return False, None
+        why = wrong_answer(call.hook, result)
+        if why:
+            self._failed(call, session, tx, why, started)
             self._report_failure(call, why, started, made, session, tx)
             return False, None
         if self.observers:
@@ -297,19 +323,21 @@ class Pipeline:
 
     @staticmethod
     def _failed(
-        p: EnabledPlugin,
+        call: _Call,
         session: Session,
         tx: Transaction | None,
         why: str,
         started: float,
         exc: BaseException | None = None,
     ) -> None:
+        p = call.plugin
         session.count("plugin_errors")
         if tx is not None:
             tx.set_result(p.name, "error", reason=why)
         log.error(
             "plugin failed",
             plugin=p.name,
+            hook=call.hook,
             reason=why,
             policy=p.on_error.value,
             elapsed_ms=round((time.perf_counter() - started) * 1000, 2),
@@ -423,9 +451,9 @@ class Pipeline:
             out = _Outcome()
             pending_modifications.set(out.modifications)
             ok, result = await self._invoke(call, kwargs, session, tx)
-            out.verdict = result if ok else error_verdict(call.plugin.on_error)
-            if out.verdict is not None:
-                self._checked(call.plugin, out.verdict)
+            verdict = result if ok else error_verdict(call.plugin.on_error)
+            # Named here: the group's verdict is any member's, not the last one's.
+            out.verdict = self._checked(call.plugin, verdict) if verdict is not None else None
             return out
 
         outcomes = await asyncio.gather(*(one(c) for c in group))

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
@@ -37,3 +41,28 @@ def test_every_entry_point_loads_a_plugin_class() -> None:
 
 def test_console_script() -> None:
     assert PYPROJECT["project"]["scripts"]["mailgate"] == "mailgate.cli:main"
+
+
+def test_py_typed_ships_with_both_packages() -> None:
+    # PEP 561: without the marker, a plugin author's mypy ignores mailgate's annotations.
+    assert (ROOT / "core" / "py.typed").is_file()
+    assert (ROOT / "plugins" / "py.typed").is_file()
+    package_data = PYPROJECT["tool"]["setuptools"]["package-data"]
+    assert "py.typed" in package_data["mailgate"]
+    assert "py.typed" in package_data["mailgate.plugins"]
+
+
+def test_the_wheel_holds_py_typed(tmp_path: Path) -> None:
+    # Built from a copy, so the build leaves nothing in the source tree.
+    source = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for part in ("core", "plugins"):
+        shutil.copytree(ROOT / part, source / part, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    wheels = tmp_path / "wheels"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(source)], check=True)
+    (wheel,) = wheels.glob("mailgate-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"mailgate/py.typed", "mailgate/plugins/py.typed"} <= names

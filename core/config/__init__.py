@@ -13,7 +13,7 @@ an instance of it in ``__init__(self, settings)``.
 from typing import Any
 
 from mailgate.config.dynamic import Dynamic
-from mailgate.config.errors import ConfigError
+from mailgate.config.errors import ConfigError, PluginError
 from mailgate.config.settings import (
     Check,
     HostPort,
@@ -34,6 +34,7 @@ __all__ = [
     "Dynamic",
     "HostPort",
     "Networks",
+    "PluginError",
     "PluginSettings",
     "convert",
     "describe",

@@ -61,3 +61,21 @@ class ConfigError(ValueError):
         expected = "one of " + ", ".join(known) if known else "no keys here"
         hint = f'did you mean "{close[0]}"?' if close else ""
         return cls(file, key, Text("an unknown key"), expected, hint)
+
+
+class PluginError(ConfigError):
+    """A plugin class that breaks the plugin contract (`mailgate.hookspecs`). ``str()`` reads::
+
+        conf.d/20-foo.toml: plugin foo: hook on_recipient: no such hook (did you mean on_rcpt?)
+
+    `file` is the file that enabled the plugin, `key` is ``plugin``, `found` the plugin's name;
+    `where` is the part of the class at fault (``hook on_rcpt``, ``Settings``; empty when
+    `reason` says it) and `reason` what is wrong with it.
+    """
+
+    def __init__(self, file: str, plugin: str, where: str, reason: str) -> None:
+        super().__init__(file, "plugin", plugin, "a plugin that keeps the plugin contract", reason)
+        self.plugin = plugin
+        self.where = where
+        self.reason = reason
+        self.args = (f"{file}: plugin {plugin}: {where + ': ' if where else ''}{reason}",)

@@ -221,8 +221,10 @@ def test_a_plugin_with_a_bad_reads_is_refused(
 ) -> None:
     monkeypatch.setattr(AddHeader, "reads", "headers")
     write(tmp_path, "10-add_header.toml", "")
-    with pytest.raises(ConfigError, match=r"plugin: .*reads must be a set of 'headers' and 'body'"):
+    expected = "plugin add_header: reads must be a set of 'headers' and 'body', not 'headers'"
+    with pytest.raises(ConfigError) as err:
         load_config(tmp_path)
+    assert str(err.value) == f"{tmp_path / '10-add_header.toml'}: {expected}"
 
 
 def test_event_loop_defaults_to_auto_and_refuses_unknown_values(tmp_path: Path) -> None:
