@@ -67,6 +67,9 @@ class FlowSettings:
     """Recipients per transaction (0: no limit of mailgate's own; the MTA has one)."""
     trace: Trace | None = None
     """The SMTP ingress's trace header; None where the MTA adds its own (milter, policy)."""
+    keep_message: bool = False
+    """Leave the message open when its transaction ends (``mailgate try`` shows and writes
+    it afterwards); a listener releases the spool at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,8 +276,12 @@ class SessionFlow:
         """The message is in: decide (`message_verdict`), then refuse, discard, hold or hand it
         to the egress. The client's answer is never 2xx unless the egress or the quarantine
         took the message."""
+        return await self.conclude(await self.message_verdict())
+
+    async def conclude(self, verdict: Verdict | None) -> Ending:
+        """End the transaction on `message_verdict`'s answer: refuse, discard, hold or hand it
+        to the egress."""
         tx = self._open_tx()
-        verdict = await self.message_verdict()
         if verdict is not None and (verdict.is_refusal or verdict.kind is VerdictKind.DISCARD):
             return await self.finish(verdict, replies.from_verdict(verdict))
         if tx.quarantined is not None and not self.egress.holds_quarantined:
@@ -372,7 +379,7 @@ class SessionFlow:
             except Exception as exc:
                 log.warning("downstream abort failed", error=_describe(exc))
         if tx is not None:
-            if tx.message is not None:
+            if tx.message is not None and not self.settings.keep_message:
                 tx.message.close()
             structlog.contextvars.unbind_contextvars("tx")
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mailgate.egress import Reply
+from mailgate.egress import MtaEgress, Reply
+from mailgate.flow import FlowSettings, SessionFlow, Trace
 from mailgate.loader import Config
 from mailgate.message import Header, Message
 from mailgate.pipeline import HookCall, Pipeline
 from mailgate.session import Address, Session, Transaction
 from mailgate.smtp import replies
-from mailgate.smtp.trace import PROTOCOL_NOTE, count_received, protocol_name, received_header
+from mailgate.smtp.trace import PROTOCOL_NOTE, protocol_name
 from mailgate.trial.inputs import (
     CHUNK,
     EXIT_ACCEPTED,
@@ -99,41 +100,57 @@ class _Stop(Exception):
 
 
 class TrialRun:
-    """Drives one message through a `Pipeline` the way the configured ingress would."""
+    """Drives one message through the same `SessionFlow` the configured ingress would use,
+    with `MtaEgress` as the way out: nothing is relayed or stored."""
 
     def __init__(self, pipeline: Pipeline, trial: Trial, raw: bytes) -> None:
         self.pipeline = pipeline
         self.trial = trial
         self.raw = raw
-        self.early: Verdict | None = None
+        self.concluding: Verdict | None = None
+        """`message_verdict`'s answer for a message that was accepted, held or discarded."""
         pipeline.observers.append(trial.observe)
         for p in pipeline.plugins:
             trial.policies[p.name] = p.on_error.value
             source = getattr(p.when, "source", None)
             if source is not None:
                 trial.conditions[p.name] = str(source)
+        listener = trial.limits.listener
+        trace = None
+        if self.smtp:
+            trace = Trace(trial.limits.hostname, listener.add_received, listener.max_received)
+        self.flow = SessionFlow(
+            pipeline,
+            self.new_session(),
+            MtaEgress(),
+            settings=FlowSettings(
+                max_recipients=listener.max_recipients if self.smtp else 0,
+                trace=trace,
+                keep_message=True,
+            ),
+        )
 
     @property
     def smtp(self) -> bool:
         return self.trial.client.ingress == "smtp"
 
     async def run(self) -> Trial:
-        """Run every stage until one ends the run; then `on_outcome` and `on_disconnect`."""
-        session = self.new_session()
+        """Run every stage until one ends the run; then the outcome and `on_disconnect`."""
+        session = self.flow.session
         self.trial.session = session
         try:
             await self.connect(session)
             await self.helo(session)
             tx = await self.mail(session)
-            await self.recipients(session, tx)
-            await self.data(session, tx)
-            message_verdict = await self.read_message(session, tx)
-            await self.end_of_data(session, tx, message_verdict)
+            await self.recipients(tx)
+            await self.data()
+            message_verdict = await self.read_message(tx)
+            await self.end_of_data(tx, message_verdict)
         except _Stop:
             pass
         except Exception as exc:  # a misbehaving plugin: the listener answers "try later"
             self.finish("tempfailed", replies.LOCAL_ERROR, f"{type(exc).__name__}: {exc}")
-        await self.wrap_up(session)
+        await self.wrap_up()
         return self.trial
 
     def new_session(self) -> Session:
@@ -160,7 +177,7 @@ class TrialRun:
 
     async def connect(self, session: Session) -> None:
         stage = self.trial.begin("connect", session.client_ip)
-        verdict = await self.pipeline.connect(session)
+        verdict = await self.flow.open()
         host = self.trial.limits.hostname
         if verdict is not None and verdict.is_refusal:
             code = 554 if verdict.kind is VerdictKind.REJECT else 421
@@ -172,33 +189,33 @@ class TrialRun:
         stage = self.trial.begin("helo", name)
         if not self.smtp:
             session.helo = name  # the milter listener knows it before calling on_helo
-        verdict = await self.pipeline.helo(session, name)
+        verdict = await self.flow.helo(name)
         if verdict is not None and verdict.is_refusal:
             self.refuse(stage, verdict)
-        session.helo = name
         stage.reply = Reply(250, "", self.trial.limits.hostname).smtp_reply()
 
     async def mail(self, session: Session) -> Transaction:
         sender = self.trial.envelope.sender
         stage = self.trial.begin("mail", f"<{sender}>")
-        tx = Transaction(sender=Address(sender))
+        notes = {}
         if self.smtp:
-            tx.notes[PROTOCOL_NOTE] = protocol_name(
+            notes[PROTOCOL_NOTE] = protocol_name(
                 esmtp=True, tls=session.tls, authenticated=bool(session.auth_login), smtputf8=False
             )
-        verdict = await self.pipeline.mail(session, tx)
+        verdict = await self.flow.mail(Address(sender), notes)
         if verdict is not None and verdict.is_refusal:
             self.refuse(stage, verdict)
+        tx = self.flow.tx
+        assert tx is not None
         self.trial.transaction = tx
-        self.early = _early(verdict)
         stage.reply = replies.SENDER_OK.smtp_reply()
         return tx
 
-    async def recipients(self, session: Session, tx: Transaction) -> None:
+    async def recipients(self, tx: Transaction) -> None:
         """One RCPT per recipient; the run ends if none is accepted."""
         last: Verdict | None = None
         for address in self.trial.envelope.recipients:
-            last = await self.rcpt(session, tx, Address(address)) or last
+            last = await self.rcpt(Address(address)) or last
         if not tx.recipients:
             # The client hears each refusal; the last one stands for the run.
             verdict = last or Verdict.reject(503, "5.5.1", "Need RCPT command")
@@ -206,37 +223,27 @@ class TrialRun:
             self.finish(_refusal_outcome(verdict), replies.from_verdict(verdict), reason)
             raise _Stop
 
-    async def rcpt(self, session: Session, tx: Transaction, recipient: Address) -> Verdict | None:
+    async def rcpt(self, recipient: Address) -> Verdict | None:
         """Offer one recipient; return the refusal, if it was refused."""
         stage = self.trial.begin("rcpt", f"<{recipient.address}>")
-        if self.smtp and len(tx.recipients) >= self.trial.limits.listener.max_recipients:
-            return self.refuse_recipient(stage, recipient, replies.TOO_MANY_RECIPIENTS)
-        made = len(tx.modifications)
-        verdict = await self.pipeline.rcpt(session, tx, recipient)
+        verdict = await self.flow.rcpt(recipient)
         if verdict is not None and verdict.kind is VerdictKind.DISCONNECT:
             self.refuse(stage, verdict)
         if verdict is not None and verdict.is_refusal:
-            self.refuse_recipient(stage, recipient, replies.from_verdict(verdict))
+            stage.reply = replies.from_verdict(verdict).smtp_reply()
+            self.trial.refused.append((recipient.address, stage.reply))
             return verdict
-        if not tx.deletes_since(made, recipient.address):
-            tx.recipients.append(recipient)
-        self.early = self.early or _early(verdict)
         stage.reply = replies.RECIPIENT_OK.smtp_reply()
         return None
 
-    def refuse_recipient(self, stage: Stage, recipient: Address, reply: Reply) -> Verdict:
-        stage.reply = reply.smtp_reply()
-        self.trial.refused.append((recipient.address, stage.reply))
-        return replies.to_verdict(reply, reason="recipient refused")
-
-    async def data(self, session: Session, tx: Transaction) -> None:
+    async def data(self) -> None:
         stage = self.trial.begin("data")
-        verdict = await self.pipeline.data(session, tx)
+        verdict = await self.flow.data()
         if verdict is not None and verdict.is_refusal:
             self.refuse(stage, verdict)
         stage.reply = replies.START_DATA.smtp_reply()
 
-    async def read_message(self, session: Session, tx: Transaction) -> Verdict | None:
+    async def read_message(self, tx: Transaction) -> Verdict | None:
         """Read the data as the listener would; `on_headers` once the header block is in.
 
         Returns the `on_headers` refusal, which (as on the wire) is answered at the end of data.
@@ -250,7 +257,7 @@ class TrialRun:
             reader.feed(data[start : start + CHUNK])
             if headers is None and reader.headers_complete and reader.problem is None:
                 headers = reader.headers
-                verdict = await self.headers(session, tx, headers)
+                verdict = await self.flow.headers(headers)
         problem = reader.problem
         if problem is not None:
             reader.close()
@@ -266,35 +273,17 @@ class TrialRun:
         tx.message = Message(headers or [], reader.body)
         return verdict
 
-    async def headers(
-        self, session: Session, tx: Transaction, headers: list[Header]
-    ) -> Verdict | None:
-        """The hop count, our Received: header at the top, then `on_headers`."""
-        s = self.trial.limits.listener
-        if self.smtp and s.max_received and count_received(headers) > s.max_received:
-            return replies.to_verdict(replies.TOO_MANY_HOPS, reason="mail loop")
-        if self.smtp and s.add_received:
-            headers.insert(0, received_header(session, tx, hostname=self.trial.limits.hostname))
-        return await self.pipeline.headers(session, tx, list(headers))
-
-    async def end_of_data(
-        self, session: Session, tx: Transaction, header_verdict: Verdict | None
-    ) -> None:
-        """`on_message`, then the answer: refuse, discard, quarantine or relay."""
+    async def end_of_data(self, tx: Transaction, header_verdict: Verdict | None) -> None:
+        """`on_message` and which verdict wins (the flow's), then the answer."""
         if header_verdict is not None and header_verdict.is_refusal:
             self.refuse(self.trial.stages[-1], header_verdict)
         stage = self.trial.begin("message")
-        verdict = await self.pipeline.message(session, tx)
-        if verdict is None or verdict.kind is VerdictKind.ACCEPT:
-            verdict = self.early or verdict
+        verdict = await self.flow.message_verdict()
         if verdict is not None and verdict.is_refusal:
             self.refuse(stage, verdict)
+        self.concluding = verdict
         if verdict is not None and verdict.kind is VerdictKind.DISCARD:
             self.accept(stage, "discarded", verdict.reason)
-        elif verdict is not None and verdict.kind is VerdictKind.QUARANTINE:
-            if tx.quarantined is None:
-                tx.quarantine(verdict.reason or "quarantined by plugin")
-            self.accept(stage, "quarantined", tx.quarantined or "")
         elif tx.quarantined is not None:
             self.accept(stage, "quarantined", tx.quarantined)
         else:
@@ -304,14 +293,20 @@ class TrialRun:
         stage.reply = replies.OK.smtp_reply()
         self.finish(outcome, replies.OK, reason)
 
-    async def wrap_up(self, session: Session) -> None:
-        """`on_outcome` with the final verdict (if a transaction began), then `on_disconnect`."""
-        tx = self.trial.transaction
-        if tx is not None:
+    async def wrap_up(self) -> None:
+        """The transaction's end through the flow (`on_outcome`, if one began), then the
+        session's (`on_disconnect`)."""
+        flow = self.flow
+        if flow.tx is not None:
             self.trial.begin("outcome")
-            await self.pipeline.outcome(session, tx, final_verdict(self.trial))
+            if self.concluding is not None or self.trial.outcome == "accepted":
+                await flow.conclude(self.concluding)
+            elif self.trial.decided_at in ("data", "headers", "message"):
+                await flow.finish(final_verdict(self.trial), self.trial.reply)
+            else:
+                await flow.abort(f"aborted: {self.trial.reason or self.trial.outcome}")
         self.trial.begin("disconnect")
-        await self.pipeline.disconnect(session)
+        await flow.close()
 
 
 def dot_stuffed(raw: bytes) -> bytes:
@@ -320,13 +315,6 @@ def dot_stuffed(raw: bytes) -> bytes:
     if stuffed.startswith(b"."):
         stuffed = b"." + stuffed
     return stuffed + b".\r\n"
-
-
-def _early(verdict: Verdict | None) -> Verdict | None:
-    """A discard or quarantine before the end of data applies at the end (as on the wire)."""
-    if verdict is not None and verdict.kind in (VerdictKind.DISCARD, VerdictKind.QUARANTINE):
-        return verdict
-    return None
 
 
 def _refusal_outcome(verdict: Verdict) -> str:
