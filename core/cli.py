@@ -91,16 +91,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "try":
             return _try(args)
         if args.command == "check-config":
-            config = load_config(args.config, listen=args.listen, relay=args.relay)
-            config.pipeline()
-            print(f"configuration OK: {_summary(config)}")
-            return 0
+            return _check_config(args.config, args.listen, args.relay)
         config = load_config(args.config)
         print(_plugin_table(config))
         return 0
     except ConfigError as exc:
         print(f"mailgate: configuration error: {exc}", file=sys.stderr)
         return 1
+
+
+def _check_config(directory: Path | None, listen: str | None, relay: str | None) -> int:
+    from mailgate import preflight
+
+    config = load_config(directory, listen=listen, relay=relay)
+    config.pipeline()
+    for warning in preflight.check(config):
+        print(f"mailgate: warning: {warning}", file=sys.stderr)
+    print(f"configuration OK: {_summary(config)}")
+    return 0
 
 
 def _serve(
