@@ -2,8 +2,10 @@
 
 SIGHUP re-reads the configuration and swaps the plugin chain (and the logging settings): new
 sessions get the new chain, running ones keep theirs. A bad new configuration is refused and
-logged, and the old one stays. Listener and relay settings take effect at the next start;
-a listener that cannot bind is named by its file and key.
+logged, and the old one stays. Listener and relay settings take effect at the next start: the
+``configuration reloaded`` line names the changed ones in ``restart_needed``, and a warning
+follows. Plugins installed since start are found; a plugin whose code changed since it was
+imported keeps running the old code, and is named in a warning (see `mailgate.reloading`).
 SIGTERM and SIGINT stop cleanly: listeners close, open sessions get 421, pooled connections QUIT.
 With ``[metrics] address`` set, Prometheus metrics are served from the same loop (a change of
 address, like a listener's, takes effect at the next start).
@@ -20,7 +22,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from mailgate import preflight
+from mailgate import preflight, reloading
 from mailgate.config import ConfigError
 from mailgate.loader import Config, load_config
 from mailgate.logging import configure_logging
@@ -93,6 +95,11 @@ class App:
         self.listeners: list[Listener] = []
         self.reloads = 0
         """Configurations successfully swapped in by `reload`."""
+        self._running = reloading.start_settings(self.config)
+        """The settings applied at start, which a reload cannot change."""
+        self._installed = reloading.InstalledPlugins()
+        self._plugin_code = reloading.PluginCode()
+        self._plugin_code.record(self.config.chain)
         self._stopping = asyncio.Event()
 
     def current_pipeline(self) -> Pipeline:
@@ -159,7 +166,12 @@ class App:
         return [listener.port for listener in self.listeners]
 
     def reload(self) -> bool:
-        """Re-read the configuration and swap the plugin chain; False (and logged) if it is bad."""
+        """Re-read the configuration and swap the plugin chain; False (and logged) if it is bad.
+
+        Logs ``configuration reloaded`` with the keys that need a restart (`restart_needed`), a
+        warning naming them, and one naming each plugin whose code changed since it was loaded.
+        """
+        self._installed.refresh()
         try:
             config = load_config(
                 self.directory,
@@ -181,7 +193,24 @@ class App:
         self.reloads += 1
         if self.metrics is not None:
             self.metrics.reloaded(True)
-        log.info("configuration reloaded", plugins=[p.name for p in pipeline.plugins])
+        restart = reloading.restart_needed(self._running, reloading.start_settings(config))
+        changed = self._plugin_code.changed(config.chain)
+        self._plugin_code.record(config.chain)
+        log.info(
+            "configuration reloaded",
+            plugins=[p.name for p in pipeline.plugins],
+            restart_needed=restart,
+        )
+        for warning in preflight.misnamed_files(config.directory):
+            log.warning("configuration warning", problem=str(warning))
+        if restart:
+            log.warning("changed settings take effect only after a restart", keys=restart)
+        for name, files in changed.items():
+            log.warning(
+                "plugin code changed since it was loaded; the old code runs until a restart",
+                plugin=name,
+                files=files,
+            )
         return True
 
     def request_stop(self) -> None:
