@@ -6,6 +6,7 @@ plugin with pip), send SIGHUP, and read its JSON log lines.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -18,8 +19,9 @@ import pytest
 
 from mailgate.loader import load_config
 from mailgate.reloading import restart_needed, start_settings
+from tests.peers.ports import free_port
 from tests.peers.smtp_sink import SmtpSink
-from tests.test_cli import log_lines, send, serving
+from tests.test_cli import log_lines, send, serving, wait_for_port
 
 EXAMPLE = Path(__file__).parent.parent / "contrib" / "mailgate-plugin-example"
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
@@ -162,3 +164,119 @@ def test_a_plugin_installed_after_start_is_found_and_its_changed_code_named(
         assert str(warning["event"]).startswith("plugin code changed since it was loaded")
         assert warning["plugin"] == "subject_tag"
         assert warning["files"] == [str(module)]
+
+
+# -- finding the running server: pidof, --pid-file, mailgate reload ------------------------------
+
+MAILGATE = str(Path(sys.executable).parent / "mailgate")
+
+
+@pytest.fixture
+def server(
+    conf: Path, tmp_path: Path, smtp_sink: SmtpSink
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """``mailgate serve --config conf --pid-file run/mailgate.pid``, the installed command."""
+    port = free_port()
+    (conf / "mailgate.toml").write_text(
+        f'[[listener]]\naddress = "127.0.0.1:{port}"\n'
+        f'[relay]\naddress = "{smtp_sink.host}:{smtp_sink.port}"\n'
+    )
+    pid_path = tmp_path / "run" / "mailgate.pid"
+    pid_path.parent.mkdir()
+    log = (tmp_path / "mailgate.log").open("wb")
+    proc = subprocess.Popen(
+        [MAILGATE, "serve", "--config", str(conf), "--pid-file", str(pid_path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        wait_for_port(port, proc)
+        yield proc, pid_path
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)
+        log.close()
+
+
+def reloads(tmp_path: Path) -> int:
+    return sum(e["event"] == "configuration reloaded" for e in log_lines(tmp_path))
+
+
+def wait_for_reloads(tmp_path: Path, count: int) -> None:
+    wait_for_event(tmp_path, lambda e: reloads(tmp_path) >= count)
+
+
+def test_pidof_mailgate_finds_the_server(
+    conf: Path, server: tuple[subprocess.Popen[bytes], Path]
+) -> None:
+    proc, _ = server
+    pids = subprocess.run(["pidof", "mailgate"], capture_output=True, text=True).stdout.split()
+    assert str(proc.pid) in pids
+    ps = ["ps", "-ww", "-o", "args=", "-p", str(proc.pid)]
+    title = subprocess.run(ps, capture_output=True, text=True).stdout.strip()
+    assert title == f"mailgate serve --config {conf.resolve()}"
+
+
+def test_the_pid_file_is_written_and_removed(
+    server: tuple[subprocess.Popen[bytes], Path],
+) -> None:
+    proc, pid_path = server
+    assert pid_path.read_text() == f"{proc.pid}\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    assert not pid_path.exists()
+
+
+def test_a_second_server_with_the_same_pid_file_is_refused(
+    conf: Path, server: tuple[subprocess.Popen[bytes], Path]
+) -> None:
+    proc, pid_path = server
+    second = subprocess.run(
+        [MAILGATE, "serve", "--config", str(conf), "--listen", "127.0.0.1:0", "--pid-file",
+         str(pid_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert second.returncode == 1
+    assert f"cannot start: {pid_path}: mailgate already runs as process {proc.pid}" in (
+        second.stderr
+    )
+    assert pid_path.read_text() == f"{proc.pid}\n"
+
+
+@pytest.mark.parametrize("how", ["--config", "--pid-file"])
+def test_mailgate_reload_checks_then_signals(
+    how: str, conf: Path, tmp_path: Path, server: tuple[subprocess.Popen[bytes], Path]
+) -> None:
+    proc, pid_path = server
+    command = [MAILGATE, "reload", "--config", str(conf)]
+    if how == "--pid-file":
+        command += ["--pid-file", str(pid_path)]
+    (conf / "10-add_header.toml").write_text('name = "X-Test"\n')
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        f"configuration OK; mailgate serve (pid {proc.pid}) told to reload (SIGHUP)\n"
+    )
+    wait_for_reloads(tmp_path, 1)
+
+    # A broken file: the command says so, and the server is not signalled.
+    (conf / "20-broken.toml").write_text("")
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1
+    assert f"{conf}/20-broken.toml: plugin" in refused.stderr
+    time.sleep(0.3)
+    assert reloads(tmp_path) == 1
+    assert not [e for e in log_lines(tmp_path) if "refused" in str(e["event"])]
+
+
+def test_mailgate_reload_without_a_server_says_so(conf: Path) -> None:
+    done = subprocess.run(
+        [MAILGATE, "reload", "--config", str(conf)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"mailgate reload: no running 'mailgate serve --config {conf.resolve()}' found "
+        "(give --pid-file?)\n"
+    )
