@@ -1,9 +1,9 @@
 """contrib/systemd/mailgate.service: systemd accepts it, and its commands do what it says.
 
 The unit's paths are replaced by this checkout's: /opt/mailgate/bin/mailgate by the venv's
-mailgate, /etc/mailgate by a test configuration. Then its start, reload and stop are carried
-out the way systemd would: ExecStartPre, ExecStart, each ExecReload in turn with ``$MAINPID``,
-and KillSignal.
+mailgate, /etc/mailgate by a test configuration, /run/mailgate by a temporary directory. Then
+its start, reload and stop are carried out the way systemd would: ExecStartPre, ExecStart, each
+ExecReload in turn (``$MAINPID`` replaced, should one use it), and KillSignal.
 """
 
 from __future__ import annotations
