@@ -2,7 +2,10 @@
 
 SIGHUP re-reads the configuration and swaps the plugin chain (and the logging settings): new
 sessions get the new chain, running ones keep theirs. A bad new configuration is refused and
-logged, and the old one stays. Listener and relay settings take effect at the next start.
+logged, and the old one stays. Listener and relay settings take effect at the next start: the
+``configuration reloaded`` line names the changed ones in ``restart_needed``, and a warning
+follows. Plugins installed since start are found; a plugin whose code changed since it was
+imported keeps running the old code, and is named in a warning (see `mailgate.reloading`).
 SIGTERM and SIGINT stop cleanly: listeners close, open sessions get 421, pooled connections QUIT.
 With ``[metrics] address`` set, Prometheus metrics are served from the same loop (a change of
 address, like a listener's, takes effect at the next start).
@@ -12,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import signal
 from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 
+from mailgate import preflight, reloading
 from mailgate.config import ConfigError
 from mailgate.loader import Config, load_config
 from mailgate.logging import configure_logging
@@ -92,6 +97,11 @@ class App:
         self.listeners: list[Listener] = []
         self.reloads = 0
         """Configurations successfully swapped in by `reload`."""
+        self._running = reloading.start_settings(self.config)
+        """The settings applied at start, which a reload cannot change."""
+        self._installed = reloading.InstalledPlugins()
+        self._plugin_code = reloading.PluginCode()
+        self._plugin_code.record(self.config.chain)
         self._stopping = asyncio.Event()
 
     def current_pipeline(self) -> Pipeline:
@@ -99,15 +109,22 @@ class App:
         return self.pipeline
 
     async def start(self) -> None:
-        """Configure logging, start the metrics endpoint, then every listener."""
+        """Check what the configuration points at, configure logging, then start listening.
+
+        Raises `ConfigError` naming the file and key of a listener (or ``metrics.address``)
+        that cannot be bound, or of a certificate that does not load; what was already started
+        is stopped again.
+        """
+        warnings = preflight.check(self.config, probe_ports=False)
         if self.configure_logs:
             configure_logging(self.config.logging)
-        if self.metrics_server is not None:
-            await self.metrics_server.start()
-        for lc in self.config.listeners:
-            listener = self._listener(lc.type, lc.settings)
-            await listener.start()
-            self.listeners.append(listener)
+        for warning in warnings:
+            log.warning("configuration warning", problem=str(warning))
+        try:
+            await self._start_listening()
+        except BaseException:
+            await self.stop()
+            raise
         log.info(
             "started",
             config=str(self.directory) if self.directory is not None else None,
@@ -116,6 +133,23 @@ class App:
             metrics=self.metrics_server.address if self.metrics_server is not None else None,
             event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
         )
+
+    async def _start_listening(self) -> None:
+        if self.metrics_server is not None:
+            try:
+                await self.metrics_server.start()
+            except OSError as exc:
+                source = preflight.core_source(self.config)
+                address = self.config.metrics.address
+                raise _cannot_listen(source, "metrics.address", address, exc) from None
+        for lc in self.config.listeners:
+            listener = self._listener(lc.type, lc.settings)
+            try:
+                await listener.start()
+            except OSError as exc:
+                address = lc.settings.address
+                raise _cannot_listen(lc.source, lc.setting("address"), address, exc) from None
+            self.listeners.append(listener)
 
     def _listener(self, kind: str, settings: Any) -> Listener:
         if kind == "smtp":
@@ -139,7 +173,12 @@ class App:
         return [listener.port for listener in self.listeners]
 
     def reload(self) -> bool:
-        """Re-read the configuration and swap the plugin chain; False (and logged) if it is bad."""
+        """Re-read the configuration and swap the plugin chain; False (and logged) if it is bad.
+
+        Logs ``configuration reloaded`` with the keys that need a restart (`restart_needed`), a
+        warning naming them, and one naming each plugin whose code changed since it was loaded.
+        """
+        self._installed.refresh()
         try:
             config = load_config(
                 self.directory,
@@ -161,7 +200,24 @@ class App:
         self.reloads += 1
         if self.metrics is not None:
             self.metrics.reloaded(True)
-        log.info("configuration reloaded", plugins=[p.name for p in pipeline.plugins])
+        restart = reloading.restart_needed(self._running, reloading.start_settings(config))
+        changed = self._plugin_code.changed(config.chain)
+        self._plugin_code.record(config.chain)
+        log.info(
+            "configuration reloaded",
+            plugins=[p.name for p in pipeline.plugins],
+            restart_needed=restart,
+        )
+        for warning in preflight.misnamed_files(config.directory):
+            log.warning("configuration warning", problem=str(warning))
+        if restart:
+            log.warning("changed settings take effect only after a restart", keys=restart)
+        for name, files in changed.items():
+            log.warning(
+                "plugin code changed since it was loaded; the old code runs until a restart",
+                plugin=name,
+                files=files,
+            )
         return True
 
     def request_stop(self) -> None:
@@ -191,3 +247,9 @@ class App:
             for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             await self.stop()
+
+
+def _cannot_listen(source: str, key: str, address: str, exc: OSError) -> ConfigError:
+    # asyncio's message repeats the address; the errno's text is the reason.
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return ConfigError(source, key, address, "an address this host can listen on", reason)

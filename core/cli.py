@@ -1,4 +1,4 @@
-"""The ``mailgate`` command: ``serve``, ``check-config``, ``plugins`` and ``try``."""
+"""The ``mailgate`` command: ``serve``, ``check-config``, ``reload``, ``plugins`` and ``try``."""
 
 from __future__ import annotations
 
@@ -42,9 +42,23 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--relay", metavar="HOST:PORT", help="the downstream MTA")
     serve.add_argument("--milter", metavar="HOST:PORT", help="address of the first milter listener")
     serve.add_argument("--policy", metavar="HOST:PORT", help="address of the first policy listener")
+    serve.add_argument(
+        "--pid-file", type=Path, metavar="FILE", help="write the process id to FILE while running"
+    )
     check = with_config("check-config", "check the configuration and exit (0: good, 1: bad)")
     check.add_argument("--listen", metavar="HOST:PORT", help=argparse.SUPPRESS)
     check.add_argument("--relay", metavar="HOST:PORT", help=argparse.SUPPRESS)
+    reload = with_config(
+        "reload",
+        "check the configuration, then make the running mailgate serve re-read it (SIGHUP); "
+        "exit 0: signalled, 1: bad configuration or no server found",
+    )
+    reload.add_argument(
+        "--pid-file",
+        type=Path,
+        metavar="FILE",
+        help="the server's pid file (default: the mailgate serve running with the same --config)",
+    )
     with_config("plugins", "list installed plugins, which are enabled, and their order")
     _try_arguments(
         with_config(
@@ -87,14 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
-            return _serve(args.config, args.listen, args.relay, args.milter, args.policy)
+            return _serve(args)
+        if args.command == "reload":
+            return _reload(args.config, args.pid_file)
         if args.command == "try":
             return _try(args)
         if args.command == "check-config":
-            config = load_config(args.config, listen=args.listen, relay=args.relay)
-            config.pipeline()
-            print(f"configuration OK: {_summary(config)}")
-            return 0
+            return _check_config(args.config, args.listen, args.relay)
         config = load_config(args.config)
         print(_plugin_table(config))
         return 0
@@ -103,29 +116,62 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _serve(
-    directory: Path | None,
-    listen: str | None,
-    relay: str | None,
-    milter: str | None = None,
-    policy: str | None = None,
-) -> int:
-    from mailgate import event_loop
+def _check_config(directory: Path | None, listen: str | None, relay: str | None) -> int:
+    from mailgate import preflight
+
+    config = load_config(directory, listen=listen, relay=relay)
+    config.pipeline()
+    for warning in preflight.check(config):
+        print(f"mailgate: warning: {warning}", file=sys.stderr)
+    print(f"configuration OK: {_summary(config)}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from mailgate import event_loop, process
     from mailgate.app import App  # the server's imports are not needed by the other commands
 
-    config = load_config(directory, listen=listen, relay=relay, milter=milter, policy=policy)
+    directory, addresses = (
+        args.config,
+        {
+            "listen": args.listen,
+            "relay": args.relay,
+            "milter": args.milter,
+            "policy": args.policy,
+        },
+    )
+    config = load_config(directory, **addresses)
+    options = [f"--{k} {v}" for k, v in addresses.items() if v is not None]
+    process.set_title(process.title(directory, options))
 
     async def run() -> None:
-        app = App(
-            directory, listen=listen, relay=relay, milter=milter, policy=policy, config=config
-        )
+        app = App(directory, **addresses, config=config)
         await app.run()
 
     try:
-        event_loop.run(run(), config.mailgate.event_loop)
-    except OSError as exc:
+        with process.pid_file(args.pid_file):
+            event_loop.run(run(), config.mailgate.event_loop)
+    except (process.ProcessError, OSError) as exc:
         print(f"mailgate: cannot start: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _reload(directory: Path | None, pid_file: Path | None) -> int:
+    from mailgate import preflight, process
+
+    config = load_config(directory)
+    config.pipeline()
+    # The running server holds its listeners' ports: probing them would only find it.
+    for warning in preflight.check(config, probe_ports=False):
+        print(f"mailgate: warning: {warning}", file=sys.stderr)
+    try:
+        pids = process.signal_reload(directory, pid_file)
+    except process.ProcessError as exc:
+        print(f"mailgate reload: {exc}", file=sys.stderr)
+        return 1
+    for pid in pids:
+        print(f"configuration OK; mailgate serve (pid {pid}) told to reload (SIGHUP)")
     return 0
 
 

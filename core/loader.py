@@ -74,6 +74,12 @@ class ListenerConfig:
     type: str
     settings: Any
     source: str
+    key: str = ""
+    """Its table in `source` (``listener[0]``); empty for a command-line option or the default."""
+
+    def setting(self, name: str) -> str:
+        """The dotted key of setting `name`, as errors name it: ``listener[0].tls_cert``."""
+        return f"{self.key}.{name}" if self.key else name
 
 
 @dataclass(slots=True)
@@ -285,7 +291,7 @@ def _listener(table: Mapping[str, Any], source: str, key: str) -> ListenerConfig
         )
     else:
         raise ConfigError(source, f"{key}.type", kind, 'one of "smtp", "milter", "policy"')
-    return ListenerConfig(kind, settings, source)
+    return ListenerConfig(kind, settings, source, key)
 
 
 def _milter_settings(table: Mapping[str, Any], source: str, key: str) -> Any:
@@ -309,7 +315,7 @@ def _override_milter(config: Config, address: str) -> None:
     if first is None:
         config.listeners.append(ListenerConfig("milter", settings, "--milter"))
     else:
-        first.settings.address, first.source = address, "--milter"
+        first.settings.address, first.source, first.key = address, "--milter", ""
 
 
 def _override_policy(config: Config, address: str) -> None:
@@ -321,7 +327,7 @@ def _override_policy(config: Config, address: str) -> None:
     if first is None:
         config.listeners.append(ListenerConfig("policy", settings, "--policy"))
     else:
-        first.settings.address, first.source = address, "--policy"
+        first.settings.address, first.source, first.key = address, "--policy", ""
 
 
 def _override(config: Config, *, listen: str | None, relay: str | None) -> None:
@@ -332,7 +338,7 @@ def _override(config: Config, *, listen: str | None, relay: str | None) -> None:
         _check_address(listen, "--listen", "address")
         first = next(lc for lc in config.listeners if lc.type == "smtp")
         first.settings.address = listen
-        first.source = "--listen"
+        first.source, first.key = "--listen", ""
     if relay is not None:
         _check_address(relay, "--relay", "address")
         config.relay.address = relay

@@ -1,9 +1,9 @@
 """contrib/systemd/mailgate.service: systemd accepts it, and its commands do what it says.
 
 The unit's paths are replaced by this checkout's: /opt/mailgate/bin/mailgate by the venv's
-mailgate, /etc/mailgate by a test configuration. Then its start, reload and stop are carried
-out the way systemd would: ExecStartPre, ExecStart, each ExecReload in turn with ``$MAINPID``,
-and KillSignal.
+mailgate, /etc/mailgate by a test configuration, /run/mailgate by a temporary directory. Then
+its start, reload and stop are carried out the way systemd would: ExecStartPre, ExecStart, each
+ExecReload in turn (``$MAINPID`` replaced, should one use it), and KillSignal.
 """
 
 from __future__ import annotations
@@ -44,10 +44,11 @@ def service_settings(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def localised(conf: Path) -> str:
-    """The unit with this checkout's mailgate and `conf` in place of the installed paths."""
+def localised(conf: Path, run: Path | None = None) -> str:
+    """The unit with this checkout's mailgate, `conf` (and `run`) in place of installed paths."""
     text = UNIT.read_text()
-    return text.replace("/opt/mailgate/bin/mailgate", MAILGATE).replace("/etc/mailgate", str(conf))
+    text = text.replace("/opt/mailgate/bin/mailgate", MAILGATE).replace("/etc/mailgate", str(conf))
+    return text.replace("/run/mailgate/", f"{run}/") if run is not None else text
 
 
 def commands(unit: str, key: str, pid: int = 0) -> list[list[str]]:
@@ -92,7 +93,9 @@ def test_start_reload_and_stop_as_systemd_runs_them(
     conf: tuple[Path, int], smtp_sink: SmtpSink, tmp_path: Path
 ) -> None:
     directory, port = conf
-    unit = localised(directory)
+    run = tmp_path / "run-mailgate"  # systemd makes it: RuntimeDirectory=mailgate
+    run.mkdir()
+    unit = localised(directory, run)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for pre in commands(unit, "ExecStartPre"):
         assert subprocess.run(pre, capture_output=True, timeout=60, env=env).returncode == 0
@@ -114,16 +117,21 @@ def test_start_reload_and_stop_as_systemd_runs_them(
         send(port)
         assert smtp_sink.wait_for_messages(2)[1].header("X-Unit") == "second"
 
-        # A broken file: the first ExecReload fails, so systemd sends no SIGHUP.
+        # A broken file: ExecReload fails and says where, and the server is not signalled.
         (directory / "20-broken.toml").write_text("")
-        check, _hup = commands(unit, "ExecReload", proc.pid)
-        refused = subprocess.run(check, capture_output=True, text=True, timeout=60)
+        (reload,) = commands(unit, "ExecReload", proc.pid)
+        refused = subprocess.run(reload, capture_output=True, text=True, timeout=60)
         assert refused.returncode != 0
         assert "20-broken.toml" in refused.stderr
+        time.sleep(0.3)
+        journal = (tmp_path / "journal").read_bytes()
+        assert journal.count(b"configuration reloaded") == 1
+        assert b"configuration refused" not in journal
 
         kill_signal = dict(service_settings(unit))["KillSignal"]
         proc.send_signal(getattr(signal, kill_signal))
         assert proc.wait(timeout=30) == 0, "a clean stop: Restart=on-failure does not fire"
+        assert not (run / "mailgate.pid").exists()
     finally:
         if proc.poll() is None:
             proc.kill()
