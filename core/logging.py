@@ -69,11 +69,6 @@ def configure_logging(settings: LoggingSettings | None = None) -> None:
     handler._mailgate = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(settings.level.upper())
-    # aiosmtpd logs every connection and disconnection at INFO ("Peer: ...", "connection lost"):
-    # two lines per message that say less than our own session lines, at a measured ~7% of CPU.
-    logging.getLogger("mail.log").setLevel(
-        logging.DEBUG if settings.level == "debug" else logging.WARNING
-    )
 
 
 def bind_ids(**ids: str) -> None:

@@ -55,13 +55,21 @@ class SocketListener:
             with contextlib.suppress(FileNotFoundError):
                 if stat.S_ISSOCK(os.stat(addr.path).st_mode):
                     os.unlink(addr.path)  # a stale socket from a previous run
-            self._server = await asyncio.start_unix_server(self._serve, path=addr.path)
+        self._server = await self.open_server(addr)
+        if addr.is_unix:
             os.chmod(addr.path, self.socket_mode)
-        else:
-            self._server = await asyncio.start_server(
-                self._serve, addr.host, addr.port, reuse_address=True
-            )
         log.info(f"{self.kind} listener started", listener=self.name, address=self.address)
+
+    async def open_server(self, addr: SocketAddress) -> asyncio.Server:
+        """The bound server; by default each connection runs `handle` with asyncio streams."""
+        if addr.is_unix:
+            return await asyncio.start_unix_server(self._serve, path=addr.path)
+        return await asyncio.start_server(self._serve, addr.host, addr.port, reuse_address=True)
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        """Count `task` among the running connections until it ends (`stop` cancels them)."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
         """Stop accepting, close running connections and remove a unix socket."""

@@ -95,10 +95,13 @@ LOOPING = b"Received: from x by y; Thu, 26 Nov 2026 00:00:00 +0000\r\n" * 101 + 
 
 
 def traffic(port: int) -> None:
-    """One message delivered, one whose only recipient is refused (relay denied), one
-    refused at the end of data (a mail loop)."""
+    """One message delivered, one whose only recipient is refused (relay denied: rejected),
+    one refused at the end of data (a mail loop), one the client gives up with RSET (aborted)."""
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
         client.sendmail("a@example.net", ["b@example.org"], b"Subject: graphed\r\n\r\nhi\r\n")
+        client.mail("a@example.net")
+        client.rcpt("b@example.org")
+        client.rset()
         with pytest.raises(smtplib.SMTPRecipientsRefused):
             client.sendmail("a@example.net", ["c@elsewhere.test"], b"Subject: no\r\n\r\nhi\r\n")
         with pytest.raises(smtplib.SMTPDataError):

@@ -1,8 +1,9 @@
-"""One SMTP client connection: commands in, pipeline and egress calls out, replies back.
+"""One SMTP client session: commands in, calls on the session's flow, replies back.
 
-It only translates. Decisions come from the pipeline (plugins) and the downstream (egress);
-this module turns them into SMTP replies, reads DATA with `DataReader`, and makes sure the
-client never hears 250 for a message before the downstream accepted it.
+It only translates: the bytes come and go through `SmtpStream` (an asyncio Protocol with its
+own buffer), AUTH is `Authentication`'s, and every decision comes from the flow
+(`mailgate.flow`: the plugins and the egress). It makes sure the client never hears 250 for a
+message that the flow did not hand over or hold.
 """
 
 from __future__ import annotations
@@ -11,39 +12,27 @@ import asyncio
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import structlog
-from aiosmtpd.smtp import SMTP
 
 from mailgate.egress import Egress, Reply
 from mailgate.flow import FlowSettings, SessionFlow, Trace
 from mailgate.message import Header, Message
-from mailgate.pipeline import AuthenticationUnavailable, Pipeline
+from mailgate.pipeline import Pipeline
 from mailgate.quarantine import QuarantineStore
 from mailgate.session import Address, Session, Transaction
 from mailgate.smtp import replies
-from mailgate.smtp.auth import (
-    LOGIN_PASSWORD,
-    LOGIN_USERNAME,
-    MAX_RESPONSE_LENGTH,
-    AuthSyntaxError,
-    Credentials,
-    decode_login_password,
-    decode_login_username,
-    decode_plain,
-)
+from mailgate.smtp.auth import MAX_RESPONSE_LENGTH
+from mailgate.smtp.authentication import Authentication
 from mailgate.smtp.commands import parse_params, parse_path
 from mailgate.smtp.data import DataReader
 from mailgate.smtp.settings import SmtpListenerSettings
+from mailgate.smtp.stream import SmtpStream, StreamClosed
 from mailgate.smtp.trace import PROTOCOL_NOTE, protocol_name
 from mailgate.verdict import Verdict, VerdictKind
 
 log = structlog.get_logger("mailgate.smtp")
 
-T = TypeVar("T")
-
-_READ_SIZE = 1 << 16
 _BODY_VALUES = ("7BIT", "8BITMIME")
 
 
@@ -58,50 +47,25 @@ class ListenerState:
     tls_context: ssl.SSLContext | None = None
     quarantine: QuarantineStore | None = None
     connections: set[SmtpConnection] = field(default_factory=set)
-    cleanups: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 class _Closed(Exception):
     """The session is over: the client left, timed out, or was told 421."""
 
 
-class _NoTimer:
-    """aiosmtpd's idle timer is replaced by a timeout around each read."""
+class SmtpConnection:
+    """One client session on `stream` (see the module docstring)."""
 
-    def cancel(self) -> None:
-        """Nothing to cancel."""
-
-
-class SmtpConnection(SMTP):
-    """The protocol object of one client connection (an aiosmtpd `SMTP` subclass)."""
-
-    def __init__(self, state: ListenerState) -> None:
-        # aiosmtpd's __init__ inspects the handler and itself on every connection (~0.7 ms);
-        # this class sets only the attributes the inherited connection plumbing uses.
-        asyncio.StreamReaderProtocol.__init__(
-            self,
-            asyncio.StreamReader(limit=_READ_SIZE),
-            client_connected_cb=self._cb_client_connected,
-        )
-        self.loop = asyncio.get_running_loop()
-        self.hostname = state.hostname
-        self.enable_SMTPUTF8 = True
-        self.tls_context = state.tls_context
-        self.session = None
-        self.envelope = None
-        self.transport = None
-        self._handler_coroutine = None
-        self._original_transport = None
-        self._tls_protocol = None
-        self._timeout_handle = _NoTimer()  # type: ignore[assignment]
+    def __init__(self, state: ListenerState, stream: SmtpStream) -> None:
         self._state = state
         self._settings = state.settings
-        self._prefetch = b""
-        self._out: list[bytes] = []
+        self._stream = stream
+        self.hostname = state.hostname
         self._refused: Verdict | None = None
         self._errors = 0
         self._esmtp = False
         self._flow: SessionFlow | None = None
+        self._auth: Authentication | None = None
         self._abort_reason = "aborted by client: disconnect"
         self._commands: dict[str, Callable[[str], Awaitable[None]]] = {
             "EHLO": self._ehlo,
@@ -116,58 +80,40 @@ class SmtpConnection(SMTP):
             "VRFY": self._vrfy,
             "EXPN": self._expn,
             "HELP": self._help,
-            "AUTH": self._auth,
+            "AUTH": self._auth_command,
         }
 
-    # -- aiosmtpd plumbing ---------------------------------------------------------------------
-
-    def _reset_timeout(self, duration: float | None = None) -> None:
-        """Timeouts are per read (`_read_line`, `_read_chunk`), not one idle timer."""
-
-    def eof_received(self) -> bool | None:
-        """Let the session finish the commands already received, instead of cancelling it."""
-        return asyncio.StreamReaderProtocol.eof_received(self)
-
-    async def _handle_client(self) -> None:
+    async def run(self) -> None:
+        """Serve the session until QUIT, a timeout, a 421 or the client leaving; then close
+        its flow (abort what is open, ``on_disconnect``)."""
         self._state.connections.add(self)
         try:
             await self._serve()
-        except (_Closed, ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+        except (_Closed, StreamClosed, ConnectionError, asyncio.CancelledError):
             pass
         except Exception:
             self._abort_reason = "aborted: local error"
             log.exception("session failed")
         finally:
             self._state.connections.discard(self)
-            if self.transport is not None:
-                if self._out and not self.transport.is_closing():
-                    self._writer.write(b"".join(self._out))
-                self.transport.close()
-            cleanup = self.loop.create_task(self._cleanup())
-            self._state.cleanups.add(cleanup)
-            cleanup.add_done_callback(self._state.cleanups.discard)
+            self._stream.write_and_close()
+            if self._flow is not None:
+                await self._flow.close(self._abort_reason)
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The task serving this session."""
+        return self._stream.task
 
     def shut_down(self, reply: bytes) -> None:
         """Send `reply` (a 421) and close, whatever the session is doing (listener stop)."""
-        if self.transport is not None:
-            self._abort_reason = "aborted: listener stopped"
-            self._writer.write(b"".join([*self._out, reply]))
-            self._out.clear()
-            self.transport.close()
-
-    async def _cleanup(self) -> None:
-        if self._flow is not None:
-            await self._flow.close(self._abort_reason)
+        self._abort_reason = "aborted: listener stopped"
+        self._stream.write_and_close(reply)
 
     @property
     def _session(self) -> Session:
         assert self._flow is not None
         return self._flow.session
-
-    @property
-    def _pipeline(self) -> Pipeline:
-        assert self._flow is not None
-        return self._flow.pipeline
 
     @property
     def _tx(self) -> Transaction | None:
@@ -176,11 +122,8 @@ class SmtpConnection(SMTP):
     # -- the session -------------------------------------------------------------------------
 
     async def _serve(self) -> None:
-        assert self.transport is not None
-        peer = self.transport.get_extra_info("peername") or ("", 0)
-        session = Session(
-            client_ip=str(peer[0]), client_port=int(peer[1]), listener=self._settings.name
-        )
+        host, port = self._stream.peer
+        session = Session(client_ip=host, client_port=port, listener=self._settings.name)
         s = self._settings
         self._flow = SessionFlow(
             self._state.pipeline(),
@@ -192,8 +135,9 @@ class SmtpConnection(SMTP):
                 trace=Trace(self.hostname, s.add_received, s.max_received),
             ),
             quarantine=self._state.quarantine,
-            before_egress=self._flush,
+            before_egress=self._stream.flush,
         )
+        self._auth = Authentication(s, self._flow)
         verdict = await self._flow.open()
         if verdict is not None and verdict.is_refusal:
             if verdict.kind is not VerdictKind.REJECT:
@@ -219,7 +163,7 @@ class SmtpConnection(SMTP):
             return
         try:
             await handler(arg)
-        except (_Closed, ConnectionError, asyncio.IncompleteReadError):
+        except (_Closed, StreamClosed, ConnectionError):
             raise
         except Exception:
             # A bug or a misbehaving plugin: the client hears "try later", never a 250.
@@ -227,6 +171,8 @@ class SmtpConnection(SMTP):
             assert self._flow is not None
             await self._flow.abort("aborted: local error")
             await self._send(replies.LOCAL_ERROR)
+
+    # -- replies ---------------------------------------------------------------------------------
 
     async def _send(self, reply: Reply) -> None:
         """Send one reply; count errors and close after too many.
@@ -236,34 +182,36 @@ class SmtpConnection(SMTP):
         CPU under load. They are written when the input has no complete command left, and
         before anything waits on the downstream or on more input.
         """
-        self._out.append(reply.smtp_reply().encode("utf-8", "surrogateescape") + b"\r\n")
+        self._stream.queue(reply.smtp_reply().encode("utf-8", "surrogateescape") + b"\r\n")
         if reply.code >= 400 and reply.code != 421:
             self._errors += 1
             self._session.count("errors")
             if 0 < self._settings.max_errors < self._errors:
                 await self._close_with(replies.TOO_MANY_ERRORS)
-        if not self._command_waiting():
-            await self._flush()
+        if not self._stream.line_waiting():
+            await self._stream.flush()
 
-    def _command_waiting(self) -> bool:
-        """True if a complete command line has already arrived."""
-        return b"\n" in self._prefetch or self._reader._buffer.find(b"\n") >= 0  # type: ignore[attr-defined]
+    async def send(self, reply: Reply) -> None:
+        """`Authentication`'s way to answer."""
+        await self._send(reply)
 
-    async def _flush(self) -> None:
-        """Write the held replies, in order, in one write."""
-        if self._out:
-            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
-            self._out.clear()
-            self._writer.write(data)
-            await self._writer.drain()
+    async def flush(self) -> None:
+        """`Authentication`'s way to write held replies now."""
+        await self._stream.flush()
+
+    async def challenge(self, text: str) -> str | None:
+        """Send a ``334`` challenge and read the response line; None for ``*`` (cancel)."""
+        self._stream.queue(b"334 " + text.encode("ascii") + b"\r\n")
+        line = (await self._read_line(MAX_RESPONSE_LENGTH)).rstrip(b"\r\n").strip()
+        if line == b"*":
+            return None
+        return line.decode("ascii", "replace")
 
     async def _close_with(self, reply: Reply) -> None:
         self._abort_reason = f"aborted: {reply.code} {reply.text}"
-        self._out.append(reply.smtp_reply().encode("utf-8", "surrogateescape") + b"\r\n")
-        self._writer.write(b"".join(self._out))
-        self._out.clear()
-        if self.transport is not None:
-            self.transport.close()
+        self._stream.write_and_close(
+            reply.smtp_reply().encode("utf-8", "surrogateescape") + b"\r\n"
+        )
         raise _Closed
 
     # -- reading -------------------------------------------------------------------------------
@@ -272,56 +220,27 @@ class SmtpConnection(SMTP):
         """The next command line (`limit`: longest allowed, default `max_command_length`);
         lines over the limit are answered and skipped."""
         limit = limit or self._settings.max_command_length
-        if self._out and not self._command_waiting():
-            await self._flush()
+        stream = self._stream
+        if stream.queued and not stream.line_waiting():
+            await stream.flush()
         while True:
             try:
-                async with asyncio.timeout(self._settings.command_timeout):
-                    line = await self._next_line()
+                line = await stream.read_line(
+                    max(limit, MAX_RESPONSE_LENGTH), self._settings.command_timeout
+                )
             except TimeoutError:
                 await self._close_with(replies.TIMEOUT)
-            except asyncio.LimitOverrunError:
-                await self._skip_long_line()
-                line = b""
             if line and (len(line) <= limit or _auth_line(line)):
                 return line
             await self._send(replies.LINE_TOO_LONG)
 
-    async def _next_line(self) -> bytes:
-        prefetch = self._prefetch
-        if prefetch:
-            lf = prefetch.find(b"\n")
-            if lf >= 0:
-                self._prefetch = prefetch[lf + 1 :]
-                return prefetch[: lf + 1]
-            self._prefetch = b""
-            return prefetch + await self._reader.readuntil(b"\n")
-        return await self._reader.readuntil(b"\n")
-
-    async def _skip_long_line(self) -> None:
-        while True:
-            try:
-                async with asyncio.timeout(self._settings.command_timeout):
-                    await self._reader.readuntil(b"\n")
-                return
-            except asyncio.LimitOverrunError as overrun:
-                await self._reader.readexactly(overrun.consumed)
-            except TimeoutError:
-                await self._close_with(replies.TIMEOUT)
-
     async def _read_chunk(self) -> bytes:
-        await self._flush()
-        if self._prefetch:
-            chunk, self._prefetch = self._prefetch, b""
-            return chunk
+        await self._stream.flush()
         try:
-            async with asyncio.timeout(self._settings.data_timeout):
-                chunk = await self._reader.read(_READ_SIZE)
+            return await self._stream.read_chunk(self._settings.data_timeout)
         except TimeoutError:
             await self._close_with(replies.TIMEOUT)
-        if not chunk:
-            raise _Closed
-        return chunk
+            raise  # not reached: _close_with raises
 
     # -- commands ------------------------------------------------------------------------------
 
@@ -349,9 +268,10 @@ class SmtpConnection(SMTP):
             "SMTPUTF8",
             "DSN",
         ]
-        if self.tls_context is not None and not self._session.tls:
+        if self._state.tls_context is not None and not self._session.tls:
             lines.append("STARTTLS")
-        if self._auth_offered():
+        assert self._auth is not None
+        if self._auth.offered():
             lines.append("AUTH " + " ".join(self._settings.auth_mechanisms))
         lines.append("ENHANCEDSTATUSCODES")
         await self._send(Reply(250, "", "\n".join(lines)))
@@ -372,8 +292,7 @@ class SmtpConnection(SMTP):
     async def _quit(self, arg: str) -> None:
         assert self._flow is not None
         await self._flow.abort("aborted by client: QUIT")
-        self._writer.write(b"".join([*self._out, replies.BYE.smtp_reply().encode() + b"\r\n"]))
-        self._out.clear()
+        self._stream.queue(replies.BYE.smtp_reply().encode() + b"\r\n")
         raise _Closed
 
     async def _vrfy(self, arg: str) -> None:
@@ -388,7 +307,8 @@ class SmtpConnection(SMTP):
     async def _starttls(self, arg: str) -> None:
         assert self._flow is not None
         session = self._session
-        if self.tls_context is None or session.tls:
+        context = self._state.tls_context
+        if context is None or session.tls:
             await self._send(replies.TLS_UNAVAILABLE)
             return
         if arg:
@@ -396,16 +316,15 @@ class SmtpConnection(SMTP):
             return
         await self._flow.abort("aborted by client: STARTTLS")
         # Anything sent after STARTTLS in clear text is an injection attempt (CVE-2011-0411).
-        self._prefetch = b""
-        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        self._stream.discard_input()
         await self._send(replies.START_TLS)
+        await self._stream.flush()
         try:
-            await self._writer.start_tls(self.tls_context)
-        except (ssl.SSLError, OSError) as exc:
+            await self._stream.start_tls(context, self._settings.command_timeout)
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
             log.info("TLS handshake failed", reason=str(exc))
             raise _Closed from exc
-        self.transport = self._writer.transport
-        ssl_object = self.transport.get_extra_info("ssl_object")
+        ssl_object = self._stream.extra("ssl_object")
         session.tls = True
         session.helo = ""
         session.auth_login = ""  # RFC 3207: forget what the clear-text session established
@@ -415,96 +334,9 @@ class SmtpConnection(SMTP):
             session.tls_cipher = cipher[0] if cipher else ""
         log.info("TLS started", version=session.tls_version, cipher=session.tls_cipher)
 
-    # -- authentication ------------------------------------------------------------------------
-
-    def _auth_offered(self) -> bool:
-        """AUTH is in the EHLO reply: a plugin can check credentials, and TLS is on if needed."""
-        return (
-            bool(self._settings.auth_mechanisms)
-            and self._pipeline.implements("authenticate")
-            and (self._session.tls or not self._settings.auth_require_tls)
-        )
-
-    async def _auth(self, arg: str) -> None:
-        problem = self._auth_refusal()
-        if problem is not None:
-            await self._send(problem)
-            return
-        mechanism, _, initial = arg.partition(" ")
-        mechanism, initial = mechanism.upper(), initial.strip()
-        if mechanism not in self._settings.auth_mechanisms:
-            await self._send(replies.AUTH_UNKNOWN_MECHANISM if mechanism else replies.SYNTAX)
-            return
-        try:
-            credentials = await self._auth_exchange(mechanism, initial or None)
-        except AuthSyntaxError:
-            await self._send(replies.AUTH_UNDECODABLE)
-            return
-        if credentials is None:
-            await self._send(replies.AUTH_CANCELLED)
-            return
-        await self._check_credentials(mechanism, credentials)
-
-    def _auth_refusal(self) -> Reply | None:
-        """Why AUTH cannot be given now (RFC 4954 section 4), or None."""
-        if not self._settings.auth_mechanisms or not self._pipeline.implements("authenticate"):
-            return replies.AUTH_NOT_OFFERED
-        if not self._esmtp or not self._session.helo:
-            return replies.NEED_HELO
-        if self._settings.auth_require_tls and not self._session.tls:
-            return replies.AUTH_NEEDS_TLS
-        if self._session.auth_login:
-            return replies.AUTH_TWICE
-        if self._tx is not None:
-            return replies.AUTH_IN_TRANSACTION
-        return None
-
-    async def _auth_exchange(self, mechanism: str, initial: str | None) -> Credentials | None:
-        """Read the client's responses; None if it cancelled with ``*``."""
-        if mechanism == "PLAIN":
-            response = initial if initial is not None else await self._auth_response("")
-            return None if response is None else decode_plain(response)
-        if initial is None:
-            initial = await self._auth_response(LOGIN_USERNAME)
-            if initial is None:
-                return None
-        login = decode_login_username(initial)
-        secret = await self._auth_response(LOGIN_PASSWORD)
-        return None if secret is None else Credentials(login, decode_login_password(secret))
-
-    async def _auth_response(self, challenge: str) -> str | None:
-        """Send a ``334`` challenge and read the response line; None for ``*`` (cancel)."""
-        self._out.append(b"334 " + challenge.encode("ascii") + b"\r\n")
-        line = (await self._read_line(MAX_RESPONSE_LENGTH)).rstrip(b"\r\n").strip()
-        if line == b"*":
-            return None
-        return line.decode("ascii", "replace")
-
-    async def _check_credentials(self, mechanism: str, credentials: Credentials) -> None:
-        """Ask the plugins; a plugin failure is a temporary failure, not a wrong password."""
-        try:
-            ok = await self._pipeline.authenticate(
-                self._session, mechanism, credentials.login, credentials.secret
-            )
-        except AuthenticationUnavailable as exc:
-            log.warning(
-                "authentication error",
-                mechanism=mechanism,
-                login=credentials.login,
-                plugin=str(exc),
-            )
-            await self._send(replies.AUTH_TEMPFAIL)
-            return
-        if not ok:
-            log.info("authentication failed", mechanism=mechanism, login=credentials.login)
-            self._session.count("auth_failures")
-            await self._flush()
-            await asyncio.sleep(self._settings.auth_failure_delay)
-            await self._send(replies.AUTH_FAILED)
-            return
-        self._session.auth_login = credentials.login
-        log.info("authenticated", mechanism=mechanism, login=credentials.login)
-        await self._send(replies.AUTH_OK)
+    async def _auth_command(self, arg: str) -> None:
+        assert self._auth is not None
+        await self._auth.run(arg, self._esmtp, self)
 
     # -- envelope ------------------------------------------------------------------------------
 
@@ -652,7 +484,7 @@ class SmtpConnection(SMTP):
                 headers = reader.headers
                 verdict = await self._flow.headers(headers)
             if used >= 0:
-                self._prefetch = chunk[used:]
+                self._stream.unread(chunk[used:])
                 return headers or [], verdict
 
     async def _finish(self, verdict: Verdict, answer: Reply) -> None:

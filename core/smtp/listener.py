@@ -1,4 +1,8 @@
-"""`SmtpListener`: accepts SMTP connections and serves each with an `SmtpConnection`."""
+"""`SmtpListener`: accepts SMTP connections and serves each with an `SmtpConnection`.
+
+The socket is the project's `SocketListener`; each connection is an `SmtpStream` (an asyncio
+Protocol) whose task runs the session.
+"""
 
 from __future__ import annotations
 
@@ -14,19 +18,25 @@ from mailgate.pipeline import Pipeline
 from mailgate.quarantine import QuarantineStore
 from mailgate.smtp.connection import ListenerState, SmtpConnection
 from mailgate.smtp.settings import SmtpListenerSettings
+from mailgate.smtp.stream import SmtpStream
+from mailgate.sockaddr import SocketAddress
+from mailgate.socket_listener import SocketListener
 
 log = structlog.get_logger("mailgate.smtp")
 
 _SHUTDOWN = b"421 4.3.2 Service shutting down\r\n"
+_BACKLOG = 512
 
 
-class SmtpListener:
+class SmtpListener(SocketListener):
     """An SMTP server socket in front of the pipeline and an egress.
 
     ``pipeline`` is called once per connection, so a session keeps the plugin chain it started
     with when the configuration is reloaded. ``egress`` is where accepted messages go;
     ``quarantine`` keeps the messages plugins hold, when the egress cannot.
     """
+
+    kind = "smtp"
 
     def __init__(
         self,
@@ -36,25 +46,18 @@ class SmtpListener:
         egress: Egress,
         quarantine: QuarantineStore | None = None,
     ) -> None:
+        host, port = settings.host_port
+        super().__init__(SocketAddress(host=host, port=port), settings.name, 0o666)
         self.settings = settings
         self._pipeline = pipeline
         self._egress = egress
         self._quarantine = quarantine
-        self._server: asyncio.Server | None = None
         self._state: ListenerState | None = None
-
-    @property
-    def port(self) -> int:
-        """The port actually bound (useful with port 0)."""
-        if self._server is None or not self._server.sockets:
-            raise RuntimeError("the listener is not started")
-        return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
         """Bind the socket and start accepting connections."""
-        host, port = self.settings.host_port
         hostname = self.settings.hostname or await asyncio.to_thread(socket.getfqdn)
-        state = ListenerState(
+        self._state = ListenerState(
             settings=self.settings,
             hostname=hostname,
             pipeline=self._pipeline,
@@ -62,11 +65,27 @@ class SmtpListener:
             tls_context=self._tls_context(),
             quarantine=self._quarantine,
         )
-        self._state = state
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: SmtpConnection(state), host or None, port, reuse_address=True, backlog=512
+        await super().start()
+
+    async def open_server(self, addr: SocketAddress) -> asyncio.Server:
+        """A server whose connections are `SmtpStream` protocols."""
+        state = self._state
+        assert state is not None
+
+        async def serve(stream: SmtpStream) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                self.track(task)
+            await SmtpConnection(state, stream).run()
+
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(
+            lambda: SmtpStream(serve),
+            addr.host or None,
+            addr.port,
+            reuse_address=True,
+            backlog=_BACKLOG,
         )
-        log.info("listening", listener=self.settings.name, address=f"{host}:{self.port}")
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if not self.settings.tls_cert:
@@ -77,15 +96,14 @@ class SmtpListener:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, close every open session (421), and wait for their clean-up."""
-        if self._server is None or self._state is None:
+        state = self._state
+        if state is None:
             return
-        self._server.close()
-        for connection in list(self._state.connections):
+        connections = list(state.connections)
+        for connection in connections:
             connection.shut_down(_SHUTDOWN)
-        await asyncio.sleep(0)
-        cleanups = list(self._state.cleanups)
-        if cleanups:
-            await asyncio.wait(cleanups, timeout=grace)
-        await self._server.wait_closed()
-        self._server = None
-        log.info("stopped", listener=self.settings.name)
+        tasks = [c.task for c in connections if c.task is not None and not c.task.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        await super().stop()
+        self._state = None

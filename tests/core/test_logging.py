@@ -1,4 +1,4 @@
-"""Logging configuration: JSON lines with ids, and aiosmtpd's per-connection chatter kept quiet."""
+"""Logging configuration: JSON lines with the session and transaction ids."""
 
 import json
 import logging
@@ -33,9 +33,3 @@ def test_json_lines_carry_session_and_tx_ids(tmp_path: Path) -> None:
     line = json.loads(log_file.read_text().splitlines()[-1])
     assert line["session"] == "s1" and line["tx"] == "t2"
     assert line["event"] == "message outcome" and line["level"] == "info"
-
-
-@pytest.mark.parametrize(("level", "chatty"), [("info", False), ("debug", True)])
-def test_aiosmtpd_connection_lines_only_at_debug(level: str, chatty: bool) -> None:
-    configure_logging(LoggingSettings(level=level))  # type: ignore[arg-type]
-    assert logging.getLogger("mail.log").isEnabledFor(logging.INFO) is chatty

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
-from typing import Any
 
 import pytest
 
+from mailgate.smtp.stream import SmtpStream
 from tests.smtp.conftest import GatewayFactory
 from tests.smtp.helpers import RecordingEgress, codes, raw_session
 
@@ -16,13 +15,21 @@ from tests.smtp.helpers import RecordingEgress, codes, raw_session
 def writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """Every write the listener makes to its clients (the recording egress makes none)."""
     seen: list[bytes] = []
-    original = asyncio.StreamWriter.write
 
-    def write(self: asyncio.StreamWriter, data: Any) -> None:
-        seen.append(bytes(data))
-        original(self, data)
+    flush, write_and_close = SmtpStream.flush, SmtpStream.write_and_close
 
-    monkeypatch.setattr(asyncio.StreamWriter, "write", write)
+    async def flushed(self: SmtpStream) -> None:
+        if self.queued:
+            seen.append(b"".join(self._out))
+        await flush(self)
+
+    def closed(self: SmtpStream, data: bytes = b"") -> None:
+        if self.queued or data:
+            seen.append(b"".join([*self._out, data]))
+        write_and_close(self, data)
+
+    monkeypatch.setattr(SmtpStream, "flush", flushed)
+    monkeypatch.setattr(SmtpStream, "write_and_close", closed)
     return seen
 
 

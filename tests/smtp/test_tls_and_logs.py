@@ -59,7 +59,7 @@ def test_every_log_line_carries_the_session_and_one_line_gives_the_outcome(
     with smtplib.SMTP("127.0.0.1", gateway.port) as client:
         client.sendmail("a@example.com", ["b@example.net", "c@example.net"], MESSAGE)
     wait_until(lambda: any(line["event"] == "session end" for line in captured_logs))
-    session_lines = [line for line in captured_logs if line["event"] != "listening"]
+    session_lines = [line for line in captured_logs if line["event"] != "smtp listener started"]
     assert all(str(line.get("session", "")).startswith("s") for line in session_lines)
     (outcome,) = [line for line in captured_logs if line["event"] == "message outcome"]
     assert str(outcome["tx"]).startswith("t")

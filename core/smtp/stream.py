@@ -1,0 +1,216 @@
+"""`SmtpStream`: the bytes of one SMTP connection, as an asyncio Protocol.
+
+What the client sent waits in this object's own buffer, not in a library's, so the session can
+ask whether a whole command is already there (RFC 2920: replies to pipelined commands go out
+together), can throw away what was sent in clear text before STARTTLS (CVE-2011-0411), and can
+put back what followed the end of DATA. Reading pauses while the buffer holds more than
+`high_water` bytes; writing waits while the transport's buffer is full. Inbound BDAT will read
+exact byte counts from the same buffer (`read_exactly`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+_HIGH_WATER = 1 << 18
+"""Bytes buffered before reading pauses (a DATA chunk is at most this, plus one read)."""
+
+
+class StreamClosed(Exception):
+    """The client closed the connection or it was lost."""
+
+
+class SmtpStream(asyncio.Protocol):
+    """One connection's input buffer and output batch; `serve` runs as the connection's task."""
+
+    def __init__(
+        self,
+        serve: Callable[[SmtpStream], Coroutine[Any, Any, None]],
+        *,
+        high_water: int = _HIGH_WATER,
+    ) -> None:
+        self._serve = serve
+        self._high_water = high_water
+        self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._buffer = bytearray()
+        self._out: list[bytes] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._eof = False
+        self._lost = False
+        self._reading_paused = False
+        self._writing_paused = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._serve(self))
+        # else: uvloop calls it again with the TLS transport after STARTTLS.
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) > self._high_water and not self._reading_paused:
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self._reading_paused = True
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        # Keep the transport open: the replies to what was sent still go out (a TLS transport
+        # closes on its own, and says so if asked to stay open).
+        return self.extra("ssl_object") is None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = self._lost = True
+        self._wake()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    @property
+    def peer(self) -> tuple[str, int]:
+        """The client's address and port."""
+        info = self.transport.get_extra_info("peername") if self.transport else None
+        return (str(info[0]), int(info[1])) if info else ("", 0)
+
+    def extra(self, name: str) -> Any:
+        """Transport information (``ssl_object``, ``sockname``)."""
+        return self.transport.get_extra_info(name) if self.transport else None
+
+    def line_waiting(self) -> bool:
+        """True if a whole line has already arrived."""
+        return self._buffer.find(b"\n") >= 0
+
+    async def read_line(self, max_length: int, timeout: float) -> bytes | None:
+        """The next line with its line end; None if it was longer than `max_length` (it is
+        skipped up to and including its LF, without holding it in memory)."""
+        skipping = False
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buffer[: end + 1])
+                self._consume(end + 1)
+                if skipping or len(line) > max_length:
+                    return None
+                return line
+            if len(self._buffer) > max_length:
+                skipping = True
+                self._consume(len(self._buffer))
+            await self._more(timeout)
+
+    async def read_chunk(self, timeout: float) -> bytes:
+        """Whatever has arrived (waiting for something if nothing has)."""
+        if not self._buffer:
+            await self._more(timeout)
+        chunk = bytes(self._buffer)
+        self._consume(len(chunk))
+        return chunk
+
+    async def read_exactly(self, size: int, timeout: float) -> bytes:
+        """Exactly `size` bytes (BDAT), waiting as long as needed with `timeout` per read."""
+        while len(self._buffer) < size:
+            await self._more(timeout)
+        data = bytes(self._buffer[:size])
+        self._consume(size)
+        return data
+
+    def unread(self, data: bytes) -> None:
+        """Put `data` back in front of the buffer (what followed the end of DATA)."""
+        if data:
+            self._buffer[:0] = data
+
+    def discard_input(self) -> None:
+        """Forget everything received and not yet read (clear text before STARTTLS)."""
+        self._consume(len(self._buffer))
+
+    async def _more(self, timeout: float) -> None:
+        if self._eof:
+            raise StreamClosed
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._waiter
+        finally:
+            self._waiter = None
+        if self._eof and not self._buffer:
+            raise StreamClosed
+
+    def _consume(self, size: int) -> None:
+        del self._buffer[:size]
+        if self._reading_paused and len(self._buffer) <= self._high_water // 2:
+            self._reading_paused = False
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def queue(self, data: bytes) -> None:
+        """Add a reply to the batch `flush` writes."""
+        self._out.append(data)
+
+    @property
+    def queued(self) -> bool:
+        """True if replies wait to be written."""
+        return bool(self._out)
+
+    async def flush(self) -> None:
+        """Write the queued replies, in order, in one write; wait while the transport is full."""
+        if not self._out or self.transport is None or self.transport.is_closing():
+            self._out.clear()
+            return
+        data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+        self._out.clear()
+        self.transport.write(data)
+        if self._writing_paused and not self._lost:
+            self._drain = asyncio.get_running_loop().create_future()
+            await self._drain
+        if self._lost:
+            raise StreamClosed
+
+    def write_and_close(self, data: bytes = b"") -> None:
+        """Write the queued replies and `data`, then close (no waiting)."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.write(b"".join([*self._out, data]))
+        self._out.clear()
+        self.transport.close()
+
+    # -- TLS -------------------------------------------------------------------------------------
+
+    async def start_tls(self, context: ssl.SSLContext, timeout: float) -> None:
+        """Switch to TLS as the server; raises `ssl.SSLError`/`OSError` if the handshake fails.
+
+        What the client sent in clear text after STARTTLS is dropped first: it must never be
+        read as if it had come through TLS.
+        """
+        assert self.transport is not None
+        self.discard_input()
+        loop = asyncio.get_running_loop()
+        transport = await loop.start_tls(
+            self.transport, self, context, server_side=True, ssl_handshake_timeout=timeout
+        )
+        if transport is None:
+            raise ConnectionError("TLS handshake: the connection closed")
+        self.transport = transport
