@@ -24,6 +24,7 @@ import structlog
 
 from mailgate import preflight, reloading
 from mailgate.config import ConfigError
+from mailgate.egress import Egress
 from mailgate.loader import Config, load_config
 from mailgate.logging import configure_logging
 from mailgate.metrics import Metrics, MetricsServer
@@ -92,7 +93,8 @@ class App:
             self.metrics_server = MetricsServer(self.metrics, self.config.metrics.address)
         self.pipeline: Pipeline = self.config.pipeline()
         self.pipeline.observers = self.observers
-        self.egress = RelayEgress(self.config.relay)
+        self.egresses: dict[str, Egress] = {"relay": RelayEgress(self.config.relay)}
+        """The ways out, by the name listeners choose them with (``egress = "relay"``)."""
         self.quarantine = QuarantineStore(self.config.relay.quarantine_dir)
         self.listeners: list[Listener] = []
         self.reloads = 0
@@ -158,7 +160,7 @@ class App:
             return SmtpListener(
                 settings,
                 pipeline=self.current_pipeline,
-                egress=self.egress,
+                egress=self.egresses[settings.egress],
                 quarantine=self.quarantine,
             )
         if kind == "policy":
@@ -229,7 +231,8 @@ class App:
         for listener in self.listeners:
             await listener.stop()
         self.listeners.clear()
-        await self.egress.close()
+        for egress in self.egresses.values():
+            await egress.close()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         log.info("stopped")

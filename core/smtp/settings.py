@@ -12,6 +12,10 @@ from mailgate.smtp.data import DataReader
 BareLineEndings = Literal["reject", "normalize"]
 
 
+EGRESSES = ("relay",)
+"""The ways out a listener can choose (``egress = ...``)."""
+
+
 @dataclass(slots=True)
 class SmtpListenerSettings:
     """Settings of one SMTP listener. Every field has a default; sizes are in bytes."""
@@ -38,6 +42,9 @@ class SmtpListenerSettings:
     """Seconds to wait for the next command; then ``421 4.4.2`` and close."""
     data_timeout: float = 300.0
     """Seconds to wait for more DATA bytes; then ``421 4.4.2`` and close."""
+    egress: str = "relay"
+    """Where accepted messages go: ``relay`` (the before-queue proxy to ``[relay]``; the
+    client gets the downstream's own answer). The queue comes next."""
     egress_timeout: float = 600.0
     """Ceiling in seconds on one downstream step (MAIL, RCPT, delivery); past it: ``451 4.4.2``."""
     bare_line_endings: BareLineEndings = "reject"
@@ -65,6 +72,8 @@ class SmtpListenerSettings:
     """Seconds to wait before answering a failed AUTH with ``535 5.7.8`` (slows guessing)."""
 
     def __post_init__(self) -> None:
+        if self.egress not in EGRESSES:
+            raise ValueError(f"egress must be one of {', '.join(EGRESSES)}, not {self.egress!r}")
         if self.bare_line_endings not in ("reject", "normalize"):
             raise ValueError(
                 f"bare_line_endings must be 'reject' or 'normalize', not {self.bare_line_endings!r}"
