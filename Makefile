@@ -31,17 +31,25 @@ $(VENV)/.installed-test: pyproject.toml | peers
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-# apt must not start the daemons it installs: policy-rc.d says no, tests start their own.
+# apt must not start the daemons it installs: policy-rc.d says no, tests start their own. A
+# policy-rc.d that was already there (Docker's, the administrator's) is left as it is; the one
+# written here is removed again whatever apt's exit status, and apt's failure is still the
+# target's. APT_GET and POLICY_RC_D exist for tests/test_makefile.py, which runs this without apt.
+APT_GET ?= apt-get
+POLICY_RC_D ?= /usr/sbin/policy-rc.d
+
 peers:
 	@missing=""; for p in $(APT_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing test peers:$$missing"; \
-		printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-			--no-install-recommends $$missing; \
-	fi
+	[ -z "$$missing" ] && exit 0; \
+	echo "installing test peers:$$missing"; \
+	if [ ! -e '$(POLICY_RC_D)' ] && [ ! -L '$(POLICY_RC_D)' ]; then \
+		trap "rm -f '$(POLICY_RC_D)'" EXIT; \
+		printf '#!/bin/sh\nexit 101\n' > '$(POLICY_RC_D)' && chmod 755 '$(POLICY_RC_D)' || exit; \
+	fi; \
+	$(APT_GET) update -q && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -q \
+		--no-install-recommends $$missing
 
 lint: venv
 	$(BIN)/ruff check .
