@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import tomllib
+from importlib import resources
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
@@ -37,3 +38,9 @@ def test_every_entry_point_loads_a_plugin_class() -> None:
 
 def test_console_script() -> None:
     assert PYPROJECT["project"]["scripts"]["mailgate"] == "mailgate.cli:main"
+
+
+def test_both_packages_are_marked_typed() -> None:
+    """``py.typed`` (PEP 561): mypy checks the installed `mailgate`, as it will for a plugin."""
+    for package in ("mailgate", "mailgate.plugins"):
+        assert resources.files(package).joinpath("py.typed").is_file(), package
