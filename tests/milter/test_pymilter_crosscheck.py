@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
 from mailgate.milter import codec as c
 from mailgate.milter.protocol import ALL_ACTIONS, NO_REPLY, Action, Command, Step
 from tests.milter.conftest import MtaClient
@@ -19,6 +21,7 @@ def _step(client: MtaClient, proto: Step, cmd: Command, *frames: c.Frame) -> c.F
     return client.until_final()[1]
 
 
+@pytest.mark.peer  # pymilter_peer starts a libmilter daemon
 def test_full_transaction_against_pymilter(pymilter_peer: tuple[str, int]) -> None:
     with socket.create_connection(pymilter_peer, timeout=5) as sock:
         client = MtaClient(sock)
