@@ -16,41 +16,54 @@ APT_PACKAGES := postfix postfix-pcre swaks clamav-daemon clamav-milter spamd spa
 run: $(VENV)/.installed-run
 	$(BIN)/mailgate serve --config $(CONFIG)
 
+# A strict editable install: site-packages points at build/__editable__.*, a tree of links to
+# core/ and plugins/ laid out as `mailgate`, which mypy reads like any installed typed package
+# (the default install maps core/ to `mailgate` with an import hook mypy cannot follow). A new
+# module appears there only when pip runs again: the stamps depend on the package directories,
+# whose times change when a file is added or removed.
+EDITABLE := --config-settings editable_mode=strict
+PACKAGE_DIRS := core plugins $(filter-out %/__pycache__/,$(wildcard core/*/ plugins/*/))
+
 # `make run` needs only mailgate itself; the test extras (pymilter) need libmilter-dev first.
-$(VENV)/.installed-run: pyproject.toml
+$(VENV)/.installed-run: pyproject.toml $(PACKAGE_DIRS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e . $(EDITABLE)
 	touch $@
 
 venv: $(VENV)/.installed-test
 
-$(VENV)/.installed-test: pyproject.toml | peers
+$(VENV)/.installed-test: pyproject.toml $(PACKAGE_DIRS) | peers
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test]' $(EDITABLE)
 	touch $@
 
-# apt must not start the daemons it installs: policy-rc.d says no, tests start their own.
+# apt must not start the daemons it installs: policy-rc.d says no, tests start their own. A
+# policy-rc.d that was already there (Docker's, the administrator's) is left as it is; the one
+# written here is removed again whatever apt's exit status, and apt's failure is still the
+# target's. APT_GET and POLICY_RC_D exist for tests/test_makefile.py, which runs this without apt.
+APT_GET ?= apt-get
+POLICY_RC_D ?= /usr/sbin/policy-rc.d
+
 peers:
 	@missing=""; for p in $(APT_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing test peers:$$missing"; \
-		printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-			--no-install-recommends $$missing; \
-	fi
+	[ -z "$$missing" ] && exit 0; \
+	echo "installing test peers:$$missing"; \
+	if [ ! -e '$(POLICY_RC_D)' ] && [ ! -L '$(POLICY_RC_D)' ]; then \
+		trap "rm -f '$(POLICY_RC_D)'" EXIT; \
+		printf '#!/bin/sh\nexit 101\n' > '$(POLICY_RC_D)' && chmod 755 '$(POLICY_RC_D)' || exit; \
+	fi; \
+	$(APT_GET) update -q && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -q \
+		--no-install-recommends $$missing
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 typecheck: venv
-	rm -rf .typecheck && mkdir -p .typecheck/mailgate
-	for f in core/*; do ln -s ../../$$f .typecheck/mailgate/; done
-	ln -s ../../plugins .typecheck/mailgate/plugins
 	$(BIN)/mypy
 
 unit: venv
@@ -67,4 +80,4 @@ test: peers venv
 	$(BIN)/pytest -q -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,12 +1,14 @@
 """`SocketAddress`: a daemon's socket as an administrator writes it (clamd, spamd, a milter).
 
 One parser for every setting that names a TCP host and port or a unix socket, so that each
-accepts the spellings administrators bring from Postfix, sendmail and the daemons' own configs.
+accepts the spellings administrators bring from Postfix, sendmail and the daemons' own configs;
+`parse_host_port` is its TCP part, for the settings that take only ``HOST:PORT``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +17,9 @@ FORMS = (
     "unix:/path, local:/path or /path"
 )
 """The spellings `SocketAddress.parse` accepts, for error messages."""
+
+HOST_PORT = "HOST:PORT or [IPV6]:PORT"
+"""The spellings `parse_host_port` accepts, for error messages."""
 
 _INET = ("inet", "inet6")
 _UNIX = ("unix", "local")
@@ -45,12 +50,12 @@ class SocketAddress:
             rest = spec
         if "@" in rest:
             port, _, host = rest.partition("@")
+            tcp = _host_and_port(host, port)
         else:
-            host, _, port = rest.rpartition(":")
-        host = _host(host)
-        if not host or not _is_port(port):
+            tcp = _split_host_port(rest)
+        if tcp is None:
             raise ValueError(f"socket address must be {FORMS}, not {spec!r}")
-        return cls(host=host, port=int(port))
+        return cls(host=tcp[0], port=tcp[1])
 
     @property
     def is_unix(self) -> bool:
@@ -79,6 +84,25 @@ class SocketAddress:
         return await asyncio.open_connection(self.host, self.port, **kwargs)
 
 
+def parse_host_port(text: str, *, key: str = "address") -> tuple[str, int]:
+    """``"mx.example:25"`` -> ``("mx.example", 25)``; ``"[::1]:25"`` -> ``("::1", 25)``.
+
+    The one reading of a TCP ``HOST:PORT`` (listeners, the relay, metrics, and the TCP forms of
+    `SocketAddress.parse`): a host name or IP address, an IPv6 address in brackets or bare (the
+    last colon starts the port), a port from 0 to 65535. Raises ValueError with a message that
+    starts with `key`, so that a settings error names the key.
+    """
+    parsed = _split_host_port(text)
+    if parsed is None:
+        raise ValueError(f"{key} must be {HOST_PORT}, not {text!r}")
+    return parsed
+
+
+def is_host_port(text: str) -> bool:
+    """True when `parse_host_port` accepts `text` (for a settings `Check`)."""
+    return _split_host_port(text) is not None
+
+
 def is_socket_address(value: str) -> bool:
     """True when `SocketAddress.parse` accepts `value` (for a settings `Check`)."""
     try:
@@ -94,13 +118,34 @@ def _absolute_path(path: str, spec: str) -> str:
     return path
 
 
+def _split_host_port(text: str) -> tuple[str, int] | None:
+    host, _, port = text.rpartition(":")
+    return _host_and_port(host, port)
+
+
+def _host_and_port(host: str, port: str) -> tuple[str, int] | None:
+    host = _host(host)
+    if not host or not _is_port(port):
+        return None
+    return host, int(port)
+
+
 def _host(text: str) -> str:
-    """`text` without the brackets of an IPv6 literal; empty when it is no host name."""
+    """`text` without the brackets of an IPv6 literal (or of a name, as Postfix writes
+    ``[mx.example]``); empty when it is no host name. A host with a colon is an IPv6 address."""
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
-    if _NOT_IN_HOST.intersection(text):
+    if _NOT_IN_HOST.intersection(text) or (":" in text and not _is_ipv6(text)):
         return ""
     return text
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_port(text: str) -> bool:

@@ -1,33 +1,75 @@
-"""Shared pytest fixtures: every fixture defined in a ``tests/peers`` module is exported here.
+"""The peer fixtures, the ``peer`` marker and the event loop every async test runs on.
 
-So a new peer module (``tests/peers/clamd.py`` with a ``clamd`` fixture) needs no edit here.
+Every fixture of the ``tests/peers`` modules below is available to every test. A test that uses
+one, directly or through another fixture, starts a real daemon and is marked ``peer``:
+``pytest -m "not peer"`` runs the rest, which need neither root nor any daemon.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
-import pkgutil
 from collections.abc import Callable
+from types import ModuleType
 
 import pytest
 
-import tests.peers
 from mailgate import event_loop
 from tests import event_loops
 
+# The peer modules import one another; registered before the first import, all are rewritten.
+pytest.register_assert_rewrite("tests.peers")
 
-def _export_peer_fixtures() -> None:
-    for info in pkgutil.iter_modules(tests.peers.__path__):
-        module = importlib.import_module(f"tests.peers.{info.name}")
-        for name, value in vars(module).items():
-            if getattr(value, "_pytestfixturefunction", None) is not None or (
-                type(value).__name__ == "FixtureFunctionDefinition"
-            ):
-                globals()[name] = value
+pytest_plugins = [
+    "tests.peers.certificate",
+    "tests.peers.clamav_milter",
+    "tests.peers.clamd",
+    "tests.peers.dns",
+    "tests.peers.milter_probe",
+    "tests.peers.opendkim",
+    "tests.peers.opendmarc",
+    "tests.peers.ports",
+    "tests.peers.postfix",
+    "tests.peers.postgres",
+    "tests.peers.process",
+    "tests.peers.prometheus",
+    "tests.peers.rspamd",
+    "tests.peers.smtp_sink",
+    "tests.peers.spamass_milter",
+    "tests.peers.spamd",
+    "tests.peers.workdir",
+]
+"""Every ``tests/peers`` module (tests/test_peers.py checks that none is missing)."""
 
 
-_export_peer_fixtures()
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``peer`` every test whose fixtures (the whole closure) include a peer fixture."""
+    names = peer_fixture_names(config)
+    for item in items:
+        if names.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.peer)
+
+
+def peer_fixture_names(config: pytest.Config) -> set[str]:
+    """The fixtures the ``tests/peers`` modules define (their `pytest_plugins` registration)."""
+    names: set[str] = set()
+    for module_name in pytest_plugins:
+        module = config.pluginmanager.get_plugin(module_name)
+        assert isinstance(module, ModuleType), f"{module_name} is not registered"
+        names.update(
+            getattr(value, "name", None) or name
+            for name, value in vars(module).items()
+            if is_fixture(value, module)
+        )
+    return names
+
+
+def is_fixture(value: object, module: ModuleType) -> bool:
+    """True for a ``@pytest.fixture`` written in `module` (not one it imports): an object made
+    by pytest's fixture module that says it comes from `module`."""
+    return (
+        type(value).__module__ == pytest.fixture.__module__
+        and getattr(value, "__module__", None) == module.__name__
+    )
 
 
 def pytest_asyncio_loop_factories(

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tomllib
 import zipfile
+from importlib import resources
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
@@ -66,3 +67,9 @@ def test_the_wheel_holds_py_typed(tmp_path: Path) -> None:
     (wheel,) = wheels.glob("mailgate-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"mailgate/py.typed", "mailgate/plugins/py.typed"} <= names
+
+
+def test_both_packages_are_marked_typed() -> None:
+    """``py.typed`` (PEP 561): mypy checks the installed `mailgate`, as it will for a plugin."""
+    for package in ("mailgate", "mailgate.plugins"):
+        assert resources.files(package).joinpath("py.typed").is_file(), package

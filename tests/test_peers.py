@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests import conftest
 from tests.peers.clamav_milter import ClamavMilter
 from tests.peers.clamd import EICAR
 from tests.peers.dns import EXAMPLE_ZONE, DnsServer
@@ -32,7 +33,27 @@ SIGNABLE = (
     b"From: Alice <a@example.com>\r\nTo: b@example.net\r\nSubject: signed\r\n"
     b"Date: Thu, 26 Nov 2026 01:00:00 +0000\r\n\r\nHello\r\n"
 )
+PEERS = Path(__file__).parent / "peers"
 MESSAGE = b"From: a@example.com\r\nSubject: smoke\r\n\r\nhello\r\n..dot line\r\n"
+
+
+def test_every_peer_module_is_a_pytest_plugin() -> None:
+    """A new ``tests/peers`` module's fixtures reach the tests once tests/conftest.py lists it."""
+    on_disk = {f"tests.peers.{path.stem}" for path in PEERS.glob("[!_]*.py")}
+    assert set(conftest.pytest_plugins) == on_disk
+
+
+def test_tests_using_a_peer_fixture_are_marked_peer(
+    request: pytest.FixtureRequest, smtp_sink_factory: SmtpSinkFactory
+) -> None:
+    assert request.node.get_closest_marker("peer") is not None
+
+
+def test_daemon_free_tests_are_not_marked_peer(request: pytest.FixtureRequest) -> None:
+    assert request.node.get_closest_marker("peer") is None
+    assert {"peer_dirs", "postfix", "smtp_sink", "dns_server"} <= conftest.peer_fixture_names(
+        request.config
+    )
 
 
 def test_free_port_is_bindable_and_not_repeated() -> None:

@@ -4,7 +4,8 @@
   raises `ConfigError` (file, key, found, expected) when a key is unknown or a value is wrong.
 - `Dynamic[T]`: a setting that may be a list of ``{ if = "<CEL>", then = T }`` ending in
   ``{ else = T }``, read with ``.value(session, transaction)``.
-- `HostPort`, `Networks`, `Check`: extra checks for settings fields.
+- `HostPort`, `Networks`, `Check`: extra checks for settings fields; `is_host_port` and
+  `split_host_port` are `mailgate.sockaddr`'s one ``HOST:PORT`` parser.
 
 A plugin declares its settings as a dataclass named ``Settings`` on the plugin class and takes
 an instance of it in ``__init__(self, settings)``.
@@ -20,10 +21,10 @@ from mailgate.config.settings import (
     Networks,
     convert,
     describe,
-    is_host_port,
     load_settings,
-    split_host_port,
 )
+from mailgate.sockaddr import is_host_port
+from mailgate.sockaddr import parse_host_port as split_host_port
 
 PluginSettings = Any
 """Whatever settings dataclass a plugin declares as its ``Settings`` attribute."""

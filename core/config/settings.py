@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 from mailgate.config.dynamic import Dynamic
 from mailgate.config.errors import MISSING, ConfigError
 from mailgate.expressions import Expression, ExpressionError, check_networks
+from mailgate.sockaddr import is_host_port
 
 S = TypeVar("S")
 
@@ -37,21 +38,6 @@ class Check:
 
     test: Callable[[Any], bool]
     expected: str
-
-
-_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+|[0-9A-Fa-f:]+):(\d{1,5})$")
-
-
-def is_host_port(value: str) -> bool:
-    """True for ``host:port``, ``1.2.3.4:25`` or ``[::1]:25`` with a port from 0 to 65535."""
-    m = _HOST_PORT.match(value)
-    return m is not None and int(m.group(2)) <= 65535
-
-
-def split_host_port(value: str) -> tuple[str, int]:
-    """``"[::1]:25"`` -> ``("::1", 25)``; the value must pass `is_host_port`."""
-    host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 HostPort = Annotated[str, Check(is_host_port, '"host:port"')]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mailgate.sockaddr import parse_host_port
+
 STARTTLS_MODES = ("opportunistic", "require", "never")
 
 
@@ -72,24 +74,15 @@ class RelaySettings:
             raise ValueError("pool_size and max_messages_per_connection must be >= 0")
         if self.chunk_size < 1024:
             raise ValueError("chunk_size: expected at least 1024 bytes")
-        split_address(self.address)
+        if parse_host_port(self.address, key="address")[1] == 0:
+            raise ValueError("address: a port from 1 to 65535 (port 0 is for listeners)")
 
     @property
     def host(self) -> str:
         """The downstream host part of `address`."""
-        return split_address(self.address)[0]
+        return parse_host_port(self.address, key="address")[0]
 
     @property
     def port(self) -> int:
         """The downstream port part of `address`."""
-        return split_address(self.address)[1]
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """``"127.0.0.1:25"`` -> ``("127.0.0.1", 25)``; ``"[::1]:25"`` -> ``("::1", 25)``."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"address: expected HOST:PORT, found {address!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
+        return parse_host_port(self.address, key="address")[1]

@@ -8,6 +8,7 @@ from typing import Literal
 from mailgate.message import DEFAULT_SPOOL_THRESHOLD
 from mailgate.smtp.auth import MECHANISMS
 from mailgate.smtp.data import DataReader
+from mailgate.sockaddr import parse_host_port
 
 BareLineEndings = Literal["reject", "normalize"]
 
@@ -105,7 +106,4 @@ class SmtpListenerSettings:
     @property
     def host_port(self) -> tuple[str, int]:
         """`address` split into host and port."""
-        host, sep, port = self.address.rpartition(":")
-        if not sep or not port.isdigit():
-            raise ValueError(f"address must be HOST:PORT, not {self.address!r}")
-        return host.strip("[]"), int(port)
+        return parse_host_port(self.address, key="address")

@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
+from mailgate import sockaddr
 from mailgate.config import (
     ConfigError,
     Dynamic,
@@ -171,16 +170,7 @@ def test_bad_expression_error_has_position() -> None:
     assert "at 1:13" in str(err.value)
 
 
-@given(st.ip_addresses(), st.integers(min_value=0, max_value=65535))
-def test_host_port_round_trip(ip: object, port: int) -> None:
-    host = f"[{ip}]" if ":" in str(ip) else str(ip)
-    text = f"{host}:{port}"
-    assert is_host_port(text)
-    assert split_host_port(text) == (str(ip), port)
-
-
-@given(st.text(max_size=20))
-def test_host_port_never_crashes(text: str) -> None:
-    if is_host_port(text):
-        host, port = split_host_port(text)
-        assert 0 <= port <= 65535 and host
+def test_settings_read_host_port_with_the_one_parser() -> None:
+    """`HostPort` settings, the listeners, the relay and metrics share `mailgate.sockaddr`'s."""
+    assert (is_host_port, split_host_port) == (sockaddr.is_host_port, sockaddr.parse_host_port)
+    assert split_host_port("[::1]:25") == ("::1", 25)

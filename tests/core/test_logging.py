@@ -12,9 +12,12 @@ from mailgate.logging import LoggingSettings, bind_ids, configure_logging, unbin
 
 @pytest.fixture(autouse=True)
 def _restore_root_logging() -> object:
+    """Later tests read structlog's default output (capsys): leave logging as it was."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    structlog_config = structlog.get_config()
     yield
+    structlog.configure(**structlog_config)
     for h in root.handlers[:]:
         if h not in handlers:
             root.removeHandler(h)

@@ -62,7 +62,19 @@ async def test_an_answer_and_its_changes_are_reported_per_call() -> None:
     assert (call.plugin, call.hook, call.status) == ("refuser", "on_rcpt", CallStatus.OK)
     assert call.result == verdict == Verdict.reject(550, "5.1.1", "No such user")
     assert call.modifications == (AddRecipient("copy@example.org", ()),)
-    assert call.seconds >= 0
+
+
+async def test_a_call_is_timed_while_it_runs() -> None:
+    class Slow:
+        @hookimpl
+        async def on_rcpt(self) -> None:
+            await asyncio.sleep(0.05)
+
+    seen = Seen()
+    pipeline = Pipeline([EnabledPlugin("slow", Slow())], observers=[seen])
+    await pipeline.rcpt(Session("192.0.2.1"), small_transaction(), Address("x@example.com"))
+    (call,) = seen.calls
+    assert 0.04 <= call.seconds < 1  # uvloop's timers round to the millisecond, either way
 
 
 async def test_a_failure_reports_why_and_a_false_when_reports_a_skip() -> None:

@@ -6,10 +6,12 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from mailgate.sockaddr import SocketAddress
+from mailgate.relay import RelaySettings
+from mailgate.smtp.settings import SmtpListenerSettings
+from mailgate.sockaddr import SocketAddress, is_host_port, parse_host_port
 
 _LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True)
 HOSTS = st.one_of(
@@ -106,6 +108,55 @@ def test_any_text_parses_or_raises_value_error(spec: str) -> None:
     assert SocketAddress.parse(str(address)) == address
 
 
+@given(HOSTS, PORTS)
+def test_host_port_round_trips_through_the_socket_address_spelling(host: str, port: int) -> None:
+    text = str(SocketAddress(host=host, port=port))
+    assert parse_host_port(text) == (host, port)
+    assert is_host_port(text)
+
+
+@given(st.text(max_size=30))
+@example("unix:25")
+@example("inet:25")
+@example("[fe80::1%eth0]:25")
+def test_host_port_agrees_with_socket_address_on_any_text(text: str) -> None:
+    """`parse_host_port` is the TCP part of `SocketAddress.parse`: where it accepts a text that
+    starts with no prefix (``unix:25`` is host ``unix`` to it), both read the same address."""
+    try:
+        host, port = parse_host_port(text, key="relay.address")
+    except ValueError as exc:
+        assert str(exc) == f"relay.address must be HOST:PORT or [IPV6]:PORT, not {text!r}"
+        assert not is_host_port(text)
+        return
+    assert is_host_port(text)
+    if text.partition(":")[0] not in ("inet", "inet6", "unix", "local"):
+        assert SocketAddress.parse(text) == SocketAddress(host=host, port=port)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:25", ("127.0.0.1", 25)),
+        ("mx.example:2525", ("mx.example", 2525)),
+        ("[::1]:25", ("::1", 25)),
+        ("::1:25", ("::1", 25)),
+        ("[mx.example]:25", ("mx.example", 25)),
+        ("localhost:0", ("localhost", 0)),
+    ],
+)
+def test_host_port_spellings(text: str, expected: tuple[str, int]) -> None:
+    assert parse_host_port(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "host", ":25", "host:", "host:65536", "a b:25", "no:such:v6:25", "[::1]", "::1", "a/b:1"],
+)
+def test_host_port_junk_is_refused_naming_the_key(text: str) -> None:
+    with pytest.raises(ValueError, match=r"^metrics\.address must be HOST:PORT or \[IPV6\]:PORT"):
+        parse_host_port(text, key="metrics.address")
+
+
 async def test_open_connection_reaches_tcp_and_unix_servers(tmp_path: Path) -> None:
     async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"hello\n")
@@ -120,3 +171,11 @@ async def test_open_connection_reaches_tcp_and_unix_servers(tmp_path: Path) -> N
             reader, writer = await SocketAddress.parse(spec).open_connection()
             assert await reader.readline() == b"hello\n"
             writer.close()
+
+
+def test_listener_and_relay_settings_name_their_address_key() -> None:
+    with pytest.raises(ValueError, match=r"^address must be HOST:PORT or \[IPV6\]:PORT"):
+        _ = SmtpListenerSettings(address="nohost").host_port
+    with pytest.raises(ValueError, match=r"^address must be HOST:PORT or \[IPV6\]:PORT"):
+        RelaySettings(address="nohost")
+    assert SmtpListenerSettings(address="[::1]:0").host_port == ("::1", 0)

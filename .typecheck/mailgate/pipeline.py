@@ -1,0 +1,1 @@
+../../core/pipeline.py

@@ -1,0 +1,1 @@
+../../core/socket_listener.py
