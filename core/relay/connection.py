@@ -64,8 +64,8 @@ class DownstreamConnection:
         self.idle_since = time.monotonic()
         self.idle_timer: asyncio.TimerHandle | None = None
         self.owner = ""
-        """The id of the client session this connection was handed to with XCLIENT; empty
-        while it is mailgate's own and may serve any session."""
+        """The client (`client_identity`) this connection was handed to with XCLIENT; empty
+        while it is mailgate's own and may serve any client."""
 
     @classmethod
     async def open(

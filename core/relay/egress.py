@@ -19,8 +19,8 @@ from mailgate.relay.connection import DownstreamConnection, DownstreamError
 from mailgate.relay.params import mail_params, rcpt_params, with_size
 from mailgate.relay.pool import ConnectionPool
 from mailgate.relay.settings import RelaySettings
+from mailgate.relay.xforward import client_identity, xclient_command
 from mailgate.relay.xforward import commands as xforward_commands
-from mailgate.relay.xforward import xclient_command
 from mailgate.session import Address, Session, Transaction
 
 log = structlog.get_logger("mailgate.relay")
@@ -54,7 +54,7 @@ class RelayEgress:
         self, session: Session, transaction: Transaction
     ) -> tuple[Reply, RelayTransaction | None]:
         """Send MAIL FROM downstream; a 4xx reply (never an exception) if that is impossible."""
-        owner = session.id if self.settings.xclient else ""
+        owner = client_identity(session, transaction) if self.settings.xclient else ""
         try:
             conn, reused = await self.pool.acquire(owner)
             try:
@@ -78,17 +78,18 @@ class RelayEgress:
     async def introduce(
         self, conn: DownstreamConnection, session: Session, transaction: Transaction
     ) -> None:
-        """Tell the downstream who the client is: XCLIENT once per connection and session,
-        then XFORWARD per transaction (only the transaction id after XCLIENT)."""
+        """Tell the downstream who the client is: XCLIENT once per connection, then XFORWARD
+        per transaction (only the transaction id after XCLIENT)."""
         offered = conn.extensions.get("xclient")
-        if self.settings.xclient and offered is not None and conn.owner != session.id:
+        identity = client_identity(session, transaction)
+        if self.settings.xclient and offered is not None and conn.owner != identity:
             helo = session.helo if _PLAIN_HELO.match(session.helo) else self.pool.helo_name
-            await conn.xclient(xclient_command(offered, session, transaction), helo, session.id)
+            await conn.xclient(xclient_command(offered, session, transaction), helo, identity)
         await self.xforward(conn, session, transaction)
 
     async def end_session(self, session: Session) -> None:
-        """The client session ended: its XCLIENT connections are of no further use."""
-        self.pool.release_owner(session.id)
+        """Nothing to release: a connection handed to a client with XCLIENT stays in the pool
+        for that client's next session (same address, name, HELO and login)."""
 
     async def xforward(
         self, conn: DownstreamConnection, session: Session, transaction: Transaction

@@ -40,8 +40,8 @@ class ConnectionPool:
     async def acquire(self, owner: str = "") -> tuple[DownstreamConnection, bool]:
         """A connection and whether it was reused; raises `DownstreamError` if none can open.
 
-        An idle connection already handed to session `owner` with XCLIENT comes first, then one
-        that is still mailgate's own; a connection handed to another session is never given.
+        An idle connection already handed to client `owner` with XCLIENT comes first, then one
+        that is still mailgate's own; a connection handed to another client is never given.
         """
         while (conn := self._take_idle(owner)) is not None:
             if conn.alive:
@@ -66,12 +66,6 @@ class ConnectionPool:
             found.idle_timer.cancel()
             found.idle_timer = None
         return found
-
-    def release_owner(self, owner: str) -> None:
-        """QUIT the idle connections handed to session `owner` (it ended)."""
-        for conn in [c for c in self._idle if c.owner == owner]:
-            self._idle.remove(conn)
-            conn.quit()
 
     async def open_new(self) -> DownstreamConnection:
         """A fresh connection, bypassing the pool (after a pooled one turned out stale)."""

@@ -8,7 +8,9 @@ XCLIENT (XCLIENT_README) makes the downstream treat the connection as if the ori
 had made it: its restrictions (``permit_mynetworks``, ``reject_unauth_destination``,
 ``permit_sasl_authenticated`` through ``LOGIN``) judge the real client, not mailgate. It lasts
 for the rest of the connection, and Postfix checks ``smtpd_authorized_xclient_hosts`` against the
-client it now believes in, so a connection serves one client session and is not shared.
+client it now believes in, so a connection serves one client and is not shared: it is kept for
+the next session of the same client (the same address, name, HELO and login; the port only
+changes what is logged).
 """
 
 from __future__ import annotations
@@ -39,6 +41,16 @@ def attributes(session: Session, transaction: Transaction) -> dict[str, str]:
         "HELO": session.helo[:_MAX_HELO] or UNAVAILABLE,
         "IDENT": transaction.id,
     }
+
+
+def client_identity(session: Session, transaction: Transaction) -> str:
+    """What a downstream's restrictions can see of a client through XCLIENT: a connection
+    handed to one identity may serve any session with the same one."""
+    protocol = str(transaction.notes.get("protocol") or "ESMTP").upper()
+    esmtp = "ESMTP" if protocol.startswith("ESMTP") else "SMTP"
+    return "\0".join(
+        (session.client_ip, session.client_name, session.helo, session.auth_login, esmtp)
+    )
 
 
 def xclient_command(offered: str, session: Session, transaction: Transaction) -> str:

@@ -331,7 +331,10 @@ def mailgate(plugin_files: dict[str, str]) -> Callable[[int, SmtpSink, Path], li
     def command(port: int, sink: SmtpSink, workdir: Path) -> list[str]:
         config = Path(tempfile.mkdtemp(prefix="conf-", dir=workdir))
         # Relay control keeps its default, which lets 127.0.0.0/8 relay.
-        (config / "mailgate.toml").write_text('[mailgate]\nhostname = "mailgate.bench.test"\n')
+        (config / "mailgate.toml").write_text(
+            '[mailgate]\nhostname = "mailgate.bench.test"\n'
+            + os.environ.get("MAILGATE_BENCH_CONF", "")
+        )
         for name, text in plugin_files.items():
             (config / name).write_text(text)
         return [

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from mailgate.relay import RelayEgress
+from mailgate.session import Session
 from tests.peers.postfix import DeliveredMessage, Postfix
 from tests.peers.workdir import PeerDirs
 from tests.relay.helpers import message, relay, session, settings_for, transaction
@@ -232,19 +233,20 @@ async def test_connection_is_reused_across_messages(egress: RelayEgress, mta: Po
     assert "mail=5" in line and "bdat=5" in line
 
 
-async def test_with_xclient_a_connection_serves_the_messages_of_one_session(
+async def test_with_xclient_a_connection_serves_one_client_and_its_next_sessions(
     egress: RelayEgress, mta: Postfix
 ) -> None:
     mark = len(mta.maillog())
-    first, second = session(), session()
-    for sess in (first, first, second, first):
+    first, again = session(), session()  # the same client, HELO and login: one identity
+    other = Session("127.0.0.2", 40001, helo="other.test")
+    for sess in (first, first, other, again):
         _, final = await relay(
             egress, transaction(rcpts=["x@local.test"]), message(headers=headers(unique())), sess
         )
         assert final == 250
     assert egress.pool.opened == 2
     await egress.end_session(first)
-    assert egress.pool.idle == 1
+    assert egress.pool.idle == 2
     await egress.close()
     deadline = time.monotonic() + 5
     while len(lines := sessions_since(mta, mark)) < 2 and time.monotonic() < deadline:
