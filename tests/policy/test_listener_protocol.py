@@ -25,6 +25,9 @@ from mailgate.plugins.add_header import AddHeader
 from mailgate.plugins.relay_control import RelayControl, RelayControlSettings
 from mailgate.policy import PolicyListener, PolicyListenerSettings
 from mailgate.policy.protocol import encode_request, parse_reply
+from tests.logs import captured_logs, events
+
+__all__ = ["captured_logs"]
 
 
 def pipeline_of(*plugins: object, observers: tuple[Any, ...] = ()) -> Pipeline:
@@ -404,3 +407,28 @@ async def test_serve_with_the_policy_option_answers_postfix_requests() -> None:
         assert [lc.type for lc in app.config.listeners] == ["policy"]
     finally:
         await app.stop()
+
+
+async def test_the_operators_log_has_one_outcome_per_transaction_and_who_refused(
+    serve: Callable[..., Any], captured_logs: list[dict[str, Any]]
+) -> None:
+    control = RelayControl(RelayControlSettings(domains=["local.test"], check_policy=True))
+    chain = Pipeline([EnabledPlugin("relay_control", control)])
+    client = await serve(lambda: chain)
+    assert (await client.ask(**rcpt("4000", "i1", "x@elsewhere.test"))).startswith("554")
+    assert await client.ask(**rcpt("4000", "i2", "ok@local.test")) == "DUNNO"
+    client.writer.close()
+    await asyncio.sleep(0.2)  # the connection's end closes the second transaction
+    outcomes = events(captured_logs, "message outcome")
+    assert [(o["verdict"], o["session"] == outcomes[0]["session"]) for o in outcomes] == [
+        ("reject", True),
+        ("accept", True),
+    ]
+    assert outcomes[0]["tx"] != outcomes[1]["tx"]
+    (refused,) = events(captured_logs, "recipient refused")
+    assert (refused["rcpt"], refused["code"], refused["by"]) == (
+        "x@elsewhere.test",
+        554,
+        "relay_control",
+    )
+    assert len(events(captured_logs, "session start")) == 1
