@@ -12,6 +12,8 @@ import re
 import smtplib
 from pathlib import Path
 
+import pytest
+
 from mailgate.relay import RelayEgress
 from tests.peers.postfix import Postfix
 from tests.peers.smtp_sink import SmtpSink
@@ -28,37 +30,37 @@ def send_two(port: int) -> None:
             assert client.sendmail("a@example.com", ["b@example.net"], MESSAGE) == {}
 
 
-def test_postfix_sees_the_real_client_through_xclient_on_one_connection(
-    gateway_factory: GatewayFactory, postfix: Postfix, smtp_sink: SmtpSink, tmp_path: Path
-) -> None:
-    egress = relay_to(postfix.host, postfix.port, tmp_path)
-    gateway = gateway_factory(egress)
-    send_two(gateway.port)
-    smtp_sink.wait_for_messages(2)
-    assert isinstance(egress, RelayEgress) and egress.pool.opened == 1
-    lines = re.findall(r"smtpd\[\d+\]: \w+: client=.*", postfix.maillog())
-    assert len(lines) == 2
-    for line in lines:
-        assert re.search(r"client=unknown\[127\.0\.0\.2\], orig_queue_id=t[0-9a-f]+-\d+$", line)
-
-
-def test_postfix_logs_the_original_client_for_every_pooled_transaction(
-    gateway_factory: GatewayFactory, postfix: Postfix, smtp_sink: SmtpSink, tmp_path: Path
-) -> None:
-    egress = relay_to(postfix.host, postfix.port, tmp_path)
-    egress.settings.xclient = False
-    gateway = gateway_factory(egress)
-    send_two(gateway.port)
-    smtp_sink.wait_for_messages(2)
-    assert isinstance(egress, RelayEgress) and egress.pool.opened == 1
-    lines = re.findall(r"smtpd\[\d+\]: \w+: client=.*", postfix.maillog())
-    assert len(lines) == 2
-    for line in lines:
-        assert re.search(
+@pytest.mark.parametrize(
+    ("xclient", "logged"),
+    [
+        # XCLIENT: Postfix takes the connection as the client's own.
+        (True, r"client=unknown\[127\.0\.0\.2\], orig_queue_id=t[0-9a-f]+-\d+$"),
+        # XFORWARD alone: mailgate's connection, the client forwarded beside it.
+        (
+            False,
             r"client=localhost\[127\.0\.0\.1\], orig_queue_id=t[0-9a-f]+-\d+, "
             r"orig_client=unknown\[127\.0\.0\.2\]$",
-            line,
-        ), line
+        ),
+    ],
+)
+def test_postfix_logs_the_original_client_for_every_pooled_transaction(
+    gateway_factory: GatewayFactory,
+    postfix: Postfix,
+    smtp_sink: SmtpSink,
+    tmp_path: Path,
+    xclient: bool,
+    logged: str,
+) -> None:
+    egress = relay_to(postfix.host, postfix.port, tmp_path)
+    egress.settings.xclient = xclient
+    gateway = gateway_factory(egress)
+    send_two(gateway.port)
+    smtp_sink.wait_for_messages(2)
+    assert isinstance(egress, RelayEgress) and egress.pool.opened == 1
+    lines = re.findall(r"smtpd\[\d+\]: \w+: client=.*", postfix.maillog())
+    assert len(lines) == 2
+    for line in lines:
+        assert re.search(logged, line), line
 
 
 def test_no_xforward_when_switched_off(
