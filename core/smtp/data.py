@@ -157,13 +157,16 @@ class DataReader:
 
     def _has_long_line(self, lines: bytes) -> bool:
         # Jump from line start to the last LF within one line's worth of bytes: about one
-        # step per limit-sized window instead of one per line.
+        # step per limit-sized window instead of one per line. A line that fills the whole
+        # window (the limit plus one byte) is allowed only when that byte is a stuffed dot.
         window = self._window
         pos, size = 0, len(lines)
         while pos < size:
             lf = lines.rfind(b"\n", pos, pos + window)
             if lf < 0:
                 return True
+            if lf - pos + 1 == window and lines[pos] != 0x2E and lines.find(b"\n", pos, lf) < 0:
+                return True  # one line of the limit plus one byte, and no stuffed dot
             pos = lf + 1
         return False
 
