@@ -37,6 +37,7 @@ import cel
 import structlog
 
 from mailgate.session import Address, Session, Transaction
+from mailgate.syntax import ascii_number
 
 log = structlog.get_logger("mailgate.expressions")
 
@@ -157,8 +158,8 @@ def _size(tx: Transaction | None) -> int:
         return tx.message.size
     for param in tx.sender.params:
         key, _, value = param.partition("=")
-        if key.upper() == "SIZE" and value.isdigit():
-            return int(value)
+        if key.upper() == "SIZE" and (size := ascii_number(value)) is not None:
+            return size
     return 0
 
 

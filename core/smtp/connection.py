@@ -12,6 +12,7 @@ import asyncio
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import overload
 
 import structlog
 
@@ -23,17 +24,20 @@ from mailgate.quarantine import QuarantineStore
 from mailgate.session import Address, Session, Transaction
 from mailgate.smtp import replies
 from mailgate.smtp.auth import MAX_RESPONSE_LENGTH
-from mailgate.smtp.authentication import Authentication
+from mailgate.smtp.authentication import Authentication, ResponseTooLong
 from mailgate.smtp.commands import parse_params, parse_path
 from mailgate.smtp.data import DataReader
 from mailgate.smtp.settings import SmtpListenerSettings
 from mailgate.smtp.stream import SmtpStream, StreamClosed
 from mailgate.smtp.trace import PROTOCOL_NOTE, protocol_name
+from mailgate.syntax import ascii_number, valid_orcpt, valid_utf8, valid_xtext
 from mailgate.verdict import Verdict, VerdictKind
 
 log = structlog.get_logger("mailgate.smtp")
 
 _BODY_VALUES = ("7BIT", "8BITMIME")
+_MAX_ENVID = 100
+"""RFC 3461 section 4.4: an ENVID is at most 100 characters."""
 
 
 @dataclass(slots=True)
@@ -202,7 +206,10 @@ class SmtpConnection:
     async def challenge(self, text: str) -> str | None:
         """Send a ``334`` challenge and read the response line; None for ``*`` (cancel)."""
         self._stream.queue(b"334 " + text.encode("ascii") + b"\r\n")
-        line = (await self._read_line(MAX_RESPONSE_LENGTH)).rstrip(b"\r\n").strip()
+        raw = await self._read_line(MAX_RESPONSE_LENGTH, skip_long=False)
+        if raw is None:
+            raise ResponseTooLong
+        line = raw.rstrip(b"\r\n").strip()
         if line == b"*":
             return None
         return line.decode("ascii", "replace")
@@ -216,9 +223,16 @@ class SmtpConnection:
 
     # -- reading -------------------------------------------------------------------------------
 
-    async def _read_line(self, limit: int = 0) -> bytes:
+    @overload
+    async def _read_line(self, limit: int = 0) -> bytes: ...
+
+    @overload
+    async def _read_line(self, limit: int, *, skip_long: bool) -> bytes | None: ...
+
+    async def _read_line(self, limit: int = 0, *, skip_long: bool = True) -> bytes | None:
         """The next command line (`limit`: longest allowed, default `max_command_length`);
-        lines over the limit are answered and skipped."""
+        lines over the limit are answered and skipped, or (`skip_long` false) None: an AUTH
+        response that is too long ends the exchange, the next line is a new command."""
         limit = limit or self._settings.max_command_length
         stream = self._stream
         if stream.queued and not stream.line_waiting():
@@ -232,6 +246,8 @@ class SmtpConnection:
                 await self._close_with(replies.TIMEOUT)
             if line and (len(line) <= limit or _auth_line(line)):
                 return line
+            if not skip_long:
+                return None
             await self._send(replies.LINE_TOO_LONG)
 
     async def _read_chunk(self) -> bytes:
@@ -372,21 +388,31 @@ class SmtpConnection:
         await self._send(replies.SENDER_OK)
 
     def _check_mail_params(self, address: str, params: dict[str, str | None]) -> Reply | None:
-        size = params.pop("SIZE", None)
+        if params and not self._esmtp:
+            return replies.UNKNOWN_PARAMETER  # RFC 5321 4.1.1.11: only after EHLO
+        size_text = params.pop("SIZE", None)
         body = params.pop("BODY", "7BIT")
         smtputf8 = "SMTPUTF8" in params
-        params.pop("SMTPUTF8", None)
+        if params.pop("SMTPUTF8", None) is not None:
+            return replies.SYNTAX  # SMTPUTF8 takes no value
         params.pop("AUTH", None)  # RFC 4954 section 5: accepted; the relay does not pass it on
         ret = params.pop("RET", "FULL")
         envid = params.pop("ENVID", "")
-        if params or (size is not None and not size.isdigit()):
-            return replies.UNKNOWN_PARAMETER if params else replies.SYNTAX
+        if params:
+            return replies.UNKNOWN_PARAMETER
+        size = None if size_text is None else ascii_number(size_text)
+        if size_text is not None and size is None:
+            return replies.SYNTAX
         if body is None or body.upper() not in _BODY_VALUES:
             return replies.SYNTAX
         if ret is None or ret.upper() not in ("FULL", "HDRS") or envid is None:
             return replies.SYNTAX
-        if size is not None and int(size) > self._settings.max_message_size:
+        if envid and (len(envid) > _MAX_ENVID or not valid_xtext(envid)):
+            return replies.SYNTAX
+        if size is not None and size > self._settings.max_message_size:
             return replies.message_too_big(self._settings.max_message_size)
+        if not valid_utf8(address):
+            return replies.BAD_ADDRESS
         if not smtputf8 and not address.isascii():
             return replies.NO_SMTPUTF8
         return None
@@ -401,8 +427,15 @@ class SmtpConnection:
             await self._send(replies.SYNTAX)
             return
         address, params, raw_params = parsed
-        if not _valid_dsn_rcpt_params(params):
-            await self._send(replies.UNKNOWN_PARAMETER)
+        if params and not self._esmtp:
+            await self._send(replies.UNKNOWN_PARAMETER)  # RFC 5321 4.1.1.11: only after EHLO
+            return
+        problem = _dsn_rcpt_problem(params)
+        if problem is not None:
+            await self._send(problem)
+            return
+        if not valid_utf8(address):
+            await self._send(replies.BAD_ADDRESS)
             return
         if not address.isascii() and not any(p.upper() == "SMTPUTF8" for p in tx.sender.params):
             await self._send(replies.NO_SMTPUTF8)
@@ -513,11 +546,16 @@ def _auth_line(line: bytes) -> bool:
     return len(line) <= MAX_RESPONSE_LENGTH and line[:5].upper() == b"AUTH "
 
 
-def _valid_dsn_rcpt_params(params: dict[str, str | None]) -> bool:
-    """RCPT TO takes only the DSN parameters NOTIFY and ORCPT (RFC 3461)."""
+def _dsn_rcpt_problem(params: dict[str, str | None]) -> Reply | None:
+    """RCPT TO takes only the DSN parameters NOTIFY and ORCPT (RFC 3461), well formed."""
     notify = params.pop("NOTIFY", "FAILURE")
     orcpt = params.pop("ORCPT", "rfc822;x")
-    if params or notify is None or orcpt is None or ";" not in orcpt:
-        return False
-    words = set(notify.upper().split(","))
-    return words == {"NEVER"} or words <= {"SUCCESS", "FAILURE", "DELAY"}
+    if params:
+        return replies.UNKNOWN_PARAMETER
+    if notify is None or orcpt is None or not valid_orcpt(orcpt):
+        return replies.SYNTAX
+    words = notify.upper().split(",")
+    if len(set(words)) != len(words):
+        return replies.SYNTAX
+    ok = set(words) == {"NEVER"} or set(words) <= {"SUCCESS", "FAILURE", "DELAY"}
+    return None if ok else replies.SYNTAX
