@@ -51,6 +51,8 @@ class ListenerState:
     tls_context: ssl.SSLContext | None = None
     quarantine: QuarantineStore | None = None
     connections: set[SmtpConnection] = field(default_factory=set)
+    per_client: dict[str, int] = field(default_factory=dict)
+    """Open sessions by client address (`max_sessions_per_client`)."""
 
 
 class _Closed(Exception):
@@ -67,6 +69,8 @@ class SmtpConnection:
         self.hostname = state.hostname
         self._refused: Verdict | None = None
         self._errors = 0
+        self._junk = 0
+        self._mail_at = 0.0
         self._esmtp = False
         self._flow: SessionFlow | None = None
         self._auth: Authentication | None = None
@@ -90,7 +94,14 @@ class SmtpConnection:
     async def run(self) -> None:
         """Serve the session until QUIT, a timeout, a 421 or the client leaving; then close
         its flow (abort what is open, ``on_disconnect``)."""
-        self._state.connections.add(self)
+        state, client = self._state, self._stream.peer[0]
+        too_many = self._over_limit(client)
+        if too_many is not None:
+            log.info("session refused", client=client, reply=too_many.smtp_reply())
+            self._stream.write_and_close(too_many.smtp_reply().encode() + b"\r\n")
+            return
+        state.connections.add(self)
+        state.per_client[client] = state.per_client.get(client, 0) + 1
         try:
             await self._serve()
         except (_Closed, StreamClosed, ConnectionError, asyncio.CancelledError):
@@ -99,10 +110,24 @@ class SmtpConnection:
             self._abort_reason = "aborted: local error"
             log.exception("session failed")
         finally:
-            self._state.connections.discard(self)
+            state.connections.discard(self)
+            left = state.per_client.pop(client, 1) - 1
+            if left > 0:
+                state.per_client[client] = left
             self._stream.write_and_close()
             if self._flow is not None:
                 await self._flow.close(self._abort_reason)
+
+    def _over_limit(self, client: str) -> Reply | None:
+        """The 421 for a session over `max_sessions` or `max_sessions_per_client`, or None."""
+        s, state = self._settings, self._state
+        if s.max_sessions and len(state.connections) >= s.max_sessions:
+            return replies.TOO_MANY_SESSIONS
+        if s.max_sessions_per_client and state.per_client.get(client, 0) >= (
+            s.max_sessions_per_client
+        ):
+            return replies.TOO_MANY_FROM_CLIENT
+        return None
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -238,24 +263,49 @@ class SmtpConnection:
         if stream.queued and not stream.line_waiting():
             await stream.flush()
         while True:
+            timeout, expired = self._wait_limit(self._settings.command_timeout, replies.TIMEOUT)
             try:
-                line = await stream.read_line(
-                    max(limit, MAX_RESPONSE_LENGTH), self._settings.command_timeout
-                )
+                line = await stream.read_line(max(limit, MAX_RESPONSE_LENGTH), timeout)
             except TimeoutError:
-                await self._close_with(replies.TIMEOUT)
+                await self._close_with(expired)
             if line and (len(line) <= limit or _auth_line(line)):
                 return line
             if not skip_long:
                 return None
             await self._send(replies.LINE_TOO_LONG)
 
-    async def _read_chunk(self) -> bytes:
+    def _wait_limit(self, timeout: float, reply: Reply) -> tuple[float, Reply]:
+        """How long the next read may wait, and the 421 when it does not end in time: the
+        read's own timeout, or less when the transaction's deadlines come first."""
+        tx, s = self._tx, self._settings
+        if tx is None:
+            return timeout, reply
+        now = asyncio.get_running_loop().time()
+        limits = [(timeout, reply)]
+        if s.transaction_timeout:
+            limits.append(
+                (self._mail_at + s.transaction_timeout - now, replies.TRANSACTION_TIMEOUT)
+            )
+        if s.envelope_timeout and not tx.recipients:
+            limits.append((self._mail_at + s.envelope_timeout - now, replies.ENVELOPE_TIMEOUT))
+        wait, expired = min(limits, key=lambda limit: limit[0])
+        return max(wait, 0.0), expired
+
+    async def _read_chunk(self, started: float, received: int) -> bytes:
+        """The next DATA bytes; `started` and `received` so far keep the minimum rate."""
         await self._stream.flush()
+        s = self._settings
+        timeout, expired = self._wait_limit(s.data_timeout, replies.TIMEOUT)
+        if s.data_min_rate:
+            # The latest moment the next byte may come and the average still be the minimum.
+            by_rate = started + max(s.data_rate_grace, (received + 1) / s.data_min_rate)
+            left = by_rate - asyncio.get_running_loop().time()
+            if left < timeout:
+                timeout, expired = max(left, 0.0), replies.DATA_TOO_SLOW
         try:
-            return await self._stream.read_chunk(self._settings.data_timeout)
+            return await self._stream.read_chunk(timeout)
         except TimeoutError:
-            await self._close_with(replies.TIMEOUT)
+            await self._close_with(expired)
             raise  # not reached: _close_with raises
 
     # -- commands ------------------------------------------------------------------------------
@@ -297,10 +347,19 @@ class SmtpConnection:
             self._esmtp = False
             await self._send(Reply(250, "", self.hostname))
 
+    async def _junk_command(self) -> None:
+        """Count a command that makes no progress; too many close the session."""
+        self._junk += 1
+        limit = self._settings.max_junk_commands
+        if limit and self._junk > limit:
+            await self._close_with(replies.TOO_MANY_JUNK)
+
     async def _noop(self, arg: str) -> None:
+        await self._junk_command()
         await self._send(replies.OK)
 
     async def _rset(self, arg: str) -> None:
+        await self._junk_command()
         assert self._flow is not None
         await self._flow.abort("aborted by client: RSET")
         await self._send(replies.OK)
@@ -312,12 +371,15 @@ class SmtpConnection:
         raise _Closed
 
     async def _vrfy(self, arg: str) -> None:
+        await self._junk_command()
         await self._send(replies.VRFY if arg else replies.SYNTAX)
 
     async def _expn(self, arg: str) -> None:
+        await self._junk_command()
         await self._send(replies.EXPN)
 
     async def _help(self, arg: str) -> None:
+        await self._junk_command()
         await self._send(replies.HELP)
 
     async def _starttls(self, arg: str) -> None:
@@ -385,6 +447,8 @@ class SmtpConnection:
         if verdict is not None and verdict.is_refusal:
             await self._refuse(verdict)
             return
+        self._mail_at = asyncio.get_running_loop().time()
+        self._junk = 0
         await self._send(replies.SENDER_OK)
 
     def _check_mail_params(self, address: str, params: dict[str, str | None]) -> Reply | None:
@@ -444,6 +508,7 @@ class SmtpConnection:
         if verdict is not None and verdict.is_refusal:
             await self._refuse(verdict)
             return
+        self._junk = 0
         await self._send(replies.RECIPIENT_OK)
 
     @staticmethod
@@ -502,7 +567,7 @@ class SmtpConnection:
             return
         ending = await self._flow.end_of_data()
         if ending.delivered:
-            self._errors = 0
+            self._errors = self._junk = 0
         await self._answer_end(ending.verdict, ending.reply)
 
     async def _read_data(self, reader: DataReader) -> tuple[list[Header], Verdict | None]:
@@ -510,8 +575,10 @@ class SmtpConnection:
         assert self._flow is not None
         headers: list[Header] | None = None
         verdict: Verdict | None = None
+        started, received = asyncio.get_running_loop().time(), 0
         while True:
-            chunk = await self._read_chunk()
+            chunk = await self._read_chunk(started, received)
+            received += len(chunk)
             used = reader.feed(chunk)
             if headers is None and reader.headers_complete and reader.problem is None:
                 headers = reader.headers

@@ -39,6 +39,26 @@ class SmtpListenerSettings:
     """Recipients per message; more: ``452 4.5.3`` for each extra RCPT."""
     max_errors: int = 20
     """Error replies per session before ``421 4.7.0`` and close (0: no limit)."""
+    max_sessions: int = 500
+    """Sessions open at once on this listener; one more gets ``421 4.7.0`` (0: no limit)."""
+    max_sessions_per_client: int = 20
+    """Sessions open at once from one client address; one more gets ``421 4.7.0`` (0: no
+    limit). Keeps a few clients from holding every downstream connection."""
+    max_junk_commands: int = 100
+    """NOOP, RSET, VRFY, EXPN and HELP a session may send without a transaction making
+    progress (an accepted MAIL, RCPT or message resets the count); more: ``421 4.7.0``
+    (Postfix's ``smtpd_junk_command_limit``; 0: no limit)."""
+    envelope_timeout: float = 60.0
+    """Seconds from an accepted MAIL FROM (a downstream transaction is open) to the first
+    accepted recipient; then ``421 4.4.2`` and close (0: no limit)."""
+    transaction_timeout: float = 1800.0
+    """Seconds from MAIL FROM to the end of data, whatever the client does meanwhile; then
+    ``421 4.4.2`` and close (0: no limit)."""
+    data_min_rate: int = 1024
+    """Bytes per second DATA must average once `data_rate_grace` has passed; slower: ``421
+    4.4.2`` and close (0: no limit). One byte a second no longer holds a session for days."""
+    data_rate_grace: float = 30.0
+    """Seconds of DATA before `data_min_rate` is checked."""
     command_timeout: float = 300.0
     """Seconds to wait for the next command; then ``421 4.4.2`` and close."""
     data_timeout: float = 300.0
@@ -89,6 +109,17 @@ class SmtpListenerSettings:
             raise ValueError("auth_failure_delay must be 0 or more")
         if self.max_received < 0:
             raise ValueError("max_received must be 0 or more")
+        for name in (
+            "max_sessions",
+            "max_sessions_per_client",
+            "max_junk_commands",
+            "envelope_timeout",
+            "transaction_timeout",
+            "data_min_rate",
+            "data_rate_grace",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more")
         for name in ("max_message_size", "max_line_length", "max_command_length"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
