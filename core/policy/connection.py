@@ -229,12 +229,20 @@ class PolicyConnection:
             await self.end_session()
             self.key = key
             self.pipeline = self._view(self.current_pipeline())
+            if len(attrs) > self.settings.max_attributes:
+                raise PolicyProtocolError(f"more than {self.settings.max_attributes} attributes")
             session = new_session(attrs, self.settings.name)
             self.flow = SessionFlow(self.pipeline, session, self.egress)
             verdict = await self.flow.open()
             if verdict is not None and verdict.kind is not VerdictKind.ACCEPT:
                 self.session_verdict = verdict
         else:
+            kept = self.flow.session.macros
+            added = sum(1 for name in attrs if name not in kept)
+            if len(kept) + added > self.settings.max_attributes:
+                raise PolicyProtocolError(
+                    f"more than {self.settings.max_attributes} attribute names in one session"
+                )
             update_session(self.flow.session, attrs)
         return self.flow.session
 
