@@ -197,6 +197,9 @@ class App:
                 self.metrics.reloaded(False)
             return False
         self.config, self.pipeline = config, pipeline
+        for listener in self.listeners:
+            if isinstance(listener, SmtpListener):
+                listener.reload_tls()
         if self.configure_logs:
             configure_logging(config.logging)
         self.reloads += 1

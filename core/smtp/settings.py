@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -12,6 +13,9 @@ from mailgate.sockaddr import parse_host_port
 
 BareLineEndings = Literal["reject", "normalize"]
 
+
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+"""What `tls_min_version` may be."""
 
 EGRESSES = ("relay",)
 """The ways out a listener can choose (``egress = ...``)."""
@@ -76,6 +80,11 @@ class SmtpListenerSettings:
     """PEM certificate chain file; with `tls_key`, STARTTLS is offered."""
     tls_key: str = ""
     """PEM private key file for `tls_cert`."""
+    tls_min_version: str = "TLSv1.2"
+    """The oldest TLS version accepted: ``TLSv1.2`` or ``TLSv1.3`` (1.0 and 1.1 never)."""
+    tls_ciphers: str = ""
+    """OpenSSL cipher list for TLS 1.2 (``ECDHE+AESGCM:ECDHE+CHACHA20``); empty: Python's
+    defaults. TLS 1.3 suites are OpenSSL's."""
     greeting: str = "ESMTP mailgate"
     """Text after the host name in the 220 greeting."""
     add_received: bool = True
@@ -99,6 +108,15 @@ class SmtpListenerSettings:
             raise ValueError(
                 f"bare_line_endings must be 'reject' or 'normalize', not {self.bare_line_endings!r}"
             )
+        if self.tls_ciphers:
+            try:
+                ssl.create_default_context().set_ciphers(self.tls_ciphers)
+            except ssl.SSLError:
+                raise ValueError(
+                    f"tls_ciphers: OpenSSL selects no cipher from {self.tls_ciphers!r}"
+                ) from None
+        if self.tls_min_version not in TLS_VERSIONS:
+            raise ValueError(f"tls_min_version must be one of {', '.join(TLS_VERSIONS)}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together")
         self.auth_mechanisms = [m.upper() for m in self.auth_mechanisms]
