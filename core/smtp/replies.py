@@ -67,6 +67,8 @@ def data_refused(problem: DataProblem, *, max_line: int, max_header: int, max_si
         return Reply(554, "5.6.0", "Message refused: bare LF or CR in data, lines must end in CRLF")
     if problem is DataProblem.LINE_TOO_LONG:
         return Reply(500, "5.5.2", f"Line too long, limit is {max_line} bytes")
+    if problem is DataProblem.NO_SPACE:
+        return Reply(452, "4.3.1", "Insufficient system storage, try again later")
     if problem is DataProblem.HEADER_TOO_BIG:
         return Reply(552, "5.3.4", f"Header block too big, limit is {max_header} bytes")
     return message_too_big(max_size)

@@ -74,6 +74,9 @@ class SmtpListenerSettings:
     """Ceiling in seconds on one downstream step (MAIL, RCPT, delivery); past it: ``451 4.4.2``."""
     bare_line_endings: BareLineEndings = "reject"
     """A bare LF or CR in DATA: ``reject`` (``554 5.6.0``) or ``normalize`` it to CRLF."""
+    spool_directory: str = ""
+    """Where message bodies past `spool_threshold` go, as unnamed files; "": the system's
+    temporary directory (``TMPDIR``). A full disk gets ``452 4.3.1`` and loses nothing."""
     spool_threshold: int = DEFAULT_SPOOL_THRESHOLD
     """Message bodies larger than this are spooled to a temporary file, not held in memory."""
     tls_cert: str = ""
@@ -150,6 +153,7 @@ class SmtpListenerSettings:
             max_size=self.max_message_size,
             normalize_bare_line_endings=self.bare_line_endings == "normalize",
             spool_threshold=self.spool_threshold,
+            spool_directory=self.spool_directory or None,
         )
 
     @property
