@@ -547,9 +547,14 @@ class SmtpConnection:
         reader = self._settings.new_data_reader()
         try:
             headers, header_verdict = await self._read_data(reader)
-        except BaseException:
+        except (_Closed, StreamClosed, ConnectionError, asyncio.CancelledError):
             reader.close()
             raise
+        except Exception:
+            # Where the data ends is unknown now: what follows must not be read as commands.
+            reader.close()
+            log.exception("reading the data failed")
+            await self._close_with(replies.LOCAL_ERROR_CLOSING)
         if reader.problem is not None:
             reader.close()
             s = self._settings

@@ -36,6 +36,7 @@ DATA_TOO_SLOW = Reply(421, "4.4.2", "Data arrives too slowly, closing connection
 DOWNSTREAM_FAILED = Reply(451, "4.4.0", "Downstream unavailable, try again later")
 DOWNSTREAM_TIMEOUT = Reply(451, "4.4.2", "Downstream timed out, try again later")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error, try again later")
+LOCAL_ERROR_CLOSING = Reply(421, "4.3.0", "Local error, closing connection")
 QUARANTINE_FAILED = Reply(451, "4.3.0", "Quarantine unavailable, try again later")
 VRFY = Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
 EXPN = Reply(502, "5.5.1", "EXPN not implemented")
