@@ -21,12 +21,12 @@ from tests.peers.workdir import PeerDirs
 from tests.plugins.milter.conftest import milter
 from tests.smtp.helpers import Gateway
 
-DOMAIN = "dkim.test"
+DOMAIN = "dkim.example.com"
 
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """The keys of the ``dkim.test`` zone, by what each is for."""
+    """The keys of the ``dkim.example.com`` zone, by what each is for."""
 
     rsa: DkimKey  # made by `mailgate dkim keygen`
     ed25519: DkimKey  # made by `mailgate dkim keygen --algorithm ed25519`
@@ -81,7 +81,7 @@ def keys(peer_dirs: PeerDirs) -> Keys:
 
 
 def zone_text(keys: Keys) -> str:
-    """The dkim.test zone: every key, a testing-mode and a revoked selector."""
+    """The dkim.example.com zone: every key, a testing-mode and a revoked selector."""
     lines = [f"$ORIGIN {DOMAIN}.", "$TTL 300"]
     lines += [k.zone_line() for k in (keys.rsa, keys.ed25519, keys.opendkim, keys.weak)]
     testing = DkimKey(DOMAIN, "testing", keys.opendkim.private_key, "t=y; " + keys.opendkim.record)
@@ -92,7 +92,7 @@ def zone_text(keys: Keys) -> str:
 
 @pytest.fixture(scope="session")
 def dkim_dns(keys: Keys) -> Iterator[DnsServer]:
-    """A test DNS server with the dkim.test zone, for the whole session (opendkim verifiers
+    """A test DNS server with the dkim.example.com zone, for the whole session (opendkim verifiers
     started once keep asking it)."""
     server = DnsServer().start()
     server.add_zone(zone_text(keys))
@@ -139,7 +139,7 @@ def through_milter(smtp_sink: SmtpSink, tmp_path: Path) -> Iterator[Relay]:
 
 @pytest.fixture(scope="session")
 def opendkim_dkim_test(opendkim_factory: OpenDkimFactory, dkim_dns: DnsServer) -> str:
-    """The milter address of an opendkim that verifies with the dkim.test zone."""
+    """The milter address of an opendkim that verifies with the dkim.example.com zone."""
     return opendkim_factory("v", dns=dkim_dns).milter
 
 

@@ -22,7 +22,7 @@ from tests.plugins.dkim.conftest import DOMAIN, Keys, Relay, dns_settings, opend
 
 MESSAGE = (
     f"From: Alice <alice@{DOMAIN}>\r\nTo: bob@example.org\r\nSubject: verify me\r\n"
-    "Date: Fri, 04 Dec 2026 12:00:00 +0000\r\nMessage-ID: <v1@dkim.test>\r\n"
+    "Date: Fri, 04 Dec 2026 12:00:00 +0000\r\nMessage-ID: <v1@dkim.example.com>\r\n"
     "\r\nHello Bob,\r\n\r\nsee you.\r\n"
 ).encode()
 
@@ -104,7 +104,7 @@ async def test_an_opendkim_signature_passes(dkim_dns: DnsServer, signed: bytes) 
         },
     }
     asked = {(q.name, q.rdtype) for q in dkim_dns.queries}
-    assert ("od1._domainkey.dkim.test.", "TXT") in asked
+    assert ("od1._domainkey.dkim.example.com.", "TXT") in asked
 
 
 async def test_no_signature_is_none(dkim_dns: DnsServer) -> None:
