@@ -136,7 +136,11 @@ def verify_message(
     lookup finds no time left is a temperror.
     """
     deadline = time.monotonic() + timeout
-    checker = dkim.DKIM(data, logger=_dkimpy_log, minkey=MIN_RSA_BITS)
+    try:
+        checker = dkim.DKIM(data, logger=_dkimpy_log, minkey=MIN_RSA_BITS)
+    except dkim.DKIMException as exc:  # a header block dkimpy cannot split into fields
+        reason = f"message not verifiable: {_one_line(str(exc))}"
+        return [_result(_tags(v), "permerror", reason) for v in _raw_signatures(data)]
     values = [v for k, v in checker.headers if k.lower() == b"dkim-signature"]
     results = []
     for idx, value in enumerate(values):
@@ -291,6 +295,15 @@ def _result(tags: dict[bytes, bytes], result: SignatureOutcome, reason: str) -> 
         algorithm=text(b"a"),
         b=b[:8],
     )
+
+
+def _raw_signatures(data: bytes) -> list[bytes]:
+    """The DKIM-Signature values of a header block that dkimpy refused (best effort)."""
+    head = data.split(b"\r\n\r\n", 1)[0]
+    unfolded = re.sub(rb"\r\n[ \t]", b" ", head)
+    prefix = b"dkim-signature:"
+    lines = unfolded.split(b"\r\n")
+    return [line[len(prefix) :] for line in lines if line.lower().startswith(prefix)]
 
 
 def _one_line(text: str) -> str:
