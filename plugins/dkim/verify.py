@@ -174,8 +174,12 @@ def _verify_one(
     except Exception as exc:  # dkimpy's parsers let others through on hostile input
         verified, error = False, f"{type(exc).__name__}: {_one_line(str(exc))}"
     key = _key_tags(lookup.record)
-    testing = b"y" in key.get(b"t", b"").replace(b" ", b"").split(b":")
-    if verified:
+    flags = key.get(b"t", b"").replace(b" ", b"").split(b":")
+    testing = b"y" in flags
+    refusal = _key_refuses(key, flags, tags) if lookup.record is not None else ""
+    if refusal:
+        result, reason = "permerror", refusal
+    elif verified:
         result, reason = _after_pass(checker, tags, unsigned_body)
     else:
         result, reason = _failure(lookup, key, tags, error)
@@ -199,6 +203,21 @@ def _refused_before_lookup(
     if expiry.isdigit() and int(expiry) < now:
         return "policy", f"signature expired (x={int(expiry)})"
     return None
+
+
+def _key_refuses(key: dict[bytes, bytes], flags: list[bytes], tags: dict[bytes, bytes]) -> str:
+    """What the key record forbids about this signature (RFC 6376 3.6.1), or ""."""
+    hashes = key.get(b"h")
+    algorithm = tags.get(b"a", b"").strip()
+    if hashes is not None and algorithm.partition(b"-")[2] not in hashes.replace(b" ", b"").split(
+        b":"
+    ):
+        return f"key allows h={hashes.decode('ascii', 'replace')} only"
+    identity = tags.get(b"i", b"").strip()
+    domain = tags.get(b"d", b"").strip()
+    if b"s" in flags and identity and identity.rpartition(b"@")[2].lower() != domain.lower():
+        return "key is strict (t=s): i= must be in d= itself, not a subdomain"
+    return ""
 
 
 def _after_pass(

@@ -81,12 +81,15 @@ def keys(peer_dirs: PeerDirs) -> Keys:
 
 
 def zone_text(keys: Keys) -> str:
-    """The dkim.example.com zone: every key, a testing-mode and a revoked selector."""
+    """The dkim.example.com zone: every key, and selectors whose records say testing (t=y),
+    revoked (p=), sha1 only (h=sha1) and strict (t=s)."""
     lines = [f"$ORIGIN {DOMAIN}.", "$TTL 300"]
     lines += [k.zone_line() for k in (keys.rsa, keys.ed25519, keys.opendkim, keys.weak)]
     testing = DkimKey(DOMAIN, "testing", keys.opendkim.private_key, "t=y; " + keys.opendkim.record)
     revoked = DkimKey(DOMAIN, "revoked", keys.opendkim.private_key, "v=DKIM1; k=rsa; p=")
-    lines += [testing.zone_line(), revoked.zone_line()]
+    sha1_only = DkimKey(DOMAIN, "sha1only", keys.rsa.private_key, "h=sha1; " + keys.rsa.record)
+    strict = DkimKey(DOMAIN, "strict", keys.rsa.private_key, "t=s; " + keys.rsa.record)
+    lines += [testing.zone_line(), revoked.zone_line(), sha1_only.zone_line(), strict.zone_line()]
     return "\n".join(lines) + "\n"
 
 

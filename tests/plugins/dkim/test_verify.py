@@ -288,3 +288,19 @@ async def test_signatures_past_max_signatures_are_not_verified(
     tx = await verify(plugin(dkim_dns, max_signatures=2), data)
     assert [e["result"] for e in entries(tx)] == ["pass", "pass", "policy"]
     assert entries(tx)[2]["reason"] == "not verified: more than 2 signatures"
+
+
+async def test_a_key_restricted_to_sha1_is_permerror(dkim_dns: DnsServer, keys: Keys) -> None:
+    data = dkimpy_sign(as_selector(keys.rsa, "sha1only"), MESSAGE)
+    [entry] = entries(await verify(plugin(dkim_dns), data))
+    assert (entry["result"], entry["reason"]) == ("permerror", "key allows h=sha1 only")
+
+
+async def test_a_strict_key_refuses_a_subdomain_identity(dkim_dns: DnsServer, keys: Keys) -> None:
+    strict = as_selector(keys.rsa, "strict")
+    [entry] = entries(await verify(plugin(dkim_dns), dkimpy_sign(strict, MESSAGE)))
+    assert entry["result"] == "pass"
+    data = dkimpy_sign(strict, MESSAGE, identity=f"@news.{DOMAIN}".encode())
+    [entry] = entries(await verify(plugin(dkim_dns), data))
+    assert entry["result"] == "permerror"
+    assert entry["reason"].startswith("key is strict (t=s)")
