@@ -177,6 +177,7 @@ def _verify_one(
     flags = key.get(b"t", b"").replace(b" ", b"").split(b":")
     testing = b"y" in flags
     refusal = _key_refuses(key, flags, tags) if lookup.record is not None else ""
+    result: SignatureOutcome
     if refusal:
         result, reason = "permerror", refusal
     elif verified:
