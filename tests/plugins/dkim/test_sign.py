@@ -20,7 +20,7 @@ from mailgate.app import App
 from mailgate.config import load_settings
 from mailgate.modifications import InsertHeader
 from mailgate.plugins.dkim import Dkim, DkimSettings
-from tests.milter.gate import app_behind_postfix
+from tests.milter.gate import app_behind_postfix, open_gate
 from tests.peers.dns import DnsServer
 from tests.peers.opendkim import OpenDkimFactory
 from tests.peers.postfix import PostfixFactory
@@ -309,3 +309,20 @@ def test_keygen_writes_a_private_file_and_prints_the_record(tmp_path: Path) -> N
     assert path.stat().st_mode & 0o777 == 0o600
     last = done.stdout.splitlines()[-1]
     assert last.startswith('2026._domainkey.example.org. IN TXT ( "v=DKIM1; k=ed25519; p=')
+
+
+@pytest.mark.parametrize("protocol", [6, 2])
+def test_milter_protocol_versions_both_carry_the_signatures(
+    dkim_dns: DnsServer, keys: Keys, peer_dirs: PeerDirs, protocol: int
+) -> None:
+    """The signature goes back to Postfix as an insert-header action, with milter protocol 6
+    and with the old protocol 2."""
+    with open_gate(peer_dirs.new("postfix"), [("dkim", "inet:127.0.0.1:0")]) as gate:
+        gate.chain.use(plugin(dkim_dns, keys))
+        [route] = [r for r in gate.routes if r.protocol == protocol]
+        sent = gate.send(route, sender=f"alice@{DOMAIN}")
+        assert sent.returncode == 0, sent.output
+        [delivered] = gate.delivered(sent)
+    data = delivered.data.replace(b"\n", b"\r\n")
+    assert data.count(b"DKIM-Signature:") == 2
+    assert dkimpy_verifies(dkim_dns, data, 2) == [True, True]
