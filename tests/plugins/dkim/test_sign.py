@@ -15,7 +15,7 @@ from typing import Any
 import dkim
 import pytest
 
-from mailgate import Address, Session, Transaction
+from mailgate import Address, Session, Transaction, hookimpl
 from mailgate.app import App
 from mailgate.config import load_settings
 from mailgate.modifications import InsertHeader
@@ -326,3 +326,38 @@ def test_milter_protocol_versions_both_carry_the_signatures(
     data = delivered.data.replace(b"\n", b"\r\n")
     assert data.count(b"DKIM-Signature:") == 2
     assert dkimpy_verifies(dkim_dns, data, 2) == [True, True]
+
+
+class ResultHeader:
+    """Writes the dkim result into a header, so a test can read it from the delivered mail."""
+
+    reads: frozenset[str] = frozenset()
+
+    @hookimpl
+    def on_message(self, transaction: Transaction) -> None:
+        found = transaction.results["dkim"]
+        selectors = [e["properties"]["header.s"] for e in found.details["auth_results"]]
+        transaction.add_header("X-Dkim-Result", f"{found.result} {','.join(selectors)}")
+
+
+def test_incoming_signatures_verify_on_the_milter_listener(
+    dkim_dns: DnsServer,
+    keys: Keys,
+    peer_dirs: PeerDirs,
+    opendkim_factory: OpenDkimFactory,
+    through_milter: Relay,
+) -> None:
+    """Postfix hands the headers and body to mailgate's milter listener as they arrived: an
+    opendkim signature passes there, and one broken in transit fails."""
+    signed = through_milter(opendkim_signer(opendkim_factory, keys.opendkim), MESSAGE)
+    with open_gate(peer_dirs.new("postfix"), [("dkim", "inet:127.0.0.1:0")]) as gate:
+        gate.chain.use(plugin(dkim_dns, keys, sign_when="false"), ResultHeader())
+        route = gate.routes[0]
+        for data, expected in [(signed, b"pass od1"), (signed.replace(b"Bob", b"Eve"), b"fail")]:
+            argv = ["swaks", "--server", f"127.0.0.1:{route.port}", "--from", f"alice@{DOMAIN}"]
+            argv += ["--to", "bob@local.test", "--timeout", "20", "--data", "-"]
+            done = subprocess.run(argv, input=data, capture_output=True, timeout=60)
+            assert done.returncode == 0, done.stdout
+            [delivered] = gate.postfix.wait_for_delivered(1)
+            delivered.path.unlink()
+            assert b"X-Dkim-Result: " + expected in delivered.data
