@@ -286,7 +286,7 @@ class Expression:
             try:
                 result = self._run(session, tx)
             except Exception as exc:
-                raise ExpressionError(source, _clean(str(exc))) from None
+                raise ExpressionError(source, _sample_error(exc)) from None
             if boolean and not isinstance(result, bool):
                 kind = type(result).__name__
                 raise ExpressionError(source, f"evaluates to {kind}, expected a bool")
@@ -314,6 +314,12 @@ class Expression:
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
+
+
+def _sample_error(exc: Exception) -> str:
+    if isinstance(exc, KeyError):  # results.arc on a transaction without an arc result
+        return f"no key {exc} in a sample session: test for it first ({exc} in map)"
+    return _clean(str(exc))
 
 
 def _clean(message: str) -> str:
