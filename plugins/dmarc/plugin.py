@@ -63,7 +63,7 @@ class DmarcSettings:
     def __post_init__(self) -> None:
         bad = [d for d in self.never_enforce if not _is_domain(d)]
         if bad:
-            raise ValueError(f"never_enforce: {bad[0]!r} is not a domain name")
+            raise ValueError(f"never_enforce domain names, and {bad[0]!r} is not one")
 
 
 def _is_domain(value: str) -> bool:
@@ -90,6 +90,7 @@ class Dmarc:
         self.resolver = async_resolver(dns or DnsSettings())
         self._random = random.Random(self.settings.sampling_seed)
         self._never = tuple(normalize(d) for d in self.settings.never_enforce)
+        organizational_domain("example.com")  # load the public suffix list now, not on mail
 
     @hookimpl
     async def on_message(

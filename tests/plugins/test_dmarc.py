@@ -5,7 +5,9 @@ plugin giving the SPF and DKIM results, and with the real spf plugin from conf.d
 from __future__ import annotations
 
 import asyncio
+import re
 import smtplib
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from tests.peers.smtp_sink import SmtpSink
 from tests.plugins.test_spf import nameserver, silent_dns  # noqa: F401 (a fixture)
 from tests.smtp.conftest import relay_to
 from tests.smtp.helpers import Gateway
+from tests.test_cli import MAILGATE
 
 ZONE = """\
 $ORIGIN test.
@@ -561,3 +564,59 @@ async def test_real_spf_aligned_pass_is_delivered(app: App, smtp_sink: SmtpSink)
 async def test_real_spf_unaligned_is_rejected_by_dmarc(app: App, smtp_sink: SmtpSink) -> None:
     code, text = await asyncio.to_thread(send_as, app.ports[0], "b@spfd.test", "a@reject.test")
     assert (code, text) == (550, REJECTED)
+
+
+# -- the example of docs/plugins/dmarc.md, run with mailgate try ----------------------------------
+
+DOC = Path(__file__).parent.parent.parent / "docs" / "plugins" / "dmarc.md"
+DOC_ZONES = (
+    """\
+$ORIGIN example.com.
+$TTL 300
+@        IN MX  10 mail.example.com.
+mail     IN A   192.0.2.10
+@        IN TXT "v=spf1 ip4:192.0.2.0/24 -all"
+_dmarc   IN TXT "v=DMARC1; p=reject; sp=quarantine; rua=mailto:dmarc-reports@example.com"
+""",
+    '$ORIGIN example.net.\n$TTL 300\nlists IN TXT "v=spf1 ip4:203.0.113.0/24 -all"\n',
+)
+
+
+def doc_conf(directory: Path, server: DnsServer) -> None:
+    """The first conf.d block of each file in the doc, with [dns] pointed at `server`."""
+    blocks = re.findall(r"```toml\n# conf\.d/(\S+)\n(.*?)```", DOC.read_text(), re.S)
+    for name, text in reversed(blocks):
+        (directory / name).write_text(text)
+    toml = directory / "mailgate.toml"
+    toml.write_text(toml.read_text().replace('"127.0.0.1"', f'"{nameserver(server)}"'))
+
+
+@pytest.mark.parametrize(
+    ("client", "sender", "from_", "status", "shown"),
+    [
+        ("198.51.100.7", "alice@example.com", "Alice <alice@example.com>", 5,
+         "-> 550 5.7.1 Message rejected: it fails the DMARC policy of example.com"),
+        ("192.0.2.25", "bounces@example.com", "Alice <alice@example.com>", 0,
+         "Result: accepted: would relay to 127.0.0.1:25"),
+        ("203.0.113.9", "list@lists.example.net", "Alice <alice@example.com>", 0,
+         "Result: accepted: would relay to 127.0.0.1:25"),
+        ("198.51.100.7", "alice@example.com", "alice@news.example.com", 0,
+         "quarantine: 250 2.0.0 OK (DMARC policy of news.example.com: quarantine)"),
+    ],
+)  # fmt: skip
+def test_the_documented_example(
+    tmp_path: Path, dns_server: DnsServer, client: str, sender: str, from_: str, status: int,
+    shown: str,
+) -> None:  # fmt: skip
+    for zone_text in DOC_ZONES:
+        dns_server.add_zone(zone_text)
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    doc_conf(conf, dns_server)
+    eml = tmp_path / "msg.eml"
+    eml.write_text(f"From: {from_}\nTo: bob@example.org\nSubject: hello\n\nhi\n")
+    argv = ["try", "--config", str(conf), "--client", client, "--from", sender, str(eml)]
+    done = subprocess.run([*MAILGATE, *argv], capture_output=True, text=True, timeout=60)
+    assert done.returncode == status, done.stdout + done.stderr
+    assert shown in done.stdout
+    assert shown in DOC.read_text()

@@ -64,15 +64,17 @@ CASES = [
 
 KNOWN = {
     # aspf=s, MAIL FROM a subdomain of the From: domain: RFC 7489 3.1.2 wants the same name.
-    # opendmarc 1.4.2 lets the public suffix list turn a strict check into a relaxed one
-    # (OpenDMARC issue #268, fixed by pull request #354, after 1.4.2).
+    # opendmarc 1.4.2 passes it: its alignment check lets the public suffix list turn a strict
+    # comparison into a relaxed one (the defect of OpenDMARC issue #268, fixed by pull
+    # request #354 after 1.4.2; those describe the other direction, From: the subdomain).
     ("192.0.2.10", "a@b.strict.differ.test", "a@strict.differ.test"): (
         ("pass", "reject", False),
         ("fail", "reject", True),
     ),
     # A From: subdomain without a record of its own: RFC 7489 6.6.3 falls back to the
-    # organizational domain's record (sp=none here). opendmarc 1.4.2 reports dmarc=none
-    # (OpenDMARC issue #54, open).
+    # organizational domain's record (sp=none here). opendmarc 1.4.2 reports dmarc=none, the
+    # behaviour of OpenDMARC issue #54 (open). Its relaxed alignment of bounces.differ.test
+    # above shows its public suffix list does place names under .test.
     ("198.51.100.7", "a@x.subs-differ.test", "a@x.subs-differ.test"): (
         ("none", "none", False),
         ("fail", "none", False),
