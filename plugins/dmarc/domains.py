@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 
+import dns.exception
+import dns.name
 from publicsuffixlist import PublicSuffixList
 
 from mailgate.plugins.dmarc.record import Alignment
@@ -21,8 +23,16 @@ def _psl() -> PublicSuffixList:
 
 
 def normalize(domain: str) -> str:
-    """A domain as compared: lower case, without a trailing dot."""
-    return domain.strip().rstrip(".").lower()
+    """A domain as compared and looked up: lower case, A-labels (``bücher.de`` is
+    ``xn--bcher-kva.de``), no trailing dot; "" for what is not a domain name (empty or too
+    long labels, an address literal)."""
+    name = domain.strip().rstrip(".")
+    if not name or name.startswith("["):
+        return ""
+    try:
+        return dns.name.from_unicode(name).to_text(omit_final_dot=True).lower()
+    except (dns.exception.DNSException, UnicodeError, ValueError):
+        return ""
 
 
 def organizational_domain(domain: str) -> str:

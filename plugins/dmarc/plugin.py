@@ -67,8 +67,7 @@ class DmarcSettings:
 
 
 def _is_domain(value: str) -> bool:
-    name = normalize(value)
-    return bool(name) and "@" not in name and all(name.split("."))
+    return "@" not in value and bool(normalize(value))
 
 
 class _TempError(Exception):

@@ -248,6 +248,9 @@ async def test_pct_sampling_is_reproducible_with_a_seed(zone: DnsServer) -> None
         (("a@reject.test", "b@reject.test"), "2 From: headers"),
         (("a@reject.test, b@quarantine.test",), "From: has addresses in 2 domains"),
         (("undisclosed-recipients:;",), "no address with a domain in From:"),
+        (("a@foo..reject.test",), "no address with a domain in From:"),
+        (("a@[192.0.2.1]",), "no address with a domain in From:"),
+        ((f"a@{'x' * 64}.reject.test",), "no address with a domain in From:"),
     ],
 )
 async def test_no_single_author_domain_is_permerror(

@@ -178,6 +178,7 @@ def test_text_close_to_a_record_either_parses_or_is_a_record_error(text: str) ->
         ("com", "com"),
         ("x.y.example.test", "example.test"),  # an unlisted TLD: the default rule "*"
         ("a.b.github.io", "b.github.io"),  # the private section counts
+        ("x.bücher.de", "xn--bcher-kva.de"),
     ],
 )
 def test_organizational_domain(domain: str, organizational: str) -> None:
@@ -197,6 +198,9 @@ def test_organizational_domain(domain: str, organizational: str) -> None:
         ("a.github.io", "b.github.io", False, False),
         ("example.com", "", False, False),
         ("example.com", "notexample.com", False, False),
+        ("bücher.de", "xn--bcher-kva.de", True, True),  # U-labels and A-labels are one name
+        ("mail.BÜCHER.de", "xn--bcher-kva.de", True, False),
+        ("example.com", "foo..example.com", False, False),  # not a domain name
     ],
 )
 def test_alignment(author: str, other: str, relaxed: bool, strict: bool) -> None:
@@ -247,3 +251,34 @@ def test_sampling(text: str, draw: float, disposition: str, reason: str | None) 
     sample(e, record, lambda: draw)
     assert e.disposition == disposition
     assert [(r.type, r.comment) for r in e.reasons] == ([("sampled_out", reason)] if reason else [])
+
+
+labels = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
+domains = st.builds(
+    lambda names, suffix: ".".join([*names, suffix]),
+    st.lists(labels, min_size=1, max_size=4),
+    st.sampled_from(["com", "co.uk", "test", "github.io"]),
+)
+
+
+@given(domains, domains)
+def test_alignment_is_symmetric_and_strict_implies_relaxed(a: str, b: str) -> None:
+    assert aligned(a, b, "r") is aligned(b, a, "r")
+    assert aligned(a, b, "s") is (a == b)
+    if aligned(a, b, "s"):
+        assert aligned(a, b, "r")
+    assert aligned(a, b, "r") is (organizational_domain(a) == organizational_domain(b))
+
+
+@given(domains, st.lists(labels, min_size=1, max_size=3))
+def test_a_subdomain_is_aligned_relaxed_and_not_strict(domain: str, more: list[str]) -> None:
+    subdomain = ".".join([*more, domain])
+    assert aligned(domain, subdomain, "r") and aligned(subdomain, domain, "r")
+    assert not aligned(domain, subdomain, "s")
+
+
+@given(st.lists(labels, min_size=1, max_size=3), st.sampled_from(["com", "co.uk", "github.io"]))
+def test_a_public_suffix_never_aligns(names: list[str], suffix: str) -> None:
+    """``d=co.uk`` is not ``example.co.uk``'s, whatever the mode (DESIGN.md's warning)."""
+    domain = ".".join([*names, suffix])
+    assert not aligned(domain, suffix, "r") and not aligned(suffix, domain, "r")
