@@ -13,6 +13,7 @@ from typing import Literal
 
 import dns.exception
 import dns.resolver
+import structlog
 
 from mailgate import Message, Session, Transaction, Verdict, hookimpl
 from mailgate.config import Dynamic, Networks
@@ -30,6 +31,8 @@ from mailgate.plugins.dmarc.evaluation import (
     sample,
 )
 from mailgate.plugins.dmarc.record import DmarcRecord, RecordError, is_dmarc, parse_record
+
+log = structlog.get_logger("mailgate.plugins.dmarc")
 
 RESULT_KEY = "dmarc"
 """The key of this plugin's entry in ``transaction.results``."""
@@ -112,6 +115,7 @@ class Dmarc:
                 evaluation.result, evaluation.reason = "temperror", str(exc)
                 evaluation.disposition = "none"
         _record(transaction, evaluation)
+        _log(evaluation)
         return self._verdict(evaluation)
 
     def _skip_reason(self, session: Session) -> str:
@@ -160,11 +164,14 @@ class Dmarc:
             evaluation.reason = f"{len(texts)} DMARC records at _dmarc.{where}: none applies"
             return None
         try:
-            return where, parse_record(texts[0])
+            record = parse_record(texts[0])
         except RecordError as exc:
             evaluation.result = "permerror"
             evaluation.reason = f"DMARC record at _dmarc.{where}: {exc}"
             return None
+        if record.notes:
+            log.info("dmarc record has bad tags", domain=where, ignored=list(record.notes))
+        return where, record
 
     async def _records(self, domain: str) -> list[str]:
         """The DMARC records (TXT starting with ``v=DMARC1``) at ``_dmarc.<domain>``."""
@@ -286,6 +293,19 @@ def _explain(evaluation: Evaluation) -> str:
         passed = [name for name, aligned in both if aligned == "pass"]
         return f"{' and '.join(passed)} aligned with {evaluation.header_from}"
     return f"no aligned SPF or DKIM pass for {evaluation.header_from}"
+
+
+def _log(evaluation: Evaluation) -> None:
+    """One line per evaluation, as opendmarc writes one: the domain, result and what was done."""
+    log.info(
+        "dmarc",
+        domain=evaluation.header_from,
+        result=evaluation.result,
+        policy=evaluation.policy or "",
+        disposition=evaluation.disposition,
+        override=",".join(r.type for r in evaluation.reasons),
+        reason=evaluation.reason,
+    )
 
 
 def _record(tx: Transaction, evaluation: Evaluation) -> None:

@@ -23,12 +23,17 @@ from mailgate.message import Header, new_spool
 from mailgate.pipeline import EnabledPlugin
 from mailgate.plugins.dmarc import EVALUATION_NOTE, Dmarc, DmarcSettings, Evaluation
 from mailgate.quarantine import QuarantineStore
+from tests.logs import captured_logs, events
+from tests.milter.gate import app_behind_postfix
 from tests.peers.dns import DnsServer
 from tests.peers.smtp_sink import SmtpSink
-from tests.plugins.test_spf import nameserver, silent_dns  # noqa: F401 (a fixture)
+from tests.peers.workdir import PeerDirs
+from tests.plugins.test_spf import nameserver, silent_dns
 from tests.smtp.conftest import relay_to
 from tests.smtp.helpers import Gateway
 from tests.test_cli import MAILGATE
+
+__all__ = ["captured_logs", "silent_dns"]  # fixtures
 
 ZONE = """\
 $ORIGIN test.
@@ -178,6 +183,31 @@ async def test_reject_is_550_5_7_1_naming_the_domain(zone: DnsServer) -> None:
     assert verdict.text == "Message rejected: it fails the DMARC policy of reject.test"
 
 
+async def test_one_log_line_per_evaluation(
+    zone: DnsServer, captured_logs: list[dict[str, Any]]
+) -> None:
+    await check(plugin(nameserver(zone)), "a@sampled.test")
+    [line] = events(captured_logs, "dmarc")
+    assert line["level"] == "info"
+    assert {k: line[k] for k in ("domain", "result", "policy", "disposition", "override")} == {
+        "domain": "sampled.test",
+        "result": "fail",
+        "policy": "reject",
+        "disposition": "quarantine",
+        "override": "sampled_out",
+    }
+
+
+async def test_bad_tags_are_logged_and_defaults_used(
+    zone: DnsServer, captured_logs: list[dict[str, Any]]
+) -> None:
+    zone.add_records("test.", '_dmarc.badtags IN TXT "v=DMARC1; p=reject; adkim=x; pct=200"')
+    _, tx = await check(plugin(nameserver(zone)), "a@badtags.test")
+    assert evaluation(tx).disposition == "reject"
+    [line] = events(captured_logs, "dmarc record has bad tags")
+    assert line["domain"] == "badtags.test" and len(line["ignored"]) == 2
+
+
 async def test_quarantine_gives_the_reason(zone: DnsServer) -> None:
     verdict, _ = await check(plugin(nameserver(zone)), "a@quarantine.test")
     assert verdict == Verdict.quarantine(reason="DMARC policy of quarantine.test: quarantine")
@@ -268,14 +298,14 @@ async def test_two_addresses_in_one_domain_are_evaluated(zone: DnsServer) -> Non
     assert tx.results["dmarc"].result == "fail" and verdict is not None
 
 
-async def test_temperror_is_accepted_by_default(silent_dns: str) -> None:  # noqa: F811
+async def test_temperror_is_accepted_by_default(silent_dns: str) -> None:
     verdict, tx = await check(plugin(silent_dns, timeout=0.5), "a@reject.test")
     found = tx.results["dmarc"]
     assert verdict is None and found.result == "temperror"
     assert found.reason.startswith("looking up _dmarc.reject.test TXT: ")
 
 
-async def test_temperror_tempfails_when_asked(silent_dns: str) -> None:  # noqa: F811
+async def test_temperror_tempfails_when_asked(silent_dns: str) -> None:
     verdict, _ = await check(plugin(silent_dns, timeout=0.5, temperror="tempfail"), "a@reject.test")
     assert verdict is not None and (verdict.code, verdict.status) == (451, "4.7.1")
     assert verdict.text == "The DMARC policy of reject.test could not be checked, try again later"
@@ -524,6 +554,27 @@ async def test_smtp_fail_without_enforcement_is_delivered(
         assert len(smtp_sink.wait_for_messages(1)) == 1
 
 
+@pytest.mark.parametrize(
+    ("from_", "header", "outcome"),
+    [
+        ("a@reject.test", "X-Test-SPF: pass bounces.reject.test", "delivered"),  # relaxed
+        ("a@strict.test", "X-Test-SPF: pass b.strict.test", "rejected"),  # aspf=s
+        ("a@strict.test", "X-Test-DKIM: pass strict.test", "delivered"),
+        ("a@missing.subs.test", "X-Test-SPF: fail subs.test", "quarantined"),  # np
+        ("a@exists.subs.test", "X-Test-SPF: fail subs.test", "delivered"),  # sp=none
+    ],
+)
+async def test_smtp_alignment_modes_and_np(
+    gateway: Gateway, smtp_sink: SmtpSink, tmp_path: Path, from_: str, header: str, outcome: str
+) -> None:
+    code, _ = await asyncio.to_thread(send, gateway.port, from_, header)
+    assert code == (550 if outcome == "rejected" else 250)
+    held = QuarantineStore(tmp_path / "quarantine").entries()
+    assert len(held) == (outcome == "quarantined")
+    if outcome == "delivered":
+        assert len(smtp_sink.wait_for_messages(1)) == 1
+
+
 async def test_smtp_multiple_from_is_delivered_as_permerror(
     gateway: Gateway, smtp_sink: SmtpSink
 ) -> None:
@@ -623,3 +674,31 @@ def test_the_documented_example(
     assert done.returncode == status, done.stdout + done.stderr
     assert shown in done.stdout
     assert shown in DOC.read_text()
+
+
+# -- through the milter listener: Postfix with XCLIENT presents an outside client ----------------
+
+
+def test_postfix_refuses_a_dmarc_fail_with_our_reply(zone: DnsServer, peer_dirs: PeerDirs) -> None:
+    zone.add_records("spfd.test.", 'mx IN TXT "v=spf1 ip4:192.0.2.1 -all"')
+    conf = peer_dirs.new("conf")
+    (conf / "mailgate.toml").write_text(
+        f'[dns]\nnameservers = ["{nameserver(zone)}"]\n'
+        '[[listener]]\ntype = "milter"\naddress = "inet:127.0.0.1:0"\n'
+    )
+    (conf / "80-spf.toml").write_text("reject = []\n")  # default skip_networks, as shipped
+    (conf / "90-dmarc.toml").write_text("")
+    with app_behind_postfix(Path(conf), peer_dirs.new("postfix")) as (_, postfix, port):
+
+        def swaks(addr: str) -> str:
+            argv = ["swaks", "--server", f"127.0.0.1:{port}", "--from", "bounce@mx.spfd.test"]
+            argv += ["--h-From", "a@spfd.test", "--to", "bob@local.test"]
+            argv += ["--xclient-addr", addr, "--timeout", "20"]
+            return subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
+
+        out = swaks("192.0.2.55")  # SPF fails for mx.spfd.test: nothing aligned
+        assert "550 5.7.1 Message rejected: it fails the DMARC policy of spfd.test" in out, out
+        out = swaks("192.0.2.1")  # SPF passes for mx.spfd.test: relaxed-aligned with spfd.test
+        assert " queued as " in out or "Ok: queued" in out, out
+        [delivered] = postfix.wait_for_delivered(1)
+        assert b"From: a@spfd.test" in delivered.data
