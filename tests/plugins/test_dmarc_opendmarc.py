@@ -1,9 +1,10 @@
 """A differential check: the same messages through opendmarc (the real daemon, reached as a
 milter through mailgate's milter bridge) and through the spf + dmarc plugins, with one DNS.
 
-The inputs are SPF only: opendmarc checks SPF itself (``SPFSelfValidate``) and no message is
-DKIM-signed, so DKIM alignment is covered by tests/plugins/test_dmarc.py alone. opendmarc 1.4.2
-knows neither ``np`` nor ``t=``, so those are not compared either.
+SPF is checked by each side (opendmarc's ``SPFSelfValidate``, our spf plugin). DKIM results come
+from a trusted ``Authentication-Results`` header (opendmarc's ``TrustedAuthservIDs``), which
+a stand-in for the dkim plugin reads for us; no message is really signed. opendmarc 1.4.2
+knows neither ``np`` nor ``t=``, so those are not compared.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 
 import pytest
 
-from mailgate import Address, Message, Session, Transaction, Verdict, VerdictKind
+from mailgate import Address, Message, Session, Transaction, Verdict, VerdictKind, hookimpl
 from mailgate.dns import DnsSettings
 from mailgate.message import parse_header_block
 from mailgate.pipeline import EnabledPlugin, Pipeline
@@ -35,6 +36,8 @@ _dmarc.monitor  IN TXT "v=DMARC1; p=none"
 strict          IN TXT "v=spf1 ip4:192.0.2.10 -all"
 _dmarc.strict   IN TXT "v=DMARC1; p=reject; aspf=s"
 b.strict        IN TXT "v=spf1 ip4:192.0.2.10 -all"
+_dmarc.dstrict  IN TXT "v=DMARC1; p=reject; adkim=s"
+dstrict         IN TXT "v=spf1 -all"
 """
 SUBS = """\
 $ORIGIN subs-differ.test.
@@ -51,15 +54,22 @@ $TTL 300
 
 CASES = [
     # (client, MAIL FROM, From:)
-    ("192.0.2.10", "a@differ.test", "a@differ.test"),  # SPF pass, aligned
-    ("192.0.2.10", "a@bounces.differ.test", "a@differ.test"),  # relaxed alignment
-    ("192.0.2.10", "a@other-differ.test", "a@differ.test"),  # SPF pass, not aligned
-    ("198.51.100.7", "a@differ.test", "a@differ.test"),  # SPF fail
-    ("198.51.100.7", "a@quarantine.differ.test", "a@quarantine.differ.test"),
-    ("198.51.100.7", "a@monitor.differ.test", "a@monitor.differ.test"),
-    ("192.0.2.10", "a@strict.differ.test", "a@strict.differ.test"),  # aspf=s, exact
-    ("198.51.100.7", "a@subs-differ.test", "a@subs-differ.test"),  # p=reject
-    ("192.0.2.10", "a@other-differ.test", "a@other-differ.test"),  # no DMARC record
+    ("192.0.2.10", "a@differ.test", "a@differ.test", ""),  # SPF pass, aligned
+    ("192.0.2.10", "a@bounces.differ.test", "a@differ.test", ""),  # relaxed alignment
+    ("192.0.2.10", "a@other-differ.test", "a@differ.test", ""),  # SPF pass, not aligned
+    ("198.51.100.7", "a@differ.test", "a@differ.test", ""),  # SPF fail
+    ("198.51.100.7", "a@quarantine.differ.test", "a@quarantine.differ.test", ""),
+    ("198.51.100.7", "a@monitor.differ.test", "a@monitor.differ.test", ""),
+    ("192.0.2.10", "a@strict.differ.test", "a@strict.differ.test", ""),  # aspf=s, exact
+    ("198.51.100.7", "a@subs-differ.test", "a@subs-differ.test", ""),  # p=reject
+    ("192.0.2.10", "a@other-differ.test", "a@other-differ.test", ""),  # no DMARC record
+    # DKIM, as a trusted Authentication-Results header says (SPF fails from 198.51.100.7)
+    ("198.51.100.7", "a@differ.test", "a@differ.test", "pass differ.test"),
+    ("198.51.100.7", "a@differ.test", "a@differ.test", "pass mail.differ.test"),  # relaxed
+    ("198.51.100.7", "a@differ.test", "a@differ.test", "pass other-differ.test"),
+    ("198.51.100.7", "a@differ.test", "a@differ.test", "fail differ.test"),
+    ("198.51.100.7", "a@dstrict.differ.test", "a@dstrict.differ.test", "pass dstrict.differ.test"),
+    ("198.51.100.7", "a@quarantine.differ.test", "a@quarantine.differ.test", "pass differ.test"),
 ]
 
 KNOWN = {
@@ -67,7 +77,17 @@ KNOWN = {
     # opendmarc 1.4.2 passes it: its alignment check lets the public suffix list turn a strict
     # comparison into a relaxed one (the defect of OpenDMARC issue #268, fixed by pull
     # request #354 after 1.4.2; those describe the other direction, From: the subdomain).
-    ("192.0.2.10", "a@b.strict.differ.test", "a@strict.differ.test"): (
+    ("192.0.2.10", "a@b.strict.differ.test", "a@strict.differ.test", ""): (
+        ("pass", "reject", False),
+        ("fail", "reject", True),
+    ),
+    # The same with adkim=s and a DKIM signature of a subdomain.
+    (
+        "198.51.100.7",
+        "a@dstrict.differ.test",
+        "a@dstrict.differ.test",
+        "pass x.dstrict.differ.test",
+    ): (
         ("pass", "reject", False),
         ("fail", "reject", True),
     ),
@@ -75,7 +95,7 @@ KNOWN = {
     # organizational domain's record (sp=none here). opendmarc 1.4.2 reports dmarc=none, the
     # behaviour of OpenDMARC issue #54 (open). Its relaxed alignment of bounces.differ.test
     # above shows its public suffix list does place names under .test.
-    ("198.51.100.7", "a@x.subs-differ.test", "a@x.subs-differ.test"): (
+    ("198.51.100.7", "a@x.subs-differ.test", "a@x.subs-differ.test", ""): (
         ("none", "none", False),
         ("fail", "none", False),
     ),
@@ -83,6 +103,25 @@ KNOWN = {
 """Cases where opendmarc 1.4.2 is wrong: (its outcome, ours)."""
 
 _AR_DMARC = re.compile(r"\bdmarc=(\w+) \(p=(\w+)")
+_AR_DKIM = re.compile(r"\bdkim=(\w+) header\.d=(\S+)")
+AUTHSERV = "mx.pf.test"
+"""The Authentication-Results identity opendmarc trusts (TrustedAuthservIDs)."""
+
+
+class TrustedDkim:
+    """The stand-in for the dkim plugin: the DKIM result of a trusted Authentication-Results
+    header, in the dkim plugin's format, as opendmarc reads the same header."""
+
+    reads = frozenset({"headers"})
+
+    @hookimpl
+    def on_message(self, transaction: Transaction, message: Message) -> None:
+        for value in message.get_all("Authentication-Results"):
+            found = _AR_DKIM.search(value)
+            if value.startswith(f"{AUTHSERV};") and found:
+                props = {"header.d": found.group(2), "header.s": "sel"}
+                entry = {"method": "dkim", "result": found.group(1), "properties": props}
+                transaction.set_result("dkim", found.group(1), auth_results=[entry])
 
 
 @pytest.fixture(scope="module")
@@ -92,13 +131,18 @@ def zones(opendmarc: OpenDmarc) -> OpenDmarc:
     return opendmarc
 
 
-async def run(pipeline: Pipeline, client_ip: str, sender: str, from_: str) -> Transaction:
-    """One session through `pipeline` as the SMTP listener runs it; the verdict at the end of
-    data goes to ``tx.notes["verdict"]``."""
+async def run(
+    pipeline: Pipeline, client_ip: str, sender: str, from_: str, dkim: str
+) -> Transaction:
+    """One session through `pipeline` as the SMTP listener runs it, the message carrying a
+    trusted ``Authentication-Results: mx.pf.test; dkim=RESULT header.d=D`` when `dkim` is
+    ``"RESULT D"``; the verdict at the end of data goes to ``tx.notes["verdict"]``."""
     session = Session(client_ip=client_ip, client_port=40000)
     tx = Transaction(Address(sender))
     rcpt = Address("b@example.net")
-    data = f"From: {from_}\r\nTo: b@example.net\r\nSubject: differ\r\n\r\nhi\r\n".encode()
+    result, _, d = dkim.partition(" ")
+    ar = f"Authentication-Results: {AUTHSERV}; dkim={result} header.d={d}\r\n" if dkim else ""
+    data = f"{ar}From: {from_}\r\nTo: b@example.net\r\nSubject: differ\r\n\r\nhi\r\n".encode()
     head, _, body = data.partition(b"\r\n\r\n")
     try:
         assert await pipeline.connect(session) is None
@@ -144,24 +188,30 @@ def pipelines(peer: OpenDmarc) -> tuple[Pipeline, Pipeline]:
     dns = DnsSettings(nameservers=[f"{peer.dns.host}:53"], timeout=2.0)
     spf = Spf(SpfSettings(reject=[], tempfail=[], skip_networks=[]), dns=dns)
     dmarc = Dmarc(DmarcSettings(skip_networks=[]), dns=dns)
-    ours = Pipeline([EnabledPlugin("spf", spf), EnabledPlugin("dmarc", dmarc)])
+    ours = Pipeline(
+        [
+            EnabledPlugin("dkim", TrustedDkim()),
+            EnabledPlugin("spf", spf),
+            EnabledPlugin("dmarc", dmarc),
+        ]
+    )
     return Pipeline([milter(peer.milter)]), ours
 
 
-@pytest.mark.parametrize(("client", "sender", "from_"), CASES)
+@pytest.mark.parametrize(("client", "sender", "from_", "dkim"), CASES)
 async def test_same_outcome_as_opendmarc(
-    zones: OpenDmarc, client: str, sender: str, from_: str
+    zones: OpenDmarc, client: str, sender: str, from_: str, dkim: str
 ) -> None:
     theirs, ours = pipelines(zones)
-    expected = opendmarc_outcome(await run(theirs, client, sender, from_))
-    assert our_outcome(await run(ours, client, sender, from_)) == expected
+    expected = opendmarc_outcome(await run(theirs, client, sender, from_, dkim))
+    assert our_outcome(await run(ours, client, sender, from_, dkim)) == expected
 
 
-@pytest.mark.parametrize(("client", "sender", "from_"), list(KNOWN))
+@pytest.mark.parametrize(("client", "sender", "from_", "dkim"), list(KNOWN))
 async def test_where_opendmarc_is_known_to_be_wrong(
-    zones: OpenDmarc, client: str, sender: str, from_: str
+    zones: OpenDmarc, client: str, sender: str, from_: str, dkim: str
 ) -> None:
     theirs, ours = pipelines(zones)
-    known_theirs, known_ours = KNOWN[(client, sender, from_)]
-    assert opendmarc_outcome(await run(theirs, client, sender, from_)) == known_theirs
-    assert our_outcome(await run(ours, client, sender, from_)) == known_ours
+    known_theirs, known_ours = KNOWN[(client, sender, from_, dkim)]
+    assert opendmarc_outcome(await run(theirs, client, sender, from_, dkim)) == known_theirs
+    assert our_outcome(await run(ours, client, sender, from_, dkim)) == known_ours
