@@ -117,7 +117,7 @@ def validate(
     fields = [(n.lower().decode("ascii", "replace"), v) for n, v in arc.headers]
     fields = [(n, v) for n, v in fields if n in _NAMES]
     if not fields:
-        return Validation("none", "no ARC header fields")
+        return Validation("none", "")
     try:
         sets = _form(fields)
     except _Malformed as exc:
