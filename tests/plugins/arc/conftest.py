@@ -79,7 +79,8 @@ def arc_dns(sealer_keys: SealerKeys) -> Iterator[DnsServer]:
             "@ IN A 192.0.2.10",
         )
     )
-    server.add_zone(zone(sealer_keys.forwarder, '@ IN TXT "v=spf1 ip4:198.51.100.0/24 -all"'))
+    forwarder_spf = '@ IN TXT "v=spf1 ip4:198.51.100.0/24 ip4:127.0.0.1 -all"'
+    server.add_zone(zone(sealer_keys.forwarder, forwarder_spf))
     server.add_zone(zone(sealer_keys.lists, '@ IN TXT "v=spf1 ip4:203.0.113.0/24 -all"'))
     server.add_zone(zone(sealer_keys.ours))
     yield server
