@@ -1,0 +1,66 @@
+"""The arc plugin on the milter listener behind a real Postfix: the incoming chain is
+validated as Postfix handed it over, and the seal goes back as three insert-header actions
+(milter protocol 6 and 2) that Postfix writes and dkimpy then validates."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from mailgate import Transaction, hookimpl
+from mailgate.config import load_settings
+from mailgate.plugins.arc import Arc, ArcSettings
+from tests.milter.gate import open_gate
+from tests.peers.dns import DnsServer
+from tests.peers.workdir import PeerDirs
+from tests.plugins.arc.conftest import (
+    FORWARDER,
+    OURS,
+    SealerKeys,
+    chain,
+    dkimpy_verdict,
+    dns_settings,
+)
+
+
+class ResultHeader:
+    """Writes the arc result into a header, so the test reads it from the delivered mail."""
+
+    reads: frozenset[str] = frozenset()
+
+    @hookimpl
+    def on_message(self, transaction: Transaction) -> None:
+        found = transaction.results["arc"]
+        sealers = ",".join(found.details["sealers"])
+        transaction.add_header("X-Arc-Result", f"{found.result} {sealers}")
+
+
+@pytest.mark.parametrize("protocol", [6, 2])
+def test_a_chain_is_validated_and_sealed_behind_postfix(
+    arc_dns: DnsServer, sealer_keys: SealerKeys, peer_dirs: PeerDirs, protocol: int
+) -> None:
+    table = {
+        "seal_when": "true",
+        "authserv_id": "mx.mailgate.example.org",
+        "seal": {
+            "domain": OURS,
+            "selector": "seal1",
+            "key_file": str(sealer_keys.ours.private_key),
+        },
+    }
+    arc = Arc(load_settings(ArcSettings, table, source="87-arc.toml"), dns=dns_settings(arc_dns))
+    incoming = chain(sealer_keys, 2)
+    with open_gate(peer_dirs.new("postfix"), [("arc", "inet:127.0.0.1:0")]) as gate:
+        gate.chain.use(arc, ResultHeader())
+        [route] = [r for r in gate.routes if r.protocol == protocol]
+        argv = ["swaks", "--server", f"127.0.0.1:{route.port}", "--from", f"bounce@{FORWARDER}"]
+        argv += ["--to", "bob@local.test", "--timeout", "20", "--data", "-"]
+        done = subprocess.run(argv, input=incoming, capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stdout
+        [delivered] = gate.postfix.wait_for_delivered(1)
+    data = delivered.data.replace(b"\n", b"\r\n")
+    assert b"X-Arc-Result: pass arc.example.com,fwd.example.net" in data
+    assert data.count(b"ARC-Seal: ") == 3
+    assert b"ARC-Seal: i=3; cv=pass; a=rsa-sha256; d=mailgate.example.org; s=seal1;" in data
+    assert dkimpy_verdict(arc_dns, data) == (b"pass", "success")
