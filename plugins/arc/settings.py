@@ -87,7 +87,7 @@ class ArcSettings:
             raise ValueError(f"trusted_sealers domain names, and {bad[0]!r} is not one")
         self.trusted_sealers = [normalize(d) for d in self.trusted_sealers]
         if self.seal_when.source.strip() != "false" and self.seal is None:
-            raise ValueError("seal_when seals mail, so a [seal] table (domain, selector, key_file)")
+            raise ValueError("seal_when needs a [seal] table (domain, selector, key_file)")
         lowered = {h.lower() for h in self.headers}
         if "from" not in lowered:
             raise ValueError("headers must include From (RFC 6376 5.4)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import dkim
@@ -12,6 +13,7 @@ import pytest
 
 from mailgate import Address, Session, Transaction
 from mailgate.config import ConfigError, load_settings
+from mailgate.loader import load_config
 from mailgate.modifications import InsertHeader
 from mailgate.plugins.arc import Arc, ArcSettings
 from tests.peers.dns import DnsServer
@@ -230,3 +232,13 @@ def test_the_default_is_verify_only() -> None:
     settings = load({})
     assert settings.verify and settings.seal is None
     assert settings.seal_when.source == "false"
+
+
+def test_shipped_conf_d_file_is_disabled_and_valid(tmp_path: Path) -> None:
+    text = (Path(__file__).parents[3] / "conf.d" / "87-arc.toml").read_text()
+    path = tmp_path / "87-arc.toml"
+    path.write_text(text)
+    assert load_config(tmp_path).disabled == [("arc", str(path))]
+    path.write_text(text.replace("enabled = false", "enabled = true"))
+    [plugin] = [p for p in load_config(tmp_path).pipeline().plugins if p.name == "arc"]
+    assert isinstance(plugin.instance, Arc)
