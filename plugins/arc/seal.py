@@ -38,11 +38,11 @@ def seal_message(
     """The ARC-Seal, ARC-Message-Signature and ARC-Authentication-Results of the next instance,
     as ``(name, value)`` in that order (top to bottom), values folded with CRLF."""
     head = f"Authentication-Results: {authserv_id}; {resinfo}\r\n".encode()
-    signer = dkim.ARC(head + data, logger=_dkimpy_log, linesep=b"\r\n")
-    signer.should_not_sign.discard(b"dkim-signature")  # RFC 8617 recommends covering them
-    present = {name.lower() for name, _ in signer.headers}
-    include = [h.lower().encode() for h in headers if h.lower().encode() in present]
     try:
+        signer = dkim.ARC(head + data, logger=_dkimpy_log, linesep=b"\r\n")
+        signer.should_not_sign.discard(b"dkim-signature")  # RFC 8617 recommends covering them
+        present = {name.lower() for name, _ in signer.headers}
+        include = [h.lower().encode() for h in headers if h.lower().encode() in present]
         made = signer.sign(
             selector.encode(),
             domain.encode(),
@@ -53,6 +53,8 @@ def seal_message(
         )
     except dkim.DKIMException as exc:
         raise SealRefused(" ".join(str(exc).split()) or type(exc).__name__) from None
+    except Exception as exc:  # dkimpy's parsers let others through on hostile ARC fields
+        raise SealRefused(f"{type(exc).__name__}: {' '.join(str(exc).split())}") from None
     if not made:
         raise SealRefused("the chain was not continued (no arc= result for an existing chain)")
     fields = []

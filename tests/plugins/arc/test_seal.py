@@ -3,6 +3,7 @@ ARC-Authentication-Results says) checked by dkimpy's ARC validator, and its sett
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any
 
 import dkim
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mailgate import Address, Session, Transaction
 from mailgate.config import ConfigError, load_settings
@@ -242,3 +245,21 @@ def test_shipped_conf_d_file_is_disabled_and_valid(tmp_path: Path) -> None:
     path.write_text(text.replace("enabled = false", "enabled = true"))
     [plugin] = [p for p in load_config(tmp_path).pipeline().plugins if p.name == "arc"]
     assert isinstance(plugin.instance, Arc)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_sealing_a_mangled_chain_never_raises(
+    arc_dns: DnsServer, sealer_keys: SealerKeys, data: st.DataObject
+) -> None:
+    """A chain with random bytes replaced is sealed (cv=fail, most often) or left alone."""
+    message = chain(sealer_keys, 2)
+    head = message.index(b"\r\nFrom:")
+    at = data.draw(st.integers(0, head - 1))
+    size = data.draw(st.integers(1, 12))
+    junk = data.draw(st.binary(min_size=0, max_size=12).filter(lambda b: b"\n" not in b))
+    mangled = message[:at] + junk + message[at + size :]
+    tx, _ = asyncio.run(run(plugin(arc_dns, sealer_keys), mangled))
+    assert len(tx.modifications) in (0, 3)

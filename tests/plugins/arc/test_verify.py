@@ -10,10 +10,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mailgate import Address, Session, Transaction
 from mailgate.config import load_settings
 from mailgate.plugins.arc import Arc, ArcSettings
+from mailgate.plugins.arc.chain import validate
 from tests.peers.dns import DnsServer
 from tests.plugins import messages
 from tests.plugins.arc.conftest import (
@@ -244,3 +247,22 @@ async def test_the_chain_is_checked_as_it_arrived(
     tx.change_header("Subject", "[EXTERNAL] forwarded")
     await p.on_message(Session("192.0.2.1"), tx, tx.message)
     assert tx.results["arc"].result == "pass"
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_a_mangled_chain_never_raises(
+    arc_dns: DnsServer, sealer_keys: SealerKeys, data: st.DataObject
+) -> None:
+    """Bytes of the ARC header block replaced at random: the result is always one of the
+    three, and the plugin never raises (dkimpy's parsers do, on some of these)."""
+    message = chain(sealer_keys, 2)
+    head = message.index(b"\r\nFrom:")
+    at = data.draw(st.integers(0, head - 1))
+    size = data.draw(st.integers(1, 12))
+    junk = data.draw(st.binary(min_size=0, max_size=12).filter(lambda b: b"\n" not in b))
+    mangled = message[:at] + junk + message[at + size :]
+    found = validate(mangled, arc_dns.resolver(), timeout=5.0)
+    assert found.result in ("none", "pass", "fail")
