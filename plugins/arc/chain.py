@@ -3,14 +3,15 @@
 Two steps. First the chain's form, from the header fields alone (no lookup): every ARC header
 field has an instance ``i=`` in 1..50, each instance has exactly one ARC-Authentication-Results,
 ARC-Message-Signature and ARC-Seal, the instances run 1..N without a gap, the seals' ``cv=``
-say ``none`` for i=1 and ``pass`` above it (a ``fail`` anywhere ends the chain), and the
-algorithms are ones RFC 8301 allows. Then the cryptography, by dkimpy (``dkim.ARC.verify``):
+say ``none`` for i=1 and ``pass`` above it (a ``fail`` anywhere ends the chain), and every
+``a=`` is ``rsa-sha256``. Then the cryptography, by dkimpy (``dkim.ARC.verify``):
 the newest ARC-Message-Signature and every ARC-Seal, with their keys looked up through the
 dkim plugin's `KeyLookup` (the configured resolver, one deadline for the whole chain).
 
-dkimpy checks the ``cv=`` rules too, but it lets any ``cv=`` other than ``none`` and ``fail``
-pass above i=1, does not bound the instance numbers, ignores a header field with ``i=0`` and
-accepts rsa-sha1: the first step closes those gaps before any DNS query is made.
+dkimpy checks most of the form too, but only as it goes, after key lookups, and with reasons
+such as "Incomplete ARC set for instance 2"; its validator has no upper bound on the instances
+(only its signer does). The first step gives each rule its own reason, bounds the instances at
+50 and spends no DNS query on a chain that cannot pass.
 
 RFC 8617 knows three chain results: ``none``, ``pass`` and ``fail``. A key lookup that times
 out therefore fails the chain (the reason says the failure was temporary, and the result's
@@ -40,7 +41,9 @@ ChainResult = Literal["none", "pass", "fail"]
 MAX_INSTANCE = 50
 """RFC 8617 4.2.1: instances run from 1 to at most 50."""
 
-ACCEPTED_ALGORITHMS = frozenset({"rsa-sha256", "ed25519-sha256"})
+ACCEPTED_ALGORITHMS = frozenset({"rsa-sha256"})
+"""The one algorithm dkimpy's ARC validator knows (``ARC_HASH_ALGORITHMS``); rsa-sha1 is out
+anyway (RFC 8301)."""
 
 AAR = "arc-authentication-results"
 AMS = "arc-message-signature"
