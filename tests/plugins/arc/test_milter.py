@@ -23,6 +23,8 @@ from tests.plugins.arc.conftest import (
     dns_settings,
 )
 
+ARC_NAMES = ("ARC-Seal", "ARC-Message-Signature", "ARC-Authentication-Results")
+
 
 class ResultHeader:
     """Writes the arc result into a header, so the test reads it from the delivered mail."""
@@ -64,3 +66,6 @@ def test_a_chain_is_validated_and_sealed_behind_postfix(
     assert data.count(b"ARC-Seal: ") == 3
     assert b"ARC-Seal: i=3; cv=pass; a=rsa-sha256; d=mailgate.example.org; s=seal1;" in data
     assert dkimpy_verdict(arc_dns, data) == (b"pass", "success")
+    order = [data.index(f"{name}: i=3;".encode()) for name in ARC_NAMES]
+    assert order == sorted(order)  # inserted as a block, ARC-Seal on top
+    assert data.index(b"ARC-Authentication-Results: i=3;") < data.index(b"ARC-Seal: i=2;")
