@@ -114,7 +114,7 @@ def validate(
 ) -> Validation:
     """Validate the chain of `data` (a whole message, CRLF lines)."""
     try:
-        arc = dkim.ARC(data, logger=_dkimpy_log, minkey=MIN_RSA_BITS)
+        arc = dkim.ARC(_spaced(data), logger=_dkimpy_log, minkey=MIN_RSA_BITS)
     except dkim.DKIMException as exc:
         return Validation("fail", f"message not verifiable: {_one_line(str(exc))}")
     fields = [(n.lower().decode("ascii", "replace"), v) for n, v in arc.headers]
@@ -241,6 +241,17 @@ def _oldest_pass(sets: list[ArcSet]) -> int:
             break
         oldest = arc_set.instance
     return oldest
+
+
+_AMS_UNSPACED = re.compile(rb"(?im)^(arc-message-signature:)(?=\S)")
+
+
+def _spaced(data: bytes) -> bytes:
+    """`data` with a space after ``ARC-Message-Signature:`` where there was none: dkimpy finds
+    the field by `` i=N;`` and raises IndexError without the space, which relaxed
+    canonicalization (the only one ARC uses) ignores anyway."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    return _AMS_UNSPACED.sub(rb"\1 ", head) + sep + body
 
 
 def _tags(value: bytes) -> dict[bytes, bytes]:

@@ -167,6 +167,18 @@ async def test_a_malformed_chain_fails(
     assert (tx.results["arc"].result, tx.results["arc"].reason) == ("fail", reason)
 
 
+async def test_a_signature_field_without_a_space_after_the_colon_passes(
+    arc_dns: DnsServer, sealer_keys: SealerKeys
+) -> None:
+    """``ARC-Message-Signature:i=2;`` is the same field under relaxed canonicalization (dkimpy
+    alone raises IndexError on it)."""
+    data = chain(sealer_keys, 2).replace(b"ARC-Message-Signature: i=", b"ARC-Message-Signature:i=")
+    with pytest.raises(IndexError):
+        dkimpy_verdict(arc_dns, data)
+    tx = await verify(plugin(arc_dns), data)
+    assert (tx.results["arc"].result, tx.results["arc"].reason) == ("pass", "")
+
+
 async def test_a_gap_in_the_instances_fails(arc_dns: DnsServer, sealer_keys: SealerKeys) -> None:
     data = re.sub(rb"(ARC-[A-Za-z-]+: )i=2;", rb"\g<1>i=3;", chain(sealer_keys, 2))
     tx = await verify(plugin(arc_dns), data)
