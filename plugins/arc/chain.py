@@ -115,8 +115,10 @@ def validate(
     """Validate the chain of `data` (a whole message, CRLF lines)."""
     try:
         arc = dkim.ARC(_spaced(data), logger=_dkimpy_log, minkey=MIN_RSA_BITS)
-    except dkim.DKIMException as exc:
-        return Validation("fail", f"message not verifiable: {_one_line(str(exc))}")
+    except Exception as exc:  # DKIMException, and IndexError for a header block that starts
+        # with a continuation line (found by the hypothesis test)
+        reason = _one_line(f"{type(exc).__name__}: {exc}")
+        return Validation("fail", f"message not verifiable: {reason}")
     fields = [(n.lower().decode("ascii", "replace"), v) for n, v in arc.headers]
     fields = [(n, v) for n, v in fields if n in _NAMES]
     if not fields:

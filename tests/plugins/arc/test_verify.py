@@ -179,6 +179,16 @@ async def test_a_signature_field_without_a_space_after_the_colon_passes(
     assert (tx.results["arc"].result, tx.results["arc"].reason) == ("pass", "")
 
 
+def test_a_header_block_starting_with_a_continuation_line_fails(
+    arc_dns: DnsServer, sealer_keys: SealerKeys
+) -> None:
+    """Found by the test below: dkimpy raises IndexError reading such a header block."""
+    data = chain(sealer_keys, 2).removeprefix(b"ARC-Seal:")
+    found = validate(data, arc_dns.resolver())
+    assert found.result == "fail"
+    assert found.reason == "message not verifiable: IndexError: list index out of range"
+
+
 async def test_a_gap_in_the_instances_fails(arc_dns: DnsServer, sealer_keys: SealerKeys) -> None:
     data = re.sub(rb"(ARC-[A-Za-z-]+: )i=2;", rb"\g<1>i=3;", chain(sealer_keys, 2))
     tx = await verify(plugin(arc_dns), data)
