@@ -1,9 +1,9 @@
 """Read a configuration directory and build everything it describes, checking every key.
 
 ``DIR/mailgate.toml`` (optional) holds the core tables: ``[mailgate]``, ``[logging]``,
-``[metrics]``, ``[dns]``, ``[[listener]]``, ``[relay]``, ``[relay_control]`` and
-``[sender_auth]``. Each ``DIR/NN-name.toml`` enables one plugin, in file-name order; the
-plugin is found by entry-point name in the group ``mailgate.plugins``.
+``[metrics]``, ``[dns]``, ``[[listener]]``, ``[relay]``, ``[store]``, ``[queue]``,
+``[relay_control]`` and ``[sender_auth]``. Each ``DIR/NN-name.toml`` enables one plugin, in
+file-name order; the plugin is found by entry-point name in the group ``mailgate.plugins``.
 Any mistake is a `mailgate.config.ConfigError` naming the file and the key; an enabled plugin
 whose class breaks the plugin contract (`mailgate.hookspecs`) is a `mailgate.config.PluginError`
 naming the file, the plugin, the hook and the reason.
@@ -36,8 +36,10 @@ from mailgate.plugin import ENTRY_POINT_GROUP
 from mailgate.plugins.relay_control import RelayControl
 from mailgate.plugins.sender_auth import SenderAuth
 from mailgate.policy.settings import PolicyListenerSettings
+from mailgate.queue.settings import QueueSettings
 from mailgate.relay import RelaySettings
 from mailgate.smtp.settings import SmtpListenerSettings
+from mailgate.store.settings import StoreSettings
 
 CORE_FILE = "mailgate.toml"
 PLUGIN_FILE = re.compile(r"^(\d+)-([A-Za-z0-9_.-]+)\.toml$")
@@ -111,6 +113,10 @@ class Config:
     dns: DnsSettings = field(default_factory=DnsSettings)
     listeners: list[ListenerConfig] = field(default_factory=list)
     relay: RelaySettings = field(default_factory=RelaySettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    queue: QueueSettings | None = None
+    """Set when there is a ``[queue]`` table or a listener with ``egress = "queue"``: the node
+    then opens the store and delivers from the queue."""
     relay_control: PluginConfig | None = None
     sender_auth: PluginConfig | None = None
     plugins: list[PluginConfig] = field(default_factory=list)
@@ -216,6 +222,8 @@ _CORE_KEYS = (
     "dns",
     "listener",
     "relay",
+    "store",
+    "queue",
     RELAY_CONTROL,
     SENDER_AUTH,
 )
@@ -252,6 +260,14 @@ def _core(table: dict[str, Any], source: str, path: Path | None) -> Config:
         raise ConfigError(source, "listener", listeners, "[[listener]] tables")
     for i, t in enumerate(listeners):
         config.listeners.append(_listener(t, source, f"listener[{i}]"))
+    config.store = load_settings(
+        StoreSettings, _table(table, "store", source), source=source, prefix="store"
+    )
+    queued = any(getattr(lc.settings, "egress", "") == "queue" for lc in config.listeners)
+    if "queue" in table or queued:
+        config.queue = load_settings(
+            QueueSettings, _table(table, "queue", source), source=source, prefix="queue"
+        )
     config.relay_control = _built_in(table, source, RELAY_CONTROL)
     config.sender_auth = _built_in(table, source, SENDER_AUTH)
     return config
