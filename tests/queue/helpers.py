@@ -175,11 +175,13 @@ class Load:
         self._threads = [threading.Thread(target=self._session) for _ in range(sessions)]
 
     def start(self) -> Load:
+        """Start every session."""
         for thread in self._threads:
             thread.start()
         return self
 
     def join(self) -> None:
+        """Wait for every session to end."""
         for thread in self._threads:
             thread.join(timeout=120)
 
