@@ -117,19 +117,30 @@ class DeliveryWorker:
     async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            free = self.settings.concurrency - len(self._deliveries)
-            claimed: list[str] = []
-            if free > 0:
-                claimed = await self._claim(free)
-            for queue_id in claimed:
-                delivery = asyncio.create_task(self._deliver(queue_id), name=f"deliver {queue_id}")
-                self._deliveries.add(delivery)
-                delivery.add_done_callback(self._done)
-            if free > 0 and len(claimed) == free:
-                continue  # more may be due
+            try:
+                more = await self._claim_and_start()
+            except Exception:
+                # A bug must not stop delivery for good: log it and look again later.
+                log.exception("delivery loop failed")
+                more = False
+            if more:
+                continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.poll_interval):
                     await self._wake.wait()
+
+    async def _claim_and_start(self) -> bool:
+        """Claim what this node has room for and start delivering it; True if more may be
+        due at once (every free slot was filled)."""
+        free = self.settings.concurrency - len(self._deliveries)
+        if free <= 0:
+            return False
+        claimed = await self._claim(free)
+        for queue_id in claimed:
+            delivery = asyncio.create_task(self._deliver(queue_id), name=f"deliver {queue_id}")
+            self._deliveries.add(delivery)
+            delivery.add_done_callback(self._done)
+        return len(claimed) == free
 
     def _done(self, delivery: asyncio.Task[None]) -> None:
         self._deliveries.discard(delivery)

@@ -325,14 +325,18 @@ def mailgate_executable() -> str:
     return found
 
 
-def mailgate(plugin_files: dict[str, str]) -> Callable[[int, SmtpSink, Path], list[str]]:
-    """Command builder for `mailgate serve` on a fresh config dir holding `plugin_files`."""
+def mailgate(
+    plugin_files: dict[str, str], core: str = ""
+) -> Callable[[int, SmtpSink, Path], list[str]]:
+    """Command builder for `mailgate serve` on a fresh config dir holding `plugin_files`;
+    `core` is added to its ``mailgate.toml`` (``{config}`` is replaced by the dir)."""
 
     def command(port: int, sink: SmtpSink, workdir: Path) -> list[str]:
         config = Path(tempfile.mkdtemp(prefix="conf-", dir=workdir))
         # Relay control keeps its default, which lets 127.0.0.0/8 relay.
         (config / "mailgate.toml").write_text(
             '[mailgate]\nhostname = "mailgate.bench.test"\n'
+            + core.replace("{config}", str(config))
             + os.environ.get("MAILGATE_BENCH_CONF", "")
         )
         for name, text in plugin_files.items():
@@ -358,6 +362,15 @@ name = "X-Bench"
 value = "mailgate"
 """
 
+QUEUE_CONF = """\
+# Store and forward into SQLite (WAL, synchronous=FULL) in the run's work dir; delivered to
+# the same sink (--relay). The 250 comes after the commit, not after the sink.
+[store]
+url = "sqlite:///{config}/queue.db"
+[[listener]]
+egress = "queue"
+"""
+
 SYSTEMS: dict[str, Callable[[], System]] = {
     "smtp-sink": lambda: SinkSystem("smtp-sink", lambda port, sink, workdir: []),
     "minimal-relay": lambda: System("minimal-relay", minimal_relay),
@@ -365,6 +378,7 @@ SYSTEMS: dict[str, Callable[[], System]] = {
     "mailgate+header": lambda: System(
         "mailgate+header", mailgate({"10-add_header.toml": ADD_HEADER_CONF})
     ),
+    "mailgate-queue": lambda: System("mailgate-queue", mailgate({}, QUEUE_CONF)),
 }
 """Every system the benchmark knows, in table order."""
 

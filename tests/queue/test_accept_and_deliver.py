@@ -133,8 +133,12 @@ async def test_sqlite_store_that_cannot_write_gets_451_not_250(
     url = f"sqlite:///{tmp_path}/store/locked.db"
     app = await queue_app(url, "127.0.0.1:9", store={"busy_timeout": 0.3})
     # Another process's writer holds the database: mailgate cannot commit.
-    holder = sqlite3.connect(f"{tmp_path}/store/locked.db", isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")
+    # (In a thread: waiting for the lock here must not stop mailgate's loop, which may be
+    # in the middle of a transaction of its own.)
+    holder = sqlite3.connect(
+        f"{tmp_path}/store/locked.db", isolation_level=None, check_same_thread=False
+    )
+    await asyncio.to_thread(holder.execute, "BEGIN EXCLUSIVE")
     try:
         code, text = await asyncio.to_thread(
             send, app.ports[0], ["b@example.org"], message("m5@q.test")
