@@ -136,8 +136,8 @@ class DeliveryWorker:
         if free <= 0:
             return False
         claimed = await self._claim(free)
-        for queue_id in claimed:
-            delivery = asyncio.create_task(self._deliver(queue_id), name=f"deliver {queue_id}")
+        for queued in claimed:
+            delivery = asyncio.create_task(self._deliver(queued), name=f"deliver {queued.id}")
             self._deliveries.add(delivery)
             delivery.add_done_callback(self._done)
         return len(claimed) == free
@@ -146,7 +146,7 @@ class DeliveryWorker:
         self._deliveries.discard(delivery)
         self._wake.set()
 
-    async def _claim(self, limit: int) -> list[str]:
+    async def _claim(self, limit: int) -> list[Queued]:
         claim = functools.partial(
             records.claim, node=self.node, lease_time=self.settings.lease_time, limit=limit
         )
@@ -156,27 +156,25 @@ class DeliveryWorker:
             log.warning("queue claim failed", error=_describe(exc))
             return []
 
-    async def _deliver(self, queue_id: str) -> None:
-        queued: Queued | None = None
+    async def _deliver(self, queued: Queued) -> None:
         outcomes: list[Outcome] = []
-        try:
-            async with asyncio.timeout(self.settings.lease_time / 2):
-                async with self.store.engine.connect() as conn:
-                    queued = await records.load(conn, queue_id)
-                if queued is not None:
-                    self.attempts += 1
+        if queued.recipients:
+            self.attempts += 1
+            try:
+                async with asyncio.timeout(self.settings.lease_time / 2):
                     outcomes = await self._attempt(queued)
-        except Exception as exc:
-            # A timeout, or the store failing on the read: try again after a back-off.
-            log.warning("delivery failed", queue_id=queue_id, error=_describe(exc))
-            if queued is not None:
-                failed = replies.lost(_describe(exc))
-                outcomes = self._all(queued, failed)
-        await self._record(queue_id, outcomes)
+            except Exception as exc:
+                # Cut off (the lease must not run out under us), or a bug: a back-off.
+                log.warning("delivery failed", queue_id=queued.id, error=_describe(exc))
+                outcomes = self._all(queued, replies.lost(_describe(exc)))
+        done = (
+            bool(outcomes) and queued.rest_delivered and all(o.state == DELIVERED for o in outcomes)
+        )
+        await self._record(queued.id, outcomes, done)
 
-    async def _record(self, queue_id: str, outcomes: list[Outcome]) -> None:
+    async def _record(self, queue_id: str, outcomes: list[Outcome], done: bool) -> None:
         write = functools.partial(
-            records.record, queue_id=queue_id, node=self.node, outcomes=outcomes
+            records.record, queue_id=queue_id, node=self.node, outcomes=outcomes, done=done
         )
         try:
             left = await self.writer.write(write)

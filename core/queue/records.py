@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from mailgate.session import Address, Transaction
 from mailgate.store.schema import (
     BOUNCED,
+    DELIVERED,
     PENDING,
     UNDELIVERED,
     messages,
@@ -96,13 +97,15 @@ class NewMessage:
         return self.id
 
 
-async def claim(conn: AsyncConnection, node: str, lease_time: float, limit: int) -> list[str]:
-    """Lease up to `limit` due messages to `node`; their ids, soonest due first.
+async def claim(conn: AsyncConnection, node: str, lease_time: float, limit: int) -> list[Queued]:
+    """Lease up to `limit` due messages to `node` and load them, soonest due first.
 
     Due: a recipient's retry time has come, and no lease is held or the holder's has expired
     (that node died or hung). On PostgreSQL the rows are picked with ``FOR UPDATE SKIP
     LOCKED``, so nodes claiming at once take different messages without waiting on each other;
-    SQLite has a single writer at a time.
+    SQLite has a single writer at a time. The leased rows come back with their content
+    (``RETURNING``), and the recipients of all of them in one more query: two statements for
+    the whole batch.
     """
     now = time.time()
     due = (
@@ -115,13 +118,55 @@ async def claim(conn: AsyncConnection, node: str, lease_time: float, limit: int)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    result = await conn.execute(
-        update(messages)
-        .where(messages.c.id.in_(due.scalar_subquery()))
-        .values(lease_owner=node, lease_until=now + lease_time)
-        .returning(messages.c.id)
+    leased = (
+        await conn.execute(
+            update(messages)
+            .where(messages.c.id.in_(due.scalar_subquery()))
+            .values(lease_owner=node, lease_until=now + lease_time)
+            .returning(
+                messages.c.id,
+                messages.c.sender,
+                messages.c.sender_params,
+                messages.c.created,
+                messages.c.header_size,
+                messages.c.content,
+            )
+        )
+    ).all()
+    if not leased:
+        return []
+    found = {
+        row.id: Queued(
+            row.id,
+            Address(row.sender, json.loads(row.sender_params)),
+            row.created,
+            row.header_size,
+            bytes(row.content),
+            [],
+        )
+        for row in leased
+    }
+    rcpts = await conn.execute(
+        select(
+            recipients.c.message_id,
+            recipients.c.position,
+            recipients.c.address,
+            recipients.c.params,
+            recipients.c.attempts,
+            recipients.c.state,
+            recipients.c.next_attempt,
+        )
+        .where(recipients.c.message_id.in_(list(found)))
+        .order_by(recipients.c.message_id, recipients.c.position)
     )
-    return list(result.scalars())
+    for r in rcpts:
+        queued = found[r.message_id]
+        if r.state in UNDELIVERED and r.next_attempt is not None and r.next_attempt <= now:
+            address = Address(r.address, json.loads(r.params))
+            queued.recipients.append(QueuedRecipient(r.position, address, r.attempts))
+        elif r.state != DELIVERED:
+            queued.rest_delivered = False
+    return list(found.values())
 
 
 async def release_leases(conn: AsyncConnection, node: str) -> int:
@@ -153,45 +198,10 @@ class Queued:
     header_size: int
     content: bytes
     recipients: list[QueuedRecipient]
-
-
-async def load(conn: AsyncConnection, queue_id: str) -> Queued | None:
-    """The message `queue_id` with its recipients due now; None if it is gone or none is due."""
-    row = (
-        await conn.execute(
-            select(
-                messages.c.sender,
-                messages.c.sender_params,
-                messages.c.created,
-                messages.c.header_size,
-                messages.c.content,
-            ).where(messages.c.id == queue_id)
-        )
-    ).first()
-    if row is None:
-        return None
-    rcpts = await conn.execute(
-        select(
-            recipients.c.position,
-            recipients.c.address,
-            recipients.c.params,
-            recipients.c.attempts,
-        )
-        .where(
-            recipients.c.message_id == queue_id,
-            recipients.c.state.in_(UNDELIVERED),
-            recipients.c.next_attempt <= time.time(),
-        )
-        .order_by(recipients.c.position)
-    )
-    due = [
-        QueuedRecipient(r.position, Address(r.address, json.loads(r.params)), r.attempts)
-        for r in rcpts
-    ]
-    if not due:
-        return None
-    sender = Address(row.sender, json.loads(row.sender_params))
-    return Queued(queue_id, sender, row.created, row.header_size, bytes(row.content), due)
+    """The recipients due now."""
+    rest_delivered: bool = True
+    """True when every other recipient of the message is delivered already: if the due ones
+    are delivered now, the message is done."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,12 +216,21 @@ class Outcome:
 
 
 async def record(
-    conn: AsyncConnection, queue_id: str, node: str, outcomes: Sequence[Outcome]
+    conn: AsyncConnection,
+    queue_id: str,
+    node: str,
+    outcomes: Sequence[Outcome],
+    done: bool = False,
 ) -> str:
     """Write the outcomes and release the lease; a message with every recipient delivered is
-    deleted. Returns what is left: ``done``, ``bounced`` (kept for the DSN to come) or
-    ``waiting`` (a recipient will be tried again)."""
+    deleted (in one statement when the caller knows it is `done`). Returns what is left:
+    ``done``, ``bounced`` (kept for the DSN to come) or ``waiting`` (a recipient will be
+    tried again)."""
     now = time.time()
+    if done:
+        # The recipients go with it (ON DELETE CASCADE).
+        await conn.execute(delete(messages).where(messages.c.id == queue_id))
+        return "done"
     if outcomes:
         await conn.execute(
             update(recipients)
@@ -249,7 +268,6 @@ async def record(
     ).one()
     due, waiting, bounced = left
     if not waiting and not bounced:
-        await conn.execute(delete(recipients).where(recipients.c.message_id == queue_id))
         await conn.execute(delete(messages).where(messages.c.id == queue_id))
         return "done"
     await conn.execute(
