@@ -85,10 +85,10 @@ class QueueTransaction:
         content = head + b"".join(message.iter_body())
         new = NewMessage.build(transaction, content, len(head), self._egress.node)
         try:
-            queue_id = await self._egress.writer.write(new.insert, size=len(content))
+            await self._egress.writer.insert(new.rows(), size=len(content))
         except Exception as exc:
             return unavailable(f"{type(exc).__name__}: {_first_line(exc)}")
-        transaction.queue_id = queue_id
+        queue_id = transaction.queue_id = new.id
         log.info("message queued", queue_id=queue_id, rcpts=len(new.recipients), size=len(content))
         self._egress._queued()
         return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")

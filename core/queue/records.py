@@ -17,6 +17,7 @@ from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailgate.session import Address, Transaction
+from mailgate.store import Rows
 from mailgate.store.schema import (
     BOUNCED,
     DELIVERED,
@@ -90,11 +91,9 @@ class NewMessage:
         ]
         return cls(queue_id, row, rcpts)
 
-    async def insert(self, conn: AsyncConnection) -> str:
-        """Insert the rows (inside the group commit); returns the queue id."""
-        await conn.execute(messages.insert(), self.message)
-        await conn.execute(recipients.insert(), self.recipients)
-        return self.id
+    def rows(self) -> Rows:
+        """The rows to insert (`GroupCommit.insert` merges them with the batch's others)."""
+        return Rows(((messages, [self.message]), (recipients, self.recipients)))
 
 
 async def claim(conn: AsyncConnection, node: str, lease_time: float, limit: int) -> list[Queued]:

@@ -6,7 +6,7 @@ in `mailgate.store.schema`. The queue uses it now; the DMARC reports and the qua
 """
 
 from mailgate.store.database import Store
-from mailgate.store.group_commit import GroupCommit
+from mailgate.store.group_commit import GroupCommit, Rows
 from mailgate.store.settings import StoreSettings
 
-__all__ = ["GroupCommit", "Store", "StoreSettings"]
+__all__ = ["GroupCommit", "Rows", "Store", "StoreSettings"]

@@ -6,6 +6,9 @@ content), runs them in order in one transaction and commits. While that commit i
 to the disk the next pieces gather, so the number of syncs per message falls as the load
 rises, without a timer that would make a lone message wait.
 
+Inserts handed in as `Rows` are merged: the rows of every such piece in a batch go in with one
+multi-row INSERT per table, so a batch of 20 accepted messages costs two statements, not 40.
+
 If the shared transaction fails, each piece is tried again in a transaction of its own, so one
 bad write does not fail the others. A piece whose writer stopped waiting (cancelled) before
 its transaction began is dropped.
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailgate.store.database import Store
@@ -34,9 +38,16 @@ class StoreClosed(RuntimeError):
     """The store is shutting down and takes no more writes."""
 
 
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """Rows to insert, table by table in order (a parent table before its children)."""
+
+    tables: tuple[tuple[Table, list[dict[str, Any]]], ...]
+
+
 @dataclass(slots=True)
 class _Piece:
-    work: Work
+    work: Work | Rows
     size: int
     future: asyncio.Future[Any]
 
@@ -80,6 +91,15 @@ class GroupCommit:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         await self._waiting.put(_Piece(work, size, future))
         return await future
+
+    async def insert(self, rows: Rows, size: int = 0) -> None:
+        """Insert `rows` in the next shared transaction (merged with the other inserts of the
+        batch); returns once committed. Raises as `write` does."""
+        if self._closed or self._task is None:
+            raise StoreClosed("the store is closed")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._waiting.put(_Piece(rows, size, future))
+        await future
 
     async def stop(self) -> None:
         """Commit what is waiting, then stop."""
@@ -129,7 +149,28 @@ class GroupCommit:
 
 
 async def _run_all(conn: AsyncConnection, batch: list[_Piece]) -> list[Any]:
-    return [await piece.work(conn) for piece in batch]
+    results: list[Any] = []
+    inserts: list[Rows] = []
+    for piece in batch:
+        if isinstance(piece.work, Rows):
+            inserts.append(piece.work)
+            results.append(None)
+            continue
+        await _insert(conn, inserts)  # what came before runs before
+        inserts = []
+        results.append(await piece.work(conn))
+    await _insert(conn, inserts)
+    return results
+
+
+async def _insert(conn: AsyncConnection, inserts: list[Rows]) -> None:
+    merged: dict[Table, list[dict[str, Any]]] = {}
+    for rows in inserts:
+        for table, values in rows.tables:
+            merged.setdefault(table, []).extend(values)
+    for table, values in merged.items():
+        if values:
+            await conn.execute(table.insert(), values)
 
 
 def _settle(
