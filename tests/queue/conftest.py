@@ -17,9 +17,10 @@ _databases = itertools.count(1)
 AppFactory = Callable[..., Awaitable[App]]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.peer)])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty store: an SQLite file, or a database of the session's PostgreSQL."""
+    """A fresh, empty store: an SQLite file, or a database of the session's PostgreSQL
+    (asked for at run time, so that variant carries the ``peer`` marker itself)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/store/mailgate.db"
     postgres = request.getfixturevalue("postgres")

@@ -110,3 +110,18 @@ async def test_a_store_that_cannot_be_opened_stops_the_start(tmp_path: Path) -> 
         await app.start()
     assert caught.value.key == "store.url"
     assert app.listeners == []
+
+
+def test_check_config_names_the_store_without_its_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mailgate.cli import main
+
+    (tmp_path / "mailgate.toml").write_text(
+        '[store]\nurl = "postgresql://mg:secret@db.example:5432/mg"\n'
+        '[queue]\nnext_hop = "smarthost.example:25"\n[[listener]]\naddress = "127.0.0.1:0"\n'
+    )
+    assert main(["check-config", "--config", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "queue: postgresql://mg:***@db.example:5432/mg -> smarthost.example:25" in out
+    assert "secret" not in out
