@@ -3,7 +3,9 @@ incoming headers go out."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -20,7 +22,9 @@ from mailgate.authentication_results import (
 from mailgate.authentication_results.header import WIDTH
 from mailgate.authentication_results.parse import claimed_id, parse
 from mailgate.authentication_results.syntax import SyntaxProblem, clean, is_token, pvalue
+from mailgate.config import ConfigError
 from mailgate.iprev import IPREV_NOTE, IprevResult
+from mailgate.loader import load_config
 from mailgate.message import Header, Message
 from mailgate.session import Address, Session, Transaction
 
@@ -364,3 +368,51 @@ def test_apply_does_nothing_when_switched_off() -> None:
 def test_a_bad_authserv_id_is_refused(authserv_id: str) -> None:
     with pytest.raises(ValueError, match="authserv_id"):
         AuthenticationResultsSettings(authserv_id=authserv_id)
+
+
+@given(st.text(st.characters(exclude_categories=["Cs"])) | st.text(alphabet=' \t\r\n();="\\.=/1a'))
+def test_any_text_is_read_or_refused_never_crashes(text: str) -> None:
+    with contextlib.suppress(SyntaxProblem):
+        parse(text)
+    claimed_id(text)
+    claimed_id(text, arc=True)
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+def test_the_configuration_turns_it_on_with_the_hostname_as_authserv_id(tmp_path: Path) -> None:
+    (tmp_path / "mailgate.toml").write_text('[mailgate]\nhostname = "mx1.example.net"\n')
+    pipeline = load_config(tmp_path).pipeline()
+    settings = pipeline.authentication_results
+    assert settings is not None and settings.authserv_id == "mx1.example.net"
+    assert settings.remove == "ours"
+    assert pipeline.reads("headers")  # the milter listener asks for them, to find forgeries
+    assert pipeline.client_names is not None
+
+
+def test_the_table_is_read_and_header_false_turns_it_off(tmp_path: Path) -> None:
+    core = tmp_path / "mailgate.toml"
+    core.write_text('[authentication_results]\nauthserv_id = "trusted.example"\nremove = "all"\n')
+    settings = load_config(tmp_path).pipeline().authentication_results
+    assert settings == AuthenticationResultsSettings(True, "trusted.example", "all")
+    core.write_text("[authentication_results]\nheader = false\n[dns]\nreverse_lookups = false\n")
+    pipeline = load_config(tmp_path).pipeline()
+    assert pipeline.authentication_results is None and pipeline.client_names is None
+    assert not pipeline.reads("headers")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('authserv_id = "two words "', "authentication_results.authserv_id"),
+        ('remove = "forged"', "authentication_results.remove"),
+        ('header = "yes"', "authentication_results.header"),
+        ("authserv = 1", "authentication_results.authserv"),
+    ],
+)
+def test_bad_settings_name_the_file_and_key(tmp_path: Path, text: str, key: str) -> None:
+    (tmp_path / "mailgate.toml").write_text(f"[authentication_results]\n{text}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    assert str(info.value).startswith(f"{tmp_path / 'mailgate.toml'}: {key}:")
