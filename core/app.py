@@ -24,6 +24,7 @@ import structlog
 
 from mailgate import preflight, reloading
 from mailgate.config import ConfigError
+from mailgate.dns import keep_cache
 from mailgate.egress import Egress
 from mailgate.loader import Config, load_config
 from mailgate.logging import configure_logging
@@ -189,6 +190,7 @@ class App:
                 milter=self.milter,
                 policy=self.policy,
             )
+            keep_cache(self.config.dns, config.dns)
             pipeline = config.pipeline()
             pipeline.observers = self.observers
         except ConfigError as exc:
