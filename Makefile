@@ -11,7 +11,7 @@ APT_PACKAGES := postfix postfix-pcre swaks clamav-daemon clamav-milter spamd spa
 	libmilter-dev publicsuffix gcc openssl sasl2-bin libsasl2-modules libsasl2-modules-db systemd \
 	prometheus
 
-.PHONY: run test venv peers lint typecheck unit bench-smoke bench clean
+.PHONY: run test venv peers lint typecheck unit bench-smoke bench fuzz clean
 
 run: $(VENV)/.installed-run
 	$(BIN)/mailgate serve --config $(CONFIG)
@@ -74,6 +74,13 @@ bench-smoke: venv peers
 
 bench: venv peers
 	$(BIN)/python -m tests.bench
+
+# Coverage-guided fuzzing of the SMTP command parser, the DATA reader with the dot-stuffer, the
+# milter codec and the policy parser (tests/fuzz); FUZZ_SECONDS is the whole budget. The corpus
+# grows in .fuzz/corpus between runs; a crash's input is left in .fuzz/crashes.
+FUZZ_SECONDS ?= 600
+fuzz: venv
+	$(BIN)/python -m tests.fuzz --seconds $(FUZZ_SECONDS)
 
 test: peers venv
 	$(MAKE) lint typecheck

@@ -26,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mailgate import preflight, reloading
 from mailgate.config import ConfigError
+from mailgate.dns import keep_cache
 from mailgate.egress import Egress
 from mailgate.loader import Config, load_config
 from mailgate.logging import configure_logging
@@ -207,6 +208,7 @@ class App:
                 milter=self.milter,
                 policy=self.policy,
             )
+            keep_cache(self.config.dns, config.dns)
             pipeline = config.pipeline()
             pipeline.observers = self.observers
         except ConfigError as exc:
@@ -215,6 +217,9 @@ class App:
                 self.metrics.reloaded(False)
             return False
         self.config, self.pipeline = config, pipeline
+        for listener in self.listeners:
+            if isinstance(listener, SmtpListener):
+                listener.reload_tls()
         if self.configure_logs:
             configure_logging(config.logging)
         self.reloads += 1

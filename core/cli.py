@@ -1,4 +1,5 @@
-"""The ``mailgate`` command: ``serve``, ``check-config``, ``reload``, ``plugins`` and ``try``."""
+"""The ``mailgate`` command: ``serve``, ``check-config``, ``reload``, ``plugins``, ``try`` and
+``dkim keygen``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 from mailgate import __version__
 from mailgate.config import ConfigError
 from mailgate.loader import Config, installed_plugins, load_config
+from mailgate.plugins.dkim import keygen as dkim_keygen
 
 if TYPE_CHECKING:
     from mailgate.trial import Trial
@@ -68,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
             "4: tempfail, 5: reject)",
         )
     )
+    dkim = sub.add_parser("dkim", help="DKIM keys (mailgate dkim keygen)", description="DKIM keys.")
+    dkim_keygen.add_commands(dkim)
     return parser
 
 
@@ -106,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _reload(args.config, args.pid_file)
         if args.command == "try":
             return _try(args)
+        if args.command == "dkim":
+            return dkim_keygen.run(args)
         if args.command == "check-config":
             return _check_config(args.config, args.listen, args.relay)
         config = load_config(args.config)

@@ -18,6 +18,11 @@ variables it names, built from the live `Session` and `Transaction`:
 ``size``           the message size: the SIZE parameter before the data, the real size after
                    (but still the SIZE parameter, or 0, on the milter listener when no plugin
                    reads the content: see ``reads`` in `mailgate.hookspecs`)
+``header_from``    ``{address, local, domain}``: the one address of the From: header at the end
+                   of data ("" parts before, and when From: is missing, repeated or has several
+                   addresses)
+``results``        what earlier plugins recorded: plugin name -> result word
+                   (``"arc" in results && results.arc == "pass"``)
 =================  =========================================================================
 
 Helpers: ``ip_in(ip, ["192.0.2.0/24", "2001:db8::/32"])`` (CIDR membership) and
@@ -27,6 +32,7 @@ Helpers: ``ip_in(ip, ["192.0.2.0/24", "2001:db8::/32"])`` (CIDR membership) and
 from __future__ import annotations
 
 import contextvars
+import email.utils
 import functools
 import ipaddress
 import re
@@ -37,6 +43,7 @@ import cel
 import structlog
 
 from mailgate.session import Address, Session, Transaction
+from mailgate.syntax import ascii_number
 
 log = structlog.get_logger("mailgate.expressions")
 
@@ -57,6 +64,8 @@ VARIABLES = frozenset(
         "rcpt",
         "rcpts",
         "size",
+        "header_from",
+        "results",
     }
 )
 """The names an expression may use."""
@@ -157,8 +166,8 @@ def _size(tx: Transaction | None) -> int:
         return tx.message.size
     for param in tx.sender.params:
         key, _, value = param.partition("=")
-        if key.upper() == "SIZE" and value.isdigit():
-            return int(value)
+        if key.upper() == "SIZE" and (size := ascii_number(value)) is not None:
+            return size
     return 0
 
 
@@ -175,6 +184,21 @@ def _sender(tx: Transaction | None) -> Address | None:
 
 def _rcpts(tx: Transaction | None) -> list[Address]:
     return tx.recipients if tx is not None else []
+
+
+def _header_from(tx: Transaction | None) -> Address | None:
+    """The From: header's one address, or None (no message yet, no usable single address)."""
+    if tx is None or tx.message is None:
+        return None
+    values = tx.message.get_all("From")
+    if len(values) != 1:
+        return None
+    addresses = [a for _, a in email.utils.getaddresses(values) if a]
+    return Address(addresses[0]) if len(addresses) == 1 else None
+
+
+def _results(tx: Transaction | None) -> dict[str, str]:
+    return {} if tx is None else {name: r.result for name, r in tx.results.items()}
 
 
 def _key(address: Address | None) -> str | None:
@@ -202,6 +226,11 @@ _FACTS: dict[str, tuple[_Fact, _Fact]] = {
         lambda s, t: [_addr_map(r) for r in _rcpts(t)],
     ),
     "size": (lambda s, t: _size(t), lambda s, t: _size(t)),
+    "header_from": (
+        lambda s, t: _key(_header_from(t)),
+        lambda s, t: _addr_map(_header_from(t)),
+    ),
+    "results": (lambda s, t: tuple(_results(t).items()), lambda s, t: _results(t)),
 }
 
 
@@ -258,7 +287,7 @@ class Expression:
             try:
                 result = self._run(session, tx)
             except Exception as exc:
-                raise ExpressionError(source, _clean(str(exc))) from None
+                raise ExpressionError(source, _sample_error(exc)) from None
             if boolean and not isinstance(result, bool):
                 kind = type(result).__name__
                 raise ExpressionError(source, f"evaluates to {kind}, expected a bool")
@@ -286,6 +315,12 @@ class Expression:
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
+
+
+def _sample_error(exc: Exception) -> str:
+    if isinstance(exc, KeyError):  # results.arc on a transaction without an arc result
+        return f"no key {exc} in a sample session: test for it first ({exc} in map)"
+    return _clean(str(exc))
 
 
 def _clean(message: str) -> str:

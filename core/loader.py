@@ -1,8 +1,8 @@
 """Read a configuration directory and build everything it describes, checking every key.
 
 ``DIR/mailgate.toml`` (optional) holds the core tables: ``[mailgate]``, ``[logging]``,
-``[metrics]``, ``[dns]``, ``[[listener]]``, ``[relay]``, ``[store]``, ``[queue]``,
-``[relay_control]`` and ``[sender_auth]``. Each ``DIR/NN-name.toml`` enables one plugin, in
+``[metrics]``, ``[dns]``, ``[authentication_results]``, ``[[listener]]``, ``[relay]``,
+``[store]``, ``[queue]``, ``[relay_control]`` and ``[sender_auth]``. Each ``DIR/NN-name.toml`` enables one plugin, in
 file-name order; the plugin is found by entry-point name in the group ``mailgate.plugins``.
 Any mistake is a `mailgate.config.ConfigError` naming the file and the key; an enabled plugin
 whose class breaks the plugin contract (`mailgate.hookspecs`) is a `mailgate.config.PluginError`
@@ -24,12 +24,14 @@ from typing import Any
 
 import pluggy
 
+from mailgate.authentication_results import AuthenticationResultsSettings
 from mailgate.config import ConfigError, PluginError, is_host_port, load_settings
 from mailgate.config.errors import Text
 from mailgate.contract import ContractError, check_plugin_class
 from mailgate.dns import DnsSettings
 from mailgate.event_loop import EventLoopChoice, uvloop_available
 from mailgate.expressions import Expression, ExpressionError
+from mailgate.iprev import ClientNames
 from mailgate.logging import LoggingSettings
 from mailgate.pipeline import MESSAGE_PARTS, EnabledPlugin, ErrorPolicy, Pipeline, declared_reads
 from mailgate.plugin import ENTRY_POINT_GROUP
@@ -111,6 +113,9 @@ class Config:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     dns: DnsSettings = field(default_factory=DnsSettings)
+    authentication_results: AuthenticationResultsSettings = field(
+        default_factory=AuthenticationResultsSettings
+    )
     listeners: list[ListenerConfig] = field(default_factory=list)
     relay: RelaySettings = field(default_factory=RelaySettings)
     store: StoreSettings = field(default_factory=StoreSettings)
@@ -141,12 +146,19 @@ class Config:
                 e.name = f"{e.name}:{Path(e.source).stem}"
             seen.add(e.name)
         try:
-            return Pipeline(enabled)
+            pipeline = Pipeline(enabled)
         except pluggy.PluginValidationError as exc:
             # The class was checked at load; pluggy may still refuse what an instance added.
             e = next(e for e in enabled if e.instance is exc.plugin)
             reason = " ".join(str(exc).split())
             raise PluginError(e.source, e.name, "", f"refused by pluggy: {reason}") from None
+        if self.dns.reverse_lookups:
+            pipeline.client_names = ClientNames(self.dns)
+        results = self.authentication_results
+        if results.header:
+            authserv_id = results.authserv_id or self.mailgate.hostname
+            pipeline.authentication_results = dataclasses.replace(results, authserv_id=authserv_id)
+        return pipeline
 
 
 def installed_plugins() -> dict[str, importlib.metadata.EntryPoint]:
@@ -220,6 +232,7 @@ _CORE_KEYS = (
     "logging",
     "metrics",
     "dns",
+    "authentication_results",
     "listener",
     "relay",
     "store",
@@ -251,6 +264,12 @@ def _core(table: dict[str, Any], source: str, path: Path | None) -> Config:
     config.metrics = _metrics(_table(table, "metrics", source), source)
     config.dns = load_settings(
         DnsSettings, _table(table, "dns", source), source=source, prefix="dns"
+    )
+    config.authentication_results = load_settings(
+        AuthenticationResultsSettings,
+        _table(table, "authentication_results", source),
+        source=source,
+        prefix="authentication_results",
     )
     relay = _table(table, "relay", source)
     _check_address(relay.get("address", "127.0.0.1:25"), source, "relay.address")

@@ -42,9 +42,10 @@ class Header:
         return f"{self.name}:{self.raw_value}\r\n".encode("utf-8", "surrogateescape")
 
 
-def new_spool(threshold: int = DEFAULT_SPOOL_THRESHOLD) -> IO[bytes]:
-    """A binary file that stays in memory up to `threshold` bytes, then moves to disk."""
-    return tempfile.SpooledTemporaryFile(max_size=threshold, mode="w+b")
+def new_spool(threshold: int = DEFAULT_SPOOL_THRESHOLD, directory: str | None = None) -> IO[bytes]:
+    """A binary file that stays in memory up to `threshold` bytes, then moves to an unnamed
+    (already unlinked) file in `directory` (the system's temporary directory by default)."""
+    return tempfile.SpooledTemporaryFile(max_size=threshold, mode="w+b", dir=directory or None)
 
 
 class Message:

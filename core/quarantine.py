@@ -48,7 +48,7 @@ class QuarantineStore:
     def _store(self, session: Session, transaction: Transaction, reason: str) -> QuarantinedMessage:
         if transaction.message is None:
             raise ValueError("quarantine needs the message (end of data)")
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         qid = f"{time.strftime('%Y%m%dT%H%M%S')}-{transaction.id}"
         eml = self.directory / f"{qid}.eml"
         sidecar = self.directory / f"{qid}.json"
@@ -92,7 +92,8 @@ def _atomic(path: Path) -> Iterator[BinaryIO]:
     """A binary file written under a temporary name and renamed into place when complete."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with tmp.open("wb") as f:
+        # Private to mailgate's user: a held message is somebody's mail.
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -78,6 +78,8 @@ class MilterConnection:
         self.out: list[bytes] = []
         self.closing = False
         self.connect_verdict: Verdict | None = None
+        self._header_bytes = 0
+        self._macro_bytes = 0
         self._deadline = 0.0
         self._reading = False
         self._idle_expired = False
@@ -185,14 +187,31 @@ class MilterConnection:
 
     async def _macro(self, frame: c.Macro) -> None:
         # Postfix repeats the same macros (the queue id) before every header and body chunk.
-        if frame.macros != self._macro_pairs:
+        changed = frame.macros != self._macro_pairs
+        if changed:
             self._macro_pairs = frame.macros
             self._decoded_macros = decode_macros(frame.macros)
         self.macros = self._decoded_macros
         if self.flow is not None:
-            update_session(self.flow.session, self.macros)
+            if changed:
+                self._keep_macros(self.flow.session.macros, self.macros)
+                update_session(self.flow.session, self.macros)
             if self.flow.tx is not None:
                 update_transaction(self.flow.tx, self.macros)
+
+    def _keep_macros(self, kept: dict[str, str], new: dict[str, str]) -> None:
+        """Count what `new` adds to the session's macros; past the limits, close."""
+        added = sum(1 for name in new if name not in kept)
+        grown = sum(
+            len(value) - (len(kept[name]) if name in kept else -len(name))
+            for name, value in new.items()
+        )
+        self._macro_bytes += grown
+        s = self.settings
+        if len(kept) + added > s.max_macros or self._macro_bytes > s.max_macro_bytes:
+            raise c.MilterProtocolError(
+                f"macros over the limit ({s.max_macros} names, {s.max_macro_bytes} bytes a session)"
+            )
 
     async def _helo(self, frame: c.Helo) -> None:
         await self.on_helo(frame.name.decode("utf-8", "surrogateescape"))
@@ -215,11 +234,14 @@ class MilterConnection:
         self.answer(Command.EOH, await flow.headers(self.headers))
 
     async def _body(self, frame: c.Body) -> None:
-        self.body().write(frame.chunk)
+        assert self.agreed is not None
+        if "body" not in self.agreed.withheld:  # a body the MTA was asked not to send is dropped
+            self.body().write(frame.chunk)
         self.answer(Command.BODY, None)
 
     async def _end_of_message(self, frame: c.EndOfMessage) -> None:
-        if frame.chunk:
+        assert self.agreed is not None
+        if frame.chunk and "body" not in self.agreed.withheld:
             self.body().write(frame.chunk)
         await self.on_end_of_message()
 
@@ -261,6 +283,8 @@ class MilterConnection:
     async def open_session(self, frame: c.Connect) -> SessionFlow:
         """A new SMTP session: its flow, opened (``on_connect``)."""
         session = new_session(frame, self.macros, self.settings.name)
+        self._macro_bytes = 0
+        self._keep_macros({}, dict(session.macros))
         self.flow = SessionFlow(self.pipeline, session, self.egress)
         self.connect_verdict = await self.flow.open()
         return self.flow
@@ -305,8 +329,18 @@ class MilterConnection:
         self.answer(Command.RCPT, await flow.rcpt(recipient))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """One header: kept as it will be written, with CRLF inside folded values."""
+        """One header: kept as it will be written, with CRLF inside folded values. A header the
+        MTA was asked not to send is not kept; past the limits the connection closes."""
         assert self.agreed is not None
+        if "headers" in self.agreed.withheld:
+            self.answer(Command.HEADER, None)
+            return
+        self._header_bytes += len(name) + len(value)
+        s = self.settings
+        if len(self.headers) >= s.max_headers or self._header_bytes > s.max_header_bytes:
+            raise c.MilterProtocolError(
+                f"headers over the limit ({s.max_headers} fields, {s.max_header_bytes} bytes)"
+            )
         text = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         raw = text.decode("utf-8", "surrogateescape")
         key = name.decode("utf-8", "surrogateescape")
@@ -382,6 +416,7 @@ class MilterConnection:
             self.spool.close()
             self.spool = None
         self.headers = []
+        self._header_bytes = 0
 
     async def end_session(self) -> None:
         """The SMTP session is over: the flow closes it (`on_disconnect` once)."""
@@ -390,6 +425,7 @@ class MilterConnection:
         if flow is not None:
             await flow.close("aborted by the MTA: session ended")
         self.macros = {}
+        self._macro_bytes = 0
 
 
 _ENCODED_OPTNEG: dict[c.OptNegReply, bytes] = {}

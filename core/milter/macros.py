@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mailgate.milter.codec import Connect
 from mailgate.session import Session, Transaction
+from mailgate.syntax import ascii_port
 from mailgate.verdict import Verdict
 
 
@@ -31,8 +32,8 @@ def new_session(connect: Connect, macros: dict[str, str], listener: str) -> Sess
     if name.startswith("[") or name == "unknown":
         name = ""
     port = connect.port if connect.family in (b"4", b"6") else 0
-    if not port and macros.get("client_port", "").isdigit():
-        port = int(macros["client_port"])
+    if not port:
+        port = ascii_port(macros.get("client_port", "")) or 0
     session = Session(client_ip=_ip(address), client_port=port, client_name=name, listener=listener)
     session.ingress = "milter"
     update_session(session, macros)

@@ -25,6 +25,16 @@ class MilterListenerSettings:
     """Largest milter frame accepted, in bytes; a larger one closes the connection."""
     socket_mode: int = 0o660
     """Permissions of a unix socket: Postfix's smtpd (user ``postfix``) must be able to connect."""
+    max_headers: int = 10_000
+    """Header fields kept for one message; one more closes the connection (the MTA then applies
+    its ``milter_default_action``). Postfix sends each header of the message once."""
+    max_header_bytes: int = 16 * 1024 * 1024
+    """Bytes of header fields kept for one message; more closes the connection."""
+    max_macros: int = 1000
+    """Distinct macro names kept for one SMTP session (Postfix sends a few dozen); more closes
+    the connection."""
+    max_macro_bytes: int = 1024 * 1024
+    """Bytes of macro names and values kept for one SMTP session; more closes the connection."""
     progress_interval: float = 10.0
     """While the end-of-message plugins run longer than this, send SMFIR_PROGRESS every this
     many seconds (protocol 6 only), so the MTA's content timeout does not expire; 0: never."""
@@ -35,6 +45,9 @@ class MilterListenerSettings:
             raise ValueError("max_frame must be at least 65536 (one body chunk)")
         if self.idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive")
+        for name in ("max_headers", "max_header_bytes", "max_macros", "max_macro_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
         if self.progress_interval < 0:
             raise ValueError("progress_interval must be 0 (off) or positive")
 

@@ -42,6 +42,7 @@ from mailgate.policy.protocol import (
 from mailgate.policy.settings import PolicyListenerSettings
 from mailgate.session import Address, Session, Transaction
 from mailgate.smtp import replies
+from mailgate.syntax import ascii_number, ascii_port
 from mailgate.verdict import Verdict, VerdictKind, aborted
 
 log = structlog.get_logger("mailgate.policy")
@@ -53,6 +54,28 @@ _MAIL, _RCPT, _DATA, _EOM = 2, 3, 4, 5
 _WITHHELD = frozenset({"headers", "body"})
 _HEADERS = (m.AddHeader, m.InsertHeader)
 _WHOLE_MESSAGE = (VerdictKind.DISCARD, VerdictKind.QUARANTINE)
+
+
+_NUMBERS = {
+    "client_port": 5,
+    "server_port": 5,
+    "size": 20,
+    "recipient_count": 10,
+    "encryption_keysize": 10,
+}
+"""Numeric attributes and their most digits (Postfix sends ASCII digits, or nothing)."""
+
+
+def check_numbers(attrs: dict[str, str]) -> None:
+    """Raise `PolicyProtocolError` for a numeric attribute that is not ASCII digits (``²``), is
+    too long, or (ports) is over 65535: Postfix never sends one, so the peer is not Postfix."""
+    for name, digits in _NUMBERS.items():
+        value = attrs.get(name, "")
+        if not value:
+            continue
+        number = ascii_number(value, digits)
+        if number is None or (name.endswith("_port") and number > 65535):
+            raise PolicyProtocolError(f"attribute {name}: not a number: {value[:40]!r}")
 
 
 def session_key(attrs: dict[str, str]) -> tuple[str, str, str, str]:
@@ -68,10 +91,12 @@ def session_key(attrs: dict[str, str]) -> tuple[str, str, str, str]:
 def new_session(attrs: dict[str, str], listener: str) -> Session:
     """The session a request describes: client, reverse name, TLS and SASL facts."""
     port = attrs.get("client_port", "")
-    name = attrs.get("reverse_client_name", "") or attrs.get("client_name", "")
+    # client_name is Postfix's forward-confirmed name ("unknown" when it is not);
+    # reverse_client_name is the unconfirmed PTR, which anyone who controls the PTR can set.
+    name = attrs.get("client_name", "")
     session = Session(
         client_ip=attrs.get("client_address", ""),
-        client_port=int(port) if port.isdigit() else 0,
+        client_port=ascii_port(port) or 0,
         client_name="" if name == "unknown" else name,
         listener=listener,
     )
@@ -93,8 +118,8 @@ def update_session(session: Session, attrs: dict[str, str]) -> None:
 
 def new_sender(attrs: dict[str, str]) -> Address:
     """MAIL FROM as Postfix reports it; its ``size`` becomes the ``SIZE=`` parameter."""
-    size = attrs.get("size", "0")
-    params = [f"SIZE={size}"] if size.isdigit() and int(size) > 0 else []
+    size = ascii_number(attrs.get("size", "0")) or 0
+    params = [f"SIZE={size}"] if size > 0 else []
     return Address(attrs.get("sender", ""), params)
 
 
@@ -185,6 +210,7 @@ class PolicyConnection:
         if attrs.get("request") != "smtpd_access_policy":
             log.warning("unknown policy request", request=attrs.get("request", ""))
             return DUNNO
+        check_numbers(attrs)
         stage = _ORDER.get(attrs.get("protocol_state", "").upper())
         session = await self.open_session(attrs)
         if stage is None:  # VRFY, ETRN: no transaction involved
@@ -205,12 +231,20 @@ class PolicyConnection:
             await self.end_session()
             self.key = key
             self.pipeline = self._view(self.current_pipeline())
+            if len(attrs) > self.settings.max_attributes:
+                raise PolicyProtocolError(f"more than {self.settings.max_attributes} attributes")
             session = new_session(attrs, self.settings.name)
             self.flow = SessionFlow(self.pipeline, session, self.egress)
             verdict = await self.flow.open()
             if verdict is not None and verdict.kind is not VerdictKind.ACCEPT:
                 self.session_verdict = verdict
         else:
+            kept = self.flow.session.macros
+            added = sum(1 for name in attrs if name not in kept)
+            if len(kept) + added > self.settings.max_attributes:
+                raise PolicyProtocolError(
+                    f"more than {self.settings.max_attributes} attribute names in one session"
+                )
             update_session(self.flow.session, attrs)
         return self.flow.session
 
@@ -251,8 +285,8 @@ class PolicyConnection:
         if tx is not None:
             if attrs.get("queue_id"):
                 tx.queue_id = attrs["queue_id"]
-            size = attrs.get("size", "")
-            if size.isdigit() and int(size) > 0:
+            size = ascii_number(attrs.get("size", "")) or 0
+            if size > 0:
                 # SIZE= from MAIL FROM until the data is in, then the real size.
                 sender = tx.sender
                 sender.params = [p for p in sender.params if not p.upper().startswith("SIZE=")]

@@ -25,8 +25,13 @@ class PolicyListenerSettings:
     """Permissions of a unix socket: Postfix's smtpd (user ``postfix``) must be able to connect."""
     max_request: int = DEFAULT_MAX_REQUEST
     """Largest request accepted, in bytes; a larger (or malformed) one closes the connection."""
+    max_attributes: int = 1000
+    """Distinct attribute names kept for one SMTP session (Postfix sends about 40); more closes
+    the connection."""
 
     def __post_init__(self) -> None:
+        if self.max_attributes <= 0:
+            raise ValueError("max_attributes must be positive")
         try:
             SocketAddress.parse(self.address)
         except ValueError as exc:

@@ -49,11 +49,17 @@ class RelayEgress:
         self.name = f"relay {settings.address}"
         self.pool = ConnectionPool(settings)
         """The downstream connections; `pool.opened` counts connections made."""
+        self.open_transactions = 0
+        """Downstream transactions begun and not yet delivered or aborted."""
 
     async def begin(
         self, session: Session, transaction: Transaction
     ) -> tuple[Reply, RelayTransaction | None]:
         """Send MAIL FROM downstream; a 4xx reply (never an exception) if that is impossible."""
+        limit = self.settings.max_transactions
+        if limit and self.open_transactions >= limit:
+            log.info("downstream transaction limit reached", limit=limit)
+            return replies.TOO_MANY_TRANSACTIONS, None
         owner = client_identity(session, transaction) if self.settings.xclient else ""
         try:
             conn, reused = await self.pool.acquire(owner)
@@ -73,6 +79,7 @@ class RelayEgress:
         if not reply.ok:
             self.pool.release(conn)
             return reply, None
+        self.open_transactions += 1
         return reply, RelayTransaction(self, conn, transaction.sender)
 
     async def introduce(
@@ -116,6 +123,7 @@ class RelayTransaction:
 
     def __init__(self, egress: RelayEgress, conn: DownstreamConnection, sender: Address) -> None:
         self._egress = egress
+        self._counted = True
         self._conn: DownstreamConnection | None = conn
         self._sender: _Key = _key(sender)
         self._accepted: set[_Key] = set()
@@ -129,15 +137,22 @@ class RelayTransaction:
             reply = await _rcpt(conn, recipient)
         except DownstreamError as exc:
             self._conn = None
+            self._uncount()
             return exc.reply
         if reply.ok:
             self._accepted.add(_key(recipient))
         return reply
 
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._egress.open_transactions -= 1
+
     async def deliver(self, session: Session, transaction: Transaction) -> Reply:
         """Apply the final envelope, then send the message; the downstream's reply verbatim."""
         conn = self._conn
         self._conn = None
+        self._uncount()
         if conn is None:
             return replies.lost("transaction already ended")
         try:
@@ -210,6 +225,7 @@ class RelayTransaction:
         """The client gave up: RSET downstream and keep the connection if that worked."""
         conn = self._conn
         self._conn = None
+        self._uncount()
         if conn is not None:
             await self._reset(conn)
 

@@ -34,5 +34,8 @@ def lost(reason: str) -> Reply:
     return Reply(451, "4.4.2", "Downstream connection lost, try again later", failure=reason)
 
 
+TOO_MANY_TRANSACTIONS = Reply(451, "4.3.2", "Too many transactions in progress, try again later")
+"""`RelaySettings.max_transactions` downstream transactions are open already."""
+
 ENVELOPE_REFUSED = Reply(451, "4.3.0", "downstream refused the changed envelope; try again later")
 """The downstream refused part of an envelope the plugins changed: never a partial delivery."""

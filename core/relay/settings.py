@@ -25,6 +25,12 @@ class RelaySettings:
     idle_timeout: float = 30.0
     """Seconds an unused pooled connection stays open before it is closed with QUIT."""
 
+    max_transactions: int = 80
+    """Downstream transactions (MAIL FROM sent, message not yet handed over) open at once;
+    one more MAIL FROM gets ``451 4.3.2`` (0: no limit). Keep it below what the downstream
+    serves at once (Postfix: ``default_process_limit`` 100), so clients that open
+    transactions and stall cannot take every downstream process."""
+
     max_messages_per_connection: int = 1000
     """A connection is closed after this many transactions (0: no limit)."""
 
@@ -72,6 +78,8 @@ class RelaySettings:
             raise ValueError(f"starttls: expected one of {', '.join(STARTTLS_MODES)}")
         if self.pool_size < 0 or self.max_messages_per_connection < 0:
             raise ValueError("pool_size and max_messages_per_connection must be >= 0")
+        if self.max_transactions < 0:
+            raise ValueError("max_transactions must be >= 0")
         if self.chunk_size < 1024:
             raise ValueError("chunk_size: expected at least 1024 bytes")
         if parse_host_port(self.address, key="address")[1] == 0:

@@ -26,6 +26,11 @@ from mailgate.smtp.settings import SmtpListenerSettings
 log = structlog.get_logger("mailgate.smtp")
 
 
+class ResponseTooLong(Exception):
+    """An AUTH response line longer than RFC 4954 allows: the exchange ends with 500, and the
+    next line the client sent is read as a command, not as the rest of the exchange."""
+
+
 class Conversation(Protocol):
     """What the exchange needs from the connection."""
 
@@ -34,7 +39,8 @@ class Conversation(Protocol):
         ...
 
     async def challenge(self, text: str) -> str | None:
-        """Send ``334 text`` and read the response line; None when the client cancels (``*``)."""
+        """Send ``334 text`` and read the response line; None when the client cancels (``*``);
+        raises `ResponseTooLong` for a response over the limit."""
         ...
 
     async def flush(self) -> None:
@@ -87,6 +93,9 @@ class Authentication:
             credentials = await self._exchange(mechanism, initial or None, talk)
         except AuthSyntaxError:
             await talk.send(replies.AUTH_UNDECODABLE)
+            return
+        except ResponseTooLong:
+            await talk.send(replies.LINE_TOO_LONG)
             return
         if credentials is None:
             await talk.send(replies.AUTH_CANCELLED)

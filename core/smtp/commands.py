@@ -57,11 +57,15 @@ def _quoted_local_part(path: str) -> bool:
 
 
 def parse_params(text: str) -> dict[str, str | None] | None:
-    """ESMTP parameters as ``{"SIZE": "1000", "SMTPUTF8": None}``; None if one is malformed."""
+    """ESMTP parameters as ``{"SIZE": "1000", "SMTPUTF8": None}``; None if one is malformed or
+    given twice (RFC 5321 section 4.1.2: each keyword at most once)."""
     params: dict[str, str | None] = {}
     for word in text.split():
         match = _PARAM.match(word)
         if match is None:
             return None
-        params[match.group(1).upper()] = match.group(2)
+        keyword = match.group(1).upper()
+        if keyword in params:
+            return None
+        params[keyword] = match.group(2)
     return params

@@ -12,6 +12,7 @@ import asyncio
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import overload
 
 import structlog
 
@@ -23,17 +24,20 @@ from mailgate.quarantine import QuarantineStore
 from mailgate.session import Address, Session, Transaction
 from mailgate.smtp import replies
 from mailgate.smtp.auth import MAX_RESPONSE_LENGTH
-from mailgate.smtp.authentication import Authentication
+from mailgate.smtp.authentication import Authentication, ResponseTooLong
 from mailgate.smtp.commands import parse_params, parse_path
 from mailgate.smtp.data import DataReader
 from mailgate.smtp.settings import SmtpListenerSettings
 from mailgate.smtp.stream import SmtpStream, StreamClosed
 from mailgate.smtp.trace import PROTOCOL_NOTE, protocol_name
+from mailgate.syntax import ascii_number, valid_orcpt, valid_utf8, valid_xtext
 from mailgate.verdict import Verdict, VerdictKind
 
 log = structlog.get_logger("mailgate.smtp")
 
 _BODY_VALUES = ("7BIT", "8BITMIME")
+_MAX_ENVID = 100
+"""RFC 3461 section 4.4: an ENVID is at most 100 characters."""
 
 
 @dataclass(slots=True)
@@ -47,6 +51,8 @@ class ListenerState:
     tls_context: ssl.SSLContext | None = None
     quarantine: QuarantineStore | None = None
     connections: set[SmtpConnection] = field(default_factory=set)
+    per_client: dict[str, int] = field(default_factory=dict)
+    """Open sessions by client address (`max_sessions_per_client`)."""
 
 
 class _Closed(Exception):
@@ -63,6 +69,8 @@ class SmtpConnection:
         self.hostname = state.hostname
         self._refused: Verdict | None = None
         self._errors = 0
+        self._junk = 0
+        self._mail_at = 0.0
         self._esmtp = False
         self._flow: SessionFlow | None = None
         self._auth: Authentication | None = None
@@ -86,7 +94,14 @@ class SmtpConnection:
     async def run(self) -> None:
         """Serve the session until QUIT, a timeout, a 421 or the client leaving; then close
         its flow (abort what is open, ``on_disconnect``)."""
-        self._state.connections.add(self)
+        state, client = self._state, self._stream.peer[0]
+        too_many = self._over_limit(client)
+        if too_many is not None:
+            log.info("session refused", client=client, reply=too_many.smtp_reply())
+            self._stream.write_and_close(too_many.smtp_reply().encode() + b"\r\n")
+            return
+        state.connections.add(self)
+        state.per_client[client] = state.per_client.get(client, 0) + 1
         try:
             await self._serve()
         except (_Closed, StreamClosed, ConnectionError, asyncio.CancelledError):
@@ -95,10 +110,24 @@ class SmtpConnection:
             self._abort_reason = "aborted: local error"
             log.exception("session failed")
         finally:
-            self._state.connections.discard(self)
+            state.connections.discard(self)
+            left = state.per_client.pop(client, 1) - 1
+            if left > 0:
+                state.per_client[client] = left
             self._stream.write_and_close()
             if self._flow is not None:
                 await self._flow.close(self._abort_reason)
+
+    def _over_limit(self, client: str) -> Reply | None:
+        """The 421 for a session over `max_sessions` or `max_sessions_per_client`, or None."""
+        s, state = self._settings, self._state
+        if s.max_sessions and len(state.connections) >= s.max_sessions:
+            return replies.TOO_MANY_SESSIONS
+        if s.max_sessions_per_client and state.per_client.get(client, 0) >= (
+            s.max_sessions_per_client
+        ):
+            return replies.TOO_MANY_FROM_CLIENT
+        return None
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -202,7 +231,10 @@ class SmtpConnection:
     async def challenge(self, text: str) -> str | None:
         """Send a ``334`` challenge and read the response line; None for ``*`` (cancel)."""
         self._stream.queue(b"334 " + text.encode("ascii") + b"\r\n")
-        line = (await self._read_line(MAX_RESPONSE_LENGTH)).rstrip(b"\r\n").strip()
+        raw = await self._read_line(MAX_RESPONSE_LENGTH, skip_long=False)
+        if raw is None:
+            raise ResponseTooLong
+        line = raw.rstrip(b"\r\n").strip()
         if line == b"*":
             return None
         return line.decode("ascii", "replace")
@@ -216,30 +248,64 @@ class SmtpConnection:
 
     # -- reading -------------------------------------------------------------------------------
 
-    async def _read_line(self, limit: int = 0) -> bytes:
+    @overload
+    async def _read_line(self, limit: int = 0) -> bytes: ...
+
+    @overload
+    async def _read_line(self, limit: int, *, skip_long: bool) -> bytes | None: ...
+
+    async def _read_line(self, limit: int = 0, *, skip_long: bool = True) -> bytes | None:
         """The next command line (`limit`: longest allowed, default `max_command_length`);
-        lines over the limit are answered and skipped."""
+        lines over the limit are answered and skipped, or (`skip_long` false) None: an AUTH
+        response that is too long ends the exchange, the next line is a new command."""
         limit = limit or self._settings.max_command_length
         stream = self._stream
         if stream.queued and not stream.line_waiting():
             await stream.flush()
         while True:
+            timeout, expired = self._wait_limit(self._settings.command_timeout, replies.TIMEOUT)
             try:
-                line = await stream.read_line(
-                    max(limit, MAX_RESPONSE_LENGTH), self._settings.command_timeout
-                )
+                line = await stream.read_line(max(limit, MAX_RESPONSE_LENGTH), timeout)
             except TimeoutError:
-                await self._close_with(replies.TIMEOUT)
+                await self._close_with(expired)
             if line and (len(line) <= limit or _auth_line(line)):
                 return line
+            if not skip_long:
+                return None
             await self._send(replies.LINE_TOO_LONG)
 
-    async def _read_chunk(self) -> bytes:
+    def _wait_limit(self, timeout: float, reply: Reply) -> tuple[float, Reply]:
+        """How long the next read may wait, and the 421 when it does not end in time: the
+        read's own timeout, or less when the transaction's deadlines come first."""
+        tx, s = self._tx, self._settings
+        if tx is None:
+            return timeout, reply
+        now = asyncio.get_running_loop().time()
+        limits = [(timeout, reply)]
+        if s.transaction_timeout:
+            limits.append(
+                (self._mail_at + s.transaction_timeout - now, replies.TRANSACTION_TIMEOUT)
+            )
+        if s.envelope_timeout and not tx.recipients:
+            limits.append((self._mail_at + s.envelope_timeout - now, replies.ENVELOPE_TIMEOUT))
+        wait, expired = min(limits, key=lambda limit: limit[0])
+        return max(wait, 0.0), expired
+
+    async def _read_chunk(self, started: float, received: int) -> bytes:
+        """The next DATA bytes; `started` and `received` so far keep the minimum rate."""
         await self._stream.flush()
+        s = self._settings
+        timeout, expired = self._wait_limit(s.data_timeout, replies.TIMEOUT)
+        if s.data_min_rate:
+            # The latest moment the next byte may come and the average still be the minimum.
+            by_rate = started + max(s.data_rate_grace, (received + 1) / s.data_min_rate)
+            left = by_rate - asyncio.get_running_loop().time()
+            if left < timeout:
+                timeout, expired = max(left, 0.0), replies.DATA_TOO_SLOW
         try:
-            return await self._stream.read_chunk(self._settings.data_timeout)
+            return await self._stream.read_chunk(timeout)
         except TimeoutError:
-            await self._close_with(replies.TIMEOUT)
+            await self._close_with(expired)
             raise  # not reached: _close_with raises
 
     # -- commands ------------------------------------------------------------------------------
@@ -281,10 +347,19 @@ class SmtpConnection:
             self._esmtp = False
             await self._send(Reply(250, "", self.hostname))
 
+    async def _junk_command(self) -> None:
+        """Count a command that makes no progress; too many close the session."""
+        self._junk += 1
+        limit = self._settings.max_junk_commands
+        if limit and self._junk > limit:
+            await self._close_with(replies.TOO_MANY_JUNK)
+
     async def _noop(self, arg: str) -> None:
+        await self._junk_command()
         await self._send(replies.OK)
 
     async def _rset(self, arg: str) -> None:
+        await self._junk_command()
         assert self._flow is not None
         await self._flow.abort("aborted by client: RSET")
         await self._send(replies.OK)
@@ -296,12 +371,15 @@ class SmtpConnection:
         raise _Closed
 
     async def _vrfy(self, arg: str) -> None:
+        await self._junk_command()
         await self._send(replies.VRFY if arg else replies.SYNTAX)
 
     async def _expn(self, arg: str) -> None:
+        await self._junk_command()
         await self._send(replies.EXPN)
 
     async def _help(self, arg: str) -> None:
+        await self._junk_command()
         await self._send(replies.HELP)
 
     async def _starttls(self, arg: str) -> None:
@@ -369,24 +447,36 @@ class SmtpConnection:
         if verdict is not None and verdict.is_refusal:
             await self._refuse(verdict)
             return
+        self._mail_at = asyncio.get_running_loop().time()
+        self._junk = 0
         await self._send(replies.SENDER_OK)
 
     def _check_mail_params(self, address: str, params: dict[str, str | None]) -> Reply | None:
-        size = params.pop("SIZE", None)
+        if params and not self._esmtp:
+            return replies.UNKNOWN_PARAMETER  # RFC 5321 4.1.1.11: only after EHLO
+        size_text = params.pop("SIZE", None)
         body = params.pop("BODY", "7BIT")
         smtputf8 = "SMTPUTF8" in params
-        params.pop("SMTPUTF8", None)
+        if params.pop("SMTPUTF8", None) is not None:
+            return replies.SYNTAX  # SMTPUTF8 takes no value
         params.pop("AUTH", None)  # RFC 4954 section 5: accepted; the relay does not pass it on
         ret = params.pop("RET", "FULL")
         envid = params.pop("ENVID", "")
-        if params or (size is not None and not size.isdigit()):
-            return replies.UNKNOWN_PARAMETER if params else replies.SYNTAX
+        if params:
+            return replies.UNKNOWN_PARAMETER
+        size = None if size_text is None else ascii_number(size_text)
+        if size_text is not None and size is None:
+            return replies.SYNTAX
         if body is None or body.upper() not in _BODY_VALUES:
             return replies.SYNTAX
         if ret is None or ret.upper() not in ("FULL", "HDRS") or envid is None:
             return replies.SYNTAX
-        if size is not None and int(size) > self._settings.max_message_size:
+        if envid and (len(envid) > _MAX_ENVID or not valid_xtext(envid)):
+            return replies.SYNTAX
+        if size is not None and size > self._settings.max_message_size:
             return replies.message_too_big(self._settings.max_message_size)
+        if not valid_utf8(address):
+            return replies.BAD_ADDRESS
         if not smtputf8 and not address.isascii():
             return replies.NO_SMTPUTF8
         return None
@@ -401,8 +491,15 @@ class SmtpConnection:
             await self._send(replies.SYNTAX)
             return
         address, params, raw_params = parsed
-        if not _valid_dsn_rcpt_params(params):
-            await self._send(replies.UNKNOWN_PARAMETER)
+        if params and not self._esmtp:
+            await self._send(replies.UNKNOWN_PARAMETER)  # RFC 5321 4.1.1.11: only after EHLO
+            return
+        problem = _dsn_rcpt_problem(params)
+        if problem is not None:
+            await self._send(problem)
+            return
+        if not valid_utf8(address):
+            await self._send(replies.BAD_ADDRESS)
             return
         if not address.isascii() and not any(p.upper() == "SMTPUTF8" for p in tx.sender.params):
             await self._send(replies.NO_SMTPUTF8)
@@ -411,6 +508,7 @@ class SmtpConnection:
         if verdict is not None and verdict.is_refusal:
             await self._refuse(verdict)
             return
+        self._junk = 0
         await self._send(replies.RECIPIENT_OK)
 
     @staticmethod
@@ -449,9 +547,14 @@ class SmtpConnection:
         reader = self._settings.new_data_reader()
         try:
             headers, header_verdict = await self._read_data(reader)
-        except BaseException:
+        except (_Closed, StreamClosed, ConnectionError, asyncio.CancelledError):
             reader.close()
             raise
+        except Exception:
+            # Where the data ends is unknown now: what follows must not be read as commands.
+            reader.close()
+            log.exception("reading the data failed")
+            await self._close_with(replies.LOCAL_ERROR_CLOSING)
         if reader.problem is not None:
             reader.close()
             s = self._settings
@@ -469,7 +572,7 @@ class SmtpConnection:
             return
         ending = await self._flow.end_of_data()
         if ending.delivered:
-            self._errors = 0
+            self._errors = self._junk = 0
         await self._answer_end(ending.verdict, ending.reply)
 
     async def _read_data(self, reader: DataReader) -> tuple[list[Header], Verdict | None]:
@@ -477,8 +580,10 @@ class SmtpConnection:
         assert self._flow is not None
         headers: list[Header] | None = None
         verdict: Verdict | None = None
+        started, received = asyncio.get_running_loop().time(), 0
         while True:
-            chunk = await self._read_chunk()
+            chunk = await self._read_chunk(started, received)
+            received += len(chunk)
             used = reader.feed(chunk)
             if headers is None and reader.headers_complete and reader.problem is None:
                 headers = reader.headers
@@ -513,11 +618,16 @@ def _auth_line(line: bytes) -> bool:
     return len(line) <= MAX_RESPONSE_LENGTH and line[:5].upper() == b"AUTH "
 
 
-def _valid_dsn_rcpt_params(params: dict[str, str | None]) -> bool:
-    """RCPT TO takes only the DSN parameters NOTIFY and ORCPT (RFC 3461)."""
+def _dsn_rcpt_problem(params: dict[str, str | None]) -> Reply | None:
+    """RCPT TO takes only the DSN parameters NOTIFY and ORCPT (RFC 3461), well formed."""
     notify = params.pop("NOTIFY", "FAILURE")
     orcpt = params.pop("ORCPT", "rfc822;x")
-    if params or notify is None or orcpt is None or ";" not in orcpt:
-        return False
-    words = set(notify.upper().split(","))
-    return words == {"NEVER"} or words <= {"SUCCESS", "FAILURE", "DELAY"}
+    if params:
+        return replies.UNKNOWN_PARAMETER
+    if notify is None or orcpt is None or not valid_orcpt(orcpt):
+        return replies.SYNTAX
+    words = notify.upper().split(",")
+    if len(set(words)) != len(words):
+        return replies.SYNTAX
+    ok = set(words) == {"NEVER"} or set(words) <= {"SUCCESS", "FAILURE", "DELAY"}
+    return None if ok else replies.SYNTAX

@@ -35,6 +35,8 @@ class DataProblem(enum.IntEnum):
     LINE_TOO_LONG = 3
     TOO_BIG = 4
     HEADER_TOO_BIG = 5
+    NO_SPACE = 6
+    """The spool could not be written (disk full): a temporary failure, not the client's."""
 
 
 class DataReader:
@@ -54,6 +56,7 @@ class DataReader:
         max_size: int = 50 * 1024 * 1024,
         normalize_bare_line_endings: bool = False,
         spool_threshold: int = 1 << 20,
+        spool_directory: str | None = None,
     ) -> None:
         # A dot-stuffed line is one byte longer on the wire than the line it carries.
         self._window = max_line_length + 1
@@ -65,7 +68,7 @@ class DataReader:
         self._problems: set[DataProblem] = set()
         self._head = bytearray()
         self._head_pos = 0
-        self._body: IO[bytes] = new_spool(spool_threshold)
+        self._body: IO[bytes] = new_spool(spool_threshold, spool_directory)
         self.size = 0
         """Bytes of data received so far, as sent (dot-stuffed), without the final ``.CRLF``."""
         self.done = False
@@ -150,20 +153,23 @@ class DataReader:
         if b"\r\n." in lines:
             lines = lines.replace(b"\r\n.", b"\r\n")
         if self.headers_complete:
-            self._body.write(lines)
+            self._store(lines)
         else:
             self._head += lines
             self._scan_headers()
 
     def _has_long_line(self, lines: bytes) -> bool:
         # Jump from line start to the last LF within one line's worth of bytes: about one
-        # step per limit-sized window instead of one per line.
+        # step per limit-sized window instead of one per line. A line that fills the whole
+        # window (the limit plus one byte) is allowed only when that byte is a stuffed dot.
         window = self._window
         pos, size = 0, len(lines)
         while pos < size:
             lf = lines.rfind(b"\n", pos, pos + window)
             if lf < 0:
                 return True
+            if lf - pos + 1 == window and lines[pos] != 0x2E and lines.find(b"\n", pos, lf) < 0:
+                return True  # one line of the limit plus one byte, and no stuffed dot
             pos = lf + 1
         return False
 
@@ -191,10 +197,18 @@ class DataReader:
             self._problems.add(DataProblem.HEADER_TOO_BIG)
             return
         self.header_block = bytes(self._head[:header_end])
-        self._body.write(self._head[body_start:])
+        self._store(self._head[body_start:])
         self._head = bytearray()
         self.blank_line = blank_line
         self.headers_complete = True
+
+    def _store(self, data: bytes | bytearray) -> None:
+        """Write to the spool; a full disk is noted and the rest is read to the end of data
+        and dropped, so the message's lines are never taken for commands."""
+        try:
+            self._body.write(data)
+        except OSError:
+            self._problems.add(DataProblem.NO_SPACE)
 
     # -- results ---------------------------------------------------------------------------------
 

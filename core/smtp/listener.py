@@ -88,11 +88,19 @@ class SmtpListener(SocketListener):
         )
 
     def _tls_context(self) -> ssl.SSLContext | None:
-        if not self.settings.tls_cert:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
-        return context
+        return server_tls_context(self.settings)
+
+    def reload_tls(self) -> None:
+        """Read the certificate and key files again (SIGHUP: a renewed certificate is served to
+        new sessions); if they no longer load, the old ones stay and an error is logged."""
+        if self._state is None or not self.settings.tls_cert:
+            return
+        try:
+            self._state.tls_context = self._tls_context()
+        except (OSError, ssl.SSLError) as exc:
+            log.error("certificate reload failed, keeping the old one", error=str(exc))
+            return
+        log.info("certificate reloaded", listener=self.name, cert=self.settings.tls_cert)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, close every open session (421), and wait for their clean-up."""
@@ -107,3 +115,17 @@ class SmtpListener(SocketListener):
             await asyncio.wait(tasks, timeout=grace)
         await super().stop()
         self._state = None
+
+
+def server_tls_context(settings: SmtpListenerSettings) -> ssl.SSLContext | None:
+    """The STARTTLS context of a listener: its certificate, TLS 1.2 or later, its ciphers."""
+    if not settings.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = (
+        ssl.TLSVersion.TLSv1_3 if settings.tls_min_version == "TLSv1.3" else ssl.TLSVersion.TLSv1_2
+    )
+    if settings.tls_ciphers:
+        context.set_ciphers(settings.tls_ciphers)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -12,6 +13,9 @@ from mailgate.sockaddr import parse_host_port
 
 BareLineEndings = Literal["reject", "normalize"]
 
+
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+"""What `tls_min_version` may be."""
 
 EGRESSES = ("relay", "queue")
 """The ways out a listener can choose (``egress = ...``)."""
@@ -39,6 +43,26 @@ class SmtpListenerSettings:
     """Recipients per message; more: ``452 4.5.3`` for each extra RCPT."""
     max_errors: int = 20
     """Error replies per session before ``421 4.7.0`` and close (0: no limit)."""
+    max_sessions: int = 500
+    """Sessions open at once on this listener; one more gets ``421 4.7.0`` (0: no limit)."""
+    max_sessions_per_client: int = 20
+    """Sessions open at once from one client address; one more gets ``421 4.7.0`` (0: no
+    limit). Keeps a few clients from holding every downstream connection."""
+    max_junk_commands: int = 100
+    """NOOP, RSET, VRFY, EXPN and HELP a session may send without a transaction making
+    progress (an accepted MAIL, RCPT or message resets the count); more: ``421 4.7.0``
+    (Postfix's ``smtpd_junk_command_limit``; 0: no limit)."""
+    envelope_timeout: float = 60.0
+    """Seconds from an accepted MAIL FROM (a downstream transaction is open) to the first
+    accepted recipient; then ``421 4.4.2`` and close (0: no limit)."""
+    transaction_timeout: float = 1800.0
+    """Seconds from MAIL FROM to the end of data, whatever the client does meanwhile; then
+    ``421 4.4.2`` and close (0: no limit)."""
+    data_min_rate: int = 1024
+    """Bytes per second DATA must average once `data_rate_grace` has passed; slower: ``421
+    4.4.2`` and close (0: no limit). One byte a second no longer holds a session for days."""
+    data_rate_grace: float = 30.0
+    """Seconds of DATA before `data_min_rate` is checked."""
     command_timeout: float = 300.0
     """Seconds to wait for the next command; then ``421 4.4.2`` and close."""
     data_timeout: float = 300.0
@@ -51,12 +75,20 @@ class SmtpListenerSettings:
     """Ceiling in seconds on one downstream step (MAIL, RCPT, delivery); past it: ``451 4.4.2``."""
     bare_line_endings: BareLineEndings = "reject"
     """A bare LF or CR in DATA: ``reject`` (``554 5.6.0``) or ``normalize`` it to CRLF."""
+    spool_directory: str = ""
+    """Where message bodies past `spool_threshold` go, as unnamed files; "": the system's
+    temporary directory (``TMPDIR``). A full disk gets ``452 4.3.1`` and loses nothing."""
     spool_threshold: int = DEFAULT_SPOOL_THRESHOLD
     """Message bodies larger than this are spooled to a temporary file, not held in memory."""
     tls_cert: str = ""
     """PEM certificate chain file; with `tls_key`, STARTTLS is offered."""
     tls_key: str = ""
     """PEM private key file for `tls_cert`."""
+    tls_min_version: str = "TLSv1.2"
+    """The oldest TLS version accepted: ``TLSv1.2`` or ``TLSv1.3`` (1.0 and 1.1 never)."""
+    tls_ciphers: str = ""
+    """OpenSSL cipher list for TLS 1.2 (``ECDHE+AESGCM:ECDHE+CHACHA20``); empty: Python's
+    defaults. TLS 1.3 suites are OpenSSL's."""
     greeting: str = "ESMTP mailgate"
     """Text after the host name in the 220 greeting."""
     add_received: bool = True
@@ -80,6 +112,15 @@ class SmtpListenerSettings:
             raise ValueError(
                 f"bare_line_endings must be 'reject' or 'normalize', not {self.bare_line_endings!r}"
             )
+        if self.tls_ciphers:
+            try:
+                ssl.create_default_context().set_ciphers(self.tls_ciphers)
+            except ssl.SSLError:
+                raise ValueError(
+                    f"tls_ciphers: OpenSSL selects no cipher from {self.tls_ciphers!r}"
+                ) from None
+        if self.tls_min_version not in TLS_VERSIONS:
+            raise ValueError(f"tls_min_version must be one of {', '.join(TLS_VERSIONS)}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together")
         self.auth_mechanisms = [m.upper() for m in self.auth_mechanisms]
@@ -90,6 +131,17 @@ class SmtpListenerSettings:
             raise ValueError("auth_failure_delay must be 0 or more")
         if self.max_received < 0:
             raise ValueError("max_received must be 0 or more")
+        for name in (
+            "max_sessions",
+            "max_sessions_per_client",
+            "max_junk_commands",
+            "envelope_timeout",
+            "transaction_timeout",
+            "data_min_rate",
+            "data_rate_grace",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more")
         for name in ("max_message_size", "max_line_length", "max_command_length"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -102,6 +154,7 @@ class SmtpListenerSettings:
             max_size=self.max_message_size,
             normalize_bare_line_endings=self.bare_line_endings == "normalize",
             spool_threshold=self.spool_threshold,
+            spool_directory=self.spool_directory or None,
         )
 
     @property

@@ -13,7 +13,7 @@ DOCS = Path(__file__).parent.parent.parent / "docs"
 BLOCK = re.compile(r"```toml\n# conf\.d/(\S+\.toml)[^\n]*\n(.*?)```", re.S)
 EXAMPLES = [
     (f"{doc.name}:{name}", name, text)
-    for doc in sorted(DOCS.glob("*.md"))
+    for doc in sorted(DOCS.rglob("*.md"))
     for name, text in BLOCK.findall(doc.read_text())
 ]
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailgate.expressions import Expression, ExpressionError, current_recipient, ip_in, re_match
-from mailgate.message import Message, new_spool
+from mailgate.message import Header, Message, new_spool
 from mailgate.session import Address, Session, Transaction
 
 
@@ -130,3 +130,39 @@ def test_size_is_the_mail_parameter_when_the_milter_withheld_the_content() -> No
     tx = Transaction(Address("a@example.net", ["SIZE=5000"]))
     tx.message = Message([], new_spool(), withheld=frozenset({"body"}))
     assert e(session(), tx), "the empty body is not the message's size"
+
+
+def message_from(*froms: str) -> Message:
+    return Message([Header("From", f" {f}") for f in froms], new_spool())
+
+
+@pytest.mark.parametrize(
+    ("froms", "domain"),
+    [
+        ((), ""),
+        (("Alice <alice@Mail.Example.org>",), "mail.example.org"),
+        (("a@example.org, b@example.org",), ""),
+        (("a@example.org", "b@example.net"), ""),
+    ],
+)
+def test_header_from_is_the_one_from_address(froms: tuple[str, ...], domain: str) -> None:
+    expr = Expression(f'header_from.domain == "{domain}"')
+    tx = Transaction(Address("s@example.net"))
+    assert Expression('header_from.address == ""')(session(), tx)  # before the data
+    tx.message = message_from(*froms)
+    assert expr(session(), tx)
+
+
+def test_results_are_what_earlier_plugins_recorded() -> None:
+    expr = Expression('"arc" in results && results.arc == "pass"')
+    tx = Transaction(Address("s@example.net"))
+    assert not expr(session(), tx)
+    tx.set_result("arc", "fail")
+    assert not expr(session(), tx)
+    tx.set_result("arc", "pass")
+    assert expr(session(), tx)
+
+
+def test_a_result_named_without_checking_for_it_is_refused_at_load() -> None:
+    with pytest.raises(ExpressionError, match="no key 'arc' in a sample session"):
+        Expression('results.arc == "pass"')

@@ -316,6 +316,31 @@ async def test_a_bad_request_closes_the_connection_with_a_log_line(serve: Any, d
     assert event["log_level"] == "warning"
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"size": "²"},
+        {"client_port": "²"},
+        {"client_port": "1" * 5000},
+        {"client_port": "65536"},
+        {"size": "١٢"},
+        {"recipient_count": "-1"},
+    ],
+)
+async def test_a_number_that_is_not_ascii_digits_is_a_protocol_error(
+    serve: Any, bad: dict[str, str]
+) -> None:
+    pipeline = pipeline_of()
+    client = await serve(lambda: pipeline)
+    request = {"request": "smtpd_access_policy", **rcpt("4000", "i1", "b@example.net"), **bad}
+    with structlog.testing.capture_logs() as logs:
+        client.writer.write(encode_request(request))
+        assert await client.closed()
+    (event,) = [e for e in logs if e["event"] == "policy protocol error, closing connection"]
+    assert event["log_level"] == "warning" and next(iter(bad)) in event["reason"]
+    assert not [e for e in logs if e.get("exc_info") or e["log_level"] == "error"]
+
+
 async def test_an_idle_connection_is_closed(serve: Any) -> None:
     pipeline = pipeline_of()
     client = await serve(lambda: pipeline, idle_timeout=0.2)
@@ -432,3 +457,17 @@ async def test_the_operators_log_has_one_outcome_per_transaction_and_who_refused
         "relay_control",
     )
     assert len(events(captured_logs, "session start")) == 1
+
+
+def test_the_client_name_is_postfixs_forward_confirmed_one_only() -> None:
+    from mailgate.policy.connection import new_session
+
+    base = {"client_address": "192.0.2.1", "client_port": "4000"}
+    confirmed = new_session(
+        {**base, "client_name": "mx.example", "reverse_client_name": "mx.example"}, "p"
+    )
+    assert confirmed.client_name == "mx.example"
+    forged = new_session(
+        {**base, "client_name": "unknown", "reverse_client_name": "bank.example"}, "p"
+    )
+    assert forged.client_name == ""

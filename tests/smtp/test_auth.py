@@ -172,6 +172,16 @@ def test_failed_auth_counts_toward_the_error_limit(
             f"AUTH PLAIN\r\n{PLAIN}\r\nMAIL FROM:<{LOGIN}> AUTH=<>\r\n",
             ["334 ", "235 2.7.0", "250 2.1.0"],
         ),
+        # A response over RFC 4954's 12,288 bytes ends the exchange; the next line is a command,
+        # not the user name.
+        (
+            "AUTH LOGIN\r\n" + "A" * 20_000 + "\r\nNOOP\r\n",
+            ["334 VXNlcm5hbWU6", "500 5.5.2 Line too long", "250 "],
+        ),
+        (
+            "AUTH LOGIN " + "A" * 20_000 + "\r\nNOOP\r\n",
+            ["500 5.5.2 Line too long", "250 "],
+        ),
     ],
 )
 def test_auth_exchange_replies(clear_gateway: Gateway, commands: str, expected: list[str]) -> None:

@@ -15,7 +15,9 @@ PARAM = st.tuples(
 )
 
 
-@given(local=ATOM, domain=ATOM, params=st.lists(PARAM, max_size=4))
+@given(
+    local=ATOM, domain=ATOM, params=st.lists(PARAM, max_size=4, unique_by=lambda p: p[0].upper())
+)
 def test_path_and_params_round_trip(local: str, domain: str, params: list[tuple[str, str]]) -> None:
     address = f"{local}@{domain}"
     words = [f"{k}={v}" if v else k for k, v in params]
@@ -49,3 +51,12 @@ def test_malformed_params() -> None:
     assert parse_params("SIZE=") is None
     assert parse_params("=1") is None
     assert parse_params("SIZE=1 BODY=8BITMIME") == {"SIZE": "1", "BODY": "8BITMIME"}
+
+
+@given(PARAM, PARAM)
+def test_a_keyword_given_twice_is_malformed(
+    first: tuple[str, str], second: tuple[str, str]
+) -> None:
+    words = [f"{first[0]}={first[1]}" if first[1] else first[0]]
+    words.append(f"{first[0].lower()}={second[1]}" if second[1] else first[0].lower())
+    assert parse_params(" ".join(words)) is None

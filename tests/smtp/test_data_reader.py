@@ -96,10 +96,21 @@ def test_long_line_is_refused_but_read_to_the_end() -> None:
     assert stream[used:] == b"NOOP\r\n"
 
 
-def test_line_at_the_limit_is_accepted() -> None:
-    line = b"y" * 998 + b"\r\n"
-    reader, _ = read(b"A: b\r\n\r\n" + line + b"." + line + b".\r\n", max_line_length=1000)
-    assert reader.problem is None
+@pytest.mark.parametrize(
+    ("line", "refused"),
+    [
+        (b"y" * 997 + b"\r\n", False),  # one below: 999 bytes with the CRLF
+        (b"y" * 998 + b"\r\n", False),  # at the limit: 1,000 bytes with the CRLF
+        (b"y" * 999 + b"\r\n", True),  # one above: 1,001 bytes
+        (b".." + b"y" * 997 + b"\r\n", False),  # 1,000 bytes once the stuffed dot is undone
+        (b".." + b"y" * 998 + b"\r\n", True),  # 1,001 bytes even without the stuffed dot
+    ],
+)
+@pytest.mark.parametrize("chunk", [7, 1000, 100_000])
+def test_the_line_limit_counts_the_crlf_exactly(line: bytes, refused: bool, chunk: int) -> None:
+    stream = b"A: b\r\n\r\nfirst\r\n" + line + b"last\r\n.\r\n"
+    reader, _ = read(stream, [chunk] * (len(stream) // chunk + 1), max_line_length=1000)
+    assert (reader.problem is DataProblem.LINE_TOO_LONG) is refused
 
 
 def test_header_block_too_big() -> None:
@@ -157,3 +168,22 @@ def test_any_split_of_the_stream_gives_the_same_result(
     if whole.problem is None:
         assert whole.header_block == split.header_block
         assert body(whole) == body(split)
+
+
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.integers(min_value=0, max_value=40)), min_size=1, max_size=30
+    ),
+    st.integers(min_value=1, max_value=64),
+)
+def test_the_line_limit_agrees_with_a_line_by_line_count(
+    shape: list[tuple[bool, int]], chunk: int
+) -> None:
+    limit = 20
+    lines = [(b".." if dotted else b"") + b"z" * n + b"\r\n" for dotted, n in shape]
+    # On the wire a stuffed line may be one byte longer than the limit, no other may.
+    expected = any(len(line) > limit + line.startswith(b".") for line in lines)
+    stream = b"A: b\r\n\r\n" + b"".join(lines) + b".\r\n"
+    reader, used = read(stream, [chunk] * (len(stream) // chunk + 1), max_line_length=limit)
+    assert used == len(stream)
+    assert (reader.problem is DataProblem.LINE_TOO_LONG) is expected

@@ -1,0 +1,124 @@
+"""The ``dkim`` plugin: verify every signature of a message, then sign the mail chosen by
+``sign_when`` with the keys of its From domain."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+from typing import Any
+
+from mailgate import Message, Session, Transaction, hookimpl
+from mailgate.dns import DnsSettings, sync_resolver
+from mailgate.message import Header
+from mailgate.plugins.dkim.keys import PrivateKey
+from mailgate.plugins.dkim.settings import DkimSettings
+from mailgate.plugins.dkim.sign import header_list, sign_message
+from mailgate.plugins.dkim.verify import overall, verify_message
+
+RESULT_KEY = "dkim"
+"""The key of this plugin's entry in ``transaction.results``."""
+
+SIGNED_NOTE = "dkim.signed"
+"""``transaction.notes[SIGNED_NOTE]``: the signatures mailgate added, ``{d, s, a}`` each."""
+
+_ARRIVED_NOTE = "dkim.arrived_headers"
+
+
+class Dkim:
+    """Verifies DKIM signatures (RFC 6376) and signs outgoing mail."""
+
+    Settings = DkimSettings
+    reads: frozenset[str] = frozenset({"headers", "body"})
+    """Signatures cover headers and body."""
+
+    def __init__(self, settings: DkimSettings | None = None, *, dns: DnsSettings | None = None):
+        self.settings = settings or DkimSettings()
+        self.dns = dns or DnsSettings()
+        self.resolver = sync_resolver(self.dns)
+
+    @hookimpl
+    def on_headers(self, transaction: Transaction, headers: list[Header]) -> None:
+        """Keep the headers as they arrived: signatures are checked against them, whatever
+        the plugins before this one change at the end of data."""
+        transaction.notes[_ARRIVED_NOTE] = [Header(h.name, h.raw_value) for h in headers]
+
+    @hookimpl
+    async def on_message(
+        self, session: Session, transaction: Transaction, message: Message
+    ) -> None:
+        """Verify the signatures that came with the message, then sign it if it is ours."""
+        if message.withheld:
+            return
+        if self.settings.verify:
+            await self.verify(transaction, message)
+        if self.settings.keys and self.settings.sign_when(session, transaction):
+            await self.sign(transaction, message)
+
+    async def verify(self, transaction: Transaction, message: Message) -> None:
+        """Verify every DKIM-Signature and record the results (``transaction.results``)."""
+        headers = transaction.notes.get(_ARRIVED_NOTE, message.headers)
+        if not any(h.name.lower() == "dkim-signature" for h in headers):
+            transaction.set_result(
+                RESULT_KEY, "none", reason="no signature", auth_results=[], signatures=[]
+            )
+            return
+        data = _wire(headers, message)
+        timeout = self.settings.verify_timeout
+        results = await asyncio.to_thread(
+            verify_message,
+            data,
+            self.resolver,
+            max_signatures=self.settings.max_signatures,
+            unsigned_body=self.settings.unsigned_body,
+            timeout=timeout,
+        )
+        entries = [r.auth_result() for r in results]
+        best = overall(results)
+        assert best is not None  # there was a signature
+        reason = f"{best.domain} ({best.selector}): {best.reason}" if best.reason else best.domain
+        transaction.set_result(
+            RESULT_KEY, best.result, reason=reason, auth_results=entries, signatures=entries
+        )
+
+    async def sign(self, transaction: Transaction, message: Message) -> None:
+        """Add one DKIM-Signature per key of the From domain, above the other headers."""
+        domain, keys = self._keys_for(_from_domain(message))
+        if not keys:
+            return
+        settings = self.settings
+        names = header_list((h.name for h in message.headers), settings.headers, settings.oversign)
+        header_canon, _, body_canon = settings.canonicalization.partition("/")
+        data = _wire(message.headers, message)
+        values = await asyncio.to_thread(
+            sign_message, data, domain, keys, names, (header_canon, body_canon)
+        )
+        for value in reversed(values):
+            transaction.insert_header(0, "DKIM-Signature", value)
+        signed: list[dict[str, Any]] = transaction.notes.setdefault(SIGNED_NOTE, [])
+        signed += [{"d": domain, "s": s, "a": k.algorithm} for s, k in keys]
+
+    def _keys_for(self, domain: str) -> tuple[str, list[tuple[str, PrivateKey]]]:
+        """The keys of `domain`, or of its nearest parent domain that has keys."""
+        labels = domain.split(".")
+        for i in range(len(labels) - 1):
+            candidate = ".".join(labels[i:])
+            keys = self.settings.keys.get(candidate)
+            if keys:
+                return candidate, [(k.selector, k.key) for k in keys]
+        return domain, []
+
+
+def _wire(headers: list[Header], message: Message) -> bytes:
+    """The message as it goes on the wire, with `headers` (read before any ``await``)."""
+    return b"".join(h.to_bytes() for h in headers) + b"\r\n" + b"".join(message.iter_body())
+
+
+def _from_domain(message: Message) -> str:
+    """The domain of the one From address, lower case; "" for none or several."""
+    values = message.get_all("From")
+    if len(values) != 1:
+        return ""
+    addresses = email.utils.getaddresses(values)
+    if len(addresses) != 1 or "@" not in addresses[0][1]:
+        return ""
+    return addresses[0][1].rpartition("@")[2].lower().rstrip(".")

@@ -1,0 +1,330 @@
+"""Verify every DKIM-Signature of a message (RFC 6376; RFC 8301 key sizes; RFC 8463 Ed25519).
+
+dkimpy checks the cryptography, one signature per call (``DKIM.verify(idx)``); this module
+calls it for each signature in turn, answers its key lookups with the configured resolver
+(`KeyLookup`) and sorts each outcome into the results of RFC 8601: dkimpy itself only says
+True or False, so a missing key, a revoked key, a DNS timeout and a broken signature would
+otherwise look alike.
+
+Everything here is synchronous: the plugin runs `verify_message` in a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import dkim
+import dns.exception
+import dns.resolver
+from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
+from dkim.util import InvalidTagValueList, parse_tag_value
+
+SignatureOutcome = Literal["pass", "fail", "neutral", "temperror", "permerror", "policy"]
+
+WORST_FIRST: tuple[SignatureOutcome, ...] = ("temperror", "fail", "policy", "permerror", "neutral")
+"""Which failure speaks for the message when no signature passed: a temperror first (a later
+try may pass, so nothing final can be said), then a signature that did not verify, one that
+verified but is not acceptable, a broken signature or key, and last a signer in testing mode."""
+
+MIN_RSA_BITS = 1024
+"""RFC 8301 3.2: verifiers must not accept signatures made with shorter RSA keys."""
+
+ACCEPTED_ALGORITHMS = frozenset({"rsa-sha256", "ed25519-sha256"})
+
+# dkimpy logs every refused key at ERROR; the plugin records and logs each outcome itself.
+_dkimpy_log = logging.getLogger("mailgate.plugins.dkim.dkimpy")
+_dkimpy_log.setLevel(logging.CRITICAL)
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureResult:
+    """The outcome of one DKIM-Signature header, with what identifies it."""
+
+    result: SignatureOutcome
+    reason: str
+    domain: str
+    identity: str
+    selector: str
+    algorithm: str
+    b: str
+    """The first 8 characters of ``b=`` (RFC 6008 ``header.b``)."""
+
+    def auth_result(self) -> dict[str, Any]:
+        """The entry of ``transaction.results["dkim"].details["auth_results"]``."""
+        return {
+            "method": "dkim",
+            "result": self.result,
+            "reason": self.reason,
+            "properties": {
+                "header.d": self.domain,
+                "header.i": self.identity,
+                "header.s": self.selector,
+                "header.a": self.algorithm,
+                "header.b": self.b,
+            },
+        }
+
+
+def overall(results: list[SignatureResult]) -> SignatureResult | None:
+    """The signature that speaks for the message: the first that passed, else the worst
+    failure by `WORST_FIRST`; None when there is no signature."""
+    for r in results:
+        if r.result == "pass":
+            return r
+    if not results:
+        return None
+    return min(results, key=lambda r: WORST_FIRST.index(r.result))
+
+
+class KeyLookup:
+    """dkimpy's ``dnsfunc`` for one signature: asks the configured resolver and remembers what
+    happened, so a timeout (temperror) and a missing key (permerror) stay apart."""
+
+    def __init__(self, resolver: dns.resolver.Resolver, deadline: float = math.inf) -> None:
+        self.resolver = resolver
+        self.deadline = deadline
+        self.asked = False
+        self.record: bytes | None = None
+        self.missing = False
+        self.temporary = ""
+        self.bad_name = ""
+
+    def __call__(self, name: bytes, timeout: float = 5.0) -> bytes | None:
+        """The TXT record at `name` (``selector._domainkey.domain.``), or None if there is none."""
+        self.asked = True
+        qname = name.decode("utf-8", "replace")
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            self.temporary = "verify_timeout reached before this lookup"
+            raise dkim.DnsTimeoutError(self.temporary)
+        try:
+            lifetime = min(left, self.resolver.lifetime)
+            answer = self.resolver.resolve(qname, "TXT", search=False, lifetime=lifetime)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            self.missing = True
+            return None
+        except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
+            # NoNameservers: every server answered SERVFAIL/REFUSED or could not be reached.
+            self.temporary = _one_line(str(exc))
+            raise dkim.DnsTimeoutError(self.temporary) from exc
+        except dns.exception.DNSException as exc:  # a name that cannot be a DNS name
+            self.bad_name = _one_line(str(exc))
+            return None
+        records = [b"".join(rdata.strings) for rdata in answer]
+        # RFC 6376 3.6.2.2: several records at one name are ambiguous; prefer a DKIM1 key.
+        self.record = next((r for r in records if r.lstrip().startswith(b"v=DKIM1")), records[0])
+        return self.record
+
+
+def verify_message(
+    data: bytes,
+    resolver: dns.resolver.Resolver,
+    *,
+    max_signatures: int = 10,
+    unsigned_body: Literal["pass", "policy"] = "policy",
+    timeout: float = math.inf,
+    now: float | None = None,
+) -> list[SignatureResult]:
+    """Verify each DKIM-Signature of `data` (a whole message, CRLF lines), top to bottom.
+
+    The key lookups of all signatures together may take `timeout` seconds; a signature whose
+    lookup finds no time left is a temperror.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        checker = dkim.DKIM(data, logger=_dkimpy_log, minkey=MIN_RSA_BITS)
+    except dkim.DKIMException as exc:  # a header block dkimpy cannot split into fields
+        reason = f"message not verifiable: {_one_line(str(exc))}"
+        return [_result(_tags(v), "permerror", reason) for v in _raw_signatures(data)]
+    values = [v for k, v in checker.headers if k.lower() == b"dkim-signature"]
+    results = []
+    for idx, value in enumerate(values):
+        tags = _tags(value)
+        if idx >= max_signatures:
+            reason = f"not verified: more than {max_signatures} signatures"
+            results.append(_result(tags, "policy", reason))
+            continue
+        results.append(
+            _verify_one(checker, idx, tags, KeyLookup(resolver, deadline), unsigned_body, now)
+        )
+    return results
+
+
+def _verify_one(
+    checker: dkim.DKIM,
+    idx: int,
+    tags: dict[bytes, bytes],
+    lookup: KeyLookup,
+    unsigned_body: str,
+    now: float | None,
+) -> SignatureResult:
+    refused = _refused_before_lookup(tags, time.time() if now is None else now)
+    if refused is not None:
+        return _result(tags, *refused)
+    error = ""
+    try:
+        verified = bool(checker.verify(idx, dnsfunc=lookup))
+    except dkim.DKIMException as exc:
+        verified, error = False, _one_line(str(exc))
+    except Exception as exc:  # dkimpy's parsers let others through on hostile input
+        verified, error = False, f"{type(exc).__name__}: {_one_line(str(exc))}"
+    key = _key_tags(lookup.record)
+    flags = key.get(b"t", b"").replace(b" ", b"").split(b":")
+    testing = b"y" in flags
+    refusal = _key_refuses(key, flags, tags) if lookup.record is not None else ""
+    result: SignatureOutcome
+    if refusal:
+        result, reason = "permerror", refusal
+    elif verified:
+        result, reason = _after_pass(checker, tags, unsigned_body)
+    else:
+        result, reason = _failure(lookup, key, tags, error)
+    if testing and result != "temperror":
+        # RFC 6376 3.6.1: a domain testing DKIM asks to be treated as if it had not signed.
+        result = "neutral" if result != "pass" else result
+        reason = "; ".join(filter(None, ["key in testing mode (t=y)", reason]))
+    return _result(tags, result, reason)
+
+
+def _refused_before_lookup(
+    tags: dict[bytes, bytes], now: float
+) -> tuple[SignatureOutcome, str] | None:
+    """What can be said from the signature alone, before any DNS query."""
+    if not tags:
+        return "permerror", "malformed signature (not a tag=value list)"
+    algorithm = tags.get(b"a", b"").decode("ascii", "replace")
+    if algorithm == "rsa-sha1":
+        return "policy", "rsa-sha1 is not accepted (RFC 8301)"
+    expiry = tags.get(b"x", b"").strip()
+    if expiry.isdigit() and int(expiry) < now:
+        return "policy", f"signature expired (x={int(expiry)})"
+    return None
+
+
+def _key_refuses(key: dict[bytes, bytes], flags: list[bytes], tags: dict[bytes, bytes]) -> str:
+    """What the key record forbids about this signature (RFC 6376 3.6.1), or ""."""
+    hashes = key.get(b"h")
+    algorithm = tags.get(b"a", b"").strip()
+    if hashes is not None and algorithm.partition(b"-")[2] not in hashes.replace(b" ", b"").split(
+        b":"
+    ):
+        return f"key allows h={hashes.decode('ascii', 'replace')} only"
+    identity = tags.get(b"i", b"").strip()
+    domain = tags.get(b"d", b"").strip()
+    if b"s" in flags and identity and identity.rpartition(b"@")[2].lower() != domain.lower():
+        return "key is strict (t=s): i= must be in d= itself, not a subdomain"
+    return ""
+
+
+def _after_pass(
+    checker: dkim.DKIM, tags: dict[bytes, bytes], unsigned_body: str
+) -> tuple[SignatureOutcome, str]:
+    """A signature that verified: is all of the body under it (``l=``)?"""
+    length = tags.get(b"l", b"").strip()
+    if not length.isdigit():
+        return "pass", ""
+    try:
+        policy = CanonicalizationPolicy.from_c_value(tags.get(b"c", b"simple/simple"))
+    except InvalidCanonicalizationPolicyError:
+        return "pass", ""
+    body = len(policy.canonicalize_body(checker.body))
+    extra = body - int(length)
+    if extra <= 0:
+        return "pass", ""
+    reason = f"{extra} bytes of the body follow the signed part (l={int(length)})"
+    return ("policy", reason) if unsigned_body == "policy" else ("pass", reason)
+
+
+def _failure(
+    lookup: KeyLookup, key: dict[bytes, bytes], tags: dict[bytes, bytes], error: str
+) -> tuple[SignatureOutcome, str]:
+    """Why a signature did not verify, as one of RFC 8601's results."""
+    if lookup.temporary:
+        return "temperror", f"key unavailable: {lookup.temporary}"
+    if not lookup.asked:
+        return "permerror", f"malformed signature: {error or 'unreadable'}"
+    if lookup.bad_name:
+        return "permerror", f"no key for signature: {lookup.bad_name}"
+    if lookup.missing or lookup.record is None:
+        return "permerror", "no key for signature"
+    if key.get(b"p", b"x").strip() == b"":
+        return "permerror", "key revoked"
+    match = re.match(r"public key too small: (\d+)", error)
+    if match:
+        return "fail", f"key too small: {match.group(1)} bits (RFC 8301 requires {MIN_RSA_BITS})"
+    problem = _key_problem(lookup.record, key, tags)
+    if problem:
+        return "permerror", problem
+    if error.startswith("body hash mismatch"):
+        return "fail", "body hash did not verify"
+    if error:
+        return "fail", error
+    return "fail", "signature did not verify"
+
+
+def _key_problem(record: bytes, key: dict[bytes, bytes], tags: dict[bytes, bytes]) -> str:
+    """What is wrong with the key record for this signature, or ""."""
+    if not key:
+        return "bad key record (not a tag=value list)"
+    try:
+        dkim.evaluate_pk(b"", record)
+    except dkim.DKIMException as exc:
+        return f"bad key record: {_one_line(str(exc))}"
+    except Exception as exc:  # dkimpy's key parsers raise bare errors on some garbage
+        return f"bad key record: {type(exc).__name__}"
+    kind = key.get(b"k", b"rsa").strip().decode("ascii", "replace")
+    algorithm = tags.get(b"a", b"").decode("ascii", "replace")
+    if not algorithm.startswith(f"{kind}-"):
+        return f"key type {kind} does not match a={algorithm}"
+    return ""
+
+
+def _key_tags(record: bytes | None) -> dict[bytes, bytes]:
+    if record is None:
+        return {}
+    try:
+        return dict(parse_tag_value(record))
+    except (InvalidTagValueList, ValueError):
+        return {}
+
+
+def _tags(value: bytes) -> dict[bytes, bytes]:
+    try:
+        return dict(parse_tag_value(value))
+    except (InvalidTagValueList, ValueError):
+        return {}
+
+
+def _result(tags: dict[bytes, bytes], result: SignatureOutcome, reason: str) -> SignatureResult:
+    def text(name: bytes) -> str:
+        return tags.get(name, b"").decode("utf-8", "replace").strip()
+
+    domain = text(b"d")
+    b = re.sub(r"\s+", "", text(b"b"))
+    return SignatureResult(
+        result=result,
+        reason=reason,
+        domain=domain,
+        identity=text(b"i") or (f"@{domain}" if domain else ""),
+        selector=text(b"s"),
+        algorithm=text(b"a"),
+        b=b[:8],
+    )
+
+
+def _raw_signatures(data: bytes) -> list[bytes]:
+    """The DKIM-Signature values of a header block that dkimpy refused (best effort)."""
+    head = data.split(b"\r\n\r\n", 1)[0]
+    unfolded = re.sub(rb"\r\n[ \t]", b" ", head)
+    prefix = b"dkim-signature:"
+    lines = unfolded.split(b"\r\n")
+    return [line[len(prefix) :] for line in lines if line.lower().startswith(prefix)]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
