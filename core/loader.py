@@ -2,8 +2,9 @@
 
 ``DIR/mailgate.toml`` (optional) holds the core tables: ``[mailgate]``, ``[logging]``,
 ``[metrics]``, ``[dns]``, ``[authentication_results]``, ``[[listener]]``, ``[relay]``,
-``[store]``, ``[queue]``, ``[relay_control]`` and ``[sender_auth]``. Each ``DIR/NN-name.toml`` enables one plugin, in
-file-name order; the plugin is found by entry-point name in the group ``mailgate.plugins``.
+``[store]``, ``[queue]``, ``[relay_control]`` and ``[sender_auth]``. Each
+``DIR/NN-name.toml`` enables one plugin, in file-name order; the plugin is found by
+entry-point name in the group ``mailgate.plugins``.
 Any mistake is a `mailgate.config.ConfigError` naming the file and the key; an enabled plugin
 whose class breaks the plugin contract (`mailgate.hookspecs`) is a `mailgate.config.PluginError`
 naming the file, the plugin, the hook and the reason.
