@@ -6,7 +6,8 @@ logged, and the old one stays. Listener and relay settings take effect at the ne
 ``configuration reloaded`` line names the changed ones in ``restart_needed``, and a warning
 follows. Plugins installed since start are found; a plugin whose code changed since it was
 imported keeps running the old code, and is named in a warning (see `mailgate.reloading`).
-SIGTERM and SIGINT stop cleanly: listeners close, open sessions get 421, pooled connections QUIT.
+SIGTERM and SIGINT stop cleanly: listeners close, open sessions get 421, pooled connections QUIT,
+and the queue (when configured) finishes its deliveries in flight and releases its leases.
 With ``[metrics] address`` set, Prometheus metrics are served from the same loop (a change of
 address, like a listener's, takes effect at the next start).
 """
@@ -21,9 +22,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 
 from mailgate import preflight, reloading
 from mailgate.config import ConfigError
+from mailgate.dns import keep_cache
 from mailgate.egress import Egress
 from mailgate.loader import Config, load_config
 from mailgate.logging import configure_logging
@@ -31,6 +34,7 @@ from mailgate.metrics import Metrics, MetricsServer
 from mailgate.pipeline import Observer, Pipeline
 from mailgate.policy import PolicyListener
 from mailgate.quarantine import QuarantineStore
+from mailgate.queue import Queue
 from mailgate.relay import RelayEgress
 from mailgate.smtp.listener import SmtpListener
 
@@ -95,6 +99,11 @@ class App:
         self.pipeline.observers = self.observers
         self.egresses: dict[str, Egress] = {"relay": RelayEgress(self.config.relay)}
         """The ways out, by the name listeners choose them with (``egress = "relay"``)."""
+        self.queue: Queue | None = None
+        """The store-and-forward queue, when configured (``[queue]``, ``egress = "queue"``)."""
+        if self.config.queue is not None:
+            self.queue = Queue(self.config.store, self.config.queue, self.config.relay)
+            self.egresses["queue"] = self.queue.egress
         self.quarantine = QuarantineStore(self.config.relay.quarantine_dir)
         self.listeners: list[Listener] = []
         self.reloads = 0
@@ -137,6 +146,16 @@ class App:
         )
 
     async def _start_listening(self) -> None:
+        if self.queue is not None:
+            try:
+                await self.queue.start()
+            except (OSError, SQLAlchemyError) as exc:
+                source = preflight.core_source(self.config)
+                url = self.config.store.redacted()
+                reason = str(exc).splitlines()[0][:200]
+                raise ConfigError(
+                    source, "store.url", url, "a store mailgate can open", reason
+                ) from exc
         if self.metrics_server is not None:
             try:
                 await self.metrics_server.start()
@@ -189,6 +208,7 @@ class App:
                 milter=self.milter,
                 policy=self.policy,
             )
+            keep_cache(self.config.dns, config.dns)
             pipeline = config.pipeline()
             pipeline.observers = self.observers
         except ConfigError as exc:
@@ -236,6 +256,8 @@ class App:
         self.listeners.clear()
         for egress in self.egresses.values():
             await egress.close()
+        if self.queue is not None:
+            await self.queue.stop()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         log.info("stopped")

@@ -222,7 +222,11 @@ def _write_output(result: Trial, path: str, *, quiet: bool) -> None:
 def _summary(config: Config) -> str:
     listeners = ", ".join(f"{lc.type} {lc.settings.address}" for lc in config.listeners)
     plugins = ", ".join(p.name for p in config.chain) or "none"
-    return f"listeners: {listeners}; relay: {config.relay.address}; plugins: {plugins}"
+    queue = ""
+    if config.queue is not None:
+        hop = config.queue.next_hop or config.relay.address
+        queue = f"; queue: {config.store.redacted()} -> {hop}"
+    return f"listeners: {listeners}; relay: {config.relay.address}{queue}; plugins: {plugins}"
 
 
 def _plugin_table(config: Config) -> str:

@@ -3,6 +3,14 @@
 Plugins that look things up in the DNS (SPF, DKIM, DMARC) take a `DnsSettings` and build their
 resolver with `async_resolver` (dnspython's asyncio resolver) or `sync_resolver` (for a
 synchronous library run in a thread, such as pyspf).
+
+Every resolver built from one `DnsSettings` shares one answer cache (`shared_cache`):
+dnspython's own `dns.resolver.LRUCache`, which is bounded, thread-safe (pyspf's lookups run
+in threads), keeps each answer until its TTL (the lowest TTL in the CNAME chain) runs out,
+and keeps negative answers as RFC 2308 says: NODATA under the asked type and NXDOMAIN for
+every type, for the lower of the SOA's TTL and its MINIMUM. The app makes one `DnsSettings`
+per configuration and hands it to every plugin, and keeps the cache over a reload
+(`keep_cache`), so there is one cache per process.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import dns.asyncresolver
 import dns.nameserver
 import dns.resolver
 
-from mailgate.config import Check
+from mailgate.config import Check, Networks
 
 DEFAULT_PORT = 53
 
@@ -75,10 +83,39 @@ class DnsSettings:
     """``"host"`` or ``"host:port"`` (IP addresses); empty: the system's ``/etc/resolv.conf``."""
     timeout: float = 5.0
     """Seconds one lookup may take, retries included; then it fails as a timeout."""
+    cache_size: int = 10_000
+    """Answers (positive and negative) kept in the shared cache, least recently used dropped
+    first; 0: no cache."""
+    reverse_lookups: bool = True
+    """Look up the name of each client of an SMTP listener (forward-confirmed reverse DNS)
+    and record the ``iprev`` result; milter and policy sessions keep the MTA's name."""
+    reverse_lookup_skip: Networks = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    """Clients in these networks are not looked up (this host's own programs)."""
+    cache: dns.resolver.LRUCache | None = field(default=None, init=False, repr=False, compare=False)
+    """The shared cache, made by `shared_cache` (not a configuration key)."""
 
     def __post_init__(self) -> None:
         if self.timeout <= 0:
             raise ValueError("timeout must be a positive number of seconds")
+        if self.cache_size < 0:
+            raise ValueError("cache_size must be 0 (no cache) or a positive number of answers")
+
+
+def shared_cache(settings: DnsSettings) -> dns.resolver.LRUCache | None:
+    """The answer cache of every resolver built from `settings` (None with ``cache_size = 0``)."""
+    if settings.cache_size == 0:
+        return None
+    if settings.cache is None:
+        settings.cache = dns.resolver.LRUCache(settings.cache_size)
+    return settings.cache
+
+
+def keep_cache(old: DnsSettings, new: DnsSettings) -> None:
+    """On a reload: `new` shares `old`'s cache when the same name servers answer (resized to
+    the new ``cache_size``); other servers may answer otherwise, so then it starts empty."""
+    if old.cache is not None and new.cache_size and old.nameservers == new.nameservers:
+        old.cache.set_max_size(new.cache_size)
+        new.cache = old.cache
 
 
 def _configure(resolver: dns.resolver.BaseResolver, settings: DnsSettings) -> None:
@@ -88,10 +125,12 @@ def _configure(resolver: dns.resolver.BaseResolver, settings: DnsSettings) -> No
         ]
     resolver.lifetime = settings.timeout
     resolver.timeout = settings.timeout
+    resolver.cache = shared_cache(settings)
 
 
 def async_resolver(settings: DnsSettings) -> dns.asyncresolver.Resolver:
-    """A dnspython asyncio resolver that asks the configured name servers."""
+    """A dnspython asyncio resolver that asks the configured name servers, with the shared
+    cache."""
     resolver = dns.asyncresolver.Resolver(configure=not settings.nameservers)
     _configure(resolver, settings)
     return resolver

@@ -30,6 +30,7 @@ from typing import TypeVar
 
 import structlog
 
+from mailgate.authentication_results import apply_authentication_results
 from mailgate.egress import DownstreamTransaction, Egress, Reply
 from mailgate.message import Header
 from mailgate.metrics import Metrics, metrics_of
@@ -119,9 +120,12 @@ class SessionFlow:
         """The session starts: ids into the log context, the log line, metrics, `on_connect`."""
         session = self.session
         structlog.contextvars.bind_contextvars(session=session.id)
+        if self.pipeline.client_names is not None:
+            await self.pipeline.client_names.name(session)
         log.info(
             "session start",
             client=session.client_ip,
+            name=session.client_name,
             port=session.client_port,
             listener=session.listener,
             ingress=session.ingress,
@@ -263,6 +267,8 @@ class SessionFlow:
         quarantine; a quarantine (now or earlier) marks the transaction held."""
         tx = self._open_tx()
         verdict = await self.pipeline.message(self.session, tx)
+        if self.pipeline.authentication_results is not None:
+            apply_authentication_results(self.session, tx, self.pipeline.authentication_results)
         if verdict is None or verdict.kind is VerdictKind.ACCEPT:
             verdict = self.later or verdict
         if verdict is not None and verdict.kind is VerdictKind.QUARANTINE:

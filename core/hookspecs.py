@@ -126,8 +126,9 @@ class PluginClass(Protocol):
 def on_connect(session: Session) -> Verdict | None:
     """A client connected.
 
-    :param session: the new session: ``client_ip``, ``client_port``, ``client_name`` (reverse
-        name, if known), ``listener``, ``tls``.
+    :param session: the new session: ``client_ip``, ``client_port``, ``client_name`` (the
+        forward-confirmed reverse name, or ""; ``session.notes["iprev"]`` has the lookup's
+        result), ``listener``, ``tls``.
 
     A reject or tempfail here is the greeting (``554``/``421``) and the client may only QUIT.
     """

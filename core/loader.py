@@ -1,9 +1,10 @@
 """Read a configuration directory and build everything it describes, checking every key.
 
 ``DIR/mailgate.toml`` (optional) holds the core tables: ``[mailgate]``, ``[logging]``,
-``[metrics]``, ``[dns]``, ``[[listener]]``, ``[relay]``, ``[relay_control]`` and
-``[sender_auth]``. Each ``DIR/NN-name.toml`` enables one plugin, in file-name order; the
-plugin is found by entry-point name in the group ``mailgate.plugins``.
+``[metrics]``, ``[dns]``, ``[authentication_results]``, ``[[listener]]``, ``[relay]``,
+``[store]``, ``[queue]``, ``[relay_control]`` and ``[sender_auth]``. Each
+``DIR/NN-name.toml`` enables one plugin, in file-name order; the plugin is found by
+entry-point name in the group ``mailgate.plugins``.
 Any mistake is a `mailgate.config.ConfigError` naming the file and the key; an enabled plugin
 whose class breaks the plugin contract (`mailgate.hookspecs`) is a `mailgate.config.PluginError`
 naming the file, the plugin, the hook and the reason.
@@ -24,20 +25,24 @@ from typing import Any
 
 import pluggy
 
+from mailgate.authentication_results import AuthenticationResultsSettings
 from mailgate.config import ConfigError, PluginError, is_host_port, load_settings
 from mailgate.config.errors import Text
 from mailgate.contract import ContractError, check_plugin_class
 from mailgate.dns import DnsSettings
 from mailgate.event_loop import EventLoopChoice, uvloop_available
 from mailgate.expressions import Expression, ExpressionError
+from mailgate.iprev import ClientNames
 from mailgate.logging import LoggingSettings
 from mailgate.pipeline import MESSAGE_PARTS, EnabledPlugin, ErrorPolicy, Pipeline, declared_reads
 from mailgate.plugin import ENTRY_POINT_GROUP
 from mailgate.plugins.relay_control import RelayControl
 from mailgate.plugins.sender_auth import SenderAuth
 from mailgate.policy.settings import PolicyListenerSettings
+from mailgate.queue.settings import QueueSettings
 from mailgate.relay import RelaySettings
 from mailgate.smtp.settings import SmtpListenerSettings
+from mailgate.store.settings import StoreSettings
 
 CORE_FILE = "mailgate.toml"
 PLUGIN_FILE = re.compile(r"^(\d+)-([A-Za-z0-9_.-]+)\.toml$")
@@ -109,8 +114,15 @@ class Config:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     dns: DnsSettings = field(default_factory=DnsSettings)
+    authentication_results: AuthenticationResultsSettings = field(
+        default_factory=AuthenticationResultsSettings
+    )
     listeners: list[ListenerConfig] = field(default_factory=list)
     relay: RelaySettings = field(default_factory=RelaySettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    queue: QueueSettings | None = None
+    """Set when there is a ``[queue]`` table or a listener with ``egress = "queue"``: the node
+    then opens the store and delivers from the queue."""
     relay_control: PluginConfig | None = None
     sender_auth: PluginConfig | None = None
     plugins: list[PluginConfig] = field(default_factory=list)
@@ -135,12 +147,19 @@ class Config:
                 e.name = f"{e.name}:{Path(e.source).stem}"
             seen.add(e.name)
         try:
-            return Pipeline(enabled)
+            pipeline = Pipeline(enabled)
         except pluggy.PluginValidationError as exc:
             # The class was checked at load; pluggy may still refuse what an instance added.
             e = next(e for e in enabled if e.instance is exc.plugin)
             reason = " ".join(str(exc).split())
             raise PluginError(e.source, e.name, "", f"refused by pluggy: {reason}") from None
+        if self.dns.reverse_lookups:
+            pipeline.client_names = ClientNames(self.dns)
+        results = self.authentication_results
+        if results.header:
+            authserv_id = results.authserv_id or self.mailgate.hostname
+            pipeline.authentication_results = dataclasses.replace(results, authserv_id=authserv_id)
+        return pipeline
 
 
 def installed_plugins() -> dict[str, importlib.metadata.EntryPoint]:
@@ -214,8 +233,11 @@ _CORE_KEYS = (
     "logging",
     "metrics",
     "dns",
+    "authentication_results",
     "listener",
     "relay",
+    "store",
+    "queue",
     RELAY_CONTROL,
     SENDER_AUTH,
 )
@@ -244,6 +266,12 @@ def _core(table: dict[str, Any], source: str, path: Path | None) -> Config:
     config.dns = load_settings(
         DnsSettings, _table(table, "dns", source), source=source, prefix="dns"
     )
+    config.authentication_results = load_settings(
+        AuthenticationResultsSettings,
+        _table(table, "authentication_results", source),
+        source=source,
+        prefix="authentication_results",
+    )
     relay = _table(table, "relay", source)
     _check_address(relay.get("address", "127.0.0.1:25"), source, "relay.address")
     config.relay = load_settings(RelaySettings, relay, source=source, prefix="relay")
@@ -252,6 +280,14 @@ def _core(table: dict[str, Any], source: str, path: Path | None) -> Config:
         raise ConfigError(source, "listener", listeners, "[[listener]] tables")
     for i, t in enumerate(listeners):
         config.listeners.append(_listener(t, source, f"listener[{i}]"))
+    config.store = load_settings(
+        StoreSettings, _table(table, "store", source), source=source, prefix="store"
+    )
+    queued = any(getattr(lc.settings, "egress", "") == "queue" for lc in config.listeners)
+    if "queue" in table or queued:
+        config.queue = load_settings(
+            QueueSettings, _table(table, "queue", source), source=source, prefix="queue"
+        )
     config.relay_control = _built_in(table, source, RELAY_CONTROL)
     config.sender_auth = _built_in(table, source, SENDER_AUTH)
     return config

@@ -14,7 +14,7 @@ import inspect
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 import structlog
@@ -26,6 +26,10 @@ from mailgate.modifications import Modification
 from mailgate.plugin import PROJECT
 from mailgate.session import Address, Session, Transaction, pending_modifications
 from mailgate.verdict import Verdict, VerdictKind
+
+if TYPE_CHECKING:
+    from mailgate.authentication_results import AuthenticationResultsSettings
+    from mailgate.iprev import ClientNames
 
 log = structlog.get_logger("mailgate.pipeline")
 
@@ -200,6 +204,12 @@ class Pipeline:
         self.plugins = list(plugins)
         self.observers: list[Observer] = list(observers)
         """Called with a `HookCall` after every plugin call (see `HookCall`)."""
+        self.client_names: ClientNames | None = None
+        """Names SMTP clients by forward-confirmed reverse DNS at connect (``[dns]
+        reverse_lookups``); None: no lookups. The loader sets it with the configuration's."""
+        self.authentication_results: AuthenticationResultsSettings | None = None
+        """The configuration's ``[authentication_results]``, which the flow applies at the end
+        of data; None: the header is neither added nor checked."""
         self.pm = new_plugin_manager()
         for p in self.plugins:
             self.pm.register(p.instance, name=p.name)
@@ -232,6 +242,8 @@ class Pipeline:
         `on_message`; `on_headers` comes before it). When this is False an ingress that can
         (the milter listener) does not fetch that part, and plugins see it empty.
         """
+        if part == "headers" and self.authentication_results is not None:
+            return True  # forged Authentication-Results are found in them
         hooks = ("on_message",) if part == "body" else ("on_headers", "on_message")
         return any(part in call.plugin.reads for hook in hooks for call in self._calls[hook])
 

@@ -35,6 +35,11 @@ def start_settings(config: Config) -> dict[str, Any]:
     }
     for f in dataclasses.fields(config.relay):
         values[f"relay.{f.name}"] = getattr(config.relay, f.name)
+    for f in dataclasses.fields(config.store):
+        values[f"store.{f.name}"] = getattr(config.store, f.name)
+    if config.queue is not None:
+        for f in dataclasses.fields(config.queue):
+            values[f"queue.{f.name}"] = getattr(config.queue, f.name)
     for i, lc in enumerate(config.listeners):
         table = f"listener[{i}]"
         values[f"{table}.type"] = lc.type

@@ -91,7 +91,9 @@ def session_key(attrs: dict[str, str]) -> tuple[str, str, str, str]:
 def new_session(attrs: dict[str, str], listener: str) -> Session:
     """The session a request describes: client, reverse name, TLS and SASL facts."""
     port = attrs.get("client_port", "")
-    name = attrs.get("reverse_client_name", "") or attrs.get("client_name", "")
+    # client_name is Postfix's forward-confirmed name ("unknown" when it is not);
+    # reverse_client_name is the unconfirmed PTR, which anyone who controls the PTR can set.
+    name = attrs.get("client_name", "")
     session = Session(
         client_ip=attrs.get("client_address", ""),
         client_port=ascii_port(port) or 0,

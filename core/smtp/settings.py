@@ -17,7 +17,7 @@ BareLineEndings = Literal["reject", "normalize"]
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 """What `tls_min_version` may be."""
 
-EGRESSES = ("relay",)
+EGRESSES = ("relay", "queue")
 """The ways out a listener can choose (``egress = ...``)."""
 
 
@@ -69,7 +69,8 @@ class SmtpListenerSettings:
     """Seconds to wait for more DATA bytes; then ``421 4.4.2`` and close."""
     egress: str = "relay"
     """Where accepted messages go: ``relay`` (the before-queue proxy to ``[relay]``; the
-    client gets the downstream's own answer). The queue comes next."""
+    client gets the downstream's own answer) or ``queue`` (store and forward: 250 once the
+    message is durably in ``[store]``; see docs/queue.md)."""
     egress_timeout: float = 600.0
     """Ceiling in seconds on one downstream step (MAIL, RCPT, delivery); past it: ``451 4.4.2``."""
     bare_line_endings: BareLineEndings = "reject"

@@ -243,6 +243,9 @@ class System:
     own_sink: SmtpSink | None = None
     """The sink this system started for itself, and stops with itself."""
     log: Path | None = None
+    drain_timeout: float = 10.0
+    """Seconds to wait for the sink to have every message after a run (a queue delivers
+    after its 250, so it may still be draining)."""
 
     def start(
         self, workdir: Path, downstream: SmtpSink | None = None, *, dump: bool = False
@@ -302,6 +305,37 @@ class SinkSystem(System):
         self.port, self.proc = self.sink.port, self.sink.proc
 
 
+class PostfixSystem(System):
+    """Postfix 3.7 accepting into its own queue (it fsyncs each queue file before its 250)
+    and relaying to the sink: what queue mode is measured against. A private instance of
+    `tests.peers.postfix.Postfix` (its test access rules included); its CPU and memory are
+    those of the master and every child (smtpd, cleanup, qmgr, smtp, ...)."""
+
+    def start(
+        self, workdir: Path, downstream: SmtpSink | None = None, *, dump: bool = False
+    ) -> None:
+        """Start the instance relaying to `downstream` (or to a sink of its own)."""
+        from tests.peers.postfix import Postfix
+
+        if downstream is None:
+            self.own_sink = downstream = SmtpSink(workdir, f"sink-{self.name}", dump=dump)
+            downstream.start()
+        self.sink = downstream
+        instance = Postfix(workdir / self.name, relayhost=("127.0.0.1", downstream.port))
+        self.instance = instance.start()
+        assert instance.daemon is not None
+        self.port, self.proc = instance.port, instance.daemon.proc
+        self.log = instance.maillog_path
+
+    def stop(self) -> None:
+        """Stop the master (and so its children), then the sink."""
+        instance = getattr(self, "instance", None)
+        if instance is not None:
+            instance.stop()
+        if self.own_sink is not None:
+            self.own_sink.stop()
+
+
 def minimal_relay(port: int, sink: SmtpSink, workdir: Path) -> list[str]:
     """Command line of the minimal aiosmtpd + pooled aiosmtplib relay."""
     return [
@@ -325,14 +359,18 @@ def mailgate_executable() -> str:
     return found
 
 
-def mailgate(plugin_files: dict[str, str]) -> Callable[[int, SmtpSink, Path], list[str]]:
-    """Command builder for `mailgate serve` on a fresh config dir holding `plugin_files`."""
+def mailgate(
+    plugin_files: dict[str, str], core: str = ""
+) -> Callable[[int, SmtpSink, Path], list[str]]:
+    """Command builder for `mailgate serve` on a fresh config dir holding `plugin_files`;
+    `core` is added to its ``mailgate.toml`` (``{config}`` is replaced by the dir)."""
 
     def command(port: int, sink: SmtpSink, workdir: Path) -> list[str]:
         config = Path(tempfile.mkdtemp(prefix="conf-", dir=workdir))
         # Relay control keeps its default, which lets 127.0.0.0/8 relay.
         (config / "mailgate.toml").write_text(
             '[mailgate]\nhostname = "mailgate.bench.test"\n'
+            + core.replace("{config}", str(config))
             + os.environ.get("MAILGATE_BENCH_CONF", "")
         )
         for name, text in plugin_files.items():
@@ -358,12 +396,27 @@ name = "X-Bench"
 value = "mailgate"
 """
 
+QUEUE_CONF = """\
+# Store and forward into SQLite (WAL, synchronous=FULL) in the run's work dir; delivered to
+# the same sink (--relay). The 250 comes after the commit, not after the sink.
+[store]
+url = "sqlite:///{config}/queue.db"
+[[listener]]
+egress = "queue"
+"""
+
 SYSTEMS: dict[str, Callable[[], System]] = {
     "smtp-sink": lambda: SinkSystem("smtp-sink", lambda port, sink, workdir: []),
     "minimal-relay": lambda: System("minimal-relay", minimal_relay),
     "mailgate": lambda: System("mailgate", mailgate({})),
     "mailgate+header": lambda: System(
         "mailgate+header", mailgate({"10-add_header.toml": ADD_HEADER_CONF})
+    ),
+    "mailgate-queue": lambda: System(
+        "mailgate-queue", mailgate({}, QUEUE_CONF), drain_timeout=60.0
+    ),
+    "postfix-queue": lambda: PostfixSystem(
+        "postfix-queue", lambda port, sink, workdir: [], drain_timeout=60.0
     ),
 }
 """Every system the benchmark knows, in table order."""
@@ -489,7 +542,7 @@ def measure_once(system: System, size_kib: int, sessions: int, messages: int, pr
     except (OSError, RuntimeError) as exc:
         errors.append(f"latency probe: {exc}")
     sent = messages + probe
-    delivered = wait_for_count(system.sink, before + sent) - before
+    delivered = wait_for_count(system.sink, before + sent, system.drain_timeout) - before
     return _Run(
         messages=messages,
         seconds=seconds,

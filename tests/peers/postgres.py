@@ -21,13 +21,15 @@ class Postgres(Peer):
 
     user = "test"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, durable: bool = False) -> None:
         # initdb and postgres refuse to run as root: the cluster belongs to the postgres user.
         self.workdir = make_dir(workdir, owner="postgres")
         self.data = workdir / "data"
         self.host = "127.0.0.1"
         self.port = free_port()
         self.daemon: Daemon | None = None
+        self.durable = durable
+        """Keep PostgreSQL's own fsync at commit (benchmarks); tests run without it."""
 
     def dsn(self, database: str = "postgres") -> str:
         """A libpq connection URI for ``database``."""
@@ -61,13 +63,16 @@ class Postgres(Peer):
             self.host,
             "-p",
             str(self.port),
-            "-c",
-            "fsync=off",
-            "-c",
-            "synchronous_commit=off",
-            "-c",
-            "full_page_writes=off",
         ]
+        if not self.durable:
+            argv += [
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]
         self.daemon = start_daemon(
             "postgres",
             argv,

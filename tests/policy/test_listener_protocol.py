@@ -457,3 +457,17 @@ async def test_the_operators_log_has_one_outcome_per_transaction_and_who_refused
         "relay_control",
     )
     assert len(events(captured_logs, "session start")) == 1
+
+
+def test_the_client_name_is_postfixs_forward_confirmed_one_only() -> None:
+    from mailgate.policy.connection import new_session
+
+    base = {"client_address": "192.0.2.1", "client_port": "4000"}
+    confirmed = new_session(
+        {**base, "client_name": "mx.example", "reverse_client_name": "mx.example"}, "p"
+    )
+    assert confirmed.client_name == "mx.example"
+    forged = new_session(
+        {**base, "client_name": "unknown", "reverse_client_name": "bank.example"}, "p"
+    )
+    assert forged.client_name == ""

@@ -1,1 +1,0 @@
-../../core/socket_listener.py

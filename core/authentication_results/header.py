@@ -1,0 +1,98 @@
+"""Writing the Authentication-Results header value (RFC 8601 section 2.2), folded.
+
+One `AuthResult` per check (``spf=pass smtp.mailfrom=example.com``); `header_value` writes
+them after the authserv-id, one per line::
+
+    Authentication-Results: mx.example.net;
+            iprev=pass policy.iprev=192.0.2.1 (mail.example.com);
+            spf=pass smtp.mailfrom=example.com;
+            dkim=fail reason="signature did not verify" header.d=example.com
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mailgate.authentication_results import syntax
+
+HEADER = "Authentication-Results"
+ARC_HEADER = "ARC-Authentication-Results"
+
+WIDTH = 78
+"""Lines are folded to this many characters where they can be (RFC 5322 2.1.1)."""
+
+_FIRST_LINE_TAKEN = len(HEADER) + 2
+"""``Authentication-Results: `` before the value on its first line."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """One ``resinfo``: a method's result, an optional reason, and properties.
+
+    `properties` maps ``ptype.property`` (``smtp.mailfrom``, ``header.d``, ``policy.iprev``)
+    to its value; `comment` is written after them, in parentheses (``iprev`` puts the
+    confirmed name there).
+    """
+
+    method: str
+    result: str
+    reason: str = ""
+    properties: dict[str, str] = field(default_factory=dict)
+    comment: str = ""
+
+    def problem(self) -> str:
+        """Why this cannot be written (empty if it can): names must be RFC 8601 keywords."""
+        if not syntax.is_keyword(self.method) or not syntax.is_keyword(self.result):
+            return f"method and result must be keywords: {self.method!r}={self.result!r}"
+        for key in self.properties:
+            ptype, dot, prop = key.partition(".")
+            if not dot or not syntax.is_keyword(ptype) or not syntax.is_keyword(prop):
+                return f"property {key!r} is not ptype.property"
+        return ""
+
+    def text(self) -> str:
+        """The resinfo as written, without the ``;`` before it."""
+        parts = [f"{self.method}={self.result}"]
+        if self.reason:
+            parts.append(f"reason={syntax.quoted(self.reason)}")
+        parts += [f"{key}={syntax.pvalue(v)}" for key, v in self.properties.items()]
+        if self.comment:
+            parts.append(syntax.comment(self.comment))
+        return " ".join(parts)
+
+
+def header_value(authserv_id: str, results: list[AuthResult]) -> str:
+    """The header's value (without the name and the colon): ``authserv-id; none`` when
+    nothing was checked. Lines are joined by CRLF and folded at `WIDTH` where a space
+    allows it. Raises `ValueError` for a result whose `AuthResult.problem` is not empty."""
+    for result in results:
+        problem = result.problem()
+        if problem:
+            raise ValueError(problem)
+    head = syntax.value(authserv_id)
+    if not results:
+        return fold(f"{head}; none", _FIRST_LINE_TAKEN)
+    lines = [f"{head};"]
+    lines += [r.text() + ";" for r in results[:-1]]
+    lines.append(results[-1].text())
+    folded = [fold(lines[0], _FIRST_LINE_TAKEN)]
+    folded += ["\t" + fold(line, 8) for line in lines[1:]]
+    return "\r\n".join(folded)
+
+
+def fold(line: str, taken: int) -> str:
+    """`line` folded at `WIDTH` (it starts `taken` columns in): a CRLF goes before the first
+    space of a run of spaces, never elsewhere, so unfolding (taking the CRLFs out) gives
+    `line` back, even inside quoted strings and comments. A line with no such space stays
+    long."""
+    pieces: list[str] = []
+    start, column, fold_at = 0, taken, -1
+    for i, char in enumerate(line):
+        if char == " " and i > start and line[i - 1] != " ":
+            fold_at = i
+        column += 1
+        if column > WIDTH and fold_at > start:
+            pieces.append(line[start:fold_at])
+            start, column, fold_at = fold_at, i - fold_at + 1, -1
+    pieces.append(line[start:])
+    return "\r\n".join(pieces)

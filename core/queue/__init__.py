@@ -1,0 +1,55 @@
+"""The queue: store and forward (``egress = "queue"``).
+
+`Queue` is one node's queue: the store (`mailgate.store`), its group commit, the egress that
+accepts messages into it (`QueueEgress`) and the worker that delivers them
+(`DeliveryWorker`). ``[queue]`` is `QueueSettings`; ``[store]`` is
+`mailgate.store.StoreSettings`.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import structlog
+
+from mailgate.queue.delivery import DeliveryWorker
+from mailgate.queue.egress import QueueEgress
+from mailgate.queue.settings import QueueSettings
+from mailgate.relay.settings import RelaySettings
+from mailgate.store import GroupCommit, Store, StoreSettings
+
+log = structlog.get_logger("mailgate.queue")
+
+__all__ = ["DeliveryWorker", "Queue", "QueueEgress", "QueueSettings"]
+
+
+class Queue:
+    """One node's queue: `start` opens (and migrates) the store and starts delivering; `stop`
+    finishes what is in flight within ``shutdown_timeout``, releases the leases and closes."""
+
+    def __init__(self, store: StoreSettings, settings: QueueSettings, relay: RelaySettings) -> None:
+        self.settings = settings
+        self.node = settings.node_id or socket.gethostname()
+        self.store = Store(store)
+        self.writer = GroupCommit(self.store, max_batch=settings.max_batch)
+        self.worker = DeliveryWorker(self.store, self.writer, settings, relay, self.node)
+        self.egress = QueueEgress(
+            self.writer, self.node, name=f"queue {store.redacted()}", queued=self.worker.wake
+        )
+
+    async def start(self) -> None:
+        """Open the store (applying migrations), start the writer and the delivery worker."""
+        await self.store.open()
+        self.writer.start()
+        try:
+            await self.worker.start()
+        except BaseException:
+            await self.writer.stop()
+            await self.store.close()
+            raise
+
+    async def stop(self) -> None:
+        """Stop delivering (bounded), commit what is waiting, close the store."""
+        await self.worker.stop()
+        await self.writer.stop()
+        await self.store.close()
