@@ -142,7 +142,12 @@ async def test_smtp_forwarded_mail_with_a_trusted_seal_is_delivered_and_sealed(
     code, _ = await asyncio.to_thread(send, app.ports[0], chain(sealer_keys, 2))
     assert code == 250
     [got] = smtp_sink.wait_for_messages(1)
-    assert got.data.startswith(b"ARC-Seal: i=3; cv=pass;")
+    # The core's Authentication-Results goes on top after the plugins ran; the new ARC set
+    # comes right below it, ARC-Seal first.
+    head = got.data.split(b"\r\n\r\n", 1)[0]
+    fields = [f for f in head.split(b"\r\n") if f[:1] not in (b" ", b"\t")]
+    assert fields[0].startswith(b"Authentication-Results: ")
+    assert fields[1].startswith(b"ARC-Seal: i=3; cv=pass;")
     assert dkimpy_verdict(arc_dns, got.data) == (b"pass", "success")
 
 
