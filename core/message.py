@@ -59,7 +59,7 @@ class Message:
     `mailgate.hookspecs`): those parts are empty here, although the real message has them.
     """
 
-    __slots__ = ("_body", "body_size", "headers", "withheld")
+    __slots__ = ("_body", "arrived_headers", "body_size", "headers", "withheld")
 
     def __init__(
         self,
@@ -70,6 +70,10 @@ class Message:
         withheld: frozenset[str] = frozenset(),
     ) -> None:
         self.headers = headers
+        self.arrived_headers = tuple(headers)
+        """The header fields as the message arrived, before any plugin changed them (plugins
+        replace fields, never change one in place): what incoming DKIM and ARC signatures
+        are checked against."""
         self.withheld = withheld
         self._body = body
         if body_size is None:
@@ -164,6 +168,13 @@ class Message:
         """The whole message, headers then body, in chunks: what the relay sends."""
         yield self.header_bytes()
         yield from self.iter_body(chunk_size)
+
+    def as_bytes(self, *, arrived: bool = False) -> bytes:
+        """The whole message in one piece, for a library that needs it so (dkimpy): the header
+        fields as they are now, or (`arrived`) as they arrived; then the body."""
+        headers = self.arrived_headers if arrived else self.headers
+        head = b"".join(h.to_bytes() for h in headers) + b"\r\n"
+        return head + b"".join(self.iter_body())
 
     @property
     def size(self) -> int:

@@ -11,10 +11,9 @@ from typing import Any
 import structlog
 
 from mailgate import Message, Session, Transaction, hookimpl
+from mailgate.authentication_results import results_of
 from mailgate.dns import DnsSettings, sync_resolver
-from mailgate.message import Header
 from mailgate.plugins.arc.chain import Validation, validate
-from mailgate.plugins.arc.results import resinfo_list
 from mailgate.plugins.arc.seal import SealRefused, seal_message
 from mailgate.plugins.arc.settings import ArcSettings
 
@@ -31,8 +30,6 @@ what a DMARC ``override`` rule can test (expressions see results, not notes)."""
 SEALED_NOTE = "arc.sealed"
 """``transaction.notes[SEALED_NOTE]``: the set mailgate added, ``{i, d, s, cv}``."""
 
-_ARRIVED_NOTE = "arc.arrived_headers"
-
 
 class Arc:
     """Validates the Authenticated Received Chain (RFC 8617) and seals as an intermediary."""
@@ -46,11 +43,6 @@ class Arc:
         self.resolver = sync_resolver(dns or DnsSettings())
 
     @hookimpl
-    def on_headers(self, transaction: Transaction, headers: list[Header]) -> None:
-        """Keep the headers as they arrived: the chain is checked against them."""
-        transaction.notes.setdefault(_ARRIVED_NOTE, [Header(h.name, h.raw_value) for h in headers])
-
-    @hookimpl
     async def on_message(
         self, session: Session, transaction: Transaction, message: Message
     ) -> None:
@@ -62,12 +54,11 @@ class Arc:
             # A seal's cv= must say what the chain is: without a result, validate first.
             await self.verify(session, transaction, message)
         if sealing:
-            await self.seal(transaction, message)
+            await self.seal(session, transaction, message)
 
     async def verify(self, session: Session, transaction: Transaction, message: Message) -> None:
         """Validate the chain and record the result (``transaction.results["arc"]``)."""
-        headers = transaction.notes.get(_ARRIVED_NOTE, message.headers)
-        data = _wire(headers, message)
+        data = message.as_bytes(arrived=True)  # the chain as it arrived
         validation = await asyncio.to_thread(
             validate, data, self.resolver, timeout=self.settings.verify_timeout
         )
@@ -97,7 +88,7 @@ class Arc:
                 return sealer if self.settings.trust_when(session, transaction) else ""
         return ""
 
-    async def seal(self, transaction: Transaction, message: Message) -> None:
+    async def seal(self, session: Session, transaction: Transaction, message: Message) -> None:
         """Add the next ARC set at the top of the message (ARC-Seal first)."""
         settings = self.settings
         assert settings.seal is not None
@@ -105,9 +96,9 @@ class Arc:
         try:
             fields = await asyncio.to_thread(
                 seal_message,
-                _wire(message.headers, message),
+                message.as_bytes(),
                 authserv_id=authserv_id,
-                resinfo=resinfo_list(transaction.results),
+                resinfo="; ".join(r.text() for r in results_of(session, transaction)) or "none",
                 domain=settings.seal.domain,
                 selector=settings.seal.selector,
                 key=settings.seal.key,
@@ -153,11 +144,6 @@ def _tag_pairs(value: str) -> list[tuple[str, str]]:
         if eq:
             pairs.append((name.strip(), "".join(text.split())))
     return pairs
-
-
-def _wire(headers: list[Header], message: Message) -> bytes:
-    """The message as it goes on the wire, with `headers` (read before any ``await``)."""
-    return b"".join(h.to_bytes() for h in headers) + b"\r\n" + b"".join(message.iter_body())
 
 
 @functools.cache

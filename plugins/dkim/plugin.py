@@ -9,7 +9,6 @@ from typing import Any
 
 from mailgate import Message, Session, Transaction, hookimpl
 from mailgate.dns import DnsSettings, sync_resolver
-from mailgate.message import Header
 from mailgate.plugins.dkim.keys import PrivateKey
 from mailgate.plugins.dkim.settings import DkimSettings
 from mailgate.plugins.dkim.sign import header_list, sign_message
@@ -20,8 +19,6 @@ RESULT_KEY = "dkim"
 
 SIGNED_NOTE = "dkim.signed"
 """``transaction.notes[SIGNED_NOTE]``: the signatures mailgate added, ``{d, s, a}`` each."""
-
-_ARRIVED_NOTE = "dkim.arrived_headers"
 
 
 class Dkim:
@@ -37,12 +34,6 @@ class Dkim:
         self.resolver = sync_resolver(self.dns)
 
     @hookimpl
-    def on_headers(self, transaction: Transaction, headers: list[Header]) -> None:
-        """Keep the headers as they arrived: signatures are checked against them, whatever
-        the plugins before this one change at the end of data."""
-        transaction.notes[_ARRIVED_NOTE] = [Header(h.name, h.raw_value) for h in headers]
-
-    @hookimpl
     async def on_message(
         self, session: Session, transaction: Transaction, message: Message
     ) -> None:
@@ -56,13 +47,14 @@ class Dkim:
 
     async def verify(self, transaction: Transaction, message: Message) -> None:
         """Verify every DKIM-Signature and record the results (``transaction.results``)."""
-        headers = transaction.notes.get(_ARRIVED_NOTE, message.headers)
-        if not any(h.name.lower() == "dkim-signature" for h in headers):
+        # Signatures are checked against the headers as they arrived, whatever the plugins
+        # before this one changed at the end of data.
+        if not any(h.name.lower() == "dkim-signature" for h in message.arrived_headers):
             transaction.set_result(
                 RESULT_KEY, "none", reason="no signature", auth_results=[], signatures=[]
             )
             return
-        data = _wire(headers, message)
+        data = message.as_bytes(arrived=True)
         timeout = self.settings.verify_timeout
         results = await asyncio.to_thread(
             verify_message,
@@ -88,7 +80,7 @@ class Dkim:
         settings = self.settings
         names = header_list((h.name for h in message.headers), settings.headers, settings.oversign)
         header_canon, _, body_canon = settings.canonicalization.partition("/")
-        data = _wire(message.headers, message)
+        data = message.as_bytes()
         values = await asyncio.to_thread(
             sign_message, data, domain, keys, names, (header_canon, body_canon)
         )
@@ -106,11 +98,6 @@ class Dkim:
             if keys:
                 return candidate, [(k.selector, k.key) for k in keys]
         return domain, []
-
-
-def _wire(headers: list[Header], message: Message) -> bytes:
-    """The message as it goes on the wire, with `headers` (read before any ``await``)."""
-    return b"".join(h.to_bytes() for h in headers) + b"\r\n" + b"".join(message.iter_body())
 
 
 def _from_domain(message: Message) -> str:

@@ -44,7 +44,6 @@ def rspamd_says(rspamd: Rspamd, bridge: BridgeFactory, sink: SmtpSink, data: byt
 async def run_arc(p: Arc, data: bytes) -> Transaction:
     tx = Transaction(Address(f"bounce@{FORWARDER}"))
     tx.message = messages.make_message(data)
-    p.on_headers(tx, list(tx.message.headers))
     await p.on_message(Session("198.51.100.25"), tx, tx.message)
     return tx
 

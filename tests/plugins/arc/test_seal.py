@@ -50,7 +50,7 @@ def plugin(server: DnsServer, keys: SealerKeys, **settings: Any) -> Arc:
 
 
 async def run(p: Arc, data: bytes, *, spf: bool = True) -> tuple[Transaction, bytes]:
-    """`on_headers` then `on_message` (with an spf result before it, as the spf plugin records
+    """`on_message` (with an spf result before it, as the spf plugin records
     one); the transaction and the message as it would leave."""
     tx = Transaction(Address(f"bounce@{FORWARDER}"), [Address("bob@example.org")])
     tx.message = messages.make_message(data)
@@ -61,7 +61,6 @@ async def run(p: Arc, data: bytes, *, spf: bool = True) -> tuple[Transaction, by
             auth_method="spf",
             auth_properties={"smtp.mailfrom": f"bounce@{FORWARDER}"},
         )
-    p.on_headers(tx, list(tx.message.headers))
     await p.on_message(Session("198.51.100.25", 40000), tx, tx.message)
     return tx, messages.message_bytes(tx)
 

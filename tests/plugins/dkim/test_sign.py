@@ -54,11 +54,10 @@ def plugin(server: DnsServer, keys: Keys, **settings: Any) -> Dkim:
 async def run(
     p: Dkim, data: bytes, *, ip: str = "192.0.2.1", login: str = "alice"
 ) -> tuple[Transaction, bytes]:
-    """`on_headers` then `on_message`; the transaction and the message as it would leave."""
+    """`on_message`; the transaction and the message as it would leave."""
     tx = Transaction(Address(f"alice@{DOMAIN}"))
     tx.message = messages.make_message(data)
     session = Session(ip, 40000, helo="client.example", auth_login=login)
-    p.on_headers(tx, list(tx.message.headers))
     await p.on_message(session, tx, tx.message)
     return tx, b"".join(tx.message.iter_bytes())
 
@@ -158,7 +157,6 @@ async def test_verification_sees_the_headers_as_they_arrived(
     p = plugin(dkim_dns, keys)
     tx = Transaction(Address(f"alice@{DOMAIN}"))
     tx.message = messages.make_message(incoming)
-    p.on_headers(tx, list(tx.message.headers))
     tx.change_header("Subject", "[EXTERNAL] sign me")
     await p.on_message(Session("127.0.0.1", 4000), tx, tx.message)
     assert tx.results["dkim"].result == "pass"
