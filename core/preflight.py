@@ -29,6 +29,7 @@ from mailgate.config import ConfigError, split_host_port
 from mailgate.config.errors import Text
 from mailgate.loader import CORE_FILE, PLUGIN_FILE, Config, ListenerConfig
 from mailgate.relay import RelaySettings
+from mailgate.smtp.listener import server_tls_context
 from mailgate.sockaddr import SocketAddress
 
 _DOTTED_NUMBERS = re.compile(r"^[0-9.]+$")
@@ -246,15 +247,14 @@ def _check_tls(lc: ListenerConfig) -> None:
             raise ConfigError(
                 lc.source, lc.setting(name), path, "a readable PEM file", exc.strerror or str(exc)
             ) from None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_verify_locations(cafile=cert)
+        ssl.create_default_context().load_verify_locations(cafile=cert)
     except ssl.SSLError as exc:
         raise ConfigError(
             lc.source, lc.setting("tls_cert"), cert, "a PEM certificate chain", _reason(exc)
         ) from None
     try:
-        context.load_cert_chain(cert, key)
+        server_tls_context(lc.settings)  # exactly what the listener will do at start
     except ssl.SSLError as exc:
         raise ConfigError(
             lc.source, lc.setting("tls_key"), key, "the PEM private key of tls_cert", _reason(exc)
