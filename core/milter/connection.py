@@ -267,12 +267,16 @@ class MilterConnection:
 
     # -- stages -----------------------------------------------------------------------------------
 
+    async def session_flow(self) -> SessionFlow:
+        """The session's flow, made up if the MTA skipped CONNECT (no plugin asked for it)."""
+        if self.flow is None:
+            return await self.open_session(c.Connect(b"", b"U"))
+        return self.flow
+
     async def current(self) -> tuple[SessionFlow, Transaction]:
         """The flow and its transaction, made up if the MTA skipped the steps that open them
         (no plugin asked for CONNECT or MAIL)."""
-        flow = self.flow
-        if flow is None:
-            flow = await self.open_session(c.Connect(b"", b"U"))
+        flow = await self.session_flow()
         if flow.tx is None:
             await flow.mail(Address(""))
             if flow.tx is None:
@@ -299,22 +303,17 @@ class MilterConnection:
 
     async def on_helo(self, name: str) -> None:
         """HELO: remember the name (a new HELO replaces it)."""
-        if self.flow is None:
-            await self.open_session(c.Connect(b"", b"U"))
-        assert self.flow is not None
-        self.flow.session.helo = name
-        self.answer(Command.HELO, await self.flow.helo(name))
+        flow = await self.session_flow()
+        flow.session.helo = name
+        self.answer(Command.HELO, await flow.helo(name))
 
     async def on_mail(self, sender: Address) -> None:
         """MAIL FROM: a new transaction; a refused sender opens none (no on_outcome)."""
         self.end_transaction()
-        if self.flow is None:
-            await self.open_session(c.Connect(b"", b"U"))
-        assert self.flow is not None
-        await self.flow.abort("aborted by the MTA: new MAIL FROM")
-        verdict = await self.flow.mail(sender)
-        if self.flow.tx is not None:
-            update_transaction(self.flow.tx, self.macros)
+        flow = await self.session_flow()
+        verdict = await flow.mail(sender)  # ends the open transaction first, if any
+        if flow.tx is not None:
+            update_transaction(flow.tx, self.macros)
         self.answer(Command.MAIL, verdict)
 
     async def on_rcpt(self, recipient: Address) -> None:
