@@ -195,7 +195,7 @@ class SessionFlow:
             return replies.to_verdict(reply, reason="refused downstream")
         self.tx, self.dtx = tx, begun[1]
         self._refused = None
-        self.later = self._later(verdict) or self.later
+        self._remember_later(verdict)
         return verdict
 
     async def rcpt(self, recipient: Address) -> Verdict | None:
@@ -211,7 +211,7 @@ class SessionFlow:
         verdict = await self.pipeline.rcpt(self.session, tx, recipient)
         if verdict is not None and verdict.is_refusal:
             return await self.refused(recipient, verdict, by=verdict.plugin or "plugin")
-        self.later = self.later or self._later(verdict)
+        self._remember_later(verdict)
         if tx.deletes_since(made, recipient.address):
             return verdict
         reply = None
@@ -243,7 +243,7 @@ class SessionFlow:
         """DATA: `on_data`; a refusal ends the transaction (the client is answered with it)."""
         tx = self._open_tx()
         verdict = await self.pipeline.data(self.session, tx)
-        self.later = self.later or self._later(verdict)
+        self._remember_later(verdict)
         return verdict
 
     async def headers(self, headers: list[Header]) -> Verdict | None:
@@ -257,7 +257,7 @@ class SessionFlow:
             if trace.add_received:
                 headers.insert(0, received_header(self.session, tx, hostname=trace.hostname))
         verdict = await self.pipeline.headers(self.session, tx, list(headers))
-        self.later = self.later or self._later(verdict)
+        self._remember_later(verdict)
         return verdict
 
     # -- the end of data --------------------------------------------------------------------------
@@ -306,20 +306,16 @@ class SessionFlow:
     async def _hold(self, tx: Transaction, verdict: Verdict) -> Ending:
         """Store a quarantined message: the egress cannot hold it, so mailgate does."""
         reason = tx.quarantined or verdict.reason
+        failed = replies.QUARANTINE_FAILED
         if self.quarantine is None:
             log.error("quarantine asked for but none is configured", reason=reason)
-            return await self.finish(
-                replies.to_verdict(replies.QUARANTINE_FAILED, reason="no quarantine"),
-                replies.QUARANTINE_FAILED,
-            )
+            return await self.finish(replies.to_verdict(failed, reason="no quarantine"), failed)
         try:
             held = await self.quarantine.store(self.session, tx, reason)
         except OSError as exc:
             log.error("quarantine store failed", error=_describe(exc))
-            return await self.finish(
-                replies.to_verdict(replies.QUARANTINE_FAILED, reason="quarantine store failed"),
-                replies.QUARANTINE_FAILED,
-            )
+            why = "quarantine store failed"
+            return await self.finish(replies.to_verdict(failed, reason=why), failed)
         log.info("message held", quarantine_id=held.id, reason=reason)
         return await self.finish(verdict, Reply(250, "2.0.0", f"Ok: held as {held.id}"))
 
@@ -396,9 +392,10 @@ class SessionFlow:
             raise RuntimeError("no open transaction")
         return self.tx
 
-    @staticmethod
-    def _later(verdict: Verdict | None) -> Verdict | None:
-        return verdict if verdict is not None and verdict.kind in _LATER else None
+    def _remember_later(self, verdict: Verdict | None) -> None:
+        """Keep the first discard or quarantine given before the end of data."""
+        if self.later is None and verdict is not None and verdict.kind in _LATER:
+            self.later = verdict
 
     async def _egress_step(self, step: Awaitable[T]) -> T | None:
         """Await one egress step with its deadline; None (and a warning) if it failed."""
