@@ -172,9 +172,9 @@ class SmtpConnection:
             if verdict.kind is not VerdictKind.REJECT:
                 await self._close_with(Reply(421, "", f"{self.hostname} {verdict.text}"))
             self._refused = verdict
-            await self._send(Reply(554, "", f"{self.hostname} {verdict.text}"))
+            await self.send(Reply(554, "", f"{self.hostname} {verdict.text}"))
         else:
-            await self._send(Reply(220, "", f"{self.hostname} {self._settings.greeting}"))
+            await self.send(Reply(220, "", f"{self.hostname} {self._settings.greeting}"))
         while True:
             line = await self._read_line()
             await self._command(line)
@@ -184,11 +184,11 @@ class SmtpConnection:
         verb = verb_bytes.upper().decode("ascii", "replace")
         arg = arg_bytes.strip().decode("utf-8", "surrogateescape")
         if self._refused is not None and verb != "QUIT":
-            await self._send(replies.REFUSED_SESSION)
+            await self.send(replies.REFUSED_SESSION)
             return
         handler = self._commands.get(verb)
         if handler is None:
-            await self._send(replies.UNKNOWN_COMMAND)
+            await self.send(replies.UNKNOWN_COMMAND)
             return
         try:
             await handler(arg)
@@ -199,11 +199,11 @@ class SmtpConnection:
             log.exception("command failed", command=verb)
             assert self._flow is not None
             await self._flow.abort("aborted: local error")
-            await self._send(replies.LOCAL_ERROR)
+            await self.send(replies.LOCAL_ERROR)
 
     # -- replies ---------------------------------------------------------------------------------
 
-    async def _send(self, reply: Reply) -> None:
+    async def send(self, reply: Reply) -> None:
         """Send one reply; count errors and close after too many.
 
         While the client has pipelined more complete commands, replies are held and go out
@@ -219,10 +219,6 @@ class SmtpConnection:
                 await self._close_with(replies.TOO_MANY_ERRORS)
         if not self._stream.line_waiting():
             await self._stream.flush()
-
-    async def send(self, reply: Reply) -> None:
-        """`Authentication`'s way to answer."""
-        await self._send(reply)
 
     async def flush(self) -> None:
         """`Authentication`'s way to write held replies now."""
@@ -272,7 +268,7 @@ class SmtpConnection:
                 return line
             if not skip_long:
                 return None
-            await self._send(replies.LINE_TOO_LONG)
+            await self.send(replies.LINE_TOO_LONG)
 
     def _wait_limit(self, timeout: float, reply: Reply) -> tuple[float, Reply]:
         """How long the next read may wait, and the 421 when it does not end in time: the
@@ -313,7 +309,7 @@ class SmtpConnection:
     async def _helo_common(self, name: str) -> bool:
         assert self._flow is not None
         if not name:
-            await self._send(replies.SYNTAX)
+            await self.send(replies.SYNTAX)
             return False
         await self._flow.abort("aborted by client: HELO/EHLO")
         verdict = await self._flow.helo(name)
@@ -340,12 +336,12 @@ class SmtpConnection:
         if self._auth.offered():
             lines.append("AUTH " + " ".join(self._settings.auth_mechanisms))
         lines.append("ENHANCEDSTATUSCODES")
-        await self._send(Reply(250, "", "\n".join(lines)))
+        await self.send(Reply(250, "", "\n".join(lines)))
 
     async def _helo(self, arg: str) -> None:
         if await self._helo_common(arg):
             self._esmtp = False
-            await self._send(Reply(250, "", self.hostname))
+            await self.send(Reply(250, "", self.hostname))
 
     async def _junk_command(self) -> None:
         """Count a command that makes no progress; too many close the session."""
@@ -356,13 +352,13 @@ class SmtpConnection:
 
     async def _noop(self, arg: str) -> None:
         await self._junk_command()
-        await self._send(replies.OK)
+        await self.send(replies.OK)
 
     async def _rset(self, arg: str) -> None:
         await self._junk_command()
         assert self._flow is not None
         await self._flow.abort("aborted by client: RSET")
-        await self._send(replies.OK)
+        await self.send(replies.OK)
 
     async def _quit(self, arg: str) -> None:
         assert self._flow is not None
@@ -372,30 +368,30 @@ class SmtpConnection:
 
     async def _vrfy(self, arg: str) -> None:
         await self._junk_command()
-        await self._send(replies.VRFY if arg else replies.SYNTAX)
+        await self.send(replies.VRFY if arg else replies.SYNTAX)
 
     async def _expn(self, arg: str) -> None:
         await self._junk_command()
-        await self._send(replies.EXPN)
+        await self.send(replies.EXPN)
 
     async def _help(self, arg: str) -> None:
         await self._junk_command()
-        await self._send(replies.HELP)
+        await self.send(replies.HELP)
 
     async def _starttls(self, arg: str) -> None:
         assert self._flow is not None
         session = self._session
         context = self._state.tls_context
         if context is None or session.tls:
-            await self._send(replies.TLS_UNAVAILABLE)
+            await self.send(replies.TLS_UNAVAILABLE)
             return
         if arg:
-            await self._send(replies.SYNTAX)
+            await self.send(replies.SYNTAX)
             return
         await self._flow.abort("aborted by client: STARTTLS")
         # Anything sent after STARTTLS in clear text is an injection attempt (CVE-2011-0411).
         self._stream.discard_input()
-        await self._send(replies.START_TLS)
+        await self.send(replies.START_TLS)
         await self._stream.flush()
         try:
             await self._stream.start_tls(context, self._settings.command_timeout)
@@ -420,19 +416,19 @@ class SmtpConnection:
 
     async def _mail(self, arg: str) -> None:
         if not self._session.helo:
-            await self._send(replies.NEED_HELO)
+            await self.send(replies.NEED_HELO)
             return
         if self._tx is not None:
-            await self._send(replies.NESTED_MAIL)
+            await self.send(replies.NESTED_MAIL)
             return
         parsed = self._parse_envelope_arg(arg, "FROM:")
         if parsed is None:
-            await self._send(replies.SYNTAX)
+            await self.send(replies.SYNTAX)
             return
         address, params, raw_params = parsed
         problem = self._check_mail_params(address, params)
         if problem is not None:
-            await self._send(problem)
+            await self.send(problem)
             return
         notes = {
             PROTOCOL_NOTE: protocol_name(
@@ -449,7 +445,7 @@ class SmtpConnection:
             return
         self._mail_at = asyncio.get_running_loop().time()
         self._junk = 0
-        await self._send(replies.SENDER_OK)
+        await self.send(replies.SENDER_OK)
 
     def _check_mail_params(self, address: str, params: dict[str, str | None]) -> Reply | None:
         if params and not self._esmtp:
@@ -484,32 +480,32 @@ class SmtpConnection:
     async def _rcpt(self, arg: str) -> None:
         tx = self._tx
         if tx is None or self._flow is None:
-            await self._send(replies.NEED_MAIL)
+            await self.send(replies.NEED_MAIL)
             return
         parsed = self._parse_envelope_arg(arg, "TO:")
         if parsed is None or not parsed[0]:
-            await self._send(replies.SYNTAX)
+            await self.send(replies.SYNTAX)
             return
         address, params, raw_params = parsed
         if params and not self._esmtp:
-            await self._send(replies.UNKNOWN_PARAMETER)  # RFC 5321 4.1.1.11: only after EHLO
+            await self.send(replies.UNKNOWN_PARAMETER)  # RFC 5321 4.1.1.11: only after EHLO
             return
         problem = _dsn_rcpt_problem(params)
         if problem is not None:
-            await self._send(problem)
+            await self.send(problem)
             return
         if not valid_utf8(address):
-            await self._send(replies.BAD_ADDRESS)
+            await self.send(replies.BAD_ADDRESS)
             return
         if not address.isascii() and not any(p.upper() == "SMTPUTF8" for p in tx.sender.params):
-            await self._send(replies.NO_SMTPUTF8)
+            await self.send(replies.NO_SMTPUTF8)
             return
         verdict = await self._flow.rcpt(Address(address, raw_params))
         if verdict is not None and verdict.is_refusal:
             await self._refuse(verdict)
             return
         self._junk = 0
-        await self._send(replies.RECIPIENT_OK)
+        await self.send(replies.RECIPIENT_OK)
 
     @staticmethod
     def _parse_envelope_arg(
@@ -530,20 +526,20 @@ class SmtpConnection:
     async def _data(self, arg: str) -> None:
         tx = self._tx
         if tx is None:
-            await self._send(replies.NEED_MAIL)
+            await self.send(replies.NEED_MAIL)
             return
         if not tx.recipients:
-            await self._send(replies.NEED_RCPT)
+            await self.send(replies.NEED_RCPT)
             return
         if arg:
-            await self._send(replies.SYNTAX)
+            await self.send(replies.SYNTAX)
             return
         assert self._flow is not None
         verdict = await self._flow.data()
         if verdict is not None and verdict.is_refusal:
             await self._finish(verdict, replies.from_verdict(verdict))
             return
-        await self._send(replies.START_DATA)
+        await self.send(replies.START_DATA)
         reader = self._settings.new_data_reader()
         try:
             headers, header_verdict = await self._read_data(reader)
@@ -601,7 +597,7 @@ class SmtpConnection:
     async def _answer_end(self, verdict: Verdict, answer: Reply) -> None:
         if verdict.kind is VerdictKind.DISCONNECT:
             await self._close_with(answer)
-        await self._send(answer)
+        await self.send(answer)
 
     async def _refuse(self, verdict: Verdict) -> None:
         """Answer a refused command; a disconnect verdict also ends the transaction and closes."""
@@ -610,7 +606,7 @@ class SmtpConnection:
             if self._flow.tx is not None:
                 await self._flow.finish(verdict, replies.from_verdict(verdict))
             await self._close_with(replies.from_verdict(verdict))
-        await self._send(replies.from_verdict(verdict))
+        await self.send(replies.from_verdict(verdict))
 
 
 def _auth_line(line: bytes) -> bool:
