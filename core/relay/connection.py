@@ -119,20 +119,11 @@ class DownstreamConnection:
         Raises `DownstreamError` when the downstream refuses it: relaying as mailgate instead
         would skip the restrictions the site asked the downstream to apply to the real client.
         """
-        try:
-            response = await self._protocol.execute_command(
-                command.encode("utf-8", "surrogateescape"),
-                timeout=self._settings.command_timeout,
-            )
-        except _FAILURES as exc:
-            self.close()
-            raise DownstreamError(replies.lost(_describe(exc))) from exc
+        reply = await self.command(command)
         # Postfix answers with a new greeting (220); smtp-sink and older servers with 250.
-        if response.code not in (220, 250):
+        if reply.code not in (220, 250):
             self.close()
-            raise DownstreamError(
-                replies.unreachable(f"XCLIENT refused: {response.code} {response.message}")
-            )
+            raise DownstreamError(replies.unreachable(f"XCLIENT refused: {reply.smtp_reply()}"))
         try:
             await self._hello(helo_name)
         except DownstreamError:

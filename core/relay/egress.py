@@ -88,10 +88,12 @@ class RelayEgress:
         """Tell the downstream who the client is: XCLIENT once per connection, then XFORWARD
         per transaction (only the transaction id after XCLIENT)."""
         offered = conn.extensions.get("xclient")
-        identity = client_identity(session, transaction)
-        if self.settings.xclient and offered is not None and conn.owner != identity:
-            helo = session.helo if _PLAIN_HELO.match(session.helo) else self.pool.helo_name
-            await conn.xclient(xclient_command(offered, session, transaction), helo, identity)
+        if self.settings.xclient and offered is not None:
+            identity = client_identity(session, transaction)
+            if conn.owner != identity:
+                helo = session.helo if _PLAIN_HELO.match(session.helo) else self.pool.helo_name
+                command = xclient_command(offered, session, transaction)
+                await conn.xclient(command, helo, identity)
         await self.xforward(conn, session, transaction)
 
     async def end_session(self, session: Session) -> None:
