@@ -40,6 +40,9 @@ messages = Table(
     Column("lease_owner", String(255), nullable=True, doc="the node delivering it now"),
     Column("lease_until", Float, nullable=True, doc="when that lease expires"),
     Column("header_size", Integer, nullable=False, doc="bytes of `content` before the body"),
+    Column("held_since", Float, nullable=True, doc="set: on hold (not delivered) since then"),
+    Column("held_reason", Text, nullable=True, doc="why, and by whom, it is held"),
+    Column("delay_warned", Float, nullable=True, doc="when the delay DSN was queued, if it was"),
     # Last: SQLite reads a row's overflow pages only when this column is asked for.
     Column("content", LargeBinary, nullable=False, doc="the message as it is sent, once"),
     Index("messages_due", "next_attempt"),
@@ -64,6 +67,13 @@ recipients = Table(
     Column("next_attempt", Float, nullable=True),
     Column("last_reply", Text, nullable=False, doc="the last reply, or what failed"),
     Column("updated", Float, nullable=False),
+    Column("remote_mta", Text, nullable=True, doc="the next hop that gave `last_reply`"),
+    Column(
+        "notified",
+        String(16),
+        nullable=True,
+        doc="the last DSN queued for this recipient: failure, delay, success (RFC 3464)",
+    ),
 )
 
 PENDING, DEFERRED, DELIVERED, BOUNCED = "pending", "deferred", "delivered", "bounced"
