@@ -188,13 +188,14 @@ def _try(args: argparse.Namespace) -> int:
     try:
         raw = trial.read_message(args.message)
         envelope = trial.envelope(raw, args.sender, args.rcpt)
+        client_ip = trial.check_client(args.client)
     except trial.UsageError as exc:
         print(f"mailgate try: {exc}", file=sys.stderr)
         return trial.EXIT_USAGE
     config = load_config(args.config)
     # Plugin failures, with their tracebacks, go to stderr as JSON lines; the report is on stdout.
     configure_logging(LoggingSettings(level="warning"))
-    client = trial.Client(args.client, args.helo, args.auth, args.tls, args.ingress)
+    client = trial.Client(client_ip, args.helo, args.auth, args.tls, args.ingress)
     factory = event_loop.loop_factory(config.mailgate.event_loop)
     with asyncio.Runner(loop_factory=factory) as runner:
         result = runner.run(trial.run_trial(config, client, envelope, raw))
