@@ -31,16 +31,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument(
-            "--config",
-            "-c",
-            type=Path,
-            default=None,
-            metavar="DIR",
-            help="configuration directory: DIR/mailgate.toml and DIR/NN-*.toml "
-            f"(default: {' if present, else '.join(str(d) for d in CONFIG_SEARCH)}; "
-            "neither: the built-in defaults)",
-        )
+        _config_option(p)
         return p
 
     serve = with_config("serve", "run mailgate until SIGTERM (SIGHUP reloads the configuration)")
@@ -79,9 +70,38 @@ def _parser() -> argparse.ArgumentParser:
             "4: tempfail, 5: reject)",
         )
     )
+    config = sub.add_parser(
+        "config",
+        help="show the configuration (mailgate config dump)",
+        description="Show the configuration.",
+    )
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    dump = config_sub.add_parser(
+        "dump",
+        help="print the effective configuration with every default, per file and plugin",
+        description="Print the effective configuration as TOML: mailgate.toml's tables with "
+        "every default filled in, then each enabled plugin in calling order with its settings.",
+    )
+    _config_option(dump)
+    dump.add_argument(
+        "--non-default", action="store_true", help="only the values that differ from the defaults"
+    )
     dkim = sub.add_parser("dkim", help="DKIM keys (mailgate dkim keygen)", description="DKIM keys.")
     dkim_keygen.add_commands(dkim)
     return parser
+
+
+def _config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="configuration directory: DIR/mailgate.toml and DIR/NN-*.toml "
+        f"(default: {' if present, else '.join(str(d) for d in CONFIG_SEARCH)}; "
+        "neither: the built-in defaults)",
+    )
 
 
 def _try_arguments(p: argparse.ArgumentParser) -> None:
@@ -143,6 +163,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _try(args)
         if args.command == "dkim":
             return dkim_keygen.run(args)
+        if args.command == "config":
+            from mailgate.config_dump import dump
+
+            config = load_config(args.config)
+            config.pipeline()  # the plugins' own checks: dump only what would run
+            print(dump(config, non_default=args.non_default), end="")
+            sys.stdout.flush()
+            return 0
         if args.command == "check-config":
             return _check_config(args.config, args.listen, args.relay)
         config = load_config(args.config)
