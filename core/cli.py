@@ -22,12 +22,13 @@ if TYPE_CHECKING:
     from mailgate.trial import Trial
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def parser() -> argparse.ArgumentParser:
+    """The whole command line (also what `mailgate.manpage` writes the man page from)."""
+    top = argparse.ArgumentParser(
         prog="mailgate", description="A plugin-oriented SMTP filtering host."
     )
-    parser.add_argument("--version", action="version", version=f"mailgate {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    top.add_argument("--version", action="version", version=f"mailgate {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -88,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     dkim = sub.add_parser("dkim", help="DKIM keys (mailgate dkim keygen)", description="DKIM keys.")
     dkim_keygen.add_commands(dkim)
-    return parser
+    return top
 
 
 def _config_option(p: argparse.ArgumentParser) -> None:
@@ -151,7 +152,7 @@ def config_directory(given: Path | None) -> Path | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``mailgate`` command line; returns the exit status."""
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     if "config" in args:
         args.config = config_directory(args.config)
     try:
