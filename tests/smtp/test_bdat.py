@@ -4,7 +4,9 @@ as a command), and the message relays byte for byte."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from mailgate.verdict import Verdict
 from tests.peers.smtp_sink import SmtpSink
 from tests.smtp.conftest import GatewayFactory, relay_to
 from tests.smtp.helpers import RecordingEgress, codes, raw_session, untraced
+from tests.smtp.test_spooling import MIB, big_message, peak_rss
 
 ENVELOPE = b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\n"
 SMUGGLED = b"RSET\r\nMAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\n"
@@ -284,3 +287,44 @@ def test_a_full_spool_disk_is_452_and_the_chunks_are_never_read_as_commands(
     assert "452 4.3.1 Insufficient system storage" in transcript
     assert codes(transcript)[-2:] == [250, 221]
     assert egress.delivered == [] and egress.rcpts == ["b@example.net"]
+
+
+def test_one_50_mib_chunk_is_spooled_not_held_in_memory(
+    smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    """A single BDAT of 50 MiB raises peak RSS by less than 20 MiB: the chunk is read in
+    pieces into the spool, as DATA is (tests/smtp/test_spooling.py)."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.smtp.listener_process",
+            f"{smtp_sink.host}:{smtp_sink.port}",
+            str(tmp_path / "quarantine"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        warm_up = big_message(2 * MIB)
+        assert (
+            codes(raw_session(port, ENVELOPE + bdat(warm_up, last=True) + b"QUIT\r\n"))[-2] == 250
+        )
+        before = peak_rss(process.pid)
+        message = big_message(50 * MIB)
+        transcript = raw_session(
+            port, ENVELOPE + bdat(message, last=True) + b"QUIT\r\n", timeout=60
+        )
+        after = peak_rss(process.pid)
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        process.wait(10)
+    assert codes(transcript)[-2] == 250, transcript
+    print(f"peak RSS {before / MIB:.1f} MiB -> {after / MIB:.1f} MiB")
+    assert after - before < 20 * MIB
+    got = smtp_sink.wait_for_messages(2, timeout=30)
+    assert hashlib.sha256(untraced(got[-1].data)).digest() == hashlib.sha256(message).digest()
