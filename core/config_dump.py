@@ -59,8 +59,10 @@ def _lines(config: Config, non_default: bool) -> Iterator[str]:
         yield f"type = {toml_value(listener.type)}"
         yield from _fields(listener.settings, non_default, prefix="")
         yield ""
-    if config.queue is not None:
+    yield from _table("quarantine", config.quarantine, non_default)
+    if config.queue is not None or config.quarantine.backend == "store":
         yield from _table("store", config.store, non_default)
+    if config.queue is not None:
         yield from _table("queue", config.queue, non_default)
     for built_in in (config.relay_control, config.sender_auth):
         if built_in is not None:
