@@ -85,6 +85,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
             file=sys.stderr,
         )
         return 1
+    from mailgate.logging import LoggingSettings, configure_logging
+
+    # The report is on stdout; the store's own log lines, warnings only, go to stderr.
+    configure_logging(LoggingSettings(level="warning"))
     return asyncio.run(_run(args, config))
 
 
