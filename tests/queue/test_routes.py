@@ -348,6 +348,21 @@ async def test_opportunistic_starttls_when_postfix_offers_it(
     tls_postfix.wait_for_log(r"Anonymous TLS connection established from localhost\[127\.0\.0\.1\]")
 
 
+async def test_opportunistic_tls_that_fails_goes_again_in_clear(
+    start: Start, tls_postfix: Postfix, smtp_sink: SmtpSink
+) -> None:
+    # Verifying against the system's CAs, which do not know the test certificate: the
+    # handshake fails, and opportunistic TLS then sends in clear (as Postfix's "may" does).
+    hop = f"{tls_postfix.host}:{tls_postfix.port}"
+    app = await start([{"next_hop": [hop], "tls": "opportunistic", "tls_verify": True}])
+    code, _ = await asyncio.to_thread(send, app.ports[0], ["b@example.org"], message("t5@q.test"))
+    assert code == 250
+    (got,) = await asyncio.to_thread(smtp_sink.wait_for_messages, 1, 30.0)
+    assert got.header("Message-ID") == "<t5@q.test>"
+    assert "using TLS" not in (got.header("Received") or "")
+    assert await wait_for(lambda: store_empty(app.store_url))  # type: ignore[attr-defined]
+
+
 async def test_required_tls_verified_against_the_test_ca_by_mx_name(
     start: Start,
     dns: DnsServer,
