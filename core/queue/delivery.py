@@ -1,9 +1,11 @@
 """`DeliveryWorker`: takes due messages from the queue with a lease and sends them on.
 
 One worker per node. It claims due messages (`records.claim`: a lease of ``lease_time``
-seconds in this node's name), delivers each to the next hop over the relay's own client
-(`mailgate.relay.connection.DownstreamConnection`: BDAT when offered, else DATA with dot
-stuffing; pooled connections), and records per recipient what the next hop said:
+seconds in this node's name), sends each recipient along its route (`mailgate.queue.routes`),
+one transaction per destination (`mailgate.queue.destinations`: a next hop, or a domain's MX
+hosts), over the relay's own client (`mailgate.relay.connection.DownstreamConnection`: BDAT
+when offered, else DATA with dot stuffing; pooled connections), and records per recipient
+what the host that answered said (and which host it was):
 
 - 2xx: delivered; a message whose recipients are all delivered is deleted;
 - 4xx, or the next hop unreachable or lost: deferred, tried again after a back-off that

@@ -75,20 +75,22 @@ class Destination:
         `mailgate.queue.mx.NoRoute` if the domain has no host to try."""
         failures: list[str] = []
         for host, port in await self._hosts():
+            where = host.describe(port)
             try:
                 return await self._connect(host, port, self.route.tls)
             except TlsError as exc:
                 if self.route.settings.tls != "opportunistic":
-                    failures.append(f"{host.describe(port)}: {exc.reply.failure}")
-                    continue
-                # Opportunistic TLS that fails is no TLS: the same host again, in clear.
-                log.info("STARTTLS failed, again without", host=host.describe(port))
-                try:
-                    return await self._connect(host, port, None)
-                except DownstreamError as again:
-                    failures.append(f"{host.describe(port)}: {_reason(again)}")
+                    failures.append(f"{where}: {_reason(exc)}")
+                else:
+                    # Opportunistic TLS that fails is no TLS: the same host again, in clear.
+                    log.info("STARTTLS failed, again in clear", host=where, error=_reason(exc))
+                    try:
+                        return await self._connect(host, port, None)
+                    except DownstreamError as again:
+                        failures.append(f"{where}: {_reason(again)}")
             except DownstreamError as exc:
-                failures.append(f"{host.describe(port)}: {_reason(exc)}")
+                failures.append(f"{where}: {_reason(exc)}")
+            log.info("host skipped", destination=self.name, host=where, error=failures[-1])
         raise DownstreamError(replies.unreachable("; ".join(failures)))
 
     async def _hosts(self) -> list[tuple[MailHost, int]]:
@@ -105,10 +107,10 @@ class Destination:
     async def _connect(
         self, host: MailHost, port: int, tls: ssl.SSLContext | None
     ) -> DownstreamConnection:
-        address = f"[{host.address}]:{port}" if ":" in host.address else f"{host.address}:{port}"
+        address = MailHost(host.address, host.address).describe(port)
         settings = dataclasses.replace(self.route.connection, address=address)
         conn = await DownstreamConnection.open(settings, self._helo, tls, server_name=host.name)
-        conn.remote = host.describe(port) if host.name != host.address else address
+        conn.remote = host.describe(port)
         return conn
 
 

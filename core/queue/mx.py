@@ -38,7 +38,10 @@ class MailHost:
     preference: int = 0
 
     def describe(self, port: int) -> str:
-        """``mx.example.com[192.0.2.1]:25``, as Postfix names the host that answered."""
+        """``mx.example.com[192.0.2.1]:25``, as Postfix names the host that answered; a host
+        known only by its address (a fixed next hop) as written: ``192.0.2.1:25``."""
+        if self.name == self.address:
+            return f"[{self.address}]:{port}" if ":" in self.address else f"{self.address}:{port}"
         return f"{self.name}[{self.address}]:{port}"
 
 

@@ -412,7 +412,7 @@ async def test_required_tls_not_offered_defers_and_sends_nothing(
     row = rows["b@example.org"]
     assert row["state"] == "deferred"
     assert str(row["last_reply"]).startswith("451 4.4.1 ")
-    assert "STARTTLS required, not offered" in str(row["last_reply"])
+    assert f"({smtp_sink_hop(smtp_sink)}: STARTTLS required, not offered)" in str(row["last_reply"])
     assert list(smtp_sink.dump_dir.iterdir()) == []  # not even a MAIL FROM
 
 
