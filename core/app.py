@@ -108,7 +108,9 @@ class App:
         self.queue: Queue | None = None
         """The store-and-forward queue, when configured (``[queue]``, ``egress = "queue"``)."""
         if self.config.queue is not None:
-            self.queue = Queue(self.config.store, self.config.queue, self.config.relay)
+            self.queue = Queue(
+                self.config.store, self.config.queue, self.config.relay, dns=self.config.dns
+            )
             self.egresses["queue"] = self.queue.egress
         self.quarantine: Quarantine = self._quarantine()
         self._expiring: asyncio.Task[None] | None = None
