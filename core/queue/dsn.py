@@ -87,9 +87,14 @@ def _printable(text: str) -> bool:
     return all(" " <= c <= "~" for c in text)
 
 
+_MAX_FIELD = 900
+"""Characters of a field value at most: folded or not, a line stays under 998."""
+
+
 def _clean(text: str) -> str:
-    """`text` as one line of printable ASCII (a reply may carry anything)."""
-    return "".join(c if " " <= c <= "~" else "?" for c in " ".join(text.split()))
+    """`text` as one line of printable ASCII (a reply may carry anything), not too long."""
+    line = "".join(c if " " <= c <= "~" else "?" for c in " ".join(text.split()))
+    return line[:_MAX_FIELD]
 
 
 def utf8_addr_xtext(address: str) -> str:
