@@ -285,7 +285,7 @@ def _status_part(
     if message.sender.address:
         fields.append(("X-Mailgate-Sender", address_field(message.sender.address)))
     fields.append(("Arrival-Date", rfc5322_date(message.arrival)))
-    blocks = [_fields(fields)]
+    all_rcpt_fields: list[list[tuple[str, str]]] = []
     for r in recipients:
         rf: list[tuple[str, str]] = []
         orcpt = param(r.address.params, "ORCPT")
@@ -303,11 +303,18 @@ def _status_part(
             rf.append(("Last-Attempt-Date", rfc5322_date(r.last_attempt)))
         if r.will_retry_until is not None:
             rf.append(("Will-Retry-Until", rfc5322_date(r.will_retry_until)))
-        blocks.append(_fields(rf))
-    utf8 = any(not b.isascii() for b in blocks)
+        all_rcpt_fields.append(rf)
+    blocks = [_fields(fields), *(_fields(rf) for rf in all_rcpt_fields)]
+    # RFC 6533: the utf-8 address type belongs in a message/global-delivery-status.
+    utf8 = any(
+        value.startswith("utf-8;") for block in (fields, *all_rcpt_fields) for _, value in block
+    )
     kind = "message/global-delivery-status" if utf8 else "message/delivery-status"
+    text = "\r\n".join(blocks)
     head = f"Content-Description: Delivery report\r\nContent-Type: {kind}\r\n"
-    return (head + "\r\n" + "\r\n".join(blocks)).encode("utf-8")
+    if not text.isascii():
+        head += "Content-Transfer-Encoding: 8bit\r\n"
+    return (head + "\r\n" + text).encode("utf-8")
 
 
 def _fields(fields: Sequence[tuple[str, str]]) -> str:

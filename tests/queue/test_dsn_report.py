@@ -21,6 +21,7 @@ from mailgate.queue.dsn import (
     xtext_decode,
 )
 from mailgate.session import Address
+from tests.queue.test_dsn import field_blocks
 
 _ATOM = st.text("abcdefghijklmnopqrstuvwxyz0123456789-+=.", min_size=1, max_size=20)
 _ADDRESS = st.builds(
@@ -103,10 +104,10 @@ def test_any_report_parses_as_rfc_3464(
     human, status, returned = report.iter_parts()
     assert human.get_content_type() == "text/plain"
     assert status.get_content_type() == "message/delivery-status"
-    per_message, *blocks = status.get_payload()
+    per_message, *blocks = field_blocks(status)
     assert per_message["Reporting-MTA"] == "dns; mailgate.test"
     envid = next((p[6:] for p in message.sender.params if p.startswith("ENVID=")), None)
-    assert per_message["Original-Envelope-Id"] == (None if envid is None else xtext_decode(envid))
+    assert per_message.get("Original-Envelope-Id") == (envid and xtext_decode(envid))
     assert len(blocks) == len(rcpts)
     for block, rcpt in zip(blocks, rcpts, strict=True):
         assert block["Final-Recipient"] == f"rfc822; {rcpt.address.address}"
@@ -121,6 +122,7 @@ def test_any_report_parses_as_rfc_3464(
         if orcpt is not None:
             assert block["Original-Recipient"] == f"rfc822; {xtext_decode(orcpt[7:])}"
         assert ("Remote-MTA" in block) == bool(rcpt.remote_mta)
+        assert ("Original-Recipient" in block) == (orcpt is not None)
     ret = next((p[4:] for p in message.sender.params if p.startswith("RET=")), default.upper())
     full = rcpts[0].action is Action.FAILED and ret in ("FULL",) and len(message.content) <= cap
     if full:
@@ -137,3 +139,20 @@ def test_notify_words_choose_the_events() -> None:
     assert wants(["notify=success,delay"], Event.SUCCESS)
     assert not wants(["NOTIFY=SUCCESS,DELAY"], Event.FAILURE)
     assert utf8_addr_xtext("jöe+x@example.org") == "j\\x{F6}e\\x{2B}x@example.org"
+
+
+def test_an_internationalized_recipient_gets_a_global_delivery_status() -> None:
+    content = "Subject: grüße\r\n\r\nbody\r\n".encode()
+    message = ReportedMessage(
+        "Q1", Address("jöe@example.net", ["RET=FULL"]), 1e9, content, content.index(b"body")
+    )
+    rcpt = ReportedRecipient(Address("zoë@example.org"), Action.FAILED, "5.1.1", "smtp; 550 no")
+    data, _ = build_report(message, [rcpt], ReportSettings("mx.test"), dsn_id="D1", now=1e9)
+    report = message_from_bytes(data, policy=policy.default)
+    assert isinstance(report, EmailMessage)
+    assert report["Content-Transfer-Encoding"] == "8bit"  # the returned message is 8-bit
+    _, status, returned = report.iter_parts()
+    assert status.get_content_type() == "message/global-delivery-status"
+    assert "Final-Recipient: utf-8; zo\\x{EB}@example.org" in data.decode()
+    assert returned["Content-Transfer-Encoding"] == "8bit"
+    assert content in data
