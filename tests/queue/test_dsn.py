@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import cast
 
 import pytest
+import structlog
 
 from mailgate.config import ConfigError
 from mailgate.loader import load_config
@@ -205,8 +206,12 @@ async def test_no_dsn_to_the_null_sender_nor_with_notify_never(
     app = await queue_app(store_url, f"{postfix.host}:{postfix.port}", queue=FAST)
     port = app.ports[0]
     bounce: dict[str, list[str]] = {"reject-1@example.org": []}
-    code = await asyncio.to_thread(send_with, port, "", bounce, message("dsn4@q.test"))
-    assert code == 250
+    with structlog.testing.capture_logs() as logs:
+        code = await asyncio.to_thread(send_with, port, "", bounce, message("dsn4@q.test"))
+        assert code == 250
+        assert await wait_for(lambda: empty(store_url))
+    (dropped,) = [e for e in logs if e["event"].startswith("bounce of a bounce dropped")]
+    assert dropped["rcpt"] == "reject-1@example.org"
     never = {"reject-2@example.org": ["NOTIFY=NEVER"], "ok@example.org": ["NOTIFY=NEVER"]}
     code = await asyncio.to_thread(send_with, port, "a@example.net", never, message("dsn5@q.test"))
     assert code == 250
