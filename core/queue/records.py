@@ -272,7 +272,8 @@ async def record(
     one statement when the caller knows it is `done`. Returns ``done`` or ``waiting`` (a
     recipient will be tried again)."""
     now = time.time()
-    if reports:
+    if reports and await _lease_holder(conn, queue_id) == node:
+        # (A node that lost its lease leaves the reports to the node that took over.)
         await conn.execute(messages.insert(), [r.message for r in reports])
         await conn.execute(recipients.insert(), [row for r in reports for row in r.recipients])
     if done:
@@ -331,3 +332,9 @@ async def record(
         .values(**values)
     )
     return "waiting"
+
+
+async def _lease_holder(conn: AsyncConnection, queue_id: str) -> str | None:
+    return (
+        await conn.execute(select(messages.c.lease_owner).where(messages.c.id == queue_id))
+    ).scalar_one_or_none()

@@ -12,9 +12,15 @@ from typing import cast
 
 import pytest
 import structlog
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailgate.config import ConfigError
 from mailgate.loader import load_config
+from mailgate.queue import records
+from mailgate.session import Address
+from mailgate.store import Store, StoreSettings
+from mailgate.store.schema import BOUNCED, messages, recipients
 from tests.peers.postfix import Postfix
 from tests.peers.smtp_sink import SinkTransaction, SmtpSink, SmtpSinkFactory
 from tests.peers.workdir import PeerDirs
@@ -287,3 +293,50 @@ def test_retry_settings_take_rules_and_refuse_nonsense(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(tmp_path)
     assert caught.value.key == "queue.dsn_return"
+
+
+@pytest.mark.parametrize("holder", ["n1", "n2"])
+async def test_reports_are_queued_with_the_outcome_by_the_lease_holder_only(
+    store_url: str, holder: str
+) -> None:
+    store = Store(StoreSettings(url=store_url))
+    await store.open()
+    try:
+        original = records.NewMessage.create(
+            Address("a@example.net"),
+            [Address("b@example.org")],
+            b"S: x\r\n\r\nb\r\n",
+            8,
+            "n1",
+            transaction="t1",
+        )
+        report = records.NewMessage.create(
+            Address(""),
+            [Address("a@example.net")],
+            b"S: dsn\r\n\r\nb\r\n",
+            10,
+            "n1",
+            transaction="dsn",
+        )
+
+        async def setup(conn: AsyncConnection) -> None:
+            await conn.execute(messages.insert(), [original.message])
+            await conn.execute(recipients.insert(), original.recipients)
+            await conn.execute(
+                update(messages).where(messages.c.id == original.id).values(lease_owner=holder)
+            )
+
+        await store.transaction(setup)
+        bounced = records.Outcome(0, BOUNCED, 1, None, "550 5.1.1 no", notified="failure")
+        left = await store.transaction(
+            lambda conn: records.record(conn, original.id, "n1", [bounced], reports=[report])
+        )
+    finally:
+        await store.close()
+    assert left == "done"  # the one recipient is final: the message goes
+    msgs, rcpts = await store_rows(store_url)
+    if holder == "n1":
+        assert [(m["id"], m["sender"]) for m in msgs] == [(report.id, "")]
+        assert [r["address"] for r in rcpts] == ["a@example.net"]
+    else:  # n1 lost its lease to n2: n2's attempt reports
+        assert msgs == []
