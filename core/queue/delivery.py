@@ -7,10 +7,14 @@ hosts), over the relay's own client (`mailgate.relay.connection.DownstreamConnec
 when offered, else DATA with dot stuffing; pooled connections), and records per recipient
 what the host that answered said (and which host it was):
 
-- 2xx: delivered; a message whose recipients are all delivered is deleted;
+- 2xx: delivered;
 - 4xx, or the next hop unreachable or lost: deferred, tried again after a back-off that
-  doubles from ``min_backoff`` to ``max_backoff``;
-- 5xx: bounced (recorded; the DSN to the sender is a later step).
+  doubles from ``min_backoff`` to ``max_backoff``; bounced (4.4.7) once the message is
+  older than ``max_age``;
+- 5xx: bounced.
+
+The DSNs the outcomes call for (`mailgate.queue.notices`) are queued in the transaction
+that records them; a message with no recipient left to try is deleted.
 
 A node that dies keeps its leases until they expire; then any node takes the messages over
 and sends them again: at least once, never zero. At shutdown the worker lets deliveries in
@@ -23,6 +27,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import socket
 import time
 from io import BytesIO
 
@@ -33,9 +38,12 @@ from mailgate.egress import Reply
 from mailgate.message import Message, parse_header_block
 from mailgate.queue import records
 from mailgate.queue.destinations import Destination, Destinations
+from mailgate.queue.dsn import ReportSettings
 from mailgate.queue.mx import NoRoute
-from mailgate.queue.records import Outcome, Queued, QueuedRecipient
+from mailgate.queue.notices import Notices, Notifier
+from mailgate.queue.records import FINAL, Outcome, Queued, QueuedRecipient
 from mailgate.queue.routes import Router, default_route
+from mailgate.queue.schedule import Schedule
 from mailgate.queue.settings import QueueSettings
 from mailgate.relay import reply as replies
 from mailgate.relay.connection import DownstreamConnection, DownstreamError
@@ -82,13 +90,27 @@ class DeliveryWorker:
         """Where mail goes, each place with its pool of connections and its limit."""
         self.attempts = 0
         """Delivery attempts made (one per claimed message)."""
+        self.schedule = Schedule(settings)
+        self.notifier = Notifier(self.schedule, self._report_settings(), node)
+        self.reports = 0
+        """DSNs queued by this worker."""
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._deliveries: set[asyncio.Task[None]] = set()
 
+    def _report_settings(self, hostname: str = "") -> ReportSettings:
+        return ReportSettings(
+            hostname=self.settings.hostname or hostname or "localhost",
+            default_return=self.settings.dsn_return,
+            max_return=self.settings.dsn_max_return,
+        )
+
     async def start(self) -> None:
         """Take back the leases a previous run of this node left, then start claiming."""
+        if not self.settings.hostname:
+            fqdn = await asyncio.to_thread(socket.getfqdn)
+            self.notifier.report = self._report_settings(fqdn)
         released = await self.writer.write(
             functools.partial(records.release_leases, node=self.node)
         )
@@ -179,14 +201,20 @@ class DeliveryWorker:
                 # Cut off (the lease must not run out under us), or a bug: a back-off.
                 log.warning("delivery failed", queue_id=queued.id, error=_describe(exc))
                 outcomes = self._all(queued, replies.lost(_describe(exc)))
-        done = (
-            bool(outcomes) and queued.rest_delivered and all(o.state == DELIVERED for o in outcomes)
-        )
-        await self._record(queued.id, outcomes, done)
+        notices = self.notifier.settle(queued, outcomes, time.time())
+        done = bool(outcomes) and queued.rest_final and all(o.state in FINAL for o in outcomes)
+        await self._record(queued.id, notices, done)
 
-    async def _record(self, queue_id: str, outcomes: list[Outcome], done: bool) -> None:
+    async def _record(self, queue_id: str, notices: Notices, done: bool) -> None:
+        outcomes = notices.outcomes
         write = functools.partial(
-            records.record, queue_id=queue_id, node=self.node, outcomes=outcomes, done=done
+            records.record,
+            queue_id=queue_id,
+            node=self.node,
+            outcomes=outcomes,
+            done=done,
+            reports=notices.reports,
+            delay_warned=notices.delay_warned,
         )
         try:
             left = await self.writer.write(write)
@@ -199,6 +227,9 @@ class DeliveryWorker:
             return
         if outcomes:
             log.info("message attempted", queue_id=queue_id, left=left)
+        if notices.reports:
+            self.reports += len(notices.reports)
+            self.wake()  # the DSNs are due at once
 
     async def _attempt(self, queued: Queued) -> list[Outcome]:
         """One delivery attempt of the due recipients, each destination in a transaction of
@@ -282,32 +313,60 @@ class DeliveryWorker:
         due = queued.recipients if recipients is None else recipients
         return [self._outcome(r, reply, queued) for r in due]
 
-    def _outcome(
-        self, recipient: QueuedRecipient, reply: Reply, queued: Queued | None = None
-    ) -> Outcome:
+    def _outcome(self, recipient: QueuedRecipient, reply: Reply, queued: Queued) -> Outcome:
+        now = time.time()
         attempts = recipient.attempts + 1
         text = reply.smtp_reply().replace("\r\n", " ")
         if reply.failure:
             text = f"{text} ({reply.failure})"
+        status = reply.status or f"{reply.code // 100}.0.0"
+        expired = False
         if 200 <= reply.code < 300:
             state, next_attempt = DELIVERED, None
         elif 500 <= reply.code < 600:
             state, next_attempt = BOUNCED, None
         else:
-            state, next_attempt = DEFERRED, time.time() + self.settings.backoff(attempts)
+            times = self.schedule.times(
+                queued.sender, [r.address for r in queued.recipients], recipient.address
+            )
+            expires = queued.created + times.max_age
+            if now >= expires:
+                state, next_attempt, expired, status = BOUNCED, None, True, "4.4.7"
+            else:
+                # One last try when the time is up, rather than a bounce a back-off late.
+                next_attempt = min(now + times.backoff(attempts), expires)
+                state = DEFERRED
+        remote = ""  # the host that answered is filled in by _answered
+        diagnostic = f"X-mailgate; {text}" if reply.failure else f"smtp; {text}"
         log.info(
             "delivery",
-            queue_id=queued.id if queued is not None else None,
+            queue_id=queued.id,
             rcpt=recipient.address.address,
             status=state,
             reply=text,
             attempts=attempts,
-            delay=round(time.time() - queued.created, 3) if queued is not None else None,
+            delay=round(now - queued.created, 3),
+            **({"expired": True} if expired else {}),
         )
-        return Outcome(recipient.position, state, attempts, next_attempt, text)
+        if expired:
+            text = f"delivery time expired; last reply: {text}"
+        return Outcome(
+            recipient.position,
+            state,
+            attempts,
+            next_attempt,
+            text,
+            status=status,
+            diagnostic=diagnostic,
+            remote_mta=remote,
+            expired=expired,
+        )
 
 
 async def _mail(conn: DownstreamConnection, queued: Queued) -> Reply:
+    # A next hop offering DSN takes the DSN parameters (RET, ENVID here, NOTIFY and ORCPT
+    # at RCPT) and reports a NOTIFY=SUCCESS delivery itself.
+    queued.next_hop_dsn = conn.supports("dsn")
     params = mail_params(queued.sender.params, conn.extensions)
     if conn.supports("size"):
         params = with_size(params, len(queued.content))
