@@ -28,6 +28,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mailgate import preflight, reloading
 from mailgate.config import ConfigError
+from mailgate.console import Activity, ConsoleServer
+from mailgate.console.views import QuarantineView, QueueView
+from mailgate.console.web import Node
 from mailgate.dns import keep_cache
 from mailgate.egress import Egress
 from mailgate.loader import Config, load_config
@@ -114,6 +117,10 @@ class App:
             self.egresses["queue"] = self.queue.egress
         self.quarantine: Quarantine = self._quarantine()
         self._expiring: asyncio.Task[None] | None = None
+        self.console: ConsoleServer | None = None
+        """The web console, when ``[console] address`` is set."""
+        if self.config.console.address:
+            self.console = self._console()
         self.listeners: list[Listener] = []
         self.reloads = 0
         """Configurations successfully swapped in by `reload`."""
@@ -135,6 +142,27 @@ class App:
         node = (self.queue.node if self.queue is not None else "") or socket.gethostname()
         shared = self.queue.store if self.queue is not None else None
         return StoredQuarantine(self.config.store, self.config.quarantine, node, store=shared)
+
+    def _console(self) -> ConsoleServer:
+        """The console over this node; its overview counts what the metrics count."""
+        activity = Activity()
+        if self.metrics is None:
+            self.metrics = Metrics()  # counted for the console; no /metrics without the address
+            self.observers.append(self.metrics)
+        self.metrics.activity = activity
+        held = self.quarantine
+        node = Node(
+            pipeline=self.current_pipeline,
+            activity=activity,
+            quarantine=(
+                QuarantineView(held, self.config.relay, queued=self.queue is not None)
+                if isinstance(held, StoredQuarantine)
+                else None
+            ),
+            queue=QueueView(self.queue.store) if self.queue is not None else None,
+            node_name=self.queue.node if self.queue is not None else socket.gethostname(),
+        )
+        return ConsoleServer(self.config.console, node)
 
     async def _expire_quarantine(self, held: StoredQuarantine) -> None:
         """Every ``expire_interval``, delete what ``retention_days`` no longer keeps."""
@@ -193,6 +221,14 @@ class App:
             self._expiring = asyncio.create_task(
                 self._expire_quarantine(self.quarantine), name="quarantine expiry"
             )
+        if self.console is not None:
+            try:
+                await self.console.start()
+            except (OSError, SystemExit) as exc:
+                source = preflight.core_source(self.config)
+                address = self.config.console.address
+                error = exc if isinstance(exc, OSError) else OSError(str(exc))
+                raise _cannot_listen(source, "console.address", address, error) from None
         if self.metrics_server is not None:
             try:
                 await self.metrics_server.start()
@@ -294,6 +330,8 @@ class App:
         self.listeners.clear()
         for egress in self.egresses.values():
             await egress.close()
+        if self.console is not None:
+            await self.console.stop()
         if self._expiring is not None:
             self._expiring.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -51,7 +51,8 @@ def _lines(config: Config, non_default: bool) -> Iterator[str]:
     core_file = str(config.directory / "mailgate.toml") if config.directory else "(built in)"
     yield f"# {core_file}"
     yield ""
-    for table in ("mailgate", "logging", "metrics", "dns", "authentication_results", "relay"):
+    tables = ("mailgate", "logging", "metrics", "console", "dns", "authentication_results", "relay")
+    for table in tables:
         yield from _table(table, getattr(config, table), non_default)
     for listener in config.listeners:
         origin = listener.key or "from the command line or built in"

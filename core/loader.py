@@ -28,6 +28,7 @@ import pluggy
 from mailgate.authentication_results import AuthenticationResultsSettings
 from mailgate.config import ConfigError, PluginError, is_host_port, load_settings
 from mailgate.config.errors import Text
+from mailgate.console.settings import ConsoleSettings
 from mailgate.contract import ContractError, check_plugin_class
 from mailgate.dns import DnsSettings
 from mailgate.event_loop import EventLoopChoice, uvloop_available
@@ -122,6 +123,7 @@ class Config:
     relay: RelaySettings = field(default_factory=RelaySettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
     queue: QueueSettings | None = None
     """Set when there is a ``[queue]`` table or a listener with ``egress = "queue"``: the node
     then opens the store and delivers from the queue."""
@@ -240,6 +242,7 @@ _CORE_KEYS = (
     "relay",
     "store",
     "quarantine",
+    "console",
     "queue",
     RELAY_CONTROL,
     SENDER_AUTH,
@@ -285,6 +288,9 @@ def _core(table: dict[str, Any], source: str, path: Path | None) -> Config:
         config.listeners.append(_listener(t, source, f"listener[{i}]"))
     config.store = load_settings(
         StoreSettings, _table(table, "store", source), source=source, prefix="store"
+    )
+    config.console = load_settings(
+        ConsoleSettings, _table(table, "console", source), source=source, prefix="console"
     )
     config.quarantine = load_settings(
         QuarantineSettings,
