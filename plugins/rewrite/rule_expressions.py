@@ -11,11 +11,14 @@ A rule's `when` and `replace_expr` see every variable of `mailgate.expressions` 
 ``groups``     the groups of the rule's `match`: ``groups.user``, ``groups["1"]``
                (``groups["0"]`` is the whole match; a group that took no part is "")
 =============  ==================================================================
+
+Besides mailgate's helpers (``ip_in``, ``re_match``) they can call ``lower(text)``,
+``upper(text)`` and ``replace(text, old, new)`` (every `old` replaced by `new`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +29,18 @@ from mailgate.session import Address, Session, Transaction
 
 ADDRESS_VARIABLES = frozenset({"address", "local", "domain", "groups"})
 """The variables a rule expression has besides mailgate's own."""
+
+
+def _replace(text: str, old: str, new: str) -> str:
+    return text.replace(old, new)
+
+
+RULE_FUNCTIONS: dict[str, Callable[..., Any]] = FUNCTIONS | {
+    "lower": str.lower,
+    "upper": str.upper,
+    "replace": _replace,
+}
+"""The functions a rule expression can call."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +80,7 @@ class RuleExpression:
             raise ExpressionError(source, str(exc).split("\n", 1)[0]) from None
         names = set(self._program.variables())
         known = VARIABLES | ADDRESS_VARIABLES
-        unknown = sorted(n for n in names if n not in known and n not in FUNCTIONS)
+        unknown = sorted(n for n in names if n not in known and n not in RULE_FUNCTIONS)
         if unknown:
             raise ExpressionError(
                 source, f"unknown variable {unknown[0]!r} (known: {', '.join(sorted(known))})"
@@ -92,7 +107,7 @@ class RuleExpression:
         values = dict(variables)
         for name, expression in self._standard.items():
             values[name] = expression.evaluate(facts.session, facts.transaction)
-        return self._program.execute(cel.Context(values, FUNCTIONS))
+        return self._program.execute(cel.Context(values, RULE_FUNCTIONS))
 
     def __repr__(self) -> str:
         return f"RuleExpression({self.source!r})"
