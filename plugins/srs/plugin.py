@@ -20,7 +20,7 @@ NOTE = "srs"
 
 
 class Srs:
-    """Forward: at DATA, a sender outside our domains, on mail for some recipient outside
+    """Forward: at the end of data, a sender outside our domains, on mail for some recipient outside
     `local_domains`, becomes an SRS address in `domain` (if `forward_when` says so).
     Reverse: at RCPT, a recipient ``SRS0=...@domain``/``SRS1=...@domain`` is checked and
     replaced by the address it stands for, or refused with ``550 5.1.1``.
@@ -55,14 +55,20 @@ class Srs:
         return None
 
     @hookimpl
-    def on_data(self, session: Session, transaction: Transaction) -> None:
-        """Give the sender an SRS address if the mail leaves for another domain."""
+    def on_message(self, session: Session, transaction: Transaction) -> None:
+        """Give the sender an SRS address if the mail leaves for another domain.
+
+        At the end of data, not at DATA: the recipients are final either way, and a Postfix
+        speaking milter protocol 2 sends no DATA step. Reads nothing of the message.
+        """
         sender = transaction.sender
         if not self.settings.forward or not self._leaves(transaction) or not sender.address:
             return
         if sender.domain.rstrip(".") in self.excluded:
             return
         if not self.settings.forward_when(session, transaction):
+            return
+        if self._ours(sender.address):
             return
         try:
             new = self.codec.forward(sender.address, self.clock())
@@ -72,6 +78,17 @@ class Srs:
         if new != sender.address:
             _notes(transaction)["sender"] = [sender.address, new]
             transaction.change_sender(new, tuple(sender.params))
+
+    def _ours(self, address: str) -> bool:
+        """True for an SRS address our secrets verify, wherever it points (as postsrsd, which
+        answers "Already rewritten"): wrapping it again would only lengthen it."""
+        if not is_srs(address.rpartition("@")[0]):
+            return False
+        try:
+            self.codec.reverse(address, self.clock())
+        except SrsError:
+            return False
+        return True
 
     def _leaves(self, transaction: Transaction) -> bool:
         return any(r.domain.rstrip(".") not in self.local for r in transaction.recipients)

@@ -33,9 +33,9 @@ class SrsSettings:
     separator: Literal["=", "+", "-"] = "="
     """The character after ``SRS0``/``SRS1`` in new addresses (postsrsd's ``-a``)."""
     forward: bool = True
-    """Give forwarded mail an SRS sender (at DATA)."""
+    """Give forwarded mail an SRS sender (at the end of data)."""
     forward_when: Expression = field(default_factory=lambda: Expression("true"))
-    """Which forwarded mail gets an SRS sender, asked at DATA (the recipients are known)."""
+    """Which forwarded mail gets an SRS sender, asked at the end of data (recipients final)."""
     local_domains: list[Domain] = field(default_factory=list)
     """Our own recipient domains: mail only for them is not leaving, so it keeps its sender."""
     exclude_sender_domains: list[Domain] = field(default_factory=list)
