@@ -30,6 +30,8 @@ from tests.peers.workdir import PeerDirs
 
 __all__ = ["captured_logs"]
 
+CONF_D = Path(__file__).resolve().parents[2] / "conf.d"
+
 SUBADDRESS = RuleSettings(
     match=r"(?P<user>[^@+]+)\+(?P<tag>[^@]+)@(?P<host>example\.com)",
     replace="{user}@{host}",
@@ -287,6 +289,26 @@ def test_bad_rules_stop_loading_with_file_key_and_reason(
     assert caught.value.file.endswith("70-rewrite.toml")
     assert caught.value.key == key
     assert reason in str(caught.value)
+
+
+def test_shipped_file_rules_load_when_uncommented(tmp_path: Path) -> None:
+    text = (CONF_D / "70-rewrite.toml").read_text().replace("enabled = false", "enabled = true", 1)
+    head, _, rules_part = text.partition("# --- rules")
+    examples = [line[2:] for line in rules_part.splitlines() if line.startswith("# [[")]
+    uncommented = "\n".join(
+        line[2:]
+        if line.startswith(("# [[", "# match", "# replace", "# stop", "# headers", "# when"))
+        else ""
+        for line in rules_part.splitlines()
+    )
+    assert len(examples) == 4
+    pipeline = load_config(write(tmp_path, head + uncommented)).pipeline()
+    (plugin,) = [p for p in pipeline.plugins if p.name == "rewrite"]
+    assert isinstance(plugin.instance, Rewrite)
+    rewriter = plugin.instance.rewriter
+    assert rewriter.sender("al@mail.corp.example") == "al@example.com"
+    assert rewriter.recipient("bob+tag@example.com") == ["postmaster@example.com"]
+    assert rewriter.recipient("ann+tag@example.com") == ["ann@example.com"]
 
 
 def test_header_rules_make_the_plugin_read_headers(tmp_path: Path) -> None:
