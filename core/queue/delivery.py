@@ -1,9 +1,11 @@
 """`DeliveryWorker`: takes due messages from the queue with a lease and sends them on.
 
 One worker per node. It claims due messages (`records.claim`: a lease of ``lease_time``
-seconds in this node's name), delivers each to the next hop over the relay's own client
-(`mailgate.relay.connection.DownstreamConnection`: BDAT when offered, else DATA with dot
-stuffing; pooled connections), and records per recipient what the next hop said:
+seconds in this node's name), sends each recipient along its route (`mailgate.queue.routes`),
+one transaction per destination (`mailgate.queue.destinations`: a next hop, or a domain's MX
+hosts), over the relay's own client (`mailgate.relay.connection.DownstreamConnection`: BDAT
+when offered, else DATA with dot stuffing; pooled connections), and records per recipient
+what the host that answered said (and which host it was):
 
 - 2xx: delivered; a message whose recipients are all delivered is deleted;
 - 4xx, or the next hop unreachable or lost: deferred, tried again after a back-off that
@@ -26,10 +28,14 @@ from io import BytesIO
 
 import structlog
 
+from mailgate.dns import DnsSettings, async_resolver
 from mailgate.egress import Reply
 from mailgate.message import Message, parse_header_block
 from mailgate.queue import records
+from mailgate.queue.destinations import Destination, Destinations
+from mailgate.queue.mx import NoRoute
 from mailgate.queue.records import Outcome, Queued, QueuedRecipient
+from mailgate.queue.routes import Router, default_route
 from mailgate.queue.settings import QueueSettings
 from mailgate.relay import reply as replies
 from mailgate.relay.connection import DownstreamConnection, DownstreamError
@@ -43,13 +49,15 @@ from mailgate.store.schema import BOUNCED, DEFERRED, DELIVERED
 log = structlog.get_logger("mailgate.queue")
 
 
-def next_hop_settings(settings: QueueSettings, relay: RelaySettings) -> RelaySettings:
-    """How the worker talks to the next hop: ``[relay]``'s settings, ``next_hop`` as address.
-
-    The queue has no client session to present, so no XCLIENT or XFORWARD.
-    """
-    return dataclasses.replace(
-        relay, address=settings.next_hop or relay.address, xclient=False, xforward=False
+def router(settings: QueueSettings, relay: RelaySettings) -> Router:
+    """The routes of ``[[queue.route]]``, and ``next_hop`` (or ``[relay] address``) as the
+    default, spoken to with ``[relay]``'s settings (no XCLIENT or XFORWARD: the queue has no
+    client session to present)."""
+    return Router(
+        settings.route,
+        default_route(settings.next_hop, relay),
+        relay,
+        settings.destination_concurrency,
     )
 
 
@@ -63,13 +71,15 @@ class DeliveryWorker:
         settings: QueueSettings,
         relay: RelaySettings,
         node: str,
+        dns: DnsSettings | None = None,
     ) -> None:
         self.store = store
         self.writer = writer
         self.settings = settings
         self.node = node
-        self.next_hop = next_hop_settings(settings, relay)
-        self.pool = ConnectionPool(self.next_hop)
+        self.router = router(settings, relay)
+        self.destinations = Destinations(async_resolver(dns or DnsSettings()), relay.helo_name)
+        """Where mail goes, each place with its pool of connections and its limit."""
         self.attempts = 0
         """Delivery attempts made (one per claimed message)."""
         self._wake = asyncio.Event()
@@ -86,7 +96,9 @@ class DeliveryWorker:
             log.info("leases of a previous run released", node=self.node, messages=released)
         self._stopping = False
         self._task = asyncio.create_task(self._run(), name="queue delivery")
-        log.info("delivery started", node=self.node, next_hop=self.next_hop.address)
+        routes = [r.name for r in self.router.routes]
+        hop = self.router.default.settings.next_hop[0]
+        log.info("delivery started", node=self.node, routes=routes, next_hop=hop)
 
     def wake(self) -> None:
         """Something may be due (a message was just stored): look now."""
@@ -111,7 +123,7 @@ class DeliveryWorker:
             await self.writer.write(functools.partial(records.release_leases, node=self.node))
         except Exception as exc:
             log.warning("leases not released; they expire", error=_describe(exc))
-        self.pool.close()
+        self.destinations.close()
         log.info("delivery stopped", node=self.node, interrupted=len(unfinished))
 
     async def _run(self) -> None:
@@ -189,12 +201,39 @@ class DeliveryWorker:
             log.info("message attempted", queue_id=queue_id, left=left)
 
     async def _attempt(self, queued: Queued) -> list[Outcome]:
-        """One delivery attempt of the due recipients; an outcome for each."""
-        due = queued.recipients
-        try:
-            conn, reused = await self.pool.acquire()
-        except DownstreamError as exc:
-            return self._all(queued, exc.reply)
+        """One delivery attempt of the due recipients, each destination in a transaction of
+        its own, all at once; an outcome for each recipient."""
+        groups: dict[Destination, list[QueuedRecipient]] = {}
+        for r in queued.recipients:
+            route = self.router.route(queued.sender, r.address)
+            destination = self.destinations.get(route, route.destination(r.address))
+            groups.setdefault(destination, []).append(r)
+        attempts = [self._attempt_destination(queued, d, due) for d, due in groups.items()]
+        if len(attempts) == 1:
+            return await attempts[0]
+        return [o for outcomes in await asyncio.gather(*attempts) for o in outcomes]
+
+    async def _attempt_destination(
+        self, queued: Queued, destination: Destination, due: list[QueuedRecipient]
+    ) -> list[Outcome]:
+        """Send the message to the `due` recipients that go to `destination`."""
+        async with destination.slot():
+            try:
+                conn, reused = await destination.pool.acquire()
+            except (DownstreamError, NoRoute) as exc:
+                return self._all(queued, exc.reply, due)
+            return await self._transaction(queued, destination.pool, conn, reused, due)
+
+    async def _transaction(
+        self,
+        queued: Queued,
+        pool: ConnectionPool,
+        conn: DownstreamConnection,
+        reused: bool,
+        due: list[QueuedRecipient],
+    ) -> list[Outcome]:
+        """MAIL, RCPT for each of `due`, the message: an outcome for each recipient, naming
+        the host that answered."""
         try:
             try:
                 mail = await _mail(conn, queued)
@@ -202,11 +241,11 @@ class DeliveryWorker:
                 if not reused:
                     raise
                 # The pooled connection went stale while idle: a fresh one, once.
-                conn = await self.pool.open_new()
+                conn = await pool.open_new()
                 mail = await _mail(conn, queued)
             if not mail.ok:
-                await self._reset(conn)
-                return self._all(queued, mail)
+                await self._reset(pool, conn)
+                return _answered(conn, self._all(queued, mail, due))
             accepted: list[QueuedRecipient] = []
             outcomes: list[Outcome] = []
             for r in due:
@@ -216,29 +255,32 @@ class DeliveryWorker:
                 else:
                     outcomes.append(self._outcome(r, reply, queued))
             if not accepted:
-                await self._reset(conn)
-                return outcomes
+                await self._reset(pool, conn)
+                return _answered(conn, outcomes)
             final = await conn.send_message(_message(queued))
-        except DownstreamError as exc:
-            self.pool.discard(conn)
-            return self._all(queued, exc.reply)
+        except (DownstreamError, NoRoute) as exc:
+            pool.discard(conn)
+            return _answered(conn, self._all(queued, exc.reply, due))
         except BaseException:
-            self.pool.discard(conn)
+            pool.discard(conn)
             raise
         if final.code // 100 == 2:
-            self.pool.release(conn)
+            pool.release(conn)
         else:
-            await self._reset(conn)
-        return outcomes + [self._outcome(r, final, queued) for r in accepted]
+            await self._reset(pool, conn)
+        return _answered(conn, outcomes + [self._outcome(r, final, queued) for r in accepted])
 
-    async def _reset(self, conn: DownstreamConnection) -> None:
+    async def _reset(self, pool: ConnectionPool, conn: DownstreamConnection) -> None:
         if await conn.reset():
-            self.pool.release(conn)
+            pool.release(conn)
         else:
-            self.pool.discard(conn)
+            pool.discard(conn)
 
-    def _all(self, queued: Queued, reply: Reply) -> list[Outcome]:
-        return [self._outcome(r, reply, queued) for r in queued.recipients]
+    def _all(
+        self, queued: Queued, reply: Reply, recipients: list[QueuedRecipient] | None = None
+    ) -> list[Outcome]:
+        due = queued.recipients if recipients is None else recipients
+        return [self._outcome(r, reply, queued) for r in due]
 
     def _outcome(
         self, recipient: QueuedRecipient, reply: Reply, queued: Queued | None = None
@@ -275,6 +317,11 @@ async def _mail(conn: DownstreamConnection, queued: Queued) -> Reply:
 async def _rcpt(conn: DownstreamConnection, recipient: Address) -> Reply:
     params = rcpt_params(recipient.params, conn.extensions)
     return await conn.command(f"RCPT TO:<{recipient.address}>", *params)
+
+
+def _answered(conn: DownstreamConnection, outcomes: list[Outcome]) -> list[Outcome]:
+    """`outcomes` naming the host `conn` talks to as the one that answered."""
+    return [dataclasses.replace(o, remote_mta=conn.remote) for o in outcomes]
 
 
 def _message(queued: Queued) -> Message:

@@ -212,6 +212,8 @@ class Outcome:
     attempts: int
     next_attempt: float | None
     reply: str
+    remote_mta: str | None = None
+    """The host that answered (``mx.example.com[192.0.2.1]:25``); None: none was reached."""
 
 
 async def record(
@@ -242,6 +244,7 @@ async def record(
                 attempts=bindparam("m_attempts"),
                 next_attempt=bindparam("m_next"),
                 last_reply=bindparam("m_reply"),
+                remote_mta=bindparam("m_remote"),
                 updated=now,
             ),
             [
@@ -252,6 +255,7 @@ async def record(
                     "m_attempts": o.attempts,
                     "m_next": o.next_attempt,
                     "m_reply": o.reply,
+                    "m_remote": o.remote_mta,
                 }
                 for o in outcomes
             ],

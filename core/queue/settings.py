@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from mailgate.queue.routes import DEFAULT_DESTINATION_CONCURRENCY, RouteSettings
 from mailgate.sockaddr import is_host_port, parse_host_port
 
 
@@ -43,6 +44,14 @@ class QueueSettings:
     max_batch: int = 128
     """Most writes (accepted messages, delivery results) sharing one commit."""
 
+    destination_concurrency: int = DEFAULT_DESTINATION_CONCURRENCY
+    """Connections at once to one destination (a next hop, or a recipient domain of an MX
+    route), for the default route and every route that does not set its own."""
+
+    route: list[RouteSettings] = field(default_factory=list)
+    """The ``[[queue.route]]`` tables, in order: the first whose ``when`` is true for a
+    recipient is its route; none: `next_hop` (see `mailgate.queue.routes`)."""
+
     def __post_init__(self) -> None:
         if self.next_hop and not is_host_port(self.next_hop):
             raise ValueError('next_hop: expected "host:port", or "" for [relay] address')
@@ -54,6 +63,14 @@ class QueueSettings:
             raise ValueError("lease_time and poll_interval must be positive")
         if not 0 < self.min_backoff <= self.max_backoff:
             raise ValueError("min_backoff: expected more than 0 and at most max_backoff")
+        if self.destination_concurrency < 1:
+            raise ValueError("destination_concurrency: at least 1")
+        names: set[str] = set()
+        for i, route in enumerate(self.route):
+            route.name = route.name or f"route[{i}]"
+            if route.name in names or route.name == "default":
+                raise ValueError(f"route: the name {route.name!r} is given twice (or is 'default')")
+            names.add(route.name)
 
     def backoff(self, attempts: int) -> float:
         """Seconds to wait after the `attempts`-th failed attempt (1, 2, ...)."""
