@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from mailgate import Address, Message, Transaction, hookimpl
+from mailgate import Address, Message, Session, Transaction, hookimpl
 from mailgate.plugins.rewrite.headers import rewrite_header_value
 from mailgate.plugins.rewrite.lookup import AddressMap, CatchAll, Lookup, rewrite, with_orcpt
+from mailgate.plugins.rewrite.rule_expressions import BARE, Facts
+from mailgate.plugins.rewrite.rules import RuleList
 from mailgate.plugins.rewrite.settings import RewriteSettings
 
 NOTE = "rewrite"
@@ -21,6 +24,7 @@ class Rewriter:
 
     def __init__(self, settings: RewriteSettings) -> None:
         lookup = Lookup(settings.subaddress_delimiter, settings.case_insensitive_local)
+        self.map_headers = settings.rewrite_headers
         self.strip = settings.strip_subaddress
         self.senders = AddressMap(settings.sender, lookup)
         self.recipients = AddressMap(settings.recipients, lookup)
@@ -28,35 +32,54 @@ class Rewriter:
         self.catch_all = CatchAll(
             AddressMap(settings.catch_all, lookup), frozenset(lookup.key(a) for a in known)
         )
+        self.sender_rules = RuleList([r.rule for r in settings.sender_rules], "sender")
+        self.recipient_rules = RuleList([r.rule for r in settings.recipient_rules], "recipient")
 
-    def sender(self, address: str) -> str | None:
-        """The new envelope sender, or None to keep it (the null sender is never rewritten)."""
+    def sender(self, address: str, facts: Facts = BARE) -> str | None:
+        """The new envelope sender, or None to keep it (the null sender is never rewritten).
+
+        The sender map first; for an address it does not list, the sender rules.
+        """
         if not address:
             return None
         result = rewrite(address, self.senders, strip=False)
+        if result is None and self.sender_rules:
+            result = [self.sender_rules.apply(address, facts).address]
         return None if result is None or result == [address] else result[0]
 
-    def recipient(self, address: str) -> list[str] | None:
+    def recipient(self, address: str, facts: Facts = BARE) -> list[str] | None:
         """What one recipient becomes (one or more addresses), or None to keep it.
 
-        The recipient map first; then, for an address it does not list, the catch-all of its
-        domain (unless it is a known recipient); then subaddress stripping.
+        The recipient map first; then, for an address it does not list, the recipient rules;
+        if none matched, the catch-all of its domain (unless it is a known recipient); then
+        subaddress stripping.
         """
         if self.recipients.find(address) is None:
+            if self.recipient_rules:
+                outcome = self.recipient_rules.apply(address, facts)
+                if outcome.matched:
+                    return None if outcome.address == address else [outcome.address]
             catch = self.catch_all.target(address)
             if catch is not None:
                 return None if catch == address else [catch]
         result = rewrite(address, self.recipients, strip=self.strip)
         return None if result is None or result == [address] else result
 
-    def header_sender(self, address: str) -> str | None:
-        """The new address for From:, by the sender map."""
-        return self.sender(address)
+    def header_sender(self, address: str, facts: Facts = BARE) -> str | None:
+        """The new address for From:: by the sender map (with ``rewrite_headers``), else by
+        the sender rules marked ``headers``."""
+        result = rewrite(address, self.senders, strip=False) if self.map_headers else None
+        if result is None:
+            result = [self.sender_rules.apply(address, facts, headers_only=True).address]
+        return None if result == [address] else result[0]
 
-    def header_recipient(self, address: str) -> str | None:
-        """The new address for To:/Cc:: one-to-one recipient entries only, no stripping."""
-        result = rewrite(address, self.recipients, strip=False)
-        return result[0] if result is not None and len(result) == 1 else None
+    def header_recipient(self, address: str, facts: Facts = BARE) -> str | None:
+        """The new address for To:/Cc:: one-to-one recipient entries (with
+        ``rewrite_headers``; no stripping), else the recipient rules marked ``headers``."""
+        result = rewrite(address, self.recipients, strip=False) if self.map_headers else None
+        if result is None:
+            result = [self.recipient_rules.apply(address, facts, headers_only=True).address]
+        return result[0] if len(result) == 1 and result != [address] else None
 
 
 class Rewrite:
@@ -77,7 +100,11 @@ class Rewrite:
     """What ``on_message`` reads; only `HeaderRewrite` has one (``rewrite_headers = true``)."""
 
     def __new__(cls, settings: RewriteSettings | None = None) -> Rewrite:
-        if cls is Rewrite and settings is not None and settings.rewrite_headers:
+        if (
+            cls is Rewrite
+            and settings is not None
+            and (settings.rewrite_headers or settings.header_rules)
+        ):
             cls = HeaderRewrite
         return super().__new__(cls)
 
@@ -86,18 +113,19 @@ class Rewrite:
         self.rewriter = Rewriter(self.settings)
 
     @hookimpl
-    def on_mail(self, transaction: Transaction, sender: Address) -> None:
+    def on_mail(self, session: Session, transaction: Transaction, sender: Address) -> None:
         """Rewrite the envelope sender, keeping its ESMTP parameters."""
-        new = self.rewriter.sender(sender.address)
+        new = self.rewriter.sender(sender.address, Facts(session, transaction))
         if new is not None:
             _notes(transaction)["sender"] = [sender.address, new]
             transaction.change_sender(new, tuple(sender.params))
 
     @hookimpl
-    def on_rcpt(self, transaction: Transaction, recipient: Address) -> None:
-        """Replace the recipient by what the maps, the catch-all or stripping make of it."""
+    def on_rcpt(self, session: Session, transaction: Transaction, recipient: Address) -> None:
+        """Replace the recipient by what the maps, the rules, the catch-all or stripping make
+        of it."""
         original = recipient.address
-        targets = self.rewriter.recipient(original)
+        targets = self.rewriter.recipient(original, Facts(session, transaction))
         if targets is None:
             return
         notes = _notes(transaction)
@@ -122,18 +150,20 @@ class Rewrite:
 
 
 class HeaderRewrite(Rewrite):
-    """`Rewrite` with ``rewrite_headers = true``: From:, To: and Cc: too, at the end of data."""
+    """`Rewrite` with ``rewrite_headers = true`` or a rule with ``headers = true``: From:, To:
+    and Cc: too, at the end of data."""
 
     @hookimpl
-    def on_message(self, transaction: Transaction, message: Message) -> None:
-        """Rewrite the header addresses that the sender and recipient maps list."""
+    def on_message(self, session: Session, transaction: Transaction, message: Message) -> None:
+        """Rewrite the header addresses that the maps list or the header rules match."""
+        facts = Facts(session, transaction)
         for names, fn in (
             (SENDER_HEADERS, self.rewriter.header_sender),
             (RECIPIENT_HEADERS, self.rewriter.header_recipient),
         ):
             for name in names:
                 for i, value in enumerate(message.get_all(name), 1):
-                    new = rewrite_header_value(value, fn)
+                    new = rewrite_header_value(value, functools.partial(fn, facts=facts))
                     if new != value:
                         transaction.change_header(name, new, i)
 

@@ -9,6 +9,7 @@ from typing import Annotated
 
 from mailgate.config import Check
 from mailgate.plugins.rewrite.lookup import is_address, is_domain_key, is_map_entry
+from mailgate.plugins.rewrite.rules import RuleSettings
 
 MapEntry = Annotated[
     str, Check(is_map_entry, 'an address "user@example.com" or a domain "@example.com"')
@@ -41,8 +42,17 @@ class RewriteSettings:
     """A file of more known recipients, one address a line; ``#`` lines and blank lines skipped."""
     rewrite_headers: bool = False
     """Also rewrite From: (sender map) and To:/Cc: (one-to-one recipient entries)."""
+    sender_rules: list[RuleSettings] = field(default_factory=list)
+    """Ordered regex/expression rules for the envelope sender, asked when the map has no entry."""
+    recipient_rules: list[RuleSettings] = field(default_factory=list)
+    """Ordered rules for each recipient, asked when the map has no entry (before the catch-all)."""
     known_from_file: list[str] = field(init=False, default_factory=list)
     """The addresses read from `known_recipients_file` at load."""
+
+    @property
+    def header_rules(self) -> bool:
+        """True when some rule also rewrites header addresses."""
+        return any(r.headers for r in (*self.sender_rules, *self.recipient_rules))
 
     def __post_init__(self) -> None:
         _check_keys("sender", self.sender, is_map_entry)
