@@ -4,13 +4,16 @@ Enable one milter per ``conf.d`` file (``plugin = "milter"``); see ``docs/plugin
 """
 
 from mailgate.milter.translate import reply_verdict
+from mailgate.plugins.milter.bridged import BridgedMilter
 from mailgate.plugins.milter.client import Answer, MilterClient, MilterFailure, MilterGone
 from mailgate.plugins.milter.plugin import MilterPlugin
-from mailgate.plugins.milter.settings import MilterSettings
+from mailgate.plugins.milter.settings import MilterEntry, MilterSettings
 
 __all__ = [
     "Answer",
+    "BridgedMilter",
     "MilterClient",
+    "MilterEntry",
     "MilterFailure",
     "MilterGone",
     "MilterPlugin",
