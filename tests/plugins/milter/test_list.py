@@ -9,6 +9,7 @@ import pytest
 
 from mailgate.config import ConfigError
 from mailgate.loader import load_config
+from mailgate.plugins.milter import MilterPlugin
 from tests.peers.smtp_sink import SmtpSink
 from tests.plugins.milter.conftest import ActionMilterFactory, BridgeFactory, milter_list
 
@@ -109,4 +110,5 @@ def test_a_good_list_loads(tmp_path: Path) -> None:
         '  { address = "unix:/run/clamav/clamav-milter.ctl", name = "clamav" },\n]\n',
     )
     [plugin] = [p for p in load_config(tmp_path).pipeline().plugins if p.name == "milter"]
+    assert isinstance(plugin.instance, MilterPlugin)
     assert [m.name for m in plugin.instance.milters] == ["opendkim", "clamav"]
