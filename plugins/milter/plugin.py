@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from mailgate import Address, Session, Transaction, Verdict, hookimpl
 from mailgate.plugins.milter.bridged import BridgedMilter
-from mailgate.plugins.milter.settings import MilterSettings
+from mailgate.plugins.milter.settings import MilterEntry, MilterSettings
 
 
 class MilterPlugin:
@@ -25,7 +25,10 @@ class MilterPlugin:
 
     def __init__(self, settings: MilterSettings | None = None) -> None:
         self.settings = settings or MilterSettings()
-        self.milters = [BridgedMilter(entry) for entry in self.settings.entries()]
+        self.milters = [
+            _bridged(entry, f"milters[{i}]." if self.settings.milters else "")
+            for i, entry in enumerate(self.settings.entries())
+        ]
         self.name = self.milters[0].name if len(self.milters) == 1 else ""
         """The milter's name (logs, ``transaction.results``) when the file has one milter."""
 
@@ -112,3 +115,11 @@ class MilterPlugin:
         """QUIT and close the session's connections."""
         for milter in self.milters:
             await milter.disconnect(session)
+
+
+def _bridged(entry: MilterEntry, where: str) -> BridgedMilter:
+    """The milter of one entry; a refusal names the entry (``milters[1].tls_ca_file: ...``)."""
+    try:
+        return BridgedMilter(entry)
+    except ValueError as exc:
+        raise ValueError(f"{where}{exc}") from None

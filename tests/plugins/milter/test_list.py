@@ -10,6 +10,7 @@ import pytest
 from mailgate.config import ConfigError
 from mailgate.loader import load_config
 from mailgate.plugins.milter import MilterPlugin
+from tests.peers.certificate import named_certificate
 from tests.peers.smtp_sink import SmtpSink
 from tests.plugins.milter.conftest import ActionMilterFactory, BridgeFactory, milter_list
 
@@ -112,3 +113,28 @@ def test_a_good_list_loads(tmp_path: Path) -> None:
     [plugin] = [p for p in load_config(tmp_path).pipeline().plugins if p.name == "milter"]
     assert isinstance(plugin.instance, MilterPlugin)
     assert [m.name for m in plugin.instance.milters] == ["opendkim", "clamav"]
+
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_the_shipped_file_and_its_list_example_load(tmp_path: Path) -> None:
+    shipped = (ROOT / "conf.d" / "40-milter.toml").read_text()
+    (tmp_path / "40-milter.toml").write_text(shipped)
+    config = load_config(tmp_path)
+    assert config.disabled == [("milter", str(tmp_path / "40-milter.toml"))]
+    # The commented list example, switched on in place of the single-milter keys.
+    lines = shipped.splitlines()
+    start = next(i for i, line in enumerate(lines) if line == "# [[milters]]")
+    example = "\n".join(line.removeprefix("#").removeprefix(" ") for line in lines[start:])
+    (tmp_path / "40-milter.toml").write_text(f'plugin = "milter"\n{example}\n')
+    with pytest.raises(ConfigError) as err:  # the CA file of the example does not exist here
+        load_config(tmp_path).pipeline()
+    assert "milters[1].tls_ca_file: cannot load /etc/mailgate/milter-ca.pem" in str(err.value)
+    ca, _ = named_certificate(tmp_path, "scanner.example.net")
+    example = example.replace("/etc/mailgate/milter-ca.pem", ca)
+    (tmp_path / "40-milter.toml").write_text(f'plugin = "milter"\n{example}\n')
+    [plugin] = [p for p in load_config(tmp_path).pipeline().plugins if p.name == "milter"]
+    assert isinstance(plugin.instance, MilterPlugin)
+    assert [m.name for m in plugin.instance.milters] == ["clamav", "rspamd"]
+    assert plugin.instance.milters[1].settings.tls is True
