@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import structlog
@@ -119,6 +121,29 @@ def client_tls(settings: MilterEntry) -> ssl.SSLContext | None:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def interleave(
+    recipients: Sequence[Address],
+    sent: AbstractSet[tuple[str, tuple[str, ...]]],
+    refused: Sequence[_Refused],
+) -> list[tuple[Address, Verdict | None]]:
+    """The RCPTs to send, in the order the client gave them: the `recipients` not `sent` yet
+    (with None), and each refused one (with its refusal) after the first ``position`` of
+    `recipients`."""
+    queue: list[tuple[Address, Verdict | None]] = []
+    waiting = iter(refused)
+    next_refused = next(waiting, None)
+    for i, rcpt in enumerate(recipients):
+        while next_refused is not None and next_refused.position <= i:
+            queue.append((next_refused.recipient, next_refused.verdict))
+            next_refused = next(waiting, None)
+        if _rcpt_key(rcpt) not in sent:
+            queue.append((rcpt, None))
+    while next_refused is not None:
+        queue.append((next_refused.recipient, next_refused.verdict))
+        next_refused = next(waiting, None)
+    return queue
 
 
 class BridgedMilter:
@@ -414,18 +439,7 @@ class BridgedMilter:
             if agreed.protocol & Step.RCPT_REJ and agreed.sends(Command.RCPT):
                 later = link.refused_later
             link.refused_later = []
-        queue: list[tuple[Address, Verdict | None]] = []
-        waiting = iter(later)
-        next_refused = next(waiting, None)
-        for i, rcpt in enumerate(tx.recipients):
-            while next_refused is not None and next_refused.position <= i:
-                queue.append((next_refused.recipient, next_refused.verdict))
-                next_refused = next(waiting, None)
-            if _rcpt_key(rcpt) not in sent:
-                queue.append((rcpt, None))
-        while next_refused is not None:
-            queue.append((next_refused.recipient, next_refused.verdict))
-            next_refused = next(waiting, None)
+        queue = interleave(tx.recipients, sent, later)
         if recipient is not None and stage == "rcpt":
             queue.append((recipient, refused))
         for rcpt, refusal in queue:

@@ -8,6 +8,8 @@ import smtplib
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailgate import Address, Message, Session, Transaction, Verdict
 from mailgate.message import Header
@@ -15,7 +17,7 @@ from mailgate.milter import codec as c
 from mailgate.milter.protocol import ALL_ACTIONS, Step
 from mailgate.pipeline import EnabledPlugin
 from mailgate.plugins.milter import MilterPlugin, MilterSettings
-from mailgate.plugins.milter.bridged import MAX_REFUSED_KEPT
+from mailgate.plugins.milter.bridged import MAX_REFUSED_KEPT, _Refused, interleave
 from tests.peers.smtp_sink import SmtpSink
 from tests.plugins.milter.conftest import ActionMilterFactory, BridgeFactory, milter
 from tests.plugins.milter.fake_milter import FakeMilter, plain
@@ -142,3 +144,28 @@ async def test_how_many_are_kept_is_bounded(fake: FakeMilter) -> None:
     tx.message = Message([Header.new("Subject", "hi")], io.BytesIO(b"body\r\n"))
     assert await p.on_message(session, tx) is None
     assert len([f for f in fake.frames if isinstance(f, c.Rcpt)]) == MAX_REFUSED_KEPT + 1
+
+
+@given(
+    st.lists(st.tuples(st.booleans(), st.booleans()), max_size=30),
+)
+def test_interleave_keeps_the_clients_order(arrivals: list[tuple[bool, bool]]) -> None:
+    """Each RCPT in arrival order is refused or joins (and may have been sent already): what
+    goes out is the unsent joined ones and every kept refused one, in arrival order."""
+    recipients: list[Address] = []
+    sent: set[tuple[str, tuple[str, ...]]] = set()
+    kept: list[_Refused] = []
+    expected: list[tuple[str, bool]] = []
+    for i, (joins, already_sent) in enumerate(arrivals):
+        rcpt = Address(f"r{i}@example.com")
+        if joins:
+            recipients.append(rcpt)
+            if already_sent:
+                sent.add((rcpt.address, ()))
+            else:
+                expected.append((rcpt.address, False))
+        else:
+            kept.append(_Refused(len(recipients), rcpt, REFUSED))
+            expected.append((rcpt.address, True))
+    out = interleave(recipients, sent, kept)
+    assert [(a.address, v is not None) for a, v in out] == expected
