@@ -188,10 +188,13 @@ class BridgedMilter:
         the recipients it refuses, now, or with the next stage when `stages` leave out
         ``rcpt``. What the milter answers to it does not count."""
         link = session.notes.get(self._key)
-        if "rcpt" not in self.settings.stages:
+        if not isinstance(link, _Link):
+            return  # not one stage reached this session (a `when` kept the milter out)
+        if "rcpt" not in self.settings.stages or link.tx_id != transaction.id:
+            # Not told of this transaction yet: goes with the MAIL when it is.
             self._keep_refused(link, transaction, recipient, verdict)
             return
-        if not isinstance(link, _Link) or not self._wants_refused(link, transaction, recipient):
+        if not self._wants_refused(link, transaction, recipient):
             return
         try:
             answer = await self._send(link, "rcpt", session, transaction, recipient, "", verdict)
@@ -203,12 +206,10 @@ class BridgedMilter:
             link.client.abandon()
 
     def _keep_refused(
-        self, link: object, tx: Transaction, recipient: Address, verdict: Verdict
+        self, link: _Link, tx: Transaction, recipient: Address, verdict: Verdict
     ) -> None:
         """Keep a refused recipient for the next stage, unless the milter is known not to want
         it (its negotiation, or it is done with this message)."""
-        if not isinstance(link, _Link):
-            return  # no stage reached yet this session: connect is not even listed
         agreed = link.client.agreed or self._agreed
         if agreed is not None and not agreed.protocol & Step.RCPT_REJ:
             return

@@ -169,3 +169,20 @@ def test_interleave_keeps_the_clients_order(arrivals: list[tuple[bool, bool]]) -
             expected.append((rcpt.address, True))
     out = interleave(recipients, sent, kept)
     assert [(a.address, v is not None) for a, v in out] == expected
+
+
+async def test_refused_before_the_milter_heard_of_the_transaction_go_with_it(
+    fake: FakeMilter,
+) -> None:
+    """``rcpt`` listed, but the first RCPTs were refused before the milter was asked anything
+    in this transaction (``mail`` not listed): they go out with the first RCPT it is asked."""
+    _, fake.script = refusing_refused_ones()  # type: ignore[assignment]
+    p = MilterPlugin(MilterSettings(address=fake.address, stages=["rcpt", "message"]))
+    session = Session("192.0.2.1")
+    tx = Transaction(Address("s@example.com"))
+    assert await p.on_connect(session) is None
+    assert await p.on_mail(session, tx) is None
+    await p.on_rcpt_refused(session, tx, Address("x@example.com"), REFUSED)
+    assert await p.on_rcpt(session, tx, Address("b@example.com")) is None
+    rcpts = [f.recipient for f in fake.frames if isinstance(f, c.Rcpt)]
+    assert rcpts == [b"<x@example.com>", b"<b@example.com>"]
