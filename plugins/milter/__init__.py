@@ -1,6 +1,7 @@
 """The milter bridge: external milters (protocol 2 and 6) as plugins of the pipeline.
 
-Enable one milter per ``conf.d`` file (``plugin = "milter"``); see ``docs/plugins/milter.md``.
+Enable one milter per ``conf.d`` file (``plugin = "milter"``), or several in one file
+(``milters = [...]``); see ``docs/plugins/milter.md``.
 """
 
 from mailgate.milter.translate import reply_verdict
