@@ -95,6 +95,3 @@ def bridge_factory(smtp_sink: SmtpSink, tmp_path: Path) -> Iterator[BridgeFactor
     yield factory
     for gateway in started:
         gateway.stop()
-
-
-from tests.peers.tls_terminator import tls_terminator_factory  # noqa: E402, F401 (a fixture)
