@@ -239,6 +239,11 @@ class SessionFlow:
         await self.pipeline.rcpt_refused(self.session, tx, recipient, verdict)
         return verdict
 
+    async def unknown(self, command: str) -> Verdict | None:
+        """A command nobody knows: `on_unknown`; only a refusal is returned (the reply)."""
+        verdict = await self.pipeline.unknown(self.session, self.tx, command)
+        return verdict if verdict is not None and verdict.is_refusal else None
+
     async def data(self) -> Verdict | None:
         """DATA: `on_data`; a refusal ends the transaction (the client is answered with it)."""
         tx = self._open_tx()

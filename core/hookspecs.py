@@ -201,6 +201,21 @@ def on_rcpt_refused(
 
 
 @hookspec
+def on_unknown(session: Session, transaction: Transaction | None, command: str) -> Verdict | None:
+    """The client sent a command mailgate (or, through the milter listener, the MTA) does not
+    know. ``transaction`` is the open one, or None.
+
+    :param command: the command line without CRLF; through the milter listener, what the MTA
+        passes on (Postfix: the verb only).
+
+    For the milter bridge, which passes it to milters that ask for unknown commands
+    (SMFIC_UNKNOWN). A refusal is the reply to that command; otherwise the client gets the
+    usual ``500 5.5.1`` (or the MTA's own reply). The command is never carried out, and every
+    such reply counts towards the listener's ``max_errors``.
+    """
+
+
+@hookspec
 def on_data(session: Session, transaction: Transaction) -> Verdict | None:
     """DATA, before the 354: the recipients are final.
 

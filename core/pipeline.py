@@ -421,6 +421,12 @@ class Pipeline:
         finally:
             current_recipient.reset(token)
 
+    async def unknown(
+        self, session: Session, tx: Transaction | None, command: str
+    ) -> Verdict | None:
+        """Run `on_unknown` for a command line nobody knows."""
+        return await self._decide("on_unknown", session, tx, command=command)
+
     async def data(self, session: Session, tx: Transaction) -> Verdict | None:
         """Run `on_data`."""
         return await self._decide("on_data", session, tx)

@@ -37,6 +37,7 @@ pytest_plugins = [
     "tests.peers.smtp_sink",
     "tests.peers.spamass_milter",
     "tests.peers.spamd",
+    "tests.peers.tls_terminator",
     "tests.peers.workdir",
 ]
 """Every ``tests/peers`` module (tests/test_peers.py checks that none is missing)."""

@@ -263,7 +263,9 @@ class MilterConnection:
         await self.end_session()
 
     async def _unknown(self, frame: c.Unknown) -> None:
-        self.answer(Command.UNKNOWN, None)
+        flow = await self.session_flow()
+        command = frame.command.decode("utf-8", "surrogateescape")
+        self.answer(Command.UNKNOWN, await flow.unknown(command))
 
     # -- stages -----------------------------------------------------------------------------------
 

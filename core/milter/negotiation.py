@@ -42,11 +42,14 @@ def wanted_steps(pipeline: Pipeline) -> Step:
     but without a reply when no plugin decides there. Headers and body come only when a plugin
     with `on_headers`/`on_message` declares it reads them (``reads``: `Pipeline.reads`); EOH
     and DATA only when a plugin has a hook there; the recipients the MTA refused
-    (``RCPT_REJ``) only when a plugin has `on_rcpt_refused`. End of message always comes:
+    (``RCPT_REJ``) only when a plugin has `on_rcpt_refused`; unknown SMTP commands only when a
+    plugin has `on_unknown`. End of message always comes:
     modifications (add a header, a recipient) and the final verdict are sent then, content or
     not.
     """
-    steps = Step.NOUNKNOWN | Step.NR_UNKN | Step.NR_HDR | Step.NR_BODY | Step.HDR_LEADSPC
+    steps = Step.NR_HDR | Step.NR_BODY | Step.HDR_LEADSPC
+    if not pipeline.implements("on_unknown"):
+        steps |= Step.NOUNKNOWN | Step.NR_UNKN
     for hook, flag in (
         ("on_connect", Step.NR_CONN),
         ("on_helo", Step.NR_HELO),

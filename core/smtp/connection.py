@@ -236,7 +236,7 @@ class SmtpConnection:
             return
         handler = self._commands.get(verb)
         if handler is None:
-            await self.send(replies.UNKNOWN_COMMAND)
+            await self._unknown(line)
             return
         try:
             await handler(arg)
@@ -760,6 +760,17 @@ class SmtpConnection:
         if verdict.kind is VerdictKind.DISCONNECT:
             await self._close_with(answer)
         await self.send(answer)
+
+    async def _unknown(self, line: bytes) -> None:
+        """A command mailgate does not know: `on_unknown` may refuse it with its own reply."""
+        flow = self._flow
+        if flow is not None and flow.pipeline.implements("on_unknown"):
+            command = line.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
+            verdict = await flow.unknown(command)
+            if verdict is not None:
+                await self._refuse(verdict)
+                return
+        await self.send(replies.UNKNOWN_COMMAND)
 
     async def _refuse(self, verdict: Verdict) -> None:
         """Answer a refused command; a disconnect verdict also ends the transaction and closes."""

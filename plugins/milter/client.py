@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -208,11 +209,13 @@ class _Stream(asyncio.Protocol):
         "_waiter",
         "error",
         "frames",
+        "max_response",
+        "received",
         "timed_out",
         "transport",
     )
 
-    def __init__(self, max_frame: int) -> None:
+    def __init__(self, max_frame: int, max_response: int = 0) -> None:
         self.transport: asyncio.Transport | None = None
         self.frames: deque[c.Frame] = deque()
         self.error: MilterFailure | None = None
@@ -225,6 +228,10 @@ class _Stream(asyncio.Protocol):
         self._quickack: Callable[[int, int, int], None] | None = None
         self._paused = False
         self._drained: asyncio.Future[None] | None = None
+        self.max_response = max_response
+        """Most bytes accepted for one message (0: no bound); see `MilterClient.new_message`."""
+        self.received = 0
+        """Bytes received since the current message began."""
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
 
@@ -248,11 +255,20 @@ class _Stream(asyncio.Protocol):
             # Linux falls back to delayed ACKs after a while: re-arm after every read.
             with contextlib.suppress(OSError):
                 self._quickack(socket.IPPROTO_TCP, _QUICKACK, 1)  # type: ignore[arg-type]
+        self.received += len(data)
         if self.error is None:
-            try:
-                self.frames.extend(self._decoder.feed(data))
-            except c.MilterProtocolError as exc:
-                self.error = MilterFailure(f"bad frame: {exc}")
+            if self.max_response and self.received > self.max_response:
+                self.error = MilterFailure(
+                    f"response too large: more than max_response_size ({self.max_response} "
+                    "bytes) for one message"
+                )
+                if self.transport is not None:
+                    self.transport.pause_reading()  # not one byte more into memory
+            else:
+                try:
+                    self.frames.extend(self._decoder.feed(data))
+                except c.MilterProtocolError as exc:
+                    self.error = MilterFailure(f"bad frame: {exc}")
         self.wake()
 
     def eof_received(self) -> bool:
@@ -360,6 +376,9 @@ class MilterClient:
         command_timeout: float = 10.0,
         eom_timeout: float = 60.0,
         max_frame: int = DEFAULT_MAX_FRAME,
+        max_response: int = 0,
+        tls: ssl.SSLContext | None = None,
+        tls_server_name: str = "",
     ) -> None:
         self.address = address
         self.version = version
@@ -367,6 +386,9 @@ class MilterClient:
         self.command_timeout = command_timeout
         self.eom_timeout = eom_timeout
         self.max_frame = max_frame
+        self.max_response = max_response
+        self.tls = tls
+        self.tls_server_name = tls_server_name or address.host
         self.agreed: Negotiated | None = None
         self._writer: asyncio.Transport | None = None
         self._stream: _Stream | None = None
@@ -384,9 +406,18 @@ class MilterClient:
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
-        stream = _Stream(self.max_frame)
+        stream = _Stream(self.max_frame, self.max_response)
         if self.address.path:
             await loop.create_unix_connection(lambda: stream, self.address.path)
+        elif self.tls is not None:
+            await loop.create_connection(
+                lambda: stream,
+                self.address.host,
+                self.address.port,
+                ssl=self.tls,
+                server_hostname=self.tls_server_name,
+                ssl_handshake_timeout=self.connect_timeout,
+            )
         else:
             await loop.create_connection(lambda: stream, self.address.host, self.address.port)
         self._stream = stream
@@ -414,6 +445,16 @@ class MilterClient:
         except TimeoutError:
             self.abandon()
             raise MilterFailure(f"no connection within {self.connect_timeout:g}s") from None
+        except ssl.SSLCertVerificationError as exc:
+            self.abandon()
+            why = exc.verify_message or exc.reason or str(exc)
+            raise MilterFailure(
+                f"TLS: the milter's certificate does not verify ({why}) for "
+                f"{self.tls_server_name!r}"
+            ) from None
+        except ssl.SSLError as exc:
+            self.abandon()
+            raise MilterFailure(f"TLS handshake failed: {exc.reason or exc}") from None
         except OSError as exc:
             self.abandon()
             raise MilterFailure(f"cannot connect: {exc}") from None
@@ -421,6 +462,16 @@ class MilterClient:
             self.abandon()
             raise
         return self.agreed
+
+    def new_message(self) -> None:
+        """A new message begins: `max_response` counts from here."""
+        if self._stream is not None:
+            self._stream.received = 0
+
+    @property
+    def response_size(self) -> int:
+        """Bytes received from the milter since the current message began."""
+        return self._stream.received if self._stream is not None else 0
 
     def abandon(self) -> None:
         """Drop the connection without a word (after a failure)."""
@@ -538,20 +589,29 @@ class MilterClient:
         owed = [cmd for cmd, frame in commands if self._owes(cmd, frame)]
         return await self.exchange(owed, end_of_message=end_of_message)
 
-    async def exchange(self, owed: list[Command], *, end_of_message: bool = False) -> Answer:
+    async def exchange(
+        self,
+        owed: list[Command],
+        *,
+        end_of_message: bool = False,
+        ignored: frozenset[int] = frozenset(),
+    ) -> Answer:
         """`step` for frames already queued (encoded, with `send_raw`): `owed` lists the
-        commands among them that the milter answers, in order. `owed` is extended."""
+        commands among them that the milter answers, in order. `owed` is extended. The replies
+        at the positions in `ignored` (to recipients the MTA refused) do not count."""
         if not owed and not end_of_message and not self._out and self._unverified is None:
             if self._writer is None:
                 raise MilterGone("connection is closed")
             return Answer(_CONTINUE)  # nothing to say (a step the milter declined)
         try:
-            return await self._exchange(owed, end_of_message)
+            return await self._exchange(owed, end_of_message, ignored)
         finally:
             if self._stream is not None:
                 self._stream.disarm()
 
-    async def _exchange(self, owed: list[Command], end_of_message: bool) -> Answer:
+    async def _exchange(
+        self, owed: list[Command], end_of_message: bool, ignored: frozenset[int] = frozenset()
+    ) -> Answer:
         if end_of_message:
             self._out.append(_EOM)
             owed.append(Command.BODYEOB)
@@ -568,6 +628,8 @@ class MilterClient:
                 continue
             if not isinstance(frame, FINAL_REPLIES):
                 raise MilterFailure(f"unexpected {type(frame).__name__} in reply to {cmd.name}")
+            if i in ignored and not isinstance(frame, c.Shutdown | c.ConnFail):
+                continue
             if not isinstance(frame, c.Continue):
                 answer.reply = frame
                 answer.command = cmd

@@ -1,7 +1,12 @@
-"""The settings of the `milter` plugin: the keys of ``conf.d/NN-milter.toml`` (one milter each)."""
+"""The settings of the `milter` plugin: the keys of ``conf.d/NN-milter.toml``.
+
+One milter per file (its keys at the top level, `MilterSettings`), or several in one file as
+``milters = [{...}, {...}]`` (each entry a `MilterEntry`, the same keys), run in list order.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
@@ -16,7 +21,10 @@ STAGES: tuple[Stage, ...] = ("connect", "helo", "mail", "rcpt", "data", "message
 """The SMTP stages at which the milter can be called, in order."""
 
 FAILURE_POLICIES = ("tempfail", "reject", "accept", "skip")
-"""What a failed milter turns into; see `MilterSettings.on_failure`."""
+"""What a failed milter turns into; see `MilterEntry.on_failure`."""
+
+DEFAULT_MAX_RESPONSE = 50 * 1024 * 1024
+"""Stalwart's default ``max-response-size``: 50 MiB of replies per message."""
 
 
 MilterAddress = Annotated[
@@ -26,7 +34,7 @@ MilterAddress = Annotated[
 
 
 @dataclass(slots=True)
-class MilterSettings:
+class MilterEntry:
     """One external milter: where it listens, when to call it, how long to wait, how it fails."""
 
     address: MilterAddress = "inet:127.0.0.1:8891"
@@ -39,7 +47,7 @@ class MilterSettings:
     """Stages at which the milter is called and its answer used; steps of stages left out are
     sent together at the next listed stage (fewer round trips, later decisions)."""
     connect_timeout: float = 5.0
-    """Seconds to open the connection and negotiate (Postfix: milter_connect_timeout is 30)."""
+    """Seconds to open the connection (and the TLS handshake) and negotiate."""
     command_timeout: float = 10.0
     """Seconds to wait for the reply to each command (Postfix: milter_command_timeout)."""
     eom_timeout: float = 20.0
@@ -53,6 +61,21 @@ class MilterSettings:
     """The value of the ``j`` macro (mailgate's host name); default: this machine's name."""
     max_frame: int = DEFAULT_MAX_FRAME
     """Largest reply frame accepted from the milter, in bytes."""
+    max_response_size: int = DEFAULT_MAX_RESPONSE
+    """Most bytes the milter may send for one message (every reply and action frame from MAIL
+    to its end-of-message reply, frame headers included); more fails the milter."""
+    tls: bool = False
+    """Speak TLS to the milter (a milter on another host, or behind a TLS terminator)."""
+    tls_ca_file: str = ""
+    """PEM file of the CAs that may sign the milter's certificate; empty: the system's CAs."""
+    tls_verify: bool = True
+    """Check the milter's certificate (chain and name); false only for tests and labs."""
+    tls_server_name: str = ""
+    """The name the certificate must carry (and SNI); default: the address's host."""
+    tls_cert_file: str = ""
+    """A client certificate (PEM) to present, for milters that ask for one."""
+    tls_key_file: str = ""
+    """The client certificate's key (PEM); empty: in ``tls_cert_file``."""
 
     def __post_init__(self) -> None:
         if self.on_failure not in FAILURE_POLICIES:
@@ -65,3 +88,53 @@ class MilterSettings:
         for name in ("connect_timeout", "command_timeout", "eom_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.max_response_size < 5:
+            raise ValueError("max_response_size: must be at least 5 bytes (one reply frame)")
+        if self.address.startswith("unix:") and self.tls:
+            raise ValueError("tls: a unix socket needs no TLS (it does not leave the host)")
+        if self.tls_key_file and not self.tls_cert_file:
+            raise ValueError("tls_key_file: needs tls_cert_file")
+        if not self.tls:
+            for name in ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name"):
+                if getattr(self, name):
+                    raise ValueError(f"{name}: set, but tls is false")
+
+
+_ENTRY_DEFAULTS = MilterEntry()
+
+
+@dataclass(slots=True)
+class MilterSettings(MilterEntry):
+    """A ``conf.d`` file of the `milter` plugin: one milter (the keys of `MilterEntry`), or a
+    chain of them in `milters`."""
+
+    milters: list[MilterEntry] = field(default_factory=list)
+    """Several milters in one file, called in list order, each a table of the keys above;
+    the top-level milter keys are then not used (and must not be set)."""
+
+    def __post_init__(self) -> None:
+        MilterEntry.__post_init__(self)
+        if not self.milters:
+            return
+        for f in dataclasses.fields(MilterEntry):
+            if getattr(self, f.name) != getattr(_ENTRY_DEFAULTS, f.name):
+                raise ValueError(
+                    f"{f.name}: set at the top level together with milters = [...]; put it "
+                    "in the milters entries"
+                )
+        seen: dict[str, int] = {}
+        for i, entry in enumerate(self.milters):
+            name = entry.name or entry.address
+            if name in seen:
+                raise ValueError(
+                    f"milters: entries {seen[name]} and {i} are both named {name!r}; give "
+                    "each its own name"
+                )
+            seen[name] = i
+
+    def entries(self) -> list[MilterEntry]:
+        """The milters this file configures, in calling order."""
+        if self.milters:
+            return list(self.milters)
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(MilterEntry)}
+        return [MilterEntry(**own)]

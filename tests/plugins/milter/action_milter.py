@@ -12,6 +12,9 @@ chosen by the message:
   two-line reply (setmlreply); ``discard``, ``tempfail``:
   those replies; ``quarantine``: a quarantine action; ``slow``: no answer for 5 s;
   ``progress``: PROGRESS every 0.4 s for 1.2 s, then accept
+- unknown SMTP commands (SMFIC_UNKNOWN, asked for unless TAG ends in ``-nounknown``):
+  ``XREJECT ...`` gets 550 5.5.1 naming the command and TAG, anything else CONTINUE
+- Subject ``big N``: one ``X-TAG-Big`` header of N bytes, then ACCEPT
 - otherwise every action its protocol version has, then ACCEPT.
 """
 
@@ -45,6 +48,8 @@ class ActionMilter(Milter.Base):  # type: ignore[misc]
         if self._actions & Milter.SETSYMLIST:
             self._ctx.setsymlist(Milter.M_ENVFROM, "i {mail_addr} {client_addr} {auth_authen}")
         wanted = offered & ~self.protocol_mask() | (offered & Milter.P_HDR_LEADSPC)
+        if TAG.endswith("-nounknown"):
+            wanted |= offered & Milter.P_NOUNKNOWN
         opts[1] = self._protocol = wanted
         opts[2] = opts[3] = 0
         return Milter.CONTINUE
@@ -82,6 +87,13 @@ class ActionMilter(Milter.Base):  # type: ignore[misc]
         self.rcpts.append(recipient + "".join(" " + p for p in params))
         return Milter.CONTINUE
 
+    def unknown(self, command: str) -> int:
+        """Refuse ``XREJECT`` commands, naming them."""
+        if command.upper().startswith("XREJECT"):
+            self.setreply("550", "5.5.1", f"{TAG} refuses {command}")
+            return Milter.REJECT
+        return Milter.CONTINUE
+
     @Milter.noreply
     def header(self, name: str, value: str) -> int:
         """Remember the subject."""
@@ -114,6 +126,9 @@ class ActionMilter(Milter.Base):  # type: ignore[misc]
             for _ in range(3):
                 time.sleep(0.4)
                 self.progress()
+            return Milter.ACCEPT
+        if subject.startswith("big "):
+            self.addheader(f"X-{TAG}-Big", "x" * int(subject.split()[1]))
             return Milter.ACCEPT
         if subject == "quarantine":
             self.quarantine("held by test milter")

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from mailgate.config import load_settings
 from mailgate.pipeline import EnabledPlugin
 from mailgate.plugins.milter import MilterPlugin, MilterSettings
 from mailgate.relay import RelayEgress, RelaySettings
@@ -64,6 +65,13 @@ def milter(address: str, **settings: Any) -> EnabledPlugin:
     """A milter plugin as one conf.d file would enable it."""
     plugin = MilterPlugin(MilterSettings(address=address, **settings))
     return EnabledPlugin(plugin.name, plugin, timeout=30.0)
+
+
+def milter_list(*entries: dict[str, Any]) -> EnabledPlugin:
+    """A milter plugin as one conf.d file with ``milters = [...]`` would enable it (read
+    through the configuration loader's checks)."""
+    settings = load_settings(MilterSettings, {"milters": list(entries)}, source="40-milters.toml")
+    return EnabledPlugin("milters", MilterPlugin(settings), timeout=30.0)
 
 
 @pytest.fixture

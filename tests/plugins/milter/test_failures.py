@@ -17,8 +17,8 @@ from mailgate.message import Header
 from mailgate.milter import codec as c
 from mailgate.milter.protocol import Step
 from mailgate.plugins.milter import MilterPlugin, MilterSettings, reply_verdict
+from mailgate.plugins.milter.bridged import _Link
 from mailgate.plugins.milter.client import offer
-from mailgate.plugins.milter.plugin import _Link
 from tests.peers.ports import free_port
 from tests.plugins.milter.fake_milter import CLOSE, HANG, FakeMilter, Script, plain
 
