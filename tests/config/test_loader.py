@@ -87,7 +87,8 @@ networks = ["192.0.2.0/24"]
         ('[metrics]\naddress = "nohost"\n', 'metrics.address: found "nohost" (str)'),
         (
             "[relai]\n",
-            "relai: found an unknown key, expected one of authentication_results, console, dns, listener",
+            "relai: found an unknown key, expected one of authentication_results, console, dns, "
+            "listener",
         ),
         ('[[listener]]\ntype = "pop3"\n', 'listener[0].type: found "pop3" (str)'),
         ("[[listener]]\nmax_recipient = 3\n", 'did you mean "max_recipients"?'),
