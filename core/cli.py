@@ -1,11 +1,12 @@
-"""The ``mailgate`` command: ``serve``, ``check-config``, ``reload``, ``plugins``, ``try`` and
-``dkim keygen``."""
+"""The ``mailgate`` command: ``serve``, ``check-config``, ``reload``, ``plugins``, ``try``,
+``dkim keygen`` and ``queue``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from mailgate import __version__
 from mailgate.config import ConfigError
 from mailgate.loader import Config, installed_plugins, load_config
 from mailgate.plugins.dkim import keygen as dkim_keygen
+from mailgate.queue import cli as queue_cli
 
 if TYPE_CHECKING:
     from mailgate.trial import Trial
@@ -72,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     dkim = sub.add_parser("dkim", help="DKIM keys (mailgate dkim keygen)", description="DKIM keys.")
     dkim_keygen.add_commands(dkim)
+    queue = sub.add_parser(
+        "queue",
+        help="list, show, retry, hold, release, delete or flush queued messages",
+        description='Operate the queue (egress = "queue"): exit 0 done, 1 nothing matched '
+        "or the store cannot be opened, 2 usage.",
+    )
+    queue_cli.add_commands(queue)
     return parser
 
 
@@ -112,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _try(args)
         if args.command == "dkim":
             return dkim_keygen.run(args)
+        if args.command == "queue":
+            return queue_cli.run(args)
         if args.command == "check-config":
             return _check_config(args.config, args.listen, args.relay)
         config = load_config(args.config)
@@ -146,6 +157,9 @@ def _serve(args: argparse.Namespace) -> int:
             "policy": args.policy,
         },
     )
+    # `mailgate queue` wakes a running server with SIGUSR1 (App.run handles it): never let
+    # it end a server that is still starting.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     config = load_config(directory, **addresses)
     options = [f"--{k} {v}" for k, v in addresses.items() if v is not None]
     process.set_title(process.title(directory, options))
