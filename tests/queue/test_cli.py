@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailgate.cli import main
 from mailgate.queue import records
@@ -56,9 +58,9 @@ async def seed(url: str) -> dict[str, str]:
             new = NewMessage.build(_transaction(sender, rcpts), CONTENT, HEADER_SIZE, "seed")
             new.message["created"] = now - age
             ids[state] = new.id
-            await store.transaction(lambda conn, new=new: _insert(conn, new))
+            await store.transaction(functools.partial(_insert, new=new))
 
-        async def states(conn):  # type: ignore[no-untyped-def]
+        async def states(conn: AsyncConnection) -> None:
             await _rcpt(conn, ids["deferred"], 0, "deferred", 2, now + HOUR, "451 4.4.1 No answer")
             await _rcpt(conn, ids["deferred"], 1, "delivered", 1, None, "250 2.0.0 Ok")
             await conn.execute(
@@ -82,12 +84,20 @@ async def seed(url: str) -> dict[str, str]:
     return ids
 
 
-async def _insert(conn, new: NewMessage) -> None:  # type: ignore[no-untyped-def]
+async def _insert(conn: AsyncConnection, new: NewMessage) -> None:
     for table, rows in new.rows().tables:
         await conn.execute(table.insert(), rows)
 
 
-async def _rcpt(conn, queue_id, position, state, attempts, next_attempt, reply):  # type: ignore[no-untyped-def]
+async def _rcpt(
+    conn: AsyncConnection,
+    queue_id: str,
+    position: int,
+    state: str,
+    attempts: int,
+    next_attempt: float | None,
+    reply: str,
+) -> None:
     await conn.execute(
         update(recipients)
         .where(recipients.c.message_id == queue_id, recipients.c.position == position)
@@ -316,7 +326,7 @@ def test_retry_makes_deferred_due_now_and_leaves_held_and_bounced(
 def test_flush_is_retry_of_everything(
     queue: tuple[Path, dict[str, str], str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config, ids, url = queue
+    config, ids, _ = queue
     status, out = mailgate(capsys, "queue", "flush", "-c", str(config), "--json")
     assert status == 0
     document = json.loads(out)
