@@ -36,6 +36,7 @@ from mailgate.pipeline import Observer, Pipeline
 from mailgate.policy import PolicyListener
 from mailgate.quarantine import QuarantineStore
 from mailgate.queue import Queue
+from mailgate.queue.metrics import QueueMetrics
 from mailgate.relay import RelayEgress
 from mailgate.smtp.listener import SmtpListener
 
@@ -105,6 +106,10 @@ class App:
         if self.config.queue is not None:
             self.queue = Queue(self.config.store, self.config.queue, self.config.relay)
             self.egresses["queue"] = self.queue.egress
+            if self.metrics is not None:
+                queue_metrics = QueueMetrics(self.metrics.registry, self.queue.store)
+                self.queue.worker.on_delivery = queue_metrics.delivered
+                self.metrics.refreshers.append(queue_metrics.refresh)
         self.quarantine = QuarantineStore(self.config.relay.quarantine_dir)
         self.listeners: list[Listener] = []
         self.reloads = 0

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import functools
 import time
+from collections.abc import Callable
 from io import BytesIO
 
 import structlog
@@ -72,6 +73,8 @@ class DeliveryWorker:
         self.pool = ConnectionPool(self.next_hop)
         self.attempts = 0
         """Delivery attempts made (one per claimed message)."""
+        self.on_delivery: Callable[[str, str], None] | None = None
+        """Told (next hop, state) for each recipient's attempt: the queue's metrics."""
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -253,6 +256,8 @@ class DeliveryWorker:
             state, next_attempt = BOUNCED, None
         else:
             state, next_attempt = DEFERRED, time.time() + self.settings.backoff(attempts)
+        if self.on_delivery is not None:
+            self.on_delivery(self.next_hop.address, state)
         log.info(
             "delivery",
             queue_id=queued.id if queued is not None else None,
