@@ -43,6 +43,7 @@ DRAIN_CONF = """\
 [store]
 url = "{url}"
 [queue]
+concurrency = {concurrency}
 min_backoff = 3600.0
 max_backoff = 3600.0
 [[listener]]
@@ -120,10 +121,14 @@ def drain(
     messages: int,
     size: int,
     store_pid: int | None = None,
+    concurrency: int = 20,
 ) -> Drain:
     """Fill the queue with the next hop down, then time how fast it empties."""
     sink = SmtpSink(workdir, f"sink-{label}", dump=False)  # down until the drain
-    system = System(f"drain-{label}", mailgate({}, DRAIN_CONF.replace("{url}", url)))
+    system = System(
+        f"drain-{label}",
+        mailgate({}, DRAIN_CONF.replace("{url}", url).replace("{concurrency}", str(concurrency))),
+    )
     system.start(workdir, downstream=sink)
     try:
         fill_seconds, error = run_smtp_source(system.port, 20, messages, size)
@@ -164,6 +169,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--size", type=int, default=10, help="KiB of body (default 10)")
     parser.add_argument("--postgres", action="store_true", help="also on PostgreSQL")
+    parser.add_argument(
+        "--concurrency", type=int, default=20, help="[queue] concurrency (default 20)"
+    )
     args = parser.parse_args()
     configure_logging(LoggingSettings(level="warning"))
     with tempfile.TemporaryDirectory(prefix="mailgate-drain-") as tmp:
@@ -189,6 +197,7 @@ def main() -> None:
                         args.messages,
                         args.size * 1024,
                         store_pid=postgres.daemon.proc.pid,
+                        concurrency=args.concurrency,
                     )
                 )
             finally:
