@@ -412,7 +412,7 @@ async def delete_messages(
         action.changed += list(rows.scalars())
     for queue_id in action.matched:
         if queue_id not in action.changed:
-            action.skipped[queue_id] = "in flight (being delivered now): not deleted; --force"
+            action.skipped[queue_id] = "in flight (being delivered now); --force deletes it"
     return action
 
 
