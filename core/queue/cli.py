@@ -93,19 +93,14 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     show = command("show", "show one message: envelope, recipients, headers")
     show.add_argument("id", metavar="QUEUE_ID", help="the queue id (or a unique prefix)")
     show.add_argument("--body", action="store_true", help="the whole message, not the headers")
-    selection_help = " (queue ids, filters, or --all)"
-    for name, text in (
-        ("retry", "make the selected messages due now" + selection_help),
-        ("release", "take the selected messages off hold" + selection_help),
-    ):
-        command(name, text, selecting, waking).add_argument(
-            "--all", action="store_true", help="every message"
-        )
-    hold = command("hold", "stop delivering the selected messages" + selection_help, selecting)
-    hold.add_argument("--all", action="store_true", help="every message")
+    selected = " (queue ids, filters, or --all)"
+    every = argparse.ArgumentParser(add_help=False)
+    every.add_argument("--all", action="store_true", help="every message")
+    command("retry", "make the selected messages due now" + selected, selecting, every, waking)
+    hold = command("hold", "stop delivering the selected messages" + selected, selecting, every)
     hold.add_argument("--reason", default="", metavar="TEXT", help="why (shown by list, show)")
-    delete = command("delete", "remove the selected messages" + selection_help, selecting)
-    delete.add_argument("--all", action="store_true", help="every message")
+    command("release", "take the selected messages off hold" + selected, selecting, every, waking)
+    delete = command("delete", "remove the selected messages" + selected, selecting, every)
     delete.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     delete.add_argument(
         "--force", action="store_true", help="delete messages being delivered now as well"
