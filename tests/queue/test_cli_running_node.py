@@ -4,6 +4,7 @@ long before its next poll."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 from tests.peers.smtp_sink import SmtpSink, SmtpSinkFactory
 from tests.peers.workdir import PeerDirs
 from tests.queue.helpers import Node, message, send
+from tests.queue.test_crash import leases
 
 MAILGATE = [str(Path(sys.executable).parent / "mailgate")]
 POLL = 60.0
@@ -93,15 +95,15 @@ def test_hold_retry_and_release_on_a_running_node(
 def test_delete_on_a_running_node_spares_the_message_being_delivered(
     store_url: str, tmp_path: Path, smtp_sink_factory: SmtpSinkFactory
 ) -> None:
-    # The delivery is in flight for 20 s: time for a few `mailgate queue` runs on a busy machine.
-    sink = smtp_sink_factory(data_delay=20)
-    node = Node.configure(tmp_path / "node", store_url, f"127.0.0.1:{sink.port}")
+    # The delivery is in flight for 8 s (the test's relay command_timeout is 10 s).
+    sink = smtp_sink_factory(data_delay=8)
+    node = Node.configure(tmp_path / "node", store_url, f"127.0.0.1:{sink.port}", node_id="n")
     node.start()
     try:
         code, text = send(node.port, ["b@example.org"], message("slow@cli.test"))
         assert code == 250
         queue_id = text.rsplit(" ", 1)[1]
-        wait_for(lambda: "being delivered by" in queue(node, "list")[1])
+        wait_for(lambda: asyncio.run(leases(store_url))["n"] == 1, timeout=30)
         status, out = queue(node, "delete", queue_id, "--yes")
         assert status == 0, out
         assert f"{queue_id}  not deleted: in flight (being delivered now)" in out
