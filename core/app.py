@@ -30,7 +30,7 @@ from mailgate.config import ConfigError
 from mailgate.dns import keep_cache
 from mailgate.egress import Egress
 from mailgate.loader import Config, load_config
-from mailgate.logging import configure_logging
+from mailgate.logging import Level, configure_logging
 from mailgate.metrics import Metrics, MetricsServer
 from mailgate.pipeline import Observer, Pipeline
 from mailgate.policy import PolicyListener
@@ -78,6 +78,7 @@ class App:
         policy: str | None = None,
         configure_logs: bool = True,
         config: Config | None = None,
+        log_level: Level | None = None,
     ) -> None:
         self.directory = directory
         self.listen = listen
@@ -85,9 +86,12 @@ class App:
         self.milter = milter
         self.policy = policy
         self.configure_logs = configure_logs
+        self.log_level = log_level
+        """``serve --log-level``: wins over ``[logging] level``, at start and at each reload."""
         self.config: Config = config or load_config(
             directory, listen=listen, relay=relay, milter=milter, policy=policy
         )
+        self._apply_log_level(self.config)
         self.observers: list[Observer] = []
         """Told about every plugin call of every pipeline this app runs (metrics)."""
         self.metrics: Metrics | None = None
@@ -120,6 +124,10 @@ class App:
         self._plugin_code = reloading.PluginCode()
         self._plugin_code.record(self.config.chain)
         self._stopping = asyncio.Event()
+
+    def _apply_log_level(self, config: Config) -> None:
+        if self.log_level is not None:
+            config.logging.level = self.log_level
 
     def current_pipeline(self) -> Pipeline:
         """The chain new sessions get (what the listeners call per connection)."""
@@ -215,6 +223,7 @@ class App:
                 policy=self.policy,
             )
             keep_cache(self.config.dns, config.dns)
+            self._apply_log_level(config)
             pipeline = config.pipeline()
             pipeline.observers = self.observers
         except ConfigError as exc:

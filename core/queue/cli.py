@@ -62,7 +62,8 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="configuration directory whose [store] to open (as mailgate serve reads it)",
+        help="configuration directory whose [store] to open, as mailgate serve reads it "
+        "(default: ./conf.d if present, else /etc/mailgate)",
     )
     common.add_argument("--json", action="store_true", help="print one JSON document instead")
     selecting = argparse.ArgumentParser(add_help=False)
