@@ -243,12 +243,22 @@ def _wake(args: argparse.Namespace) -> list[int]:
         pids = process.find_servers(args.config)
     woken = []
     for pid in pids:
+        if not _is_server(pid):
+            continue  # a stale pid file naming another process: SIGUSR1 would end it
         try:
             os.kill(pid, signal.SIGUSR1)
         except OSError:
             continue
         woken.append(pid)
     return woken
+
+
+def _is_server(pid: int) -> bool:
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").split()
+    except OSError:
+        return False
+    return any(w.endswith(b"mailgate") for w in words) and b"serve" in words
 
 
 def _report(args: argparse.Namespace, action: Action, woken: list[int] | None = None) -> int:

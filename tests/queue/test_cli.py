@@ -7,6 +7,7 @@ import asyncio
 import functools
 import json
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -441,3 +442,22 @@ def test_the_store_is_read_with_select_only_by_list_and_show(
     mailgate(capsys, "queue", "list", "-c", str(config))
     mailgate(capsys, "queue", "show", "-c", str(config), ids["pending"], "--body")
     assert rows(url) == before
+
+
+def test_a_pid_file_naming_another_process_is_not_signalled(
+    queue: tuple[Path, dict[str, str], str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config, _, _ = queue
+    other = subprocess.Popen(["sleep", "60"])  # SIGUSR1 would end it
+    try:
+        pid_file = tmp_path / "stale.pid"
+        pid_file.write_text(f"{other.pid}\n")
+        status, out = mailgate(
+            capsys, "queue", "flush", "-c", str(config), "--pid-file", str(pid_file)
+        )
+        assert status == 0 and "SIGUSR1" not in out
+        time.sleep(0.2)
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
