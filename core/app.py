@@ -16,9 +16,11 @@ address, like a listener's, takes effect at the next start).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +29,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mailgate import preflight, reloading
 from mailgate.config import ConfigError
+from mailgate.console import Activity, ConsoleServer
+from mailgate.console.views import QuarantineView, QueueView
+from mailgate.console.web import Node
 from mailgate.dns import keep_cache
 from mailgate.egress import Egress
 from mailgate.loader import Config, load_config
@@ -34,7 +39,7 @@ from mailgate.logging import Level, configure_logging
 from mailgate.metrics import Metrics, MetricsServer
 from mailgate.pipeline import Observer, Pipeline
 from mailgate.policy import PolicyListener
-from mailgate.quarantine import QuarantineStore
+from mailgate.quarantine import Quarantine, QuarantineStore, StoredQuarantine
 from mailgate.queue import Queue
 from mailgate.queue.metrics import QueueMetrics
 from mailgate.relay import RelayEgress
@@ -108,13 +113,20 @@ class App:
         self.queue: Queue | None = None
         """The store-and-forward queue, when configured (``[queue]``, ``egress = "queue"``)."""
         if self.config.queue is not None:
-            self.queue = Queue(self.config.store, self.config.queue, self.config.relay)
+            self.queue = Queue(
+                self.config.store, self.config.queue, self.config.relay, dns=self.config.dns
+            )
             self.egresses["queue"] = self.queue.egress
             if self.metrics is not None:
                 queue_metrics = QueueMetrics(self.metrics.registry, self.queue.store)
                 self.queue.worker.on_delivery = queue_metrics.delivered
                 self.metrics.refreshers.append(queue_metrics.refresh)
-        self.quarantine = QuarantineStore(self.config.relay.quarantine_dir)
+        self.quarantine: Quarantine = self._quarantine()
+        self._expiring: asyncio.Task[None] | None = None
+        self.console: ConsoleServer | None = None
+        """The web console, when ``[console] address`` is set."""
+        if self.config.console.address:
+            self.console = self._console()
         self.listeners: list[Listener] = []
         self.reloads = 0
         """Configurations successfully swapped in by `reload`."""
@@ -128,6 +140,47 @@ class App:
     def _apply_log_level(self, config: Config) -> None:
         if self.log_level is not None:
             config.logging.level = self.log_level
+
+    def _quarantine(self) -> Quarantine:
+        """The quarantine the configuration chose; in the store, it shares the queue's."""
+        if self.config.quarantine.backend == "directory":
+            return QuarantineStore(self.config.relay.quarantine_dir)
+        node = (self.queue.node if self.queue is not None else "") or socket.gethostname()
+        shared = self.queue.store if self.queue is not None else None
+        return StoredQuarantine(self.config.store, self.config.quarantine, node, store=shared)
+
+    def _console(self) -> ConsoleServer:
+        """The console over this node; its overview counts what the metrics count."""
+        activity = Activity()
+        if self.metrics is None:
+            self.metrics = Metrics()  # counted for the console; no /metrics without the address
+            self.observers.append(self.metrics)
+        self.metrics.activity = activity
+        held = self.quarantine
+        node = Node(
+            pipeline=self.current_pipeline,
+            activity=activity,
+            quarantine=(
+                QuarantineView(held, self.config.relay, queued=self.queue is not None)
+                if isinstance(held, StoredQuarantine)
+                else None
+            ),
+            queue=QueueView(self.queue.store) if self.queue is not None else None,
+            node_name=self.queue.node if self.queue is not None else socket.gethostname(),
+        )
+        return ConsoleServer(self.config.console, node)
+
+    async def _expire_quarantine(self, held: StoredQuarantine) -> None:
+        """Every ``expire_interval``, delete what ``retention_days`` no longer keeps."""
+        while True:
+            await asyncio.sleep(self.config.quarantine.expire_interval)
+            try:
+                gone = await held.expire()
+            except Exception as exc:
+                log.warning("quarantine expiry failed", error=str(exc).splitlines()[0][:200])
+                continue
+            if gone:
+                log.info("quarantine expired", messages=gone)
 
     def current_pipeline(self) -> Pipeline:
         """The chain new sessions get (what the listeners call per connection)."""
@@ -170,6 +223,18 @@ class App:
                 raise ConfigError(
                     source, "store.url", url, "a store mailgate can open", reason
                 ) from exc
+        if isinstance(self.quarantine, StoredQuarantine) and self.config.quarantine.retention_days:
+            self._expiring = asyncio.create_task(
+                self._expire_quarantine(self.quarantine), name="quarantine expiry"
+            )
+        if self.console is not None:
+            try:
+                await self.console.start()
+            except (OSError, SystemExit) as exc:
+                source = preflight.core_source(self.config)
+                address = self.config.console.address
+                error = exc if isinstance(exc, OSError) else OSError(str(exc))
+                raise _cannot_listen(source, "console.address", address, error) from None
         if self.metrics_server is not None:
             try:
                 await self.metrics_server.start()
@@ -276,6 +341,15 @@ class App:
         self.listeners.clear()
         for egress in self.egresses.values():
             await egress.close()
+        if self.console is not None:
+            await self.console.stop()
+        if self._expiring is not None:
+            self._expiring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiring
+            self._expiring = None
+        if isinstance(self.quarantine, StoredQuarantine):
+            await self.quarantine.close()
         if self.queue is not None:
             await self.queue.stop()
         if self.metrics_server is not None:

@@ -89,6 +89,14 @@ def parser() -> argparse.ArgumentParser:
     dump.add_argument(
         "--non-default", action="store_true", help="only the values that differ from the defaults"
     )
+    quarantine = sub.add_parser(
+        "quarantine",
+        help="held messages: list, show, release, delete, expire",
+        description="The held messages in the store (mailgate quarantine COMMAND --help).",
+    )
+    from mailgate.quarantine import cli as quarantine_cli
+
+    quarantine_cli.add_commands(quarantine, _config_option)
     dkim = sub.add_parser("dkim", help="DKIM keys (mailgate dkim keygen)", description="DKIM keys.")
     dkim_keygen.add_commands(dkim)
     queue = sub.add_parser(
@@ -175,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return dkim_keygen.run(args)
         if args.command == "queue":
             return queue_cli.run(args)
+        if args.command == "quarantine":
+            from mailgate.quarantine import cli as quarantine_cli
+
+            return quarantine_cli.run(args, load_config(args.config))
         if args.command == "config":
             from mailgate.config_dump import dump
 

@@ -51,7 +51,8 @@ def _lines(config: Config, non_default: bool) -> Iterator[str]:
     core_file = str(config.directory / "mailgate.toml") if config.directory else "(built in)"
     yield f"# {core_file}"
     yield ""
-    for table in ("mailgate", "logging", "metrics", "dns", "authentication_results", "relay"):
+    tables = ("mailgate", "logging", "metrics", "console", "dns", "authentication_results", "relay")
+    for table in tables:
         yield from _table(table, getattr(config, table), non_default)
     for listener in config.listeners:
         origin = listener.key or "from the command line or built in"
@@ -59,8 +60,10 @@ def _lines(config: Config, non_default: bool) -> Iterator[str]:
         yield f"type = {toml_value(listener.type)}"
         yield from _fields(listener.settings, non_default, prefix="")
         yield ""
-    if config.queue is not None:
+    yield from _table("quarantine", config.quarantine, non_default)
+    if config.queue is not None or config.quarantine.backend == "store":
         yield from _table("store", config.store, non_default)
+    if config.queue is not None:
         yield from _table("queue", config.queue, non_default)
     for built_in in (config.relay_control, config.sender_auth):
         if built_in is not None:

@@ -28,6 +28,7 @@ import pluggy
 from mailgate.authentication_results import AuthenticationResultsSettings
 from mailgate.config import ConfigError, PluginError, is_host_port, load_settings
 from mailgate.config.errors import Text
+from mailgate.console.settings import ConsoleSettings
 from mailgate.contract import ContractError, check_plugin_class
 from mailgate.dns import DnsSettings
 from mailgate.event_loop import EventLoopChoice, uvloop_available
@@ -39,6 +40,7 @@ from mailgate.plugin import ENTRY_POINT_GROUP
 from mailgate.plugins.relay_control import RelayControl
 from mailgate.plugins.sender_auth import SenderAuth
 from mailgate.policy.settings import PolicyListenerSettings
+from mailgate.quarantine.settings import QuarantineSettings
 from mailgate.queue.settings import QueueSettings
 from mailgate.relay import RelaySettings
 from mailgate.smtp.settings import SmtpListenerSettings
@@ -120,6 +122,8 @@ class Config:
     listeners: list[ListenerConfig] = field(default_factory=list)
     relay: RelaySettings = field(default_factory=RelaySettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
     queue: QueueSettings | None = None
     """Set when there is a ``[queue]`` table or a listener with ``egress = "queue"``: the node
     then opens the store and delivers from the queue."""
@@ -237,6 +241,8 @@ _CORE_KEYS = (
     "listener",
     "relay",
     "store",
+    "quarantine",
+    "console",
     "queue",
     RELAY_CONTROL,
     SENDER_AUTH,
@@ -282,6 +288,15 @@ def _core(table: dict[str, Any], source: str, path: Path | None) -> Config:
         config.listeners.append(_listener(t, source, f"listener[{i}]"))
     config.store = load_settings(
         StoreSettings, _table(table, "store", source), source=source, prefix="store"
+    )
+    config.console = load_settings(
+        ConsoleSettings, _table(table, "console", source), source=source, prefix="console"
+    )
+    config.quarantine = load_settings(
+        QuarantineSettings,
+        _table(table, "quarantine", source),
+        source=source,
+        prefix="quarantine",
     )
     queued = any(getattr(lc.settings, "egress", "") == "queue" for lc in config.listeners)
     if "queue" in table or queued:

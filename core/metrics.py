@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import structlog
 from prometheus_client import (
@@ -28,6 +29,9 @@ from mailgate.config import split_host_port
 from mailgate.pipeline import CallStatus, HookCall, Pipeline
 from mailgate.session import Session, Transaction
 from mailgate.verdict import Verdict, VerdictKind
+
+if TYPE_CHECKING:
+    from mailgate.console.activity import Activity
 
 log = structlog.get_logger("mailgate.metrics")
 
@@ -88,6 +92,8 @@ class Metrics:
     """
 
     def __init__(self) -> None:
+        self.activity: Activity | None = None
+        """Told each outcome and verdict too, when the console is on (its overview)."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.plugin_calls = Counter(
@@ -177,6 +183,8 @@ class Metrics:
             seconds = self._seconds[hook] = self.plugin_seconds.labels(*hook)
         seconds.observe(call.seconds)
         if isinstance(call.result, Verdict):
+            if self.activity is not None:
+                self.activity.verdict(call.plugin, call.result.kind.value)
             vkey = (call.plugin, call.hook, call.result.kind)
             verdicts = self._verdicts.get(vkey)
             if verdicts is None:
@@ -202,6 +210,8 @@ class Metrics:
         self._count_message(session, ABORTED)
 
     def _count_message(self, session: Session, outcome: str) -> None:
+        if self.activity is not None:
+            self.activity.outcome(outcome)
         key = (session.ingress, session.listener, outcome)
         counter = self._messages.get(key)
         if counter is None:

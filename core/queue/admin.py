@@ -8,11 +8,13 @@ for due messages (``poll_interval``, or at once when woken with SIGUSR1).
 - `list_messages` and `find_message` read; `retry`, `hold`, `release` and `delete` write, each
   in one transaction, and say what they did in an `Action`.
 
-A message's **state**, as the filters and the listing see it: ``held`` when it is on hold
+A message's **state**, as the listing and the metrics show it: ``held`` when it is on hold
 (whatever its recipients); otherwise ``deferred`` when a recipient was tried and is waiting
-for a retry, else ``pending`` when a recipient was not tried yet, else ``bounced`` (only
-refused recipients are left: kept for the DSN). A message is **in flight** while a node holds
-a live lease on it (it is being delivered now).
+for a retry, else ``pending`` when a recipient was not tried yet, else ``bounced`` (nothing
+left to try; such a message normally leaves the store with its DSN). Selecting by state
+(``--state``) is broader for the recipient states: a message not held with at least one
+recipient in that state. A message is **in flight** while a node holds a live lease on it
+(it is being delivered now).
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ class Filters:
     newer_than: float | None = None
     """Seconds: accepted less than this long ago."""
     state: str | None = None
-    """``pending``, ``deferred``, ``bounced`` or ``held``."""
+    """``held``: on hold; ``pending``, ``deferred``, ``bounced``: not held, with a recipient
+    in that state."""
 
     def __post_init__(self) -> None:
         if self.state is not None and self.state not in STATES:
@@ -193,16 +196,7 @@ def _has_recipient(*conditions: ColumnElement[bool]) -> ColumnElement[bool]:
 def _state_condition(state: str) -> ColumnElement[bool]:
     if state == HELD:
         return messages.c.held_since.is_not(None)
-    not_held = messages.c.held_since.is_(None)
-    if state == DEFERRED:
-        return and_(not_held, _has_recipient(recipients.c.state == DEFERRED))
-    if state == PENDING:
-        return and_(
-            not_held,
-            _has_recipient(recipients.c.state == PENDING),
-            ~_has_recipient(recipients.c.state == DEFERRED),
-        )
-    return and_(not_held, ~_has_recipient(recipients.c.state.in_(UNDELIVERED)))
+    return and_(messages.c.held_since.is_(None), _has_recipient(recipients.c.state == state))
 
 
 def _like_literal(text: str) -> str:

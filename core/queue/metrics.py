@@ -7,7 +7,8 @@
   aggregate queries; with several nodes on one PostgreSQL store each node reports the whole
   shared queue;
 - the delivery counter is counted by this node's worker, one per recipient and attempt, by
-  next hop and result (the worker calls `delivered`).
+  route and result (the worker calls `delivered`). The route's name, not the host: with MX
+  routing the hosts are as many as the domains mail goes to, a label must stay bounded.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class QueueMetrics:
         self.timeout = timeout
         self.messages = Gauge(
             "mailgate_queue_messages",
-            "Messages in the queue, by state (pending, deferred, bounced awaiting its DSN, held).",
+            "Messages in the queue, by state (pending, deferred, bounced, held).",
             ["state"],
             registry=registry,
         )
@@ -73,18 +74,17 @@ class QueueMetrics:
         )
         self.deliveries = Counter(
             "mailgate_queue_deliveries",
-            "Delivery attempts per recipient, by next hop and result (delivered, deferred, "
-            "bounced).",
-            ["next_hop", "result"],
+            "Delivery attempts per recipient, by route and result (delivered, deferred, bounced).",
+            ["route", "result"],
             registry=registry,
         )
         self._deliveries: dict[tuple[str, str], Counter] = {}
         self._last = 0.0
         self._lock = asyncio.Lock()
 
-    def delivered(self, next_hop: str, result: str) -> None:
-        """Count one recipient's attempt at `next_hop` (``host:port``) with `result`."""
-        key = (next_hop, result)
+    def delivered(self, route: str, result: str) -> None:
+        """Count one recipient's attempt on `route` (its name) with `result`."""
+        key = (route, result)
         counter = self._deliveries.get(key)
         if counter is None:
             counter = self._deliveries[key] = self.deliveries.labels(*key)

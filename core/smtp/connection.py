@@ -20,7 +20,7 @@ from mailgate.egress import Egress, Reply
 from mailgate.flow import FlowSettings, SessionFlow, Trace
 from mailgate.message import Header, Message
 from mailgate.pipeline import Pipeline
-from mailgate.quarantine import QuarantineStore
+from mailgate.quarantine import Quarantine
 from mailgate.session import Address, Session, Transaction
 from mailgate.smtp import replies
 from mailgate.smtp.auth import MAX_RESPONSE_LENGTH
@@ -52,7 +52,7 @@ class ListenerState:
     pipeline: Callable[[], Pipeline]
     egress: Egress
     tls_context: ssl.SSLContext | None = None
-    quarantine: QuarantineStore | None = None
+    quarantine: Quarantine | None = None
     connections: set[SmtpConnection] = field(default_factory=set)
     per_client: dict[str, int] = field(default_factory=dict)
     """Open sessions by client address (`max_sessions_per_client`)."""

@@ -69,7 +69,8 @@ class Limits:
     hostname: str
     listener: SmtpListenerSettings
     relay: str
-    quarantine_dir: str
+    quarantine: str
+    """Where a held message would go, as a person reads it."""
 
 
 def read_message(source: str) -> bytes:
@@ -168,4 +169,8 @@ def limits(config: Config, ingress: Ingress) -> Limits:
             max_received=0,
         )
     hostname = settings.hostname or config.mailgate.hostname or socket.getfqdn()
-    return Limits(hostname, settings, config.relay.address, config.relay.quarantine_dir)
+    if config.quarantine.backend == "directory":
+        held = config.relay.quarantine_dir
+    else:
+        held = f"the quarantine in the store ({config.store.redacted()})"
+    return Limits(hostname, settings, config.relay.address, held)

@@ -1,5 +1,5 @@
 """The queue's metrics, scraped over HTTP from a running node, on SQLite and PostgreSQL: depth
-by state from the store, the oldest message's age, and delivery attempts by next hop."""
+by state from the store, the oldest message's age, and delivery attempts by route."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ async def until(port: int, check, timeout: float = 20.0) -> Samples:  # type: ig
         await asyncio.sleep(0.5)
 
 
-async def test_queue_depth_age_and_deliveries_by_next_hop(
+async def test_queue_depth_age_and_deliveries_by_route(
     store_url: str, tmp_path: Path, peer_dirs: PeerDirs
 ) -> None:
     sink = SmtpSink(peer_dirs.new("sink"))  # down until started
@@ -88,7 +88,8 @@ async def test_queue_depth_age_and_deliveries_by_next_hop(
         assert sent < stored < sent + 2000  # with the Received: headers mailgate added
         assert 1.0 <= (value(samples, "mailgate_queue_oldest_message_age_seconds") or 0) < 60
         assert (
-            value(samples, "mailgate_queue_deliveries_total", next_hop=hop, result="deferred") == 3
+            value(samples, "mailgate_queue_deliveries_total", route="default", result="deferred")
+            == 3
         )
 
         sink.start()
@@ -110,7 +111,8 @@ async def test_queue_depth_age_and_deliveries_by_next_hop(
 
         samples = await until(metrics_port, drained)
         assert (
-            value(samples, "mailgate_queue_deliveries_total", next_hop=hop, result="delivered") == 3
+            value(samples, "mailgate_queue_deliveries_total", route="default", result="delivered")
+            == 3
         )
         assert value(samples, "mailgate_queue_oldest_message_age_seconds") == 0
         assert value(samples, "mailgate_queue_recipients", state="deferred") == 0
