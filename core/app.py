@@ -6,8 +6,9 @@ logged, and the old one stays. Listener and relay settings take effect at the ne
 ``configuration reloaded`` line names the changed ones in ``restart_needed``, and a warning
 follows. Plugins installed since start are found; a plugin whose code changed since it was
 imported keeps running the old code, and is named in a warning (see `mailgate.reloading`).
-SIGTERM and SIGINT stop cleanly: listeners close, open sessions get 421, pooled connections QUIT,
-and the queue (when configured) finishes its deliveries in flight and releases its leases.
+SIGUSR1 wakes the queue's worker (``mailgate queue retry``). SIGTERM and SIGINT stop cleanly:
+listeners close, open sessions get 421, pooled connections QUIT, and the queue (when
+configured) finishes its deliveries in flight and releases its leases.
 With ``[metrics] address`` set, Prometheus metrics are served from the same loop (a change of
 address, like a listener's, takes effect at the next start).
 """
@@ -40,6 +41,7 @@ from mailgate.pipeline import Observer, Pipeline
 from mailgate.policy import PolicyListener
 from mailgate.quarantine import Quarantine, QuarantineStore, StoredQuarantine
 from mailgate.queue import Queue
+from mailgate.queue.metrics import QueueMetrics
 from mailgate.relay import RelayEgress
 from mailgate.smtp.listener import SmtpListener
 
@@ -115,6 +117,10 @@ class App:
                 self.config.store, self.config.queue, self.config.relay, dns=self.config.dns
             )
             self.egresses["queue"] = self.queue.egress
+            if self.metrics is not None:
+                queue_metrics = QueueMetrics(self.metrics.registry, self.queue.store)
+                self.queue.worker.on_delivery = queue_metrics.delivered
+                self.metrics.refreshers.append(queue_metrics.refresh)
         self.quarantine: Quarantine = self._quarantine()
         self._expiring: asyncio.Task[None] | None = None
         self.console: ConsoleServer | None = None
@@ -319,6 +325,11 @@ class App:
             )
         return True
 
+    def wake_queue(self) -> None:
+        """Look for due messages now (SIGUSR1: ``mailgate queue retry``, ``flush``, ``release``)."""
+        if self.queue is not None:
+            self.queue.worker.wake()
+
     def request_stop(self) -> None:
         """Ask `run` to stop (what SIGTERM and SIGINT do)."""
         self._stopping.set()
@@ -352,11 +363,13 @@ class App:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGUSR1, self.wake_queue)
         try:
             await self._stopping.wait()
         finally:
-            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a late wake must not end the stop
             await self.stop()
 
 

@@ -1,5 +1,5 @@
-"""The ``mailgate`` command: ``serve``, ``check-config``, ``reload``, ``plugins``, ``try`` and
-``dkim keygen``."""
+"""The ``mailgate`` command: ``serve``, ``check-config``, ``reload``, ``plugins``, ``try``,
+``dkim keygen`` and ``queue``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from mailgate.config import ConfigError
 from mailgate.loader import Config, installed_plugins, load_config
 from mailgate.logging import Level
 from mailgate.plugins.dkim import keygen as dkim_keygen
+from mailgate.queue import cli as queue_cli
 
 if TYPE_CHECKING:
     from mailgate.trial import Trial
@@ -97,6 +99,13 @@ def parser() -> argparse.ArgumentParser:
     quarantine_cli.add_commands(quarantine, _config_option)
     dkim = sub.add_parser("dkim", help="DKIM keys (mailgate dkim keygen)", description="DKIM keys.")
     dkim_keygen.add_commands(dkim)
+    queue = sub.add_parser(
+        "queue",
+        help="list, show, retry, hold, release, delete or flush queued messages",
+        description='Operate the queue (egress = "queue"): exit 0 done, 1 nothing matched '
+        "or the store cannot be opened, 2 usage.",
+    )
+    queue_cli.add_commands(queue)
     return top
 
 
@@ -172,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _try(args)
         if args.command == "dkim":
             return dkim_keygen.run(args)
+        if args.command == "queue":
+            return queue_cli.run(args)
         if args.command == "quarantine":
             from mailgate.quarantine import cli as quarantine_cli
 
@@ -230,6 +241,9 @@ def _serve(args: argparse.Namespace) -> int:
             "policy": args.policy,
         },
     )
+    # `mailgate queue` wakes a running server with SIGUSR1 (App.run handles it): never let
+    # it end a server that is still starting.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     config = load_config(directory, **addresses)
     options = [f"--{k} {v}" for k, v in addresses.items() if v is not None]
     process.set_title(process.title(directory, options))

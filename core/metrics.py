@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -156,6 +157,14 @@ class Metrics:
         self._seconds: dict[tuple[str, str], Histogram] = {}
         self._messages: dict[tuple[str, str, str], Counter] = {}
         self._sessions: dict[tuple[str, str], tuple[Counter, Gauge]] = {}
+        self.refreshers: list[Callable[[], Awaitable[None]]] = []
+        """Awaited before each scrape is answered: gauges read from elsewhere (the queue's
+        depth from the store). Each bounds its own time and keeps old values on failure."""
+
+    async def refresh(self) -> None:
+        """Bring the gauges that are read on demand up to date (see `refreshers`)."""
+        for refresher in self.refreshers:
+            await refresher()
 
     # -- plugin calls (the pipeline observer) -----------------------------------------------------
 
@@ -296,6 +305,8 @@ class MetricsServer:
         ):
             async with asyncio.timeout(_REQUEST_TIMEOUT):
                 request = await _read_request(reader)
+                if request is not None and request[1].partition("?")[0] == "/metrics":
+                    await self.metrics.refresh()
                 writer.write(self._response(request))
                 await writer.drain()
         writer.close()

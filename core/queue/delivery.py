@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import socket
 import time
+from collections.abc import Callable
 from io import BytesIO
 
 import structlog
@@ -90,6 +91,8 @@ class DeliveryWorker:
         """Where mail goes, each place with its pool of connections and its limit."""
         self.attempts = 0
         """Delivery attempts made (one per claimed message)."""
+        self.on_delivery: Callable[[str, str], None] | None = None
+        """Told (route name, state) for each recipient's attempt: the queue's metrics."""
         self.schedule = Schedule(settings)
         self.notifier = Notifier(self.schedule, self._report_settings(), node)
         self.reports = 0
@@ -252,8 +255,13 @@ class DeliveryWorker:
             try:
                 conn, reused = await destination.pool.acquire()
             except (DownstreamError, NoRoute) as exc:
-                return self._all(queued, exc.reply, due)
-            return await self._transaction(queued, destination.pool, conn, reused, due)
+                outcomes = self._all(queued, exc.reply, due)
+            else:
+                outcomes = await self._transaction(queued, destination.pool, conn, reused, due)
+        if self.on_delivery is not None:
+            for outcome in outcomes:
+                self.on_delivery(destination.route.name, outcome.state)
+        return outcomes
 
     async def _transaction(
         self,

@@ -124,18 +124,19 @@ class NewMessage:
 async def claim(conn: AsyncConnection, node: str, lease_time: float, limit: int) -> list[Queued]:
     """Lease up to `limit` due messages to `node` and load them, soonest due first.
 
-    Due: a recipient's retry time has come, and no lease is held or the holder's has expired
-    (that node died or hung). On PostgreSQL the rows are picked with ``FOR UPDATE SKIP
-    LOCKED``, so nodes claiming at once take different messages without waiting on each other;
-    SQLite has a single writer at a time. The leased rows come back with their content
-    (``RETURNING``), and the recipients of all of them in one more query: two statements for
-    the whole batch.
+    Due: a recipient's retry time has come, the message is not on hold (``mailgate queue
+    hold``), and no lease is held or the holder's has expired (that node died or hung). On
+    PostgreSQL the rows are picked with ``FOR UPDATE SKIP LOCKED``, so nodes claiming at once
+    take different messages without waiting on each other; SQLite has a single writer at a
+    time. The leased rows come back with their content (``RETURNING``), and the recipients of
+    all of them in one more query: two statements for the whole batch.
     """
     now = time.time()
     due = (
         select(messages.c.id)
         .where(
             messages.c.next_attempt <= now,
+            messages.c.held_since.is_(None),
             or_(messages.c.lease_until.is_(None), messages.c.lease_until < now),
         )
         .order_by(messages.c.next_attempt)

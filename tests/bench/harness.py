@@ -405,6 +405,39 @@ url = "sqlite:///{config}/queue.db"
 egress = "queue"
 """
 
+QUEUE_PG_CONF = """\
+# Store and forward into PostgreSQL 15 (fsync and synchronous_commit on, its defaults): the
+# 250 comes after the transaction committed. Delivered to the same sink (--relay).
+[store]
+url = "{url}"
+[[listener]]
+egress = "queue"
+"""
+
+
+class PostgresQueueSystem(System):
+    """`mailgate serve` in queue mode on a throwaway PostgreSQL cluster of its own (durable:
+    fsync on). Its CPU and memory are mailgate's process only, not PostgreSQL's backends."""
+
+    def start(
+        self, workdir: Path, downstream: SmtpSink | None = None, *, dump: bool = False
+    ) -> None:
+        """Start PostgreSQL, make an empty database, then mailgate on it."""
+        from tests.peers.postgres import Postgres
+
+        self.postgres = Postgres(workdir / f"{self.name}-postgres", durable=True).start()
+        url = self.postgres.create_database("bench")
+        self.command = mailgate({}, QUEUE_PG_CONF.replace("{url}", url))
+        super().start(workdir, downstream, dump=dump)
+
+    def stop(self) -> None:
+        """Stop mailgate and its sink, then PostgreSQL."""
+        super().stop()
+        postgres = getattr(self, "postgres", None)
+        if postgres is not None:
+            postgres.stop()
+
+
 SYSTEMS: dict[str, Callable[[], System]] = {
     "smtp-sink": lambda: SinkSystem("smtp-sink", lambda port, sink, workdir: []),
     "minimal-relay": lambda: System("minimal-relay", minimal_relay),
@@ -414,6 +447,9 @@ SYSTEMS: dict[str, Callable[[], System]] = {
     ),
     "mailgate-queue": lambda: System(
         "mailgate-queue", mailgate({}, QUEUE_CONF), drain_timeout=60.0
+    ),
+    "mailgate-queue-pg": lambda: PostgresQueueSystem(
+        "mailgate-queue-pg", lambda port, sink, workdir: [], drain_timeout=60.0
     ),
     "postfix-queue": lambda: PostfixSystem(
         "postfix-queue", lambda port, sink, workdir: [], drain_timeout=60.0
