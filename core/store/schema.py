@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData()
@@ -80,3 +81,50 @@ PENDING, DEFERRED, DELIVERED, BOUNCED = "pending", "deferred", "delivered", "bou
 """A recipient's states: not tried yet; tried and refused for now (4xx, or the next hop
 could not be reached); accepted by the next hop; refused for good (5xx)."""
 UNDELIVERED = (PENDING, DEFERRED)
+
+# -------------------------------------------------------------------------------------------
+# DMARC reports (the ``reports`` plugin, revision 0003_reports)
+# -------------------------------------------------------------------------------------------
+
+dmarc_evaluations = Table(
+    "dmarc_evaluations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("recorded", Float, nullable=False, doc="when the message was evaluated"),
+    Column("period_begin", Integer, nullable=False, doc="the report period it belongs to"),
+    Column("period_end", Integer, nullable=False),
+    Column("policy_domain", String(255), nullable=False, doc="where the DMARC record was found"),
+    Column("header_from", String(255), nullable=False),
+    Column("envelope_from", String(255), nullable=False),
+    Column("source_ip", String(45), nullable=False),
+    Column("result", String(16), nullable=False, doc="the DMARC result: pass or fail"),
+    Column("disposition", String(16), nullable=False, doc="none, quarantine or reject"),
+    Column("dkim_aligned", String(8), nullable=False, doc="pass or fail"),
+    Column("spf_aligned", String(8), nullable=False, doc="pass or fail"),
+    Column("reasons", Text, nullable=False, doc="override reasons, a JSON list; '' for none"),
+    Column("auth_results", Text, nullable=False, doc="the DKIM and SPF results, JSON"),
+    Column("policy", Text, nullable=False, doc="the policy published, JSON"),
+    Column("rua", Text, nullable=False, doc="the rua URIs published, comma-separated"),
+    Index("dmarc_evaluations_period", "period_end", "policy_domain"),
+    Index("dmarc_evaluations_recorded", "recorded"),
+)
+
+dmarc_reports = Table(
+    "dmarc_reports",
+    metadata,
+    Column("id", String(64), primary_key=True, doc="the report id (report_metadata)"),
+    Column("domain", String(255), nullable=False, doc="the policy domain reported on"),
+    Column("period_begin", Integer, nullable=False),
+    Column("period_end", Integer, nullable=False),
+    Column("node", String(255), nullable=False, doc="the node that built it"),
+    Column("created", Float, nullable=False),
+    Column("state", String(16), nullable=False, doc="sent, undeliverable"),
+    Column("messages", Integer, nullable=False, doc="messages counted in it"),
+    Column("records", Integer, nullable=False, doc="<record> elements"),
+    Column("size", Integer, nullable=False, doc="bytes of the gzipped XML"),
+    Column("destinations", Text, nullable=False, doc="JSON: each rua URI and what became of it"),
+    # Unique: of several nodes building the same report at once, one commits; the others'
+    # transactions (with their queued mail) are rolled back.
+    UniqueConstraint("domain", "period_begin", name="dmarc_reports_once"),
+    Index("dmarc_reports_created", "created"),
+)

@@ -1,0 +1,66 @@
+"""DMARC reports: evaluations recorded per message, and the aggregate reports sent.
+
+Revision ID: 0003_reports
+Revises: 0002
+Create Date: 2026-12-04
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003_reports"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "dmarc_evaluations",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("recorded", sa.Float, nullable=False),
+        sa.Column("period_begin", sa.Integer, nullable=False),
+        sa.Column("period_end", sa.Integer, nullable=False),
+        sa.Column("policy_domain", sa.String(255), nullable=False),
+        sa.Column("header_from", sa.String(255), nullable=False),
+        sa.Column("envelope_from", sa.String(255), nullable=False),
+        sa.Column("source_ip", sa.String(45), nullable=False),
+        sa.Column("result", sa.String(16), nullable=False),
+        sa.Column("disposition", sa.String(16), nullable=False),
+        sa.Column("dkim_aligned", sa.String(8), nullable=False),
+        sa.Column("spf_aligned", sa.String(8), nullable=False),
+        sa.Column("reasons", sa.Text, nullable=False),
+        sa.Column("auth_results", sa.Text, nullable=False),
+        sa.Column("policy", sa.Text, nullable=False),
+        sa.Column("rua", sa.Text, nullable=False),
+    )
+    op.create_index(
+        "dmarc_evaluations_period", "dmarc_evaluations", ["period_end", "policy_domain"]
+    )
+    op.create_index("dmarc_evaluations_recorded", "dmarc_evaluations", ["recorded"])
+    op.create_table(
+        "dmarc_reports",
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("domain", sa.String(255), nullable=False),
+        sa.Column("period_begin", sa.Integer, nullable=False),
+        sa.Column("period_end", sa.Integer, nullable=False),
+        sa.Column("node", sa.String(255), nullable=False),
+        sa.Column("created", sa.Float, nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("messages", sa.Integer, nullable=False),
+        sa.Column("records", sa.Integer, nullable=False),
+        sa.Column("size", sa.Integer, nullable=False),
+        sa.Column("destinations", sa.Text, nullable=False),
+        sa.UniqueConstraint("domain", "period_begin", name="dmarc_reports_once"),
+    )
+    op.create_index("dmarc_reports_created", "dmarc_reports", ["created"])
+
+
+def downgrade() -> None:
+    op.drop_index("dmarc_reports_created", table_name="dmarc_reports")
+    op.drop_table("dmarc_reports")
+    op.drop_index("dmarc_evaluations_recorded", table_name="dmarc_evaluations")
+    op.drop_index("dmarc_evaluations_period", table_name="dmarc_evaluations")
+    op.drop_table("dmarc_evaluations")
