@@ -1,0 +1,84 @@
+"""The ``reports`` plugin: records each DMARC evaluation for the aggregate reports.
+
+It reads what the ``dmarc`` plugin left in ``transaction.notes["dmarc_evaluation"]`` at the
+outcome of each message, so its ``conf.d`` file comes after dmarc's (``95-reports.toml``).
+The work with the store (writing, building and sending reports, retention) is the node's
+`ReportingService`, started by the app with the plugin (`start`, `stop`). A configuration
+reload makes a new plugin instance that shares the running service.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mailgate import Transaction, Verdict, hookimpl
+from mailgate.dns import DnsSettings
+from mailgate.plugin import PluginContext
+from mailgate.plugins.dmarc import EVALUATION_NOTE, Evaluation
+from mailgate.plugins.reports.records import evaluation_row
+from mailgate.plugins.reports.service import ReportingService
+from mailgate.plugins.reports.settings import ReportsSettings
+from mailgate.verdict import VerdictKind
+
+_services: dict[tuple[str, str], tuple[ReportingService, int]] = {}
+"""The running services by (store URL, node), with how many plugin instances use each."""
+
+
+class Reports:
+    """Keeps one row per message DMARC evaluated; the node sends the reports from them."""
+
+    Settings = ReportsSettings
+    reads: frozenset[str] = frozenset()
+    """It reads the dmarc plugin's evaluation, not the message."""
+
+    def __init__(
+        self, settings: ReportsSettings | None = None, *, dns: DnsSettings | None = None
+    ) -> None:
+        if settings is None:
+            raise ValueError("org_name, contact and sender are required")
+        self.settings = settings
+        self.dns = dns or DnsSettings()
+        self.service: ReportingService | None = None
+        self._key: tuple[str, str] | None = None
+
+    async def start(self, context: PluginContext) -> None:
+        """Join (or start) this node's reporting service on the app's store."""
+        key = (context.store.url, self.settings.node_id or context.node)
+        found = _services.get(key)
+        if found is None:
+            service = ReportingService(
+                self.settings, context.store, key[1], dns=self.dns, registry=context.registry
+            )
+            await service.start()
+            found = (service, 0)
+        service, users = found
+        service.settings = self.settings  # a reload's settings apply to the next round
+        _services[key] = (service, users + 1)
+        self.service, self._key = service, key
+
+    async def stop(self) -> None:
+        """Leave the service; the last instance to leave stops it."""
+        key, self._key, self.service = self._key, None, None
+        if key is None or key not in _services:
+            return
+        service, users = _services[key]
+        if users > 1:
+            _services[key] = (service, users - 1)
+            return
+        del _services[key]
+        await service.stop()
+
+    @hookimpl
+    def on_outcome(self, transaction: Transaction, verdict: Verdict) -> None:
+        """Keep the evaluation of a message that was answered for good (a tempfailed one
+        comes again and is counted then)."""
+        service = self.service
+        if service is None or verdict.kind is VerdictKind.TEMPFAIL:
+            return
+        evaluation = transaction.notes.get(EVALUATION_NOTE)
+        if not isinstance(evaluation, Evaluation) or evaluation.policy_published is None:
+            return
+        period = self.settings.period(evaluation.policy_published.ri)
+        row = evaluation_row(evaluation, time.time(), period)
+        if row is not None:
+            service.record(row)

@@ -1,0 +1,79 @@
+"""`ReportsSettings`: the ``reports`` plugin's ``conf.d`` file (``95-reports.toml``)."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from mailgate.plugins.dmarc.domains import normalize
+
+PERIODS = (3600, 7200, 10800, 14400, 21600, 28800, 43200, 86400)
+"""Report periods mailgate uses: the divisors of a day in whole hours, so that every period
+starts and ends on the same UTC boundaries whichever node computes it."""
+
+
+@dataclass(slots=True)
+class ReportsSettings:
+    """Settings of the ``reports`` plugin: who we are in the reports, where they come from,
+    how often they go, and how long evaluations are kept."""
+
+    org_name: str = ""
+    """``report_metadata/org_name``: the organisation sending the reports (required)."""
+    contact: str = ""
+    """``report_metadata/email``: an address the domain owners can write to (required)."""
+    extra_contact_info: str = ""
+    """``report_metadata/extra_contact_info``: a URL or phone number; empty: left out."""
+    sender: str = ""
+    """The envelope sender and From: of report mail, e.g. ``dmarc-reports@example.net``
+    (required). Its domain should have SPF and DKIM of its own: receivers check reports too."""
+    submitter: str = ""
+    """The reporting host's name in the subject and file name (``Submitter:``); empty: this
+    host's fully qualified name."""
+    node_id: str = ""
+    """This node's name in the reports table; empty: the ``[queue] node_id``, or the host name."""
+    min_period: int = 3600
+    """The shortest report period, in seconds, whatever ``ri`` asks: one of 3600, 7200, 10800,
+    14400, 21600, 28800, 43200, 86400. A domain's period is its ``ri`` rounded down to one of
+    these (at least this, at most a day), aligned to UTC midnight."""
+    send_delay: float = 600.0
+    """Seconds after a period ends before its reports are built: evaluations still in other
+    nodes' buffers, and messages in progress at the boundary, get there first."""
+    check_interval: float = 300.0
+    """Seconds between two looks for periods to report (and for old rows to delete)."""
+    flush_interval: float = 1.0
+    """Seconds evaluations wait in memory before they are written, together, to the store."""
+    max_buffered: int = 50_000
+    """Evaluations held in memory at most while the store is slow; past it they are counted
+    (``mailgate_dmarc_evaluations_dropped_total``) and dropped, never the mail."""
+    retention_days: float = 30.0
+    """Evaluations and the record of sent reports older than this are deleted."""
+    max_report_size: int = 10 << 20
+    """Bytes of gzipped XML at most in one report (a bound on memory); a larger one is not
+    sent, and the destinations are told so."""
+
+    def __post_init__(self) -> None:
+        for key in ("org_name", "contact", "sender"):
+            if not getattr(self, key).strip():
+                raise ValueError(f"{key}: required (see docs/plugins/reports.md)")
+        for key in ("contact", "sender"):
+            local, at, domain = getattr(self, key).rpartition("@")
+            if not at or not local or not normalize(domain):
+                raise ValueError(f"{key}: expected an address local@domain")
+        if self.min_period not in PERIODS:
+            raise ValueError(f"min_period: one of {', '.join(map(str, PERIODS))}")
+        positive = ("send_delay", "check_interval", "flush_interval", "retention_days")
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key}: a positive number of seconds (days for retention)")
+        if self.max_buffered < 1 or self.max_report_size < 1024:
+            raise ValueError("max_buffered: at least 1; max_report_size: at least 1024 bytes")
+
+    @property
+    def submitter_name(self) -> str:
+        """`submitter`, or this host's fully qualified name."""
+        return self.submitter or socket.getfqdn()
+
+    def period(self, ri: int) -> int:
+        """The report period of a domain that asks for `ri` seconds."""
+        fitting = [p for p in PERIODS if self.min_period <= p <= max(ri, self.min_period)]
+        return fitting[-1]
