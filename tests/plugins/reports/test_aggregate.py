@@ -12,10 +12,23 @@ from mailgate.plugins.reports.mail import ReportMail
 from mailgate.plugins.reports.records import Group
 from tests.plugins.reports.helpers import assert_valid, attachment, counts, parsed_by_parsedmarc
 
-POLICY = {"domain": "example.com", "adkim": "r", "aspf": "s", "p": "reject", "sp": "none",
-          "pct": 100, "fo": "1"}
-METADATA = Metadata("Example & Co", "dmarc@example.net", "https://example.net/dmarc",
-                    "1733270400abc", 1733270400, 1733356799)
+POLICY = {
+    "domain": "example.com",
+    "adkim": "r",
+    "aspf": "s",
+    "p": "reject",
+    "sp": "none",
+    "pct": 100,
+    "fo": "1",
+}
+METADATA = Metadata(
+    "Example & Co",
+    "dmarc@example.net",
+    "https://example.net/dmarc",
+    "1733270400abc",
+    1733270400,
+    1733356799,
+)
 
 
 def group(ip: str, count: int, **changes: object) -> Group:
@@ -37,10 +50,20 @@ def group(ip: str, count: int, **changes: object) -> Group:
 
 GROUPS = [
     group("192.0.2.1", 7),
-    group("192.0.2.1", 2, disposition="reject", dkim_aligned="fail",
-          dkim=[["other.example", "s1", "fail"], ["example.com", "", "permerror"]]),
-    group("2001:db8::5", 3, disposition="none", dkim_aligned="fail",
-          reasons=[["sampled_out", "pct=10"], ["local_policy", "never_enforce <x>"]]),
+    group(
+        "192.0.2.1",
+        2,
+        disposition="reject",
+        dkim_aligned="fail",
+        dkim=[["other.example", "s1", "fail"], ["example.com", "", "permerror"]],
+    ),
+    group(
+        "2001:db8::5",
+        3,
+        disposition="none",
+        dkim_aligned="fail",
+        reasons=[["sampled_out", "pct=10"], ["local_policy", "never_enforce <x>"]],
+    ),
     group("198.51.100.9", 1, dkim=[], spf=None, envelope_from=""),
 ]
 
@@ -64,8 +87,15 @@ def test_report_validates_against_the_rfc_7489_schema() -> None:
 
 def test_parsedmarc_reads_the_mail_with_the_same_counts() -> None:
     report, _, _ = build(METADATA, POLICY, GROUPS, 1 << 20)
-    mail = ReportMail("Example & Co", "dmarc@example.net", "mx.example.net", "example.com",
-                      METADATA.report_id, METADATA.begin, METADATA.end)
+    mail = ReportMail(
+        "Example & Co",
+        "dmarc@example.net",
+        "mx.example.net",
+        "example.com",
+        METADATA.report_id,
+        METADATA.begin,
+        METADATA.end,
+    )
     raw = mail.aggregate("owner@example.com", report, 4, 13)
     name, xml, message = attachment(raw)
     assert name == "mx.example.net!example.com!1733270400!1733356799.xml.gz"
@@ -92,8 +122,11 @@ def test_a_report_past_the_size_limit_stops_being_built() -> None:
 
 @pytest.mark.parametrize(
     ("given", "shown"),
-    [("192.0.2.1", "192.0.2.1"), ("::ffff:192.0.2.7", "192.0.2.7"),
-     ("2001:db8::1", "2001:0db8:0000:0000:0000:0000:0000:0001")],
+    [
+        ("192.0.2.1", "192.0.2.1"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("2001:db8::1", "2001:0db8:0000:0000:0000:0000:0000:0001"),
+    ],
 )
 def test_source_addresses_take_the_schemas_form(given: str, shown: str) -> None:
     assert report_ip(given) == shown
