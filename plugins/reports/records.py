@@ -181,11 +181,12 @@ async def groups(conn: AsyncConnection, period: Period) -> AsyncIterator[Group]:
 
 
 async def delete_older_than(conn: AsyncConnection, cutoff: float) -> tuple[int, int]:
-    """Delete evaluations recorded, and reports built, before `cutoff`; the counts deleted."""
+    """Delete evaluations recorded before `cutoff`, and the reports of periods that ended
+    before it (whose evaluations are gone too, so they cannot be sent again); the counts."""
     evaluations = await conn.execute(
         delete(dmarc_evaluations).where(dmarc_evaluations.c.recorded < cutoff)
     )
-    reports = await conn.execute(delete(dmarc_reports).where(dmarc_reports.c.created < cutoff))
+    reports = await conn.execute(delete(dmarc_reports).where(dmarc_reports.c.period_end < cutoff))
     return evaluations.rowcount, reports.rowcount
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mailgate.app import App
-from mailgate.plugins.reports import Reports, ReportingService
+from mailgate.plugins.reports import ReportingService, Reports
 from tests.peers.dns import DnsServer
 from tests.queue.conftest import store_url
 from tests.queue.helpers import toml_value, write_config
