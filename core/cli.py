@@ -1,5 +1,5 @@
 """The ``mailgate`` command: ``serve``, ``check-config``, ``reload``, ``plugins``, ``try`` and
-``dkim keygen``."""
+``dkim keygen`` and ``reports``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from mailgate import __version__
 from mailgate.config import ConfigError
 from mailgate.loader import Config, installed_plugins, load_config
 from mailgate.plugins.dkim import keygen as dkim_keygen
+from mailgate.plugins.reports import cli as reports_cli
 
 if TYPE_CHECKING:
     from mailgate.trial import Trial
@@ -72,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     dkim = sub.add_parser("dkim", help="DKIM keys (mailgate dkim keygen)", description="DKIM keys.")
     dkim_keygen.add_commands(dkim)
+    reports = sub.add_parser(
+        "reports", help="DMARC reports (mailgate reports pending|send|list|show|summary)"
+    )
+    reports_cli.add_commands(reports)
     return parser
 
 
@@ -112,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _try(args)
         if args.command == "dkim":
             return dkim_keygen.run(args)
+        if args.command == "reports":
+            return reports_cli.run(args)
         if args.command == "check-config":
             return _check_config(args.config, args.listen, args.relay)
         config = load_config(args.config)

@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 
 from mailgate.plugins.dmarc.evaluation import Evaluation, PolicyPublished, SpfIdentity
 from mailgate.plugins.reports import ReportingService, ReportsSettings
@@ -39,8 +39,9 @@ async def services(store_url: str) -> AsyncIterator[Callable[[str], ReportingSer
 
 
 def evaluation(domain: str, ip: str, passed: bool) -> Evaluation:
-    published = PolicyPublished(domain, "r", "r", "none", "none", 100, None, False,
-                                rua=(f"mailto:dmarc@{domain}",))
+    published = PolicyPublished(
+        domain, "r", "r", "none", "none", 100, None, False, rua=(f"mailto:dmarc@{domain}",)
+    )
     return Evaluation(
         source_ip=ip,
         header_from=domain,
@@ -61,13 +62,14 @@ async def record(service: ReportingService, when: float, *rows: tuple[str, str, 
     assert await service.flush() == len(rows)
 
 
-async def count(service: ReportingService, table: object) -> int:
+async def count(service: ReportingService, table: Table) -> int:
     async with service.store.engine.connect() as conn:
         return int((await conn.execute(select(func.count()).select_from(table))).scalar_one())
 
 
-@pytest.mark.parametrize("store_url", [pytest.param("postgresql", marks=pytest.mark.peer)],
-                         indirect=True)
+@pytest.mark.parametrize(
+    "store_url", [pytest.param("postgresql", marks=pytest.mark.peer)], indirect=True
+)
 async def test_two_nodes_on_one_postgresql_send_each_report_once(
     services: ServiceFactory,
 ) -> None:

@@ -1,0 +1,87 @@
+"""``mailgate reports``: pending, send --now [--dry-run], list, show, summary."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from mailgate.cli import main
+from mailgate.plugins.reports import ReportingService
+from mailgate.store import StoreSettings
+from tests.plugins.reports.test_service import DAY, SETTINGS, record
+
+
+@pytest.fixture
+def configured(tmp_path: Path) -> Path:
+    """A configuration with a store and the reports plugin, and evaluations of yesterday."""
+    url = f"sqlite:///{tmp_path}/store/mailgate.db"
+    (tmp_path / "mailgate.toml").write_text(f'[store]\nurl = "{url}"\n')
+    (tmp_path / "95-reports.toml").write_text(
+        'org_name = "Test"\ncontact = "postmaster@mx.test"\nsender = "reports@mx.test"\n'
+        'submitter = "mx.test"\n'
+    )
+
+    async def fill() -> None:
+        service = ReportingService(SETTINGS, StoreSettings(url=url), "node")
+        await service.open()
+        yesterday = time.time() - DAY
+        await record(
+            service,
+            yesterday,
+            ("a.example", "192.0.2.1", True),
+            ("a.example", "192.0.2.1", True),
+            ("a.example", "192.0.2.9", False),
+            ("b.example", "192.0.2.1", True),
+        )
+        await service.stop()
+
+    asyncio.run(fill())
+    return tmp_path
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = main(["reports", *args])
+    return code, capsys.readouterr().out
+
+
+def test_pending_send_list_show_and_summary(
+    configured: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    c = str(configured)
+    code, out = run(capsys, "-c", c, "pending")
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["a.example", "b.example"]
+    assert " 3  " in out.splitlines()[1]
+
+    code, out = run(capsys, "-c", c, "send", "--now", "--dry-run", "--domain", "a.example")
+    assert code == 0
+    assert "a.example" in out and "dry run, 3 messages in 2 records" in out
+    assert "<feedback>" in out and "<source_ip>192.0.2.9</source_ip>" in out
+
+    code, out = run(capsys, "-c", c, "send", "--now")
+    assert code == 0
+    assert out.count(": sent,") == 2 and "mailto:dmarc@a.example: queued (queued as" in out
+    code, out = run(capsys, "-c", c, "send", "--now")
+    assert out.strip() == "nothing is due"
+
+    code, out = run(capsys, "-c", c, "list")
+    report_ids = [line.split()[0] for line in out.splitlines()]
+    assert len(report_ids) == 2
+    code, out = run(capsys, "-c", c, "show", report_ids[0])
+    assert code == 0 and "mailto:dmarc@" in out and "sent" in out
+    assert run(capsys, "-c", c, "show", "nosuchid")[0] == 1
+
+    code, out = run(capsys, "-c", c, "summary", "a.example")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "a.example: 3 messages from 2 sources, 66.7% pass"
+    assert lines[2].split() == ["192.0.2.1", "2", "100.0%", "0.0%", "100.0%"]
+    assert lines[3].split() == ["192.0.2.9", "1", "0.0%", "0.0%", "0.0%"]
+
+
+def test_without_the_plugin_it_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["reports", "-c", str(tmp_path), "pending"]) == 1
+    assert "reports plugin is not enabled" in capsys.readouterr().err
