@@ -124,7 +124,9 @@ class App:
         queue = self.config.queue
         node = (queue.node_id if queue is not None else "") or socket.gethostname()
         registry = self.metrics.registry if self.metrics is not None else None
-        return PluginContext(store=self.config.store, node=node, registry=registry)
+        return PluginContext(
+            store=self.config.store, node=node, registry=registry, queue=queue is not None
+        )
 
     async def _start_plugins(self, pipeline: Pipeline) -> None:
         for p in pipeline.plugins:

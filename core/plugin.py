@@ -37,3 +37,5 @@ class PluginContext:
     """This node's name (``[queue] node_id``, or the host name)."""
     registry: CollectorRegistry | None = None
     """The app's Prometheus registry, when ``[metrics]`` is set."""
+    queue: bool = False
+    """True when this node delivers from the queue (``[queue]``)."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import time
 
+import structlog
+
 from mailgate import Transaction, Verdict, hookimpl
 from mailgate.dns import DnsSettings
 from mailgate.plugin import PluginContext
@@ -19,6 +21,8 @@ from mailgate.plugins.reports.records import evaluation_row
 from mailgate.plugins.reports.service import ReportingService
 from mailgate.plugins.reports.settings import ReportsSettings
 from mailgate.verdict import VerdictKind
+
+log = structlog.get_logger("mailgate.plugins.reports")
 
 _services: dict[tuple[str, str], tuple[ReportingService, int]] = {}
 """The running services by (store URL, node), with how many plugin instances use each."""
@@ -43,6 +47,11 @@ class Reports:
 
     async def start(self, context: PluginContext) -> None:
         """Join (or start) this node's reporting service on the app's store."""
+        if not context.queue:
+            log.warning(
+                "dmarc reports are queued, but this node has no [queue] to deliver them; "
+                "another node sharing the store must have one"
+            )
         key = (context.store.url, self.settings.node_id or context.node)
         found = _services.get(key)
         if found is None:

@@ -17,15 +17,15 @@ class ReportsSettings:
     """Settings of the ``reports`` plugin: who we are in the reports, where they come from,
     how often they go, and how long evaluations are kept."""
 
-    org_name: str = ""
+    org_name: str
     """``report_metadata/org_name``: the organisation sending the reports (required)."""
-    contact: str = ""
+    contact: str
     """``report_metadata/email``: an address the domain owners can write to (required)."""
-    extra_contact_info: str = ""
-    """``report_metadata/extra_contact_info``: a URL or phone number; empty: left out."""
-    sender: str = ""
+    sender: str
     """The envelope sender and From: of report mail, e.g. ``dmarc-reports@example.net``
     (required). Its domain should have SPF and DKIM of its own: receivers check reports too."""
+    extra_contact_info: str = ""
+    """``report_metadata/extra_contact_info``: a URL or phone number; empty: left out."""
     submitter: str = ""
     """The reporting host's name in the subject and file name (``Submitter:``); empty: this
     host's fully qualified name."""

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from mailgate.cli import main
+from mailgate.config import ConfigError
+from mailgate.loader import load_config
 from mailgate.plugins.reports import ReportingService
 from mailgate.store import StoreSettings
 from tests.plugins.reports.test_service import DAY, SETTINGS, record
@@ -85,3 +87,31 @@ def test_pending_send_list_show_and_summary(
 def test_without_the_plugin_it_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["reports", "-c", str(tmp_path), "pending"]) == 1
     assert "reports plugin is not enabled" in capsys.readouterr().err
+
+
+def test_shipped_conf_d_file_is_disabled_and_valid(tmp_path: Path) -> None:
+    shipped = Path(__file__).parents[3] / "conf.d" / "95-reports.toml"
+    text = shipped.read_text()
+    (tmp_path / "95-reports.toml").write_text(text)
+    assert load_config(tmp_path).disabled == [("reports", str(tmp_path / "95-reports.toml"))]
+    (tmp_path / "95-reports.toml").write_text(text.replace("enabled = false", "enabled = true"))
+    assert [p.name for p in load_config(tmp_path).pipeline().plugins][-1] == "reports"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('org_name = "x"\ncontact = "p@x.example"\n', "sender"),
+        ('org_name = "x"\ncontact = "nobody"\nsender = "r@x.example"\n', "contact"),
+        (
+            'org_name = "x"\ncontact = "p@x.example"\nsender = "r@x.example"\nmin_period = 5\n',
+            "min_period",
+        ),
+        ('org_name = "x"\ncontact = "p@x.example"\nsender = "r@x.example"\nrua = 1\n', "rua"),
+    ],
+)
+def test_bad_settings_name_file_and_key(tmp_path: Path, text: str, key: str) -> None:
+    (tmp_path / "95-reports.toml").write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path).pipeline()
+    assert str(info.value).startswith(f"{tmp_path / '95-reports.toml'}: {key}")
