@@ -105,8 +105,19 @@ dmarc_evaluations = Table(
     Column("auth_results", Text, nullable=False, doc="the DKIM and SPF results, JSON"),
     Column("policy", Text, nullable=False, doc="the policy published, JSON"),
     Column("rua", Text, nullable=False, doc="the rua URIs published, comma-separated"),
-    Index("dmarc_evaluations_period", "period_end", "policy_domain"),
+    Index("dmarc_evaluations_period", "policy_domain", "period_begin"),
     Index("dmarc_evaluations_recorded", "recorded"),
+)
+
+dmarc_periods = Table(
+    "dmarc_periods",
+    metadata,
+    Column("domain", String(255), primary_key=True, doc="a policy domain that asked for rua"),
+    Column("period_begin", Integer, primary_key=True),
+    Column("period_end", Integer, nullable=False),
+    # Written with each batch of evaluations (insert if missing): the reporting job looks
+    # here for periods to report, not through every evaluation.
+    Index("dmarc_periods_end", "period_end"),
 )
 
 dmarc_reports = Table(

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, distinct, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailgate.plugins.dmarc import Evaluation
-from mailgate.store.schema import dmarc_evaluations, dmarc_reports
+from mailgate.store.schema import dmarc_evaluations, dmarc_periods, dmarc_reports
 
 SPF_RESULTS = frozenset({"none", "neutral", "pass", "fail", "softfail", "temperror", "permerror"})
 DKIM_RESULTS = frozenset({"none", "pass", "fail", "policy", "neutral", "temperror", "permerror"})
@@ -70,6 +71,20 @@ def evaluation_row(evaluation: Evaluation, now: float, period: int) -> dict[str,
     }
 
 
+async def write_evaluations(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Insert `rows` (one multi-row INSERT) and note their report periods (insert if
+    missing: a handful of rows per batch, so the job never scans the evaluations)."""
+    await conn.execute(dmarc_evaluations.insert(), rows)
+    periods = {(r["policy_domain"], r["period_begin"]): r["period_end"] for r in rows if r["rua"]}
+    if not periods:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    values = [
+        {"domain": d, "period_begin": b, "period_end": e} for (d, b), e in sorted(periods.items())
+    ]
+    await conn.execute(dialect.insert(dmarc_periods).values(values).on_conflict_do_nothing())
+
+
 @dataclass(frozen=True, slots=True)
 class Period:
     """One domain's report period with evaluations in it."""
@@ -82,22 +97,25 @@ class Period:
 
 async def pending(conn: AsyncConnection, before: float, domain: str = "") -> list[Period]:
     """The (domain, period) pairs ended before `before`, with evaluations to report (the
-    domain published a rua) and no report yet, oldest first."""
-    e = dmarc_evaluations
+    domain published a rua) and no report yet, oldest first, with their message counts."""
+    p, e = dmarc_periods, dmarc_evaluations
     sent = select(dmarc_reports.c.id).where(
-        dmarc_reports.c.domain == e.c.policy_domain,
-        dmarc_reports.c.period_begin == e.c.period_begin,
+        dmarc_reports.c.domain == p.c.domain, dmarc_reports.c.period_begin == p.c.period_begin
+    )
+    messages = (
+        select(func.count())
+        .where(e.c.policy_domain == p.c.domain, e.c.period_begin == p.c.period_begin)
+        .scalar_subquery()
     )
     query = (
-        select(e.c.policy_domain, e.c.period_begin, func.max(e.c.period_end), func.count())
-        .where(e.c.period_end <= before, e.c.rua != "", ~sent.exists())
-        .group_by(e.c.policy_domain, e.c.period_begin)
-        .order_by(e.c.period_begin, e.c.policy_domain)
+        select(p.c.domain, p.c.period_begin, p.c.period_end, messages)
+        .where(p.c.period_end <= before, ~sent.exists())
+        .order_by(p.c.period_begin, p.c.domain)
     )
     if domain:
-        query = query.where(e.c.policy_domain == domain)
+        query = query.where(p.c.domain == domain)
     rows = await conn.execute(query)
-    return [Period(r[0], r[1], r[2], r[3]) for r in rows]
+    return [Period(r[0], r[1], r[2], r[3]) for r in rows if r[3]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +205,7 @@ async def delete_older_than(conn: AsyncConnection, cutoff: float) -> tuple[int, 
         delete(dmarc_evaluations).where(dmarc_evaluations.c.recorded < cutoff)
     )
     reports = await conn.execute(delete(dmarc_reports).where(dmarc_reports.c.period_end < cutoff))
+    await conn.execute(delete(dmarc_periods).where(dmarc_periods.c.period_end < cutoff))
     return evaluations.rowcount, reports.rowcount
 
 

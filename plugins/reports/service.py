@@ -44,8 +44,8 @@ from mailgate.plugins.reports.mail import ReportMail
 from mailgate.plugins.reports.settings import ReportsSettings
 from mailgate.queue.records import NewMessage
 from mailgate.session import Address, Transaction
-from mailgate.store import GroupCommit, Rows, Store, StoreSettings
-from mailgate.store.schema import dmarc_evaluations, dmarc_reports
+from mailgate.store import GroupCommit, Store, StoreSettings
+from mailgate.store.schema import dmarc_reports
 
 log = structlog.get_logger("mailgate.plugins.reports")
 
@@ -167,7 +167,7 @@ class ReportingService:
         if not rows:
             return 0
         try:
-            await self.writer.insert(Rows(((dmarc_evaluations, rows),)))
+            await self.writer.write(lambda conn: records.write_evaluations(conn, rows))
         except Exception as exc:
             self._buffer[:0] = rows[: max(0, self.settings.max_buffered - len(self._buffer))]
             log.warning("dmarc evaluations not written, kept for the next try", error=str(exc))

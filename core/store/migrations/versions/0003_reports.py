@@ -1,4 +1,4 @@
-"""DMARC reports: evaluations recorded per message, and the aggregate reports sent.
+"""DMARC reports: evaluations recorded per message, the periods to report, the reports sent.
 
 Revision ID: 0003_reports
 Revises: 0002
@@ -37,9 +37,16 @@ def upgrade() -> None:
         sa.Column("rua", sa.Text, nullable=False),
     )
     op.create_index(
-        "dmarc_evaluations_period", "dmarc_evaluations", ["period_end", "policy_domain"]
+        "dmarc_evaluations_period", "dmarc_evaluations", ["policy_domain", "period_begin"]
     )
     op.create_index("dmarc_evaluations_recorded", "dmarc_evaluations", ["recorded"])
+    op.create_table(
+        "dmarc_periods",
+        sa.Column("domain", sa.String(255), primary_key=True),
+        sa.Column("period_begin", sa.Integer, primary_key=True),
+        sa.Column("period_end", sa.Integer, nullable=False),
+    )
+    op.create_index("dmarc_periods_end", "dmarc_periods", ["period_end"])
     op.create_table(
         "dmarc_reports",
         sa.Column("id", sa.String(64), primary_key=True),
@@ -61,6 +68,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("dmarc_reports_created", table_name="dmarc_reports")
     op.drop_table("dmarc_reports")
+    op.drop_index("dmarc_periods_end", table_name="dmarc_periods")
+    op.drop_table("dmarc_periods")
     op.drop_index("dmarc_evaluations_recorded", table_name="dmarc_evaluations")
     op.drop_index("dmarc_evaluations_period", table_name="dmarc_evaluations")
     op.drop_table("dmarc_evaluations")
