@@ -68,6 +68,9 @@ async def test_reports_reach_each_authorized_rua_with_the_counts_sent(
     assert outcomes["delta.test"].state == "sent"
     assert outcomes["delta.test"].destinations[0].status.startswith("too large")
     assert await service.send_due(time.time() + 2 * DAY) == []  # each report once
+    assert service.metrics.sent._value.get() == 3
+    assert service.metrics.failed._value.get() == 1  # gamma: no authorized destination
+    assert service.metrics.recorded._value.get() == sum(n for _, _, n in LOAD)
 
     arrived = await asyncio.to_thread(smtp_sink.wait_for_messages, 3, 30)
     by_rcpt = {m.rcpts[0]: m for m in arrived}
@@ -127,3 +130,18 @@ def test_rua_uris_with_sizes_and_other_schemes() -> None:
     assert parse_destination("mailto:a%40b@example.com").address == "a@b@example.com"
     assert parse_destination("https://example.com/r").problem.startswith("https scheme")
     assert parse_destination("mailto:nobody").problem == "not a mail address"
+
+
+async def test_a_reload_keeps_one_service_and_stop_closes_it(
+    store_url: str, smtp_sink: SmtpSink, reporting_node: NodeFactory
+) -> None:
+    app = await reporting_node(store_url, f"127.0.0.1:{smtp_sink.port}")
+    service = service_of(app)
+    [old] = [p.instance for p in app.pipeline.plugins if p.name == "reports"]
+    assert app.reload()
+    for task in list(app._plugin_tasks):
+        await task
+    assert service_of(app) is service  # the new instance joined the running service
+    assert getattr(old, "service", None) is None  # the old one left it
+    await app.stop()
+    assert service.writer._task is None  # stopped with the app
