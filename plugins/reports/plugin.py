@@ -1,4 +1,5 @@
-"""The ``reports`` plugin: records each DMARC evaluation for the aggregate reports.
+"""The ``reports`` plugin: records each DMARC evaluation for the aggregate reports, and
+sends failure reports when asked to.
 
 It reads what the ``dmarc`` plugin left in ``transaction.notes["dmarc_evaluation"]`` at the
 outcome of each message, so its ``conf.d`` file comes after dmarc's (``95-reports.toml``).
@@ -61,7 +62,7 @@ class Reports:
             await service.start()
             found = (service, 0)
         service, users = found
-        service.settings = self.settings  # a reload's settings apply to the next round
+        service.configure(self.settings)  # a reload's settings apply from now on
         _services[key] = (service, users + 1)
         self.service, self._key = service, key
 
@@ -87,7 +88,12 @@ class Reports:
         evaluation = transaction.notes.get(EVALUATION_NOTE)
         if not isinstance(evaluation, Evaluation) or evaluation.policy_published is None:
             return
+        now = time.time()
         period = self.settings.period(evaluation.policy_published.ri)
-        row = evaluation_row(evaluation, time.time(), period)
+        row = evaluation_row(evaluation, now, period)
         if row is not None:
             service.record(row)
+        message = transaction.message
+        if self.settings.failure_reports and message is not None:
+            headers = b"".join(h.to_bytes() for h in message.arrived_headers)
+            service.failures.consider(evaluation, transaction.sender.address, headers, now)

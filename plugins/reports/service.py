@@ -12,6 +12,7 @@
   unique key (domain, period) makes nodes sharing a PostgreSQL store send each report once:
   the second node's transaction fails on it and queues nothing.
 - **Retention**: rows older than ``retention_days`` are deleted at each check.
+- **Failure reports** (`failures`, when ``failure_reports`` is on): see `FailureReports`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from mailgate.plugins.reports.destinations import (
     verify,
 )
 from mailgate.plugins.reports.mail import ReportMail
+from mailgate.plugins.reports.ruf import FailureReports
 from mailgate.plugins.reports.settings import ReportsSettings
 from mailgate.queue.records import NewMessage
 from mailgate.session import Address, Transaction
@@ -69,6 +71,12 @@ class ReportMetrics:
         self.dropped = Counter(
             "mailgate_dmarc_evaluations_dropped",
             "DMARC evaluations dropped because the store could not keep up",
+            registry=r,
+        )
+        self.failure_reports = Counter(
+            "mailgate_dmarc_failure_reports",
+            "DMARC failure reports: sent (queued), limited (over the rate limit), failed",
+            ["status"],
             registry=r,
         )
 
@@ -122,9 +130,16 @@ class ReportingService:
         self.writer = GroupCommit(self.store)
         self.resolver = async_resolver(dns or DnsSettings())
         self.metrics = ReportMetrics(registry)
+        self.failures = FailureReports(
+            settings, self.resolver, self._queue_one, self._count_failure_report
+        )
         self._buffer: list[dict[str, Any]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._flushed = asyncio.Event()
+
+    def configure(self, settings: ReportsSettings) -> None:
+        """Use `settings` from now on (a reload's)."""
+        self.settings = self.failures.settings = settings
 
     async def open(self) -> None:
         """Open (and migrate) the store and start its writer; no background work."""
@@ -141,6 +156,7 @@ class ReportingService:
 
     async def stop(self) -> None:
         """Stop the loops, write what is buffered, close the store."""
+        await self.failures.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -179,6 +195,17 @@ class ReportingService:
         while True:
             await asyncio.sleep(self.settings.flush_interval)
             await self.flush()
+
+    # -- failure reports ----------------------------------------------------------------------
+
+    def _count_failure_report(self, status: str) -> None:
+        self.metrics.failure_reports.labels(status).inc()
+
+    async def _queue_one(self, to: str, content: bytes) -> str:
+        """Queue one mail from the report sender to `to`; its queue id."""
+        new = self._queued(to, content)
+        await self.writer.insert(new.rows(), size=len(content))
+        return new.id
 
     # -- reporting --------------------------------------------------------------------------
 

@@ -51,6 +51,18 @@ class ReportsSettings:
     """Bytes of gzipped XML at most in one report (a bound on memory); a larger one is not
     sent, and the destinations are told so."""
 
+    failure_reports: bool = False
+    """Send failure reports (RFC 7489 7.3) to the ``ruf`` addresses, as each domain's ``fo``
+    asks. Off by default: they carry the failing message's header block."""
+    redact_local_parts: bool = False
+    """In failure reports, replace the local part of every address (in the envelope sender
+    and the address header fields) with a hash of it."""
+    failure_reports_per_domain: int = 10
+    """Failure reports about one domain at most per ``failure_period``, per node; the others
+    are counted (``mailgate_dmarc_failure_reports_limited_total``) and not sent."""
+    failure_period: float = 3600.0
+    """Seconds of the failure reports' rate-limit window (aligned to the epoch)."""
+
     def __post_init__(self) -> None:
         for key in ("org_name", "contact", "sender"):
             if not getattr(self, key).strip():
@@ -65,6 +77,8 @@ class ReportsSettings:
         for key in positive:
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key}: a positive number of seconds (days for retention)")
+        if self.failure_reports_per_domain < 1 or self.failure_period <= 0:
+            raise ValueError("failure_reports_per_domain and failure_period must be positive")
         if self.max_buffered < 1 or self.max_report_size < 1024:
             raise ValueError("max_buffered: at least 1; max_report_size: at least 1024 bytes")
 
