@@ -109,13 +109,12 @@ async def building(args: argparse.Namespace) -> None:
             )
             for i in range(args.sources)
         ]
-        assert all(t is not None for t in templates)
         rows_of = [t for t in templates if t is not None]
         started = time.perf_counter()
         chunk = 20_000
         for start in range(0, args.rows, chunk):
             rows = [
-                templates[rng.randrange(args.sources)] for _ in range(min(chunk, args.rows - start))
+                rows_of[rng.randrange(args.sources)] for _ in range(min(chunk, args.rows - start))
             ]
             await service.store.transaction(functools.partial(write_evaluations, rows=rows))
         print(f"wrote {args.rows} evaluations in {time.perf_counter() - started:.1f} s")
