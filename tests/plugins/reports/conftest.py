@@ -30,10 +30,15 @@ delta                  IN TXT "v=spf1 ip4:127.0.0.1 -all"
 _dmarc.delta           IN TXT "v=DMARC1; p=none; rua=mailto:dmarc@delta.test!1k"
 norua                  IN TXT "v=spf1 ip4:127.0.0.1 -all"
 _dmarc.norua           IN TXT "v=DMARC1; p=none"
+epsilon                IN TXT "v=spf1 ip4:127.0.0.1 -all"
+_dmarc.epsilon         IN TXT ( "v=DMARC1; p=none; fo=1; "
+                                "ruf=mailto:ruf@epsilon.test,mailto:ruf@unauthorized.test" )
 elsewhere              IN TXT "v=spf1 -all"
 """
-"""alpha reports to itself; beta (p=reject) to an authorized other domain; gamma to one that did not
-authorize it; delta takes at most 1 KiB; norua asks for no reports; elsewhere fails SPF."""
+"""alpha reports to itself; beta (p=reject) to an authorized other domain; gamma to one that
+did not authorize it; delta takes at most 1 KiB; norua asks for no reports; epsilon asks for
+failure reports (fo=1) at its own domain and at one that did not authorize it; elsewhere fails
+SPF."""
 
 REPORTS_TOML = {
     "org_name": "Mailgate Test",
