@@ -7,6 +7,7 @@ retention and ``mailgate reports`` run; each takes a connection of the caller's 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -55,17 +56,8 @@ def evaluation_row(evaluation: Evaluation, now: float, period: int) -> dict[str,
         "spf_aligned": evaluation.spf_aligned,
         "reasons": json.dumps(reasons, separators=(",", ":")) if reasons else "",
         "auth_results": json.dumps(auth, separators=(",", ":")),
-        "policy": json.dumps(
-            {
-                "domain": policy.domain,
-                "adkim": policy.adkim,
-                "aspf": policy.aspf,
-                "p": policy.p,
-                "sp": policy.sp,
-                "pct": policy.pct,
-                "fo": policy.fo,
-            },
-            separators=(",", ":"),
+        "policy": _policy_json(
+            policy.domain, policy.adkim, policy.aspf, policy.p, policy.sp, policy.pct, policy.fo
         ),
         "rua": ",".join(policy.rua),
     }
@@ -83,6 +75,13 @@ async def write_evaluations(conn: AsyncConnection, rows: list[dict[str, Any]]) -
         {"domain": d, "period_begin": b, "period_end": e} for (d, b), e in sorted(periods.items())
     ]
     await conn.execute(dialect.insert(dmarc_periods).values(values).on_conflict_do_nothing())
+
+
+@functools.lru_cache(maxsize=4096)
+def _policy_json(domain: str, adkim: str, aspf: str, p: str, sp: str, pct: int, fo: str) -> str:
+    """The ``policy`` column: the same few records over and over, so made once each."""
+    policy = {"domain": domain, "adkim": adkim, "aspf": aspf, "p": p, "sp": sp, "pct": pct}
+    return json.dumps({**policy, "fo": fo}, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from mailgate.plugins.reports import ReportingService, ReportsSettings
 from mailgate.plugins.reports.records import evaluation_row, write_evaluations
 from mailgate.store import StoreSettings
 from tests.peers.dns import DnsServer
+from tests.peers.postgres import Postgres
 
 from . import harness
 
@@ -49,6 +50,11 @@ def recording(args: argparse.Namespace) -> None:
     dns = DnsServer().start()
     dns.add_zone(ZONE)
     store = args.postgres or "sqlite:///{config}/store.db"
+    postgres = None
+    if args.postgres == "auto":  # a throwaway cluster with fsync on, as in production
+        workdir = Path(tempfile.mkdtemp(prefix="mailgate-bench-pg-"))
+        postgres = Postgres(workdir, durable=True).start()
+        store = postgres.create_database("reports")
     core = f'[dns]\nnameservers = ["{dns.host}:{dns.port}"]\n[store]\nurl = "{store}"\n'
     harness.SYSTEMS["mailgate+dmarc"] = lambda: harness.System(
         "mailgate+dmarc", harness.mailgate({"90-dmarc.toml": DMARC_CONF}, core)
@@ -65,6 +71,8 @@ def recording(args: argparse.Namespace) -> None:
         )
     finally:
         dns.stop()
+        if postgres is not None:
+            postgres.stop()
     print(harness.format_table(results))
     rates = {m.system: m.rate for m in results}
     ratio = rates["mailgate+dmarc+reports"] / rates["mailgate+dmarc"]
@@ -136,7 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.reports", description=__doc__)
     sub = parser.add_subparsers(dest="what", required=True)
     rec = sub.add_parser("recording")
-    rec.add_argument("--postgres", default="", metavar="URL")
+    rec.add_argument("--postgres", default="", metavar="URL", help='"auto": start one')
     rec.add_argument("--quick", action="store_true")
     rec.add_argument("--repeats", type=int, default=3)
     build = sub.add_parser("building")
