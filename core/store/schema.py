@@ -139,3 +139,24 @@ dmarc_reports = Table(
     UniqueConstraint("domain", "period_begin", name="dmarc_reports_once"),
     Index("dmarc_reports_created", "created"),
 )
+
+dmarc_received = Table(
+    "dmarc_received",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("received", Float, nullable=False),
+    Column("kind", String(16), nullable=False, doc="aggregate, failure, tlsrpt or malformed"),
+    Column("mail_from", Text, nullable=False, doc="the envelope sender of the mail"),
+    Column("org_name", Text, nullable=False, doc="who reported"),
+    Column("report_id", Text, nullable=False),
+    Column("domain", String(255), nullable=False, doc="the domain reported on"),
+    Column("period_begin", Integer, nullable=False),
+    Column("period_end", Integer, nullable=False),
+    Column("messages", Integer, nullable=False, doc="messages (sessions, for TLS) counted"),
+    Column("passed", Integer, nullable=False, doc="of them, passing (successful)"),
+    Column("detail", Text, nullable=False, doc="records or fields, JSON"),
+    Column("error", Text, nullable=False, doc="why a malformed report could not be read"),
+    Column("raw", LargeBinary, nullable=True, doc="the undecoded part of a malformed report"),
+    Index("dmarc_received_received", "received"),
+    Index("dmarc_received_domain", "domain"),
+)

@@ -10,20 +10,25 @@ reload makes a new plugin instance that shares the running service.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import structlog
 
-from mailgate import Transaction, Verdict, hookimpl
+from mailgate import Address, Message, Session, Transaction, Verdict, hookimpl
 from mailgate.dns import DnsSettings
 from mailgate.plugin import PluginContext
 from mailgate.plugins.dmarc import EVALUATION_NOTE, Evaluation
+from mailgate.plugins.reports.incoming import Limits, parse_mail
 from mailgate.plugins.reports.records import evaluation_row
 from mailgate.plugins.reports.service import ReportingService
 from mailgate.plugins.reports.settings import ReportsSettings
 from mailgate.verdict import VerdictKind
 
 log = structlog.get_logger("mailgate.plugins.reports")
+
+INCOMING_NOTE = "reports.incoming"
+"""``transaction.notes[INCOMING_NOTE]``: the recipients that are report addresses."""
 
 _services: dict[tuple[str, str], tuple[ReportingService, int]] = {}
 """The running services by (store URL, node), with how many plugin instances use each."""
@@ -33,8 +38,8 @@ class Reports:
     """Keeps one row per message DMARC evaluated; the node sends the reports from them."""
 
     Settings = ReportsSettings
-    reads: frozenset[str] = frozenset()
-    """It reads the dmarc plugin's evaluation, not the message."""
+    reads: frozenset[str] = frozenset({"headers", "body"})
+    """Reports received are read from the whole message (the evaluations need neither)."""
 
     def __init__(
         self, settings: ReportsSettings | None = None, *, dns: DnsSettings | None = None
@@ -77,6 +82,51 @@ class Reports:
             return
         del _services[key]
         await service.stop()
+
+    @hookimpl
+    def on_rcpt(self, session: Session, transaction: Transaction, recipient: Address) -> None:
+        """Note the recipients that are report addresses (``incoming``)."""
+        if self.settings.incoming(session, transaction):
+            transaction.notes.setdefault(INCOMING_NOTE, []).append(recipient.address)
+
+    @hookimpl
+    async def on_message(
+        self, session: Session, transaction: Transaction, message: Message
+    ) -> Verdict | None:
+        """Read and store the reports in a mail to report addresses; then, with ``keep``,
+        take those recipients off (and drop a mail left with none)."""
+        addresses: list[str] = transaction.notes.get(INCOMING_NOTE, [])
+        if not addresses:
+            return None
+        service = self.service
+        if service is None:
+            return Verdict.tempfail(451, "4.3.0", "Report store not available, try again later")
+        settings = self.settings
+        limits = Limits(
+            settings.max_incoming_part, settings.max_decompressed, settings.max_zip_entries
+        )
+        raw = message.as_bytes()  # at most the listener's max_message_size
+        reports = await asyncio.to_thread(parse_mail, raw, limits)
+        try:
+            ids = await service.store_received(reports, transaction.sender.address)
+        except Exception as exc:
+            log.warning("dmarc reports received not stored", error=str(exc))
+            return Verdict.tempfail(451, "4.3.0", "Report store unavailable, try again later")
+        log.info(
+            "dmarc reports received",
+            kinds=[r.kind for r in reports],
+            domains=[r.domain for r in reports],
+            errors=[r.error for r in reports if r.error],
+            ids=ids,
+        )
+        if settings.incoming_action == "deliver":
+            return None
+        keep = {a.lower() for a in addresses}
+        if all(r.address.lower() in keep for r in transaction.recipients):
+            return Verdict.discard(reason=f"reports stored: {', '.join(ids)}")
+        for address in dict.fromkeys(addresses):
+            transaction.delete_recipient(address)
+        return None
 
     @hookimpl
     def on_outcome(self, transaction: Transaction, verdict: Verdict) -> None:

@@ -18,7 +18,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailgate.plugins.dmarc import Evaluation
-from mailgate.store.schema import dmarc_evaluations, dmarc_periods, dmarc_reports
+from mailgate.store.schema import (
+    dmarc_evaluations,
+    dmarc_periods,
+    dmarc_received,
+    dmarc_reports,
+)
 
 SPF_RESULTS = frozenset({"none", "neutral", "pass", "fail", "softfail", "temperror", "permerror"})
 DKIM_RESULTS = frozenset({"none", "pass", "fail", "policy", "neutral", "temperror", "permerror"})
@@ -198,13 +203,15 @@ async def groups(conn: AsyncConnection, period: Period) -> AsyncIterator[Group]:
 
 
 async def delete_older_than(conn: AsyncConnection, cutoff: float) -> tuple[int, int]:
-    """Delete evaluations recorded before `cutoff`, and the reports of periods that ended
-    before it (whose evaluations are gone too, so they cannot be sent again); the counts."""
+    """Delete evaluations recorded before `cutoff`, the reports of periods that ended before
+    it (whose evaluations are gone too, so they cannot be sent again), and the reports
+    received before it; the counts of the first two."""
     evaluations = await conn.execute(
         delete(dmarc_evaluations).where(dmarc_evaluations.c.recorded < cutoff)
     )
     reports = await conn.execute(delete(dmarc_reports).where(dmarc_reports.c.period_end < cutoff))
     await conn.execute(delete(dmarc_periods).where(dmarc_periods.c.period_end < cutoff))
+    await conn.execute(delete(dmarc_received).where(dmarc_received.c.received < cutoff))
     return evaluations.rowcount, reports.rowcount
 
 

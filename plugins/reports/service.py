@@ -41,13 +41,14 @@ from mailgate.plugins.reports.destinations import (
     parse_destination,
     verify,
 )
+from mailgate.plugins.reports.incoming import Received
 from mailgate.plugins.reports.mail import ReportMail
 from mailgate.plugins.reports.ruf import FailureReports
 from mailgate.plugins.reports.settings import ReportsSettings
-from mailgate.queue.records import NewMessage
+from mailgate.queue.records import NewMessage, new_queue_id
 from mailgate.session import Address, Transaction
-from mailgate.store import GroupCommit, Store, StoreSettings
-from mailgate.store.schema import dmarc_reports
+from mailgate.store import GroupCommit, Rows, Store, StoreSettings
+from mailgate.store.schema import dmarc_received, dmarc_reports
 
 log = structlog.get_logger("mailgate.plugins.reports")
 
@@ -71,6 +72,12 @@ class ReportMetrics:
         self.dropped = Counter(
             "mailgate_dmarc_evaluations_dropped",
             "DMARC evaluations dropped because the store could not keep up",
+            registry=r,
+        )
+        self.received = Counter(
+            "mailgate_dmarc_reports_received",
+            "Reports received and stored, by kind (aggregate, failure, tlsrpt, malformed)",
+            ["kind"],
             registry=r,
         )
         self.failure_reports = Counter(
@@ -206,6 +213,36 @@ class ReportingService:
         new = self._queued(to, content)
         await self.writer.insert(new.rows(), size=len(content))
         return new.id
+
+    # -- reports received -------------------------------------------------------------------
+
+    async def store_received(self, reports: list[Received], mail_from: str) -> list[str]:
+        """Store `reports` (read from one mail from `mail_from`); their ids, once committed."""
+        now = time.time()
+        rows = [
+            {
+                "id": new_queue_id(),
+                "received": now,
+                "kind": r.kind,
+                "mail_from": mail_from,
+                "org_name": r.org_name[:1000],
+                "report_id": r.report_id[:1000],
+                "domain": r.domain[:255],
+                "period_begin": r.begin,
+                "period_end": r.end,
+                "messages": r.messages,
+                "passed": r.passed,
+                "detail": json.dumps(r.detail),
+                "error": r.error,
+                "raw": r.raw or None,
+            }
+            for r in reports
+        ]
+        size = sum(len(r.raw) for r in reports)
+        await self.writer.insert(Rows(((dmarc_received, rows),)), size=size)
+        for r in reports:
+            self.metrics.received.labels(r.kind).inc()
+        return [row["id"] for row in rows]
 
     # -- reporting --------------------------------------------------------------------------
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
+from mailgate.expressions import Expression
 from mailgate.plugins.dmarc.domains import normalize
 
 PERIODS = (3600, 7200, 10800, 14400, 21600, 28800, 43200, 86400)
@@ -63,6 +65,21 @@ class ReportsSettings:
     failure_period: float = 3600.0
     """Seconds of the failure reports' rate-limit window (aligned to the epoch)."""
 
+    incoming: Expression = field(default_factory=lambda: Expression("false"))
+    """Which recipients are report addresses (CEL, with ``rcpt``), e.g.
+    ``rcpt.address in ["dmarc@example.com", "tlsrpt@example.com"]``: mail to them is read as
+    reports (aggregate, failure, SMTP TLS) and stored. Default: none."""
+    incoming_action: Literal["keep", "deliver"] = "keep"
+    """``keep``: a report is stored instead of delivered (its report recipients are taken
+    off; a mail with no other recipient is answered 250 once stored, and dropped);
+    ``deliver``: stored as well as delivered."""
+    max_incoming_part: int = 10 << 20
+    """Bytes at most of one report attachment (compressed)."""
+    max_decompressed: int = 50 << 20
+    """Bytes at most once an attachment is decompressed (a zip bomb stops here)."""
+    max_zip_entries: int = 10
+    """Files at most in one zip attachment."""
+
     def __post_init__(self) -> None:
         for key in ("org_name", "contact", "sender"):
             if not getattr(self, key).strip():
@@ -79,6 +96,8 @@ class ReportsSettings:
                 raise ValueError(f"{key}: a positive number of seconds (days for retention)")
         if self.failure_reports_per_domain < 1 or self.failure_period <= 0:
             raise ValueError("failure_reports_per_domain and failure_period must be positive")
+        if min(self.max_incoming_part, self.max_decompressed, self.max_zip_entries) < 1:
+            raise ValueError("max_incoming_part, max_decompressed, max_zip_entries: positive")
         if self.max_buffered < 1 or self.max_report_size < 1024:
             raise ValueError("max_buffered: at least 1; max_report_size: at least 1024 bytes")
 

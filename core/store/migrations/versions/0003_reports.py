@@ -1,4 +1,5 @@
-"""DMARC reports: evaluations recorded per message, the periods to report, the reports sent.
+"""DMARC reports: evaluations recorded per message, the periods to report, the reports sent,
+and the reports received.
 
 Revision ID: 0003_reports
 Revises: 0002
@@ -63,9 +64,31 @@ def upgrade() -> None:
         sa.UniqueConstraint("domain", "period_begin", name="dmarc_reports_once"),
     )
     op.create_index("dmarc_reports_created", "dmarc_reports", ["created"])
+    op.create_table(
+        "dmarc_received",
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("received", sa.Float, nullable=False),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("mail_from", sa.Text, nullable=False),
+        sa.Column("org_name", sa.Text, nullable=False),
+        sa.Column("report_id", sa.Text, nullable=False),
+        sa.Column("domain", sa.String(255), nullable=False),
+        sa.Column("period_begin", sa.Integer, nullable=False),
+        sa.Column("period_end", sa.Integer, nullable=False),
+        sa.Column("messages", sa.Integer, nullable=False),
+        sa.Column("passed", sa.Integer, nullable=False),
+        sa.Column("detail", sa.Text, nullable=False),
+        sa.Column("error", sa.Text, nullable=False),
+        sa.Column("raw", sa.LargeBinary, nullable=True),
+    )
+    op.create_index("dmarc_received_received", "dmarc_received", ["received"])
+    op.create_index("dmarc_received_domain", "dmarc_received", ["domain"])
 
 
 def downgrade() -> None:
+    op.drop_index("dmarc_received_domain", table_name="dmarc_received")
+    op.drop_index("dmarc_received_received", table_name="dmarc_received")
+    op.drop_table("dmarc_received")
     op.drop_index("dmarc_reports_created", table_name="dmarc_reports")
     op.drop_table("dmarc_reports")
     op.drop_index("dmarc_periods_end", table_name="dmarc_periods")
