@@ -197,11 +197,8 @@ def parse_failure(report: Message) -> Received:
     for part in report.walk():
         if part.get_content_type() == "message/feedback-report":
             payload = part.get_payload()
-            text = (
-                payload[0].as_string()
-                if isinstance(payload, list) and payload
-                else str(part.get_payload(decode=False))
-            )
+            first = payload[0] if isinstance(payload, list) and payload else None
+            text = first.as_string() if isinstance(first, Message) else str(payload)
             for line in text.splitlines():
                 name, colon, value = line.partition(":")
                 if colon and name.strip():
@@ -254,9 +251,11 @@ def parse_mail(raw: bytes, limits: Limits | None = None) -> list[Received]:
     one and was not, or one for the whole mail when nothing in it is a report."""
     limits = limits or Limits()
     message = email.message_from_bytes(raw, policy=email.policy.compat32)
+    report_type = message.get_param("report-type")
     if (
         message.get_content_type() == "multipart/report"
-        and "feedback-report" in (message.get_param("report-type") or "").lower()
+        and isinstance(report_type, str)
+        and report_type.lower() == "feedback-report"
     ):
         try:
             return [parse_failure(message)]

@@ -219,9 +219,10 @@ class ReportingService:
     async def store_received(self, reports: list[Received], mail_from: str) -> list[str]:
         """Store `reports` (read from one mail from `mail_from`); their ids, once committed."""
         now = time.time()
-        rows = [
+        ids = [new_queue_id() for _ in reports]
+        rows: list[dict[str, Any]] = [
             {
-                "id": new_queue_id(),
+                "id": report_id,
                 "received": now,
                 "kind": r.kind,
                 "mail_from": mail_from,
@@ -236,13 +237,13 @@ class ReportingService:
                 "error": r.error,
                 "raw": r.raw or None,
             }
-            for r in reports
+            for report_id, r in zip(ids, reports, strict=True)
         ]
         size = sum(len(r.raw) for r in reports)
         await self.writer.insert(Rows(((dmarc_received, rows),)), size=size)
         for r in reports:
             self.metrics.received.labels(r.kind).inc()
-        return [row["id"] for row in rows]
+        return ids
 
     # -- reporting --------------------------------------------------------------------------
 
