@@ -2,7 +2,7 @@
 
     mailgate reports -c /etc/mailgate pending
     mailgate reports -c /etc/mailgate send --now [--dry-run] [--domain example.com]
-    mailgate reports -c /etc/mailgate list [--days 7]
+    mailgate reports -c /etc/mailgate list [--days 7] [--only received|sent]
     mailgate reports -c /etc/mailgate show REPORT_ID
     mailgate reports -c /etc/mailgate summary example.com [--days 30]
 
@@ -32,7 +32,7 @@ from mailgate.logging import LoggingSettings, configure_logging
 from mailgate.plugins.reports import records
 from mailgate.plugins.reports.service import ReportingService, ReportOutcome
 from mailgate.plugins.reports.settings import ReportsSettings
-from mailgate.store.schema import dmarc_reports
+from mailgate.store.schema import dmarc_received, dmarc_reports
 
 PLUGIN = "reports"
 
@@ -50,9 +50,12 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     )
     send.add_argument("--dry-run", action="store_true", help="build and print, queue nothing")
     send.add_argument("--domain", default="", help="only this policy domain")
-    listing = sub.add_parser("list", help="the reports built, newest first")
+    listing = sub.add_parser("list", help="the reports received and sent, newest first")
     listing.add_argument("--days", type=float, default=7.0, help="how far back (default 7)")
-    show = sub.add_parser("show", help="one report built: its destinations and counts")
+    listing.add_argument(
+        "--only", choices=("received", "sent"), default="all", help="received or sent only"
+    )
+    show = sub.add_parser("show", help="one report received (what it says) or sent")
     show.add_argument("id", help="the report id (from list)")
     summary = sub.add_parser(
         "summary", help="per source, how a domain's mail fared: DMARC, DKIM, SPF pass rates"
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     command: Callable[[ReportingService], Awaitable[int]] = {
         "pending": lambda s: _pending(s),
         "send": lambda s: _send(s, args.now, args.dry_run, args.domain),
-        "list": lambda s: _list(s, args.days),
+        "list": lambda s: _list(s, args.days, args.only),
         "show": lambda s: _show(s, args.id),
         "summary": lambda s: _summary(s, args.domain.lower().rstrip("."), args.days),
     }[args.reports_command]
@@ -150,22 +153,38 @@ def _print_outcome(outcome: ReportOutcome) -> None:
         print(f"  {d.uri}: {d.status}{queued}")
 
 
-async def _list(service: ReportingService, days: float) -> int:
+async def _list(service: ReportingService, days: float, what: str) -> int:
     since = time.time() - days * 86400
     async with service.store.engine.connect() as conn:
-        rows = await conn.execute(
-            select(dmarc_reports)
-            .where(dmarc_reports.c.created >= since)
-            .order_by(dmarc_reports.c.created.desc())
-        )
-        found = rows.all()
-    if not found:
-        print("no reports built in that time")
-    for r in found:
-        print(
-            f"{r.id}  {r.domain:32} {_day(r.period_begin)} - {_day(r.period_end)}  "
-            f"{r.state:13} {r.messages:>7} messages  by {r.node}"
-        )
+        received = (
+            await conn.execute(
+                select(dmarc_received)
+                .where(dmarc_received.c.received >= since)
+                .order_by(dmarc_received.c.received.desc())
+            )
+        ).all()
+        sent = (
+            await conn.execute(
+                select(dmarc_reports)
+                .where(dmarc_reports.c.created >= since)
+                .order_by(dmarc_reports.c.created.desc())
+            )
+        ).all()
+    if what in ("all", "received"):
+        print(f"received ({len(received)}):")
+        for r in received:
+            what_ = r.error if r.kind == "malformed" else f"{r.passed}/{r.messages} passed"
+            print(
+                f"  {r.id}  {_day(r.received)}  {r.kind:9} {r.domain or '-':28} "
+                f"{r.org_name or r.mail_from or '-':28} {what_}"
+            )
+    if what in ("all", "sent"):
+        print(f"sent ({len(sent)}):")
+        for r in sent:
+            print(
+                f"  {r.id}  {r.domain:28} {_day(r.period_begin)} - {_day(r.period_end)}  "
+                f"{r.state:13} {r.messages:>7} messages  by {r.node}"
+            )
     return 0
 
 
@@ -174,16 +193,31 @@ async def _show(service: ReportingService, report_id: str) -> int:
         row = (
             await conn.execute(select(dmarc_reports).where(dmarc_reports.c.id == report_id))
         ).first()
-    if row is None:
-        print(f"mailgate: no report {report_id}", file=sys.stderr)
-        return 1
-    print(f"report {row.id}: {row.domain}, {_day(row.period_begin)} - {_day(row.period_end)}")
-    print(f"  built {_day(row.created)} by {row.node}: {row.state}")
-    print(f"  {row.messages} messages in {row.records} records, {row.size} bytes gzipped")
-    for d in json.loads(row.destinations):
-        queued = f" (queued as {d['queue_id']})" if d.get("queue_id") else ""
-        print(f"  {d['uri']}: {d['status']}{queued}")
-    return 0
+        received = (
+            await conn.execute(select(dmarc_received).where(dmarc_received.c.id == report_id))
+        ).first()
+    if row is not None:
+        print(f"report {row.id}: {row.domain}, {_day(row.period_begin)} - {_day(row.period_end)}")
+        print(f"  built {_day(row.created)} by {row.node}: {row.state}")
+        print(f"  {row.messages} messages in {row.records} records, {row.size} bytes gzipped")
+        for d in json.loads(row.destinations):
+            queued = f" (queued as {d['queue_id']})" if d.get("queue_id") else ""
+            print(f"  {d['uri']}: {d['status']}{queued}")
+        return 0
+    if received is not None:
+        r = received
+        print(f"received {r.id} ({r.kind}) on {_day(r.received)} from {r.mail_from or '<>'}")
+        print(f"  reporter: {r.org_name or '-'}; report id: {r.report_id or '-'}")
+        if r.kind == "malformed":
+            print(f"  could not be read: {r.error}; {len(r.raw or b'')} bytes kept raw")
+            return 0
+        if r.period_begin:
+            print(f"  {r.domain}, {_day(r.period_begin)} - {_day(r.period_end)}")
+        print(f"  {r.messages} counted, {r.passed} passed")
+        print(json.dumps(json.loads(r.detail), indent=2))
+        return 0
+    print(f"mailgate: no report {report_id}", file=sys.stderr)
+    return 1
 
 
 async def _summary(service: ReportingService, domain: str, days: float) -> int:

@@ -12,7 +12,9 @@ from mailgate.cli import main
 from mailgate.config import ConfigError
 from mailgate.loader import load_config
 from mailgate.plugins.reports import ReportingService
+from mailgate.plugins.reports.incoming import parse_mail
 from mailgate.store import StoreSettings
+from tests.plugins.reports import samples
 from tests.plugins.reports.test_service import DAY, SETTINGS, record
 
 
@@ -29,6 +31,8 @@ def configured(tmp_path: Path) -> Path:
     async def fill() -> None:
         service = ReportingService(SETTINGS, StoreSettings(url=url), "node")
         await service.open()
+        await service.store_received(parse_mail(samples.zipped("dmarc@a.example")), "x@r.test")
+        await service.store_received(parse_mail(samples.broken_xml("dmarc@a.example")), "")
         yesterday = time.time() - DAY
         await record(
             service,
@@ -69,9 +73,9 @@ def test_pending_send_list_show_and_summary(
     code, out = run(capsys, "-c", c, "send", "--now")
     assert out.strip() == "nothing is due"
 
-    code, out = run(capsys, "-c", c, "list")
-    report_ids = [line.split()[0] for line in out.splitlines()]
-    assert len(report_ids) == 2
+    code, out = run(capsys, "-c", c, "list", "--only", "sent")
+    report_ids = [line.split()[0] for line in out.splitlines()[1:]]
+    assert out.startswith("sent (2):") and len(report_ids) == 2
     code, out = run(capsys, "-c", c, "show", report_ids[0])
     assert code == 0 and "mailto:dmarc@" in out and "sent" in out
     assert run(capsys, "-c", c, "show", "nosuchid")[0] == 1
@@ -82,6 +86,22 @@ def test_pending_send_list_show_and_summary(
     assert lines[0] == "a.example: 3 messages from 2 sources, 66.7% pass"
     assert lines[2].split() == ["192.0.2.1", "2", "100.0%", "0.0%", "100.0%"]
     assert lines[3].split() == ["192.0.2.9", "1", "0.0%", "0.0%", "0.0%"]
+
+
+def test_list_and_show_reports_received(
+    configured: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    c = str(configured)
+    code, out = run(capsys, "-c", c, "list", "--only", "received")
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == "received (2):"
+    kinds = {line.split()[3]: line.split()[0] for line in lines[1:]}
+    assert set(kinds) == {"aggregate", "malformed"}
+    assert "12/15 passed" in out and "broken XML" in out
+    code, out = run(capsys, "-c", c, "show", kinds["aggregate"])
+    assert code == 0 and "google.test" in out and "203.0.113.7" in out
+    code, out = run(capsys, "-c", c, "show", kinds["malformed"])
+    assert code == 0 and "could not be read: broken XML" in out
 
 
 def test_without_the_plugin_it_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
