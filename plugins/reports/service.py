@@ -57,7 +57,7 @@ class ReportMetrics:
     """The reporting counters, in the app's registry (or a private one)."""
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
-        r = registry or CollectorRegistry()
+        self.registry = r = registry or CollectorRegistry()
         self.sent = Counter(
             "mailgate_dmarc_reports_sent", "DMARC aggregate reports queued for sending", registry=r
         )
@@ -86,6 +86,19 @@ class ReportMetrics:
             ["status"],
             registry=r,
         )
+
+    def close(self) -> None:
+        """Take the counters out of the registry (a later service may register them again)."""
+        for counter in (
+            self.sent,
+            self.failed,
+            self.recorded,
+            self.dropped,
+            self.failure_reports,
+            self.received,
+        ):
+            with contextlib.suppress(KeyError):  # already closed
+                self.registry.unregister(counter)
 
 
 @dataclass(slots=True)
@@ -174,6 +187,7 @@ class ReportingService:
             await self.flush()
         await self.writer.stop()
         await self.store.close()
+        self.metrics.close()
 
     # -- recording --------------------------------------------------------------------------
 
