@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 
 import structlog
 
@@ -50,6 +51,8 @@ class Reports:
         self.dns = dns or DnsSettings()
         self.service: ReportingService | None = None
         self._key: tuple[str, str] | None = None
+        self._incoming = settings.incoming.source.strip() != "false"
+        """False when no recipient can be a report address: the hooks return at once."""
 
     async def start(self, context: PluginContext) -> None:
         """Join (or start) this node's reporting service on the app's store."""
@@ -86,18 +89,24 @@ class Reports:
     @hookimpl
     def on_rcpt(self, session: Session, transaction: Transaction, recipient: Address) -> None:
         """Note the recipients that are report addresses (``incoming``)."""
-        if self.settings.incoming(session, transaction):
+        if self._incoming and self.settings.incoming(session, transaction):
             transaction.notes.setdefault(INCOMING_NOTE, []).append(recipient.address)
 
     @hookimpl
-    async def on_message(
+    def on_message(
         self, session: Session, transaction: Transaction, message: Message
-    ) -> Verdict | None:
+    ) -> Awaitable[Verdict | None] | None:
         """Read and store the reports in a mail to report addresses; then, with ``keep``,
-        take those recipients off (and drop a mail left with none)."""
+        take those recipients off (and drop a mail left with none). Returns at once (no
+        coroutine) for every other mail."""
         addresses: list[str] = transaction.notes.get(INCOMING_NOTE, [])
         if not addresses:
             return None
+        return self._receive(transaction, message, addresses)
+
+    async def _receive(
+        self, transaction: Transaction, message: Message, addresses: list[str]
+    ) -> Verdict | None:
         service = self.service
         if service is None:
             return Verdict.tempfail(451, "4.3.0", "Report store not available, try again later")
