@@ -119,20 +119,26 @@ class App:
         self._stopping = asyncio.Event()
         self._plugin_tasks: set[asyncio.Task[None]] = set()
 
-    def plugin_context(self) -> PluginContext:
-        """What plugins with work of their own (`PluginContext`) are started with."""
+    def plugin_context(self, pipeline: Pipeline | None = None) -> PluginContext:
+        """What the plugins of `pipeline` (default: the current one) with work of their own
+        are started with (`PluginContext`)."""
+        pipeline = pipeline or self.pipeline
         queue = self.config.queue
         node = (queue.node_id if queue is not None else "") or socket.gethostname()
         registry = self.metrics.registry if self.metrics is not None else None
         return PluginContext(
-            store=self.config.store, node=node, registry=registry, queue=queue is not None
+            store=self.config.store,
+            node=node,
+            registry=registry,
+            queue=queue is not None,
+            plugins=tuple(p.instance for p in pipeline.plugins),
         )
 
     async def _start_plugins(self, pipeline: Pipeline) -> None:
         for p in pipeline.plugins:
             start = getattr(p.instance, "start", None)
             if callable(start):
-                await start(self.plugin_context())
+                await start(self.plugin_context(pipeline))
 
     async def _stop_plugins(self, pipeline: Pipeline) -> None:
         for p in pipeline.plugins:

@@ -39,3 +39,6 @@ class PluginContext:
     """The app's Prometheus registry, when ``[metrics]`` is set."""
     queue: bool = False
     """True when this node delivers from the queue (``[queue]``)."""
+    plugins: tuple[object, ...] = ()
+    """The instances of the plugin chain this plugin is part of, in calling order (to work
+    with a neighbour: the reports plugin signs with the dkim plugin's keys)."""

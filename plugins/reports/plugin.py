@@ -19,11 +19,13 @@ import structlog
 from mailgate import Address, Message, Session, Transaction, Verdict, hookimpl
 from mailgate.dns import DnsSettings
 from mailgate.plugin import PluginContext
+from mailgate.plugins.dkim import Dkim
 from mailgate.plugins.dmarc import EVALUATION_NOTE, Evaluation
 from mailgate.plugins.reports.incoming import Limits, parse_mail
 from mailgate.plugins.reports.records import evaluation_row
 from mailgate.plugins.reports.service import ReportingService
 from mailgate.plugins.reports.settings import ReportsSettings
+from mailgate.plugins.reports.signing import ReportSigner
 from mailgate.verdict import VerdictKind
 
 log = structlog.get_logger("mailgate.plugins.reports")
@@ -71,6 +73,8 @@ class Reports:
             found = (service, 0)
         service, users = found
         service.configure(self.settings)  # a reload's settings apply from now on
+        dkim = next((p for p in context.plugins if isinstance(p, Dkim)), None)
+        service.signer = ReportSigner(dkim.settings) if dkim and dkim.settings.keys else None
         _services[key] = (service, users + 1)
         self.service, self._key = service, key
 

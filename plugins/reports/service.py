@@ -45,6 +45,7 @@ from mailgate.plugins.reports.incoming import Received
 from mailgate.plugins.reports.mail import ReportMail
 from mailgate.plugins.reports.ruf import FailureReports
 from mailgate.plugins.reports.settings import ReportsSettings
+from mailgate.plugins.reports.signing import ReportSigner
 from mailgate.queue.records import NewMessage, new_queue_id
 from mailgate.session import Address, Transaction
 from mailgate.store import GroupCommit, Rows, Store, StoreSettings
@@ -150,6 +151,8 @@ class ReportingService:
         self.writer = GroupCommit(self.store)
         self.resolver = async_resolver(dns or DnsSettings())
         self.metrics = ReportMetrics(registry)
+        self.signer: ReportSigner | None = None
+        """Signs report mail with the dkim plugin's keys, when it is enabled."""
         self.failures = FailureReports(
             settings, self.resolver, self._queue_one, self._count_failure_report
         )
@@ -399,6 +402,8 @@ class ReportingService:
         return made
 
     def _queued(self, to: str, content: bytes) -> NewMessage:
+        if self.signer is not None:
+            content = self.signer.sign(content, self.settings.sender.rpartition("@")[2])
         transaction = Transaction(Address(self.settings.sender), [Address(to)])
         header_size = content.index(b"\r\n\r\n") + 4
         return NewMessage.build(transaction, content, header_size, self.node)

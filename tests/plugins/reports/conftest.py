@@ -61,16 +61,19 @@ def reports_zone(dns_server: DnsServer) -> DnsServer:
 
 @pytest.fixture
 async def reporting_node(tmp_path: Path, reports_zone: DnsServer) -> AsyncIterator[NodeFactory]:
-    """``await reporting_node(store_url, next_hop, **reports_settings)``: a started `App`."""
+    """``await reporting_node(store_url, next_hop, dkim=TOML, **reports_settings)``: a started
+    `App` (with the dkim plugin configured by `dkim`, when given)."""
     apps: list[App] = []
 
-    async def factory(store_url: str, next_hop: str, **reports: object) -> App:
+    async def factory(store_url: str, next_hop: str, *, dkim: str = "", **reports: object) -> App:
         directory = write_config(tmp_path / f"conf{len(apps)}", store_url, next_hop)
         dns = f"{reports_zone.host}:{reports_zone.port}"
         with (directory / "mailgate.toml").open("a") as core:
             core.write(f'[dns]\nnameservers = ["{dns}"]\n')
         (directory / "80-spf.toml").write_text("skip_networks = []\nreject = []\n")
         (directory / "90-dmarc.toml").write_text("skip_networks = []\n")
+        if dkim:
+            (directory / "85-dkim.toml").write_text(dkim)
         table = {**REPORTS_TOML, **reports}
         lines = [f"{k} = {toml_value(v)}" for k, v in table.items()]
         (directory / "95-reports.toml").write_text("\n".join(lines) + "\n")

@@ -7,8 +7,13 @@ import asyncio
 import smtplib
 import time
 from collections import Counter
+from pathlib import Path
 
+import dkim
+
+from mailgate.plugins.dkim.keys import generate, zone_line
 from mailgate.plugins.reports.destinations import parse_destination
+from tests.peers.dns import DnsServer
 from tests.peers.smtp_sink import SmtpSink
 from tests.plugins.reports.conftest import NodeFactory, service_of
 from tests.plugins.reports.helpers import (
@@ -145,3 +150,35 @@ async def test_a_reload_keeps_one_service_and_stop_closes_it(
     assert getattr(old, "service", None) is None  # the old one left it
     await app.stop()
     assert service.writer._task is None  # stopped with the app
+
+
+async def test_report_mail_is_signed_with_the_dkim_plugins_keys(
+    store_url: str,
+    smtp_sink: SmtpSink,
+    reporting_node: NodeFactory,
+    reports_zone: DnsServer,
+    tmp_path: Path,
+) -> None:
+    key = generate("rsa", 1024)
+    (tmp_path / "reports.key").write_bytes(key.pem)
+    reports_zone.add_zone(
+        f"$ORIGIN mx.example.net.\n$TTL 300\n{zone_line('mx.example.net', 'r1', key.record)}\n"
+    )
+    dkim_toml = f'[[keys."mx.example.net"]]\nselector = "r1"\nkey_file = "{tmp_path}/reports.key"\n'
+    app = await reporting_node(store_url, f"127.0.0.1:{smtp_sink.port}", dkim=dkim_toml)
+    assert await asyncio.to_thread(send_load, app.ports[0]) == sum(n for _, _, n in LOAD) - 2
+    await asyncio.to_thread(smtp_sink.wait_for_messages, 19, 30)
+    smtp_sink.clear()
+    service = service_of(app)
+    await service.flush()
+    await service.send_due(time.time() + 2 * DAY)
+    arrived = await asyncio.to_thread(smtp_sink.wait_for_messages, 3, 30)
+    resolver = reports_zone.resolver()
+
+    def txt(name: bytes, timeout: int = 5) -> bytes:
+        answer = resolver.resolve(name.decode().rstrip("."), "TXT")
+        return b"".join(b"".join(r.strings) for r in answer)
+
+    for mail in arrived:
+        assert mail.data.startswith(b"DKIM-Signature:")
+        assert dkim.verify(mail.data, dnsfunc=txt), mail.rcpts
