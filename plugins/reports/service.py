@@ -158,7 +158,7 @@ class ReportingService:
         )
         self._buffer: list[dict[str, Any]] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._flushed = asyncio.Event()
+        self._flushing = asyncio.Lock()
 
     def configure(self, settings: ReportsSettings) -> None:
         """Use `settings` from now on (a reload's)."""
@@ -202,18 +202,20 @@ class ReportingService:
         self._buffer.append(row)
 
     async def flush(self) -> int:
-        """Write the buffered rows now; how many were written."""
-        rows, self._buffer = self._buffer, []
-        if not rows:
-            return 0
-        try:
-            await self.writer.write(lambda conn: records.write_evaluations(conn, rows))
-        except Exception as exc:
-            self._buffer[:0] = rows[: max(0, self.settings.max_buffered - len(self._buffer))]
-            log.warning("dmarc evaluations not written, kept for the next try", error=str(exc))
-            return 0
-        self.metrics.recorded.inc(len(rows))
-        return len(rows)
+        """Write the buffered rows now (after a flush already on its way); how many."""
+        async with self._flushing:
+            rows, self._buffer = self._buffer, []
+            if not rows:
+                return 0
+            try:
+                await self.writer.write(lambda conn: records.write_evaluations(conn, rows))
+            except Exception as exc:
+                room = max(0, self.settings.max_buffered - len(self._buffer))
+                self._buffer[:0] = rows[:room]
+                log.warning("dmarc evaluations not written, kept for the next try", error=str(exc))
+                return 0
+            self.metrics.recorded.inc(len(rows))
+            return len(rows)
 
     async def _flush_loop(self) -> None:
         while True:
