@@ -38,6 +38,7 @@ from mailgate.loader import Config, load_config
 from mailgate.logging import Level, configure_logging
 from mailgate.metrics import Metrics, MetricsServer
 from mailgate.pipeline import Observer, Pipeline
+from mailgate.plugin import PluginContext
 from mailgate.policy import PolicyListener
 from mailgate.quarantine import Quarantine, QuarantineStore, StoredQuarantine
 from mailgate.queue import Queue
@@ -136,6 +137,44 @@ class App:
         self._plugin_code = reloading.PluginCode()
         self._plugin_code.record(self.config.chain)
         self._stopping = asyncio.Event()
+        self._plugin_tasks: set[asyncio.Task[None]] = set()
+
+    def plugin_context(self, pipeline: Pipeline | None = None) -> PluginContext:
+        """What the plugins of `pipeline` (default: the current one) with work of their own
+        are started with (`PluginContext`)."""
+        pipeline = pipeline or self.pipeline
+        queue = self.config.queue
+        node = (queue.node_id if queue is not None else "") or socket.gethostname()
+        registry = self.metrics.registry if self.metrics is not None else None
+        return PluginContext(
+            store=self.config.store,
+            node=node,
+            registry=registry,
+            queue=queue is not None,
+            plugins=tuple(p.instance for p in pipeline.plugins),
+        )
+
+    async def _start_plugins(self, pipeline: Pipeline) -> None:
+        for p in pipeline.plugins:
+            start = getattr(p.instance, "start", None)
+            if callable(start):
+                await start(self.plugin_context(pipeline))
+
+    async def _stop_plugins(self, pipeline: Pipeline) -> None:
+        for p in pipeline.plugins:
+            stop = getattr(p.instance, "stop", None)
+            if callable(stop):
+                try:
+                    await stop()
+                except Exception as exc:
+                    log.error("plugin stop failed", plugin=p.name, error=str(exc))
+
+    async def _swap_plugins(self, old: Pipeline, new: Pipeline) -> None:
+        try:
+            await self._start_plugins(new)
+        except Exception as exc:
+            log.error("plugin start failed after reload", error=str(exc))
+        await self._stop_plugins(old)
 
     def _apply_log_level(self, config: Config) -> None:
         if self.log_level is not None:
@@ -235,6 +274,15 @@ class App:
                 address = self.config.console.address
                 error = exc if isinstance(exc, OSError) else OSError(str(exc))
                 raise _cannot_listen(source, "console.address", address, error) from None
+        try:
+            await self._start_plugins(self.pipeline)
+        except (OSError, SQLAlchemyError) as exc:
+            source = preflight.core_source(self.config)
+            reason = str(exc).splitlines()[0][:200]
+            url = self.config.store.redacted()
+            raise ConfigError(
+                source, "store.url", url, "a store mailgate can open", reason
+            ) from exc
         if self.metrics_server is not None:
             try:
                 await self.metrics_server.start()
@@ -296,7 +344,11 @@ class App:
             if self.metrics is not None:
                 self.metrics.reloaded(False)
             return False
-        self.config, self.pipeline = config, pipeline
+        old, self.config, self.pipeline = self.pipeline, config, pipeline
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing was started
+            task = asyncio.get_running_loop().create_task(self._swap_plugins(old, pipeline))
+            self._plugin_tasks.add(task)
+            task.add_done_callback(self._plugin_tasks.discard)
         for listener in self.listeners:
             if isinstance(listener, SmtpListener):
                 listener.reload_tls()
@@ -350,6 +402,9 @@ class App:
             self._expiring = None
         if isinstance(self.quarantine, StoredQuarantine):
             await self.quarantine.close()
+        for task in list(self._plugin_tasks):
+            await task
+        await self._stop_plugins(self.pipeline)
         if self.queue is not None:
             await self.queue.stop()
         if self.metrics_server is not None:

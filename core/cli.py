@@ -1,5 +1,5 @@
 """The ``mailgate`` command: ``serve``, ``check-config``, ``reload``, ``plugins``, ``try``,
-``dkim keygen`` and ``queue``."""
+``config dump``, ``quarantine``, ``queue``, ``reports`` and ``dkim keygen``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from mailgate.config import ConfigError
 from mailgate.loader import Config, installed_plugins, load_config
 from mailgate.logging import Level
 from mailgate.plugins.dkim import keygen as dkim_keygen
+from mailgate.plugins.reports import cli as reports_cli
 from mailgate.queue import cli as queue_cli
 
 if TYPE_CHECKING:
@@ -106,6 +107,10 @@ def parser() -> argparse.ArgumentParser:
         "or the store cannot be opened, 2 usage.",
     )
     queue_cli.add_commands(queue)
+    reports = sub.add_parser(
+        "reports", help="DMARC reports (mailgate reports pending|send|list|show|summary)"
+    )
+    reports_cli.add_commands(reports)
     return top
 
 
@@ -195,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(dump(config, non_default=args.non_default), end="")
             sys.stdout.flush()
             return 0
+        if args.command == "reports":
+            return reports_cli.run(args)
         if args.command == "check-config":
             return _check_config(args.config, args.listen, args.relay)
         config = load_config(args.config)

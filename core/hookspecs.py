@@ -97,6 +97,13 @@ class PluginClass(Protocol):
       ``[dns]`` table, a :class:`mailgate.dns.DnsSettings`; give it a default, so the plugin
       can be built by hand in a test. A ``TypeError`` or ``ValueError`` from it is reported as
       settings the plugin refused.
+    - ``start`` and ``stop``: for a plugin with work of its own beside the hooks (a store, a
+      periodic job), ``async def start(self, context)`` and ``async def stop(self)``.
+      ``mailgate serve`` calls ``start`` with a :class:`mailgate.plugin.PluginContext` (the
+      store's settings, the node's name, the metrics registry) before it listens, ``stop``
+      at shutdown; after a reload the new instance is started before the old one is
+      stopped. ``mailgate try`` and ``check-config`` call neither: hooks must cope with a
+      plugin that was not started.
     - hooks: methods marked ``@hookimpl``, named after a hook below (or naming it with
       ``@hookimpl(specname="on_rcpt")``), whose arguments are among the ones the hook offers,
       with no default values and no ``*args``/``**kwargs``. ``@hookimpl(optionalhook=True)``

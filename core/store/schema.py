@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData()
@@ -111,4 +112,84 @@ quarantine = Table(
     Column("header_size", Integer, nullable=False),
     Column("content", LargeBinary, nullable=False, doc="the message as plugins left it"),
     Index("quarantine_created", "created"),
+)
+
+
+# -------------------------------------------------------------------------------------------
+# DMARC reports (the ``reports`` plugin, revision 0004_reports)
+# -------------------------------------------------------------------------------------------
+
+dmarc_evaluations = Table(
+    "dmarc_evaluations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("recorded", Float, nullable=False, doc="when the message was evaluated"),
+    Column("period_begin", Integer, nullable=False, doc="the report period it belongs to"),
+    Column("period_end", Integer, nullable=False),
+    Column("policy_domain", String(255), nullable=False, doc="where the DMARC record was found"),
+    Column("header_from", String(255), nullable=False),
+    Column("envelope_from", String(255), nullable=False),
+    Column("source_ip", String(45), nullable=False),
+    Column("result", String(16), nullable=False, doc="the DMARC result: pass or fail"),
+    Column("disposition", String(16), nullable=False, doc="none, quarantine or reject"),
+    Column("dkim_aligned", String(8), nullable=False, doc="pass or fail"),
+    Column("spf_aligned", String(8), nullable=False, doc="pass or fail"),
+    Column("reasons", Text, nullable=False, doc="override reasons, a JSON list; '' for none"),
+    Column("auth_results", Text, nullable=False, doc="the DKIM and SPF results, JSON"),
+    Column("policy", Text, nullable=False, doc="the policy published, JSON"),
+    Column("rua", Text, nullable=False, doc="the rua URIs published, comma-separated"),
+    Index("dmarc_evaluations_period", "policy_domain", "period_begin"),
+    Index("dmarc_evaluations_recorded", "recorded"),
+)
+
+dmarc_periods = Table(
+    "dmarc_periods",
+    metadata,
+    Column("domain", String(255), primary_key=True, doc="a policy domain that asked for rua"),
+    Column("period_begin", Integer, primary_key=True),
+    Column("period_end", Integer, nullable=False),
+    # Written with each batch of evaluations (insert if missing): the reporting job looks
+    # here for periods to report, not through every evaluation.
+    Index("dmarc_periods_end", "period_end"),
+)
+
+dmarc_reports = Table(
+    "dmarc_reports",
+    metadata,
+    Column("id", String(64), primary_key=True, doc="the report id (report_metadata)"),
+    Column("domain", String(255), nullable=False, doc="the policy domain reported on"),
+    Column("period_begin", Integer, nullable=False),
+    Column("period_end", Integer, nullable=False),
+    Column("node", String(255), nullable=False, doc="the node that built it"),
+    Column("created", Float, nullable=False),
+    Column("state", String(16), nullable=False, doc="sent, undeliverable"),
+    Column("messages", Integer, nullable=False, doc="messages counted in it"),
+    Column("records", Integer, nullable=False, doc="<record> elements"),
+    Column("size", Integer, nullable=False, doc="bytes of the gzipped XML"),
+    Column("destinations", Text, nullable=False, doc="JSON: each rua URI and what became of it"),
+    # Unique: of several nodes building the same report at once, one commits; the others'
+    # transactions (with their queued mail) are rolled back.
+    UniqueConstraint("domain", "period_begin", name="dmarc_reports_once"),
+    Index("dmarc_reports_created", "created"),
+)
+
+dmarc_received = Table(
+    "dmarc_received",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("received", Float, nullable=False),
+    Column("kind", String(16), nullable=False, doc="aggregate, failure, tlsrpt or malformed"),
+    Column("mail_from", Text, nullable=False, doc="the envelope sender of the mail"),
+    Column("org_name", Text, nullable=False, doc="who reported"),
+    Column("report_id", Text, nullable=False),
+    Column("domain", String(255), nullable=False, doc="the domain reported on"),
+    Column("period_begin", Integer, nullable=False),
+    Column("period_end", Integer, nullable=False),
+    Column("messages", Integer, nullable=False, doc="messages (sessions, for TLS) counted"),
+    Column("passed", Integer, nullable=False, doc="of them, passing (successful)"),
+    Column("detail", Text, nullable=False, doc="records or fields, JSON"),
+    Column("error", Text, nullable=False, doc="why a malformed report could not be read"),
+    Column("raw", LargeBinary, nullable=True, doc="the undecoded part of a malformed report"),
+    Index("dmarc_received_received", "received"),
+    Index("dmarc_received_domain", "domain"),
 )

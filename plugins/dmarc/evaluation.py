@@ -57,13 +57,31 @@ class PolicyPublished:
     pct: int
     np: Policy | None
     testing: bool
+    fo: str = "0"
+    rua: tuple[str, ...] = ()
+    """Where aggregate reports go (``mailto:`` URIs, each may end in ``!size``)."""
+    ruf: tuple[str, ...] = ()
+    """Where failure reports go."""
+    ri: int = 86400
+    """The aggregate report interval asked for, in seconds."""
 
     @classmethod
     def of(cls, domain: str, record: DmarcRecord) -> PolicyPublished:
         """The report view of `record`, found at `domain` (``sp`` defaults to ``p``)."""
         sp = record.sp or record.p
         return cls(
-            domain, record.adkim, record.aspf, record.p, sp, record.pct, record.np, record.testing
+            domain,
+            record.adkim,
+            record.aspf,
+            record.p,
+            sp,
+            record.pct,
+            record.np,
+            record.testing,
+            record.fo,
+            record.rua,
+            record.ruf,
+            record.ri,
         )
 
 
