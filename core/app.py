@@ -30,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mailgate import preflight, reloading
 from mailgate.config import ConfigError
 from mailgate.console import Activity, ConsoleServer
-from mailgate.console.views import QuarantineView, QueueView
+from mailgate.console.views import QuarantineView, QueueView, ReportsView
 from mailgate.console.web import Node
 from mailgate.dns import keep_cache
 from mailgate.egress import Egress
@@ -45,6 +45,7 @@ from mailgate.queue import Queue
 from mailgate.queue.metrics import QueueMetrics
 from mailgate.relay import RelayEgress
 from mailgate.smtp.listener import SmtpListener
+from mailgate.store import Store
 
 log = structlog.get_logger("mailgate.app")
 
@@ -206,8 +207,20 @@ class App:
             ),
             queue=QueueView(self.queue.store) if self.queue is not None else None,
             node_name=self.queue.node if self.queue is not None else socket.gethostname(),
+            reports=ReportsView(self._shared_store()) if self._reports_enabled() else None,
         )
         return ConsoleServer(self.config.console, node)
+
+    def _reports_enabled(self) -> bool:
+        return any(p.name == "reports" for p in self.config.chain)
+
+    def _shared_store(self) -> Store:
+        """The store the queue or the quarantine already use, else one of its own."""
+        if self.queue is not None:
+            return self.queue.store
+        if isinstance(self.quarantine, StoredQuarantine):
+            return self.quarantine.database
+        return Store(self.config.store)
 
     async def _expire_quarantine(self, held: StoredQuarantine) -> None:
         """Every ``expire_interval``, delete what ``retention_days`` no longer keeps."""

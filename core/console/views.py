@@ -9,14 +9,23 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailgate.console.activity import BUCKET, Activity
 from mailgate.quarantine import admin
 from mailgate.quarantine.stored import StoredQuarantine
+from mailgate.queue import admin as queue_admin
 from mailgate.relay.settings import RelaySettings
 from mailgate.store import Store
-from mailgate.store.schema import UNDELIVERED, messages, quarantine, recipients
+from mailgate.store.schema import (
+    dmarc_evaluations,
+    dmarc_received,
+    dmarc_reports,
+    messages,
+    quarantine,
+    recipients,
+)
 
 OUTCOME_COLOURS = {
     "accepted": "#2e7d32",
@@ -210,33 +219,92 @@ class QueueView:
                     found[r.message_id].recipients.append((r.address, r.state, r.last_reply))
         return list(found.values())
 
-    async def act(self, action: str, queue_id: str) -> str:
+    async def act(self, action: str, queue_id: str, login: str) -> str:
+        """The queue command's own actions (`mailgate.queue.admin`) on one message: a message
+        being delivered is not deleted, a released one keeps its retry time."""
         now = time.time()
-        changes: dict[str, Any] = {
-            "retry": {"next_attempt": now},
-            "hold": {"held_since": now, "held_reason": "held from the console"},
-            "release": {"held_since": None, "held_reason": None, "next_attempt": now},
-        }
-        if action not in (*changes, "delete"):
+        chosen = queue_admin.Filters(ids=(queue_id,))
+
+        async def work(conn: AsyncConnection) -> queue_admin.Action:
+            if action == "retry":
+                return await queue_admin.retry(conn, chosen, now)
+            if action == "hold":
+                return await queue_admin.hold(conn, chosen, f"held by {login} (console)", now)
+            if action == "release":
+                return await queue_admin.release(conn, chosen, now)
+            return await queue_admin.delete_messages(conn, chosen, now)
+
+        if action not in ("retry", "hold", "release", "delete"):
             return f"{action}: not something the console does"
-
-        async def work(conn: Any) -> int:
-            if action == "delete":
-                result = await conn.execute(delete(messages).where(messages.c.id == queue_id))
-                return int(result.rowcount)
-            if action in ("retry", "release"):
-                await conn.execute(
-                    update(recipients)
-                    .where(recipients.c.message_id == queue_id, recipients.c.state.in_(UNDELIVERED))
-                    .values(next_attempt=now)
-                )
-            result = await conn.execute(
-                update(messages).where(messages.c.id == queue_id).values(**changes[action])
-            )
-            return int(result.rowcount)
-
         done = await self.store.transaction(work)
-        return f"{queue_id}: {action} done" if done else f"{queue_id}: no such queued message"
+        if done.changed:
+            return f"{queue_id}: {action} done"
+        why = done.skipped.get(queue_id, "no such queued message")
+        return f"{queue_id}: {action} not done: {why}"
+
+
+@dataclass(slots=True)
+class DomainReport:
+    """One policy domain's evaluations over the reports page's window."""
+
+    domain: str
+    messages: int
+    passed: int
+
+    @property
+    def pass_rate(self) -> str:
+        return f"{100 * self.passed / self.messages:.1f}%" if self.messages else "-"
+
+
+class ReportsView:
+    """The DMARC reports in the store, for the console: per domain, per source, and the
+    reports sent and received."""
+
+    def __init__(self, store: Store, days: float = 7.0) -> None:
+        self.store = store
+        self.days = days
+
+    async def _open(self) -> Store:
+        await self.store.open()
+        return self.store
+
+    async def domains(self) -> list[DomainReport]:
+        store = await self._open()
+        since = time.time() - self.days * 86400
+        e = dmarc_evaluations
+        count = func.count()
+        query = (
+            select(e.c.policy_domain, count, func.count().filter(e.c.result == "pass"))
+            .where(e.c.recorded >= since)
+            .group_by(e.c.policy_domain)
+            .order_by(count.desc(), e.c.policy_domain)
+            .limit(MAX_LISTED)
+        )
+        async with store.engine.connect() as conn:
+            return [DomainReport(*row) for row in await conn.execute(query)]
+
+    async def sources(self, domain: str) -> list[Any]:
+        from mailgate.plugins.reports import records as report_records
+
+        store = await self._open()
+        async with store.engine.connect() as conn:
+            found = await report_records.summary(conn, domain, time.time() - self.days * 86400)
+        return list(found[:MAX_LISTED])
+
+    async def reports(self) -> tuple[list[Any], list[Any]]:
+        """The reports sent and received in the window, newest first."""
+        store = await self._open()
+        since = time.time() - self.days * 86400
+        async with store.engine.connect() as conn:
+            sent = await conn.execute(
+                select(dmarc_reports).where(dmarc_reports.c.created >= since)
+                .order_by(dmarc_reports.c.created.desc()).limit(MAX_LISTED)
+            )  # fmt: skip
+            received = await conn.execute(
+                select(dmarc_received).where(dmarc_received.c.received >= since)
+                .order_by(dmarc_received.c.received.desc()).limit(MAX_LISTED)
+            )  # fmt: skip
+            return list(sent), list(received)
 
 
 @dataclass(slots=True)

@@ -57,6 +57,7 @@ class Node:
     quarantine: views.QuarantineView | None
     queue: views.QueueView | None
     node_name: str
+    reports: views.ReportsView | None = None
 
 
 class SignInLimit:
@@ -96,6 +97,7 @@ def build(settings: ConsoleSettings, node: Node) -> Starlette:
             csrf=request.session.get("csrf", ""),
             node=node.node_name,
             has_queue=node.queue is not None,
+            has_reports=node.reports is not None,
             notice=request.query_params.get("notice", ""),
         )
         response: Response = templates.TemplateResponse(request, name, context, status_code=status)
@@ -203,8 +205,26 @@ def build(settings: ConsoleSettings, node: Node) -> Starlette:
     async def queue_act(request: Request, login: str) -> Response:
         if node.queue is None:
             return page(request, "absent.html", 404, what="a queue")
-        notice = await node.queue.act(request.path_params["action"], request.path_params["id"])
+        action, queue_id = request.path_params["action"], request.path_params["id"]
+        notice = await node.queue.act(action, queue_id, login)
         return RedirectResponse(f"/queue?notice={_quote(notice)}", status_code=303)
+
+    async def reports_page(request: Request, login: str) -> Response:
+        if node.reports is None:
+            return page(request, "absent.html", 404, what="DMARC reports (the reports plugin)")
+        domain = request.query_params.get("domain", "")
+        sources = await node.reports.sources(domain) if domain else []
+        sent, received = await node.reports.reports()
+        return page(
+            request,
+            "reports.html",
+            domains=await node.reports.domains(),
+            domain=domain,
+            sources=sources,
+            sent=sent,
+            received=received,
+            days=node.reports.days,
+        )
 
     async def stylesheet(request: Request) -> Response:
         return FileResponse(HERE / "static" / "console.css", media_type="text/css")
@@ -220,6 +240,7 @@ def build(settings: ConsoleSettings, node: Node) -> Starlette:
         Route("/quarantine/{id}", protected(quarantine_one)),
         Route("/quarantine/{id}/{action:str}", protected(quarantine_act), methods=["POST"]),
         Route("/queue", protected(queue_list)),
+        Route("/reports", protected(reports_page)),
         Route("/queue/{id}/{action:str}", protected(queue_act), methods=["POST"]),
     ]
     middleware = [
