@@ -147,7 +147,7 @@ def signed_message(key: DkimKey) -> bytes:
     ).encode()
     body = line * (SIZE // len(line))
     message = headers + body
-    signature = dkim.sign(
+    signature: bytes = dkim.sign(
         message,
         SELECTOR.encode(),
         DOMAIN.encode(),
