@@ -11,7 +11,9 @@ DMARC record (``p=reject``). Everything is delivered to one smtp-sink. The route
   of the first's msg/s);
 - Postfix alone; Postfix with mailgate's milter listener doing the same checks over a unix
   socket; Postfix with opendkim (verifying) and opendmarc (checking SPF itself and DMARC, with
-  opendkim's result) as milters over unix sockets (target: mailgate at least 1.5x their rate).
+  opendkim's result) as milters over unix sockets (target: mailgate at least 1.5x their rate);
+  and, to tell the listener's own cost from the checks', Postfix with a mailgate milter
+  listener that has no plugins (and writes no Authentication-Results).
 
 Both sides resolve through one test DNS server (tests/peers/dns.py) on port 53 of a loopback
 address (opendmarc's resolver can ask no other port), so the bench runs as root. mailgate keeps
@@ -97,6 +99,7 @@ AUTH_PLUGINS = {
 PROXY_PLAIN = "SMTP proxy: mailgate, no plugins"
 PROXY_AUTH = "SMTP proxy: mailgate + spf, dkim, arc, dmarc, A-R"
 POSTFIX_ALONE = "Postfix alone"
+POSTFIX_LISTENER = "Postfix + mailgate milter, no plugins, unix"
 POSTFIX_MAILGATE = "Postfix + mailgate milter (same checks), unix"
 POSTFIX_OPEN = "Postfix + opendkim + opendmarc, unix"
 
@@ -184,17 +187,18 @@ def _proxy(dirs: PeerDirs, dns: DnsServer, sink: SmtpSink, plugins: bool) -> tup
     return start_daemon(name, argv, workdir=conf, probe=probe, grace=3.0), port
 
 
-def _milter(dirs: PeerDirs, dns: DnsServer) -> tuple[Daemon, str]:
+def _milter(dirs: PeerDirs, dns: DnsServer, plugins: bool = True) -> tuple[Daemon, str]:
     sock = dirs.new("mailgate-sock") / "milter.sock"
     port = free_port()  # a TCP listener too, only to see that it is up
     listeners = (
         f'[[listener]]\ntype = "milter"\naddress = "unix:{sock}"\nsocket_mode = 0o666\n'
         f'[[listener]]\ntype = "milter"\naddress = "inet:127.0.0.1:{port}"\n'
     )
-    conf = _mailgate_conf(dirs, dns, True, listeners)
+    conf = _mailgate_conf(dirs, dns, plugins, listeners)
     argv = [str(MAILGATE), "serve", "--config", str(conf)]
     probe = connect_probe("127.0.0.1", port)
-    daemon = start_daemon("mailgate-milter", argv, workdir=conf, probe=probe, grace=3.0)
+    name = "mailgate-milter" if plugins else "mailgate-milter-plain"
+    daemon = start_daemon(name, argv, workdir=conf, probe=probe, grace=3.0)
     return daemon, f"unix:{sock}"
 
 
@@ -227,7 +231,8 @@ def auth_testbed(dirs: PeerDirs) -> Iterator[Testbed]:
         plain, plain_port = _proxy(dirs, dns, sink, plugins=False)
         auth, auth_port = _proxy(dirs, dns, sink, plugins=True)
         milter, milter_address = _milter(dirs, dns)
-        stack.callback(stop_all, [plain, auth, milter])
+        listener, listener_address = _milter(dirs, dns, plugins=False)
+        stack.callback(stop_all, [plain, auth, milter, listener])
         opendkim = UnixOpenDkim(
             dirs.new("opendkim"), "v", key, dns, extra={"QueryCache": "yes"}
         ).start()
@@ -236,6 +241,7 @@ def auth_testbed(dirs: PeerDirs) -> Iterator[Testbed]:
         stack.callback(opendmarc.stop)
         assert opendkim.daemon is not None and opendmarc.daemon is not None
         postfix = Postfix(dirs.new("postfix"), ("127.0.0.1", sink.port))
+        with_listener = postfix.add_listener([listener_address])
         with_mailgate = postfix.add_listener([milter_address])
         with_open = postfix.add_listener([opendkim.milter, opendmarc.milter])
         postfix.start()
@@ -246,6 +252,7 @@ def auth_testbed(dirs: PeerDirs) -> Iterator[Testbed]:
             Route(PROXY_PLAIN, plain_port, (("mailgate", plain.pid),), False),
             Route(PROXY_AUTH, auth_port, (("mailgate", auth.pid),), False),
             Route(POSTFIX_ALONE, postfix.port, (master,), True),
+            Route(POSTFIX_LISTENER, with_listener, (master, ("mailgate", listener.pid)), True),
             Route(POSTFIX_MAILGATE, with_mailgate, (master, ("mailgate", milter.pid)), True),
             Route(
                 POSTFIX_OPEN,

@@ -193,6 +193,7 @@ def test_auth_bench_runs_every_route(peer_dirs: PeerDirs) -> None:
         bench_auth.PROXY_PLAIN,
         bench_auth.PROXY_AUTH,
         bench_auth.POSTFIX_ALONE,
+        bench_auth.POSTFIX_LISTENER,
         bench_auth.POSTFIX_MAILGATE,
         bench_auth.POSTFIX_OPEN,
     ]
@@ -204,7 +205,7 @@ def test_auth_bench_runs_every_route(peer_dirs: PeerDirs) -> None:
     mailgate = "spf=pass dkim=pass arc=none dmarc=pass"
     assert said[bench_auth.PROXY_AUTH] == said[bench_auth.POSTFIX_MAILGATE] == mailgate
     assert set(said[bench_auth.POSTFIX_OPEN].split()) == {"dkim=pass", "spf=pass", "dmarc=pass"}
-    for name in (bench_auth.PROXY_PLAIN, bench_auth.POSTFIX_ALONE):
+    for name in (bench_auth.PROXY_PLAIN, bench_auth.POSTFIX_ALONE, bench_auth.POSTFIX_LISTENER):
         assert said[name] == "(no Authentication-Results)"
     assert len(bench_auth.table(results).splitlines()) == 2 + len(results)
     assert len(bench_auth.targets(results).splitlines()) == 2
