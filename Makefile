@@ -9,9 +9,9 @@ CONFIG ?= conf.d
 APT_PACKAGES := postfix postfix-pcre swaks clamav-daemon clamav-milter spamd spamassassin \
 	spamass-milter opendkim opendkim-tools opendmarc rspamd postgresql miltertest \
 	libmilter-dev publicsuffix gcc openssl sasl2-bin libsasl2-modules libsasl2-modules-db systemd \
-	prometheus
+	prometheus haproxy
 
-.PHONY: run test venv peers lint typecheck unit bench-smoke bench fuzz clean
+.PHONY: run test venv peers lint typecheck unit bench-smoke bench fuzz docs man clean
 
 run: $(VENV)/.installed-run
 	$(BIN)/mailgate serve --config $(CONFIG)
@@ -82,8 +82,17 @@ FUZZ_SECONDS ?= 600
 fuzz: venv
 	$(BIN)/python -m tests.fuzz --seconds $(FUZZ_SECONDS)
 
+# The documentation site (mkdocs.yml) in build/site; --strict: a broken link or anchor fails.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# The man page, written from the command line's own parser.
+man: venv
+	mkdir -p build/man
+	$(BIN)/python -m mailgate.manpage > build/man/mailgate.1
+
 test: peers venv
-	$(MAKE) lint typecheck
+	$(MAKE) lint typecheck docs
 	$(BIN)/pytest -q -p no:cacheprovider
 
 clean:

@@ -15,9 +15,11 @@ address, like a listener's, takes effect at the next start).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,11 +31,11 @@ from mailgate.config import ConfigError
 from mailgate.dns import keep_cache
 from mailgate.egress import Egress
 from mailgate.loader import Config, load_config
-from mailgate.logging import configure_logging
+from mailgate.logging import Level, configure_logging
 from mailgate.metrics import Metrics, MetricsServer
 from mailgate.pipeline import Observer, Pipeline
 from mailgate.policy import PolicyListener
-from mailgate.quarantine import QuarantineStore
+from mailgate.quarantine import Quarantine, QuarantineStore, StoredQuarantine
 from mailgate.queue import Queue
 from mailgate.relay import RelayEgress
 from mailgate.smtp.listener import SmtpListener
@@ -76,6 +78,7 @@ class App:
         policy: str | None = None,
         configure_logs: bool = True,
         config: Config | None = None,
+        log_level: Level | None = None,
     ) -> None:
         self.directory = directory
         self.listen = listen
@@ -83,9 +86,12 @@ class App:
         self.milter = milter
         self.policy = policy
         self.configure_logs = configure_logs
+        self.log_level = log_level
+        """``serve --log-level``: wins over ``[logging] level``, at start and at each reload."""
         self.config: Config = config or load_config(
             directory, listen=listen, relay=relay, milter=milter, policy=policy
         )
+        self._apply_log_level(self.config)
         self.observers: list[Observer] = []
         """Told about every plugin call of every pipeline this app runs (metrics)."""
         self.metrics: Metrics | None = None
@@ -102,9 +108,12 @@ class App:
         self.queue: Queue | None = None
         """The store-and-forward queue, when configured (``[queue]``, ``egress = "queue"``)."""
         if self.config.queue is not None:
-            self.queue = Queue(self.config.store, self.config.queue, self.config.relay)
+            self.queue = Queue(
+                self.config.store, self.config.queue, self.config.relay, dns=self.config.dns
+            )
             self.egresses["queue"] = self.queue.egress
-        self.quarantine = QuarantineStore(self.config.relay.quarantine_dir)
+        self.quarantine: Quarantine = self._quarantine()
+        self._expiring: asyncio.Task[None] | None = None
         self.listeners: list[Listener] = []
         self.reloads = 0
         """Configurations successfully swapped in by `reload`."""
@@ -114,6 +123,30 @@ class App:
         self._plugin_code = reloading.PluginCode()
         self._plugin_code.record(self.config.chain)
         self._stopping = asyncio.Event()
+
+    def _apply_log_level(self, config: Config) -> None:
+        if self.log_level is not None:
+            config.logging.level = self.log_level
+
+    def _quarantine(self) -> Quarantine:
+        """The quarantine the configuration chose; in the store, it shares the queue's."""
+        if self.config.quarantine.backend == "directory":
+            return QuarantineStore(self.config.relay.quarantine_dir)
+        node = (self.queue.node if self.queue is not None else "") or socket.gethostname()
+        shared = self.queue.store if self.queue is not None else None
+        return StoredQuarantine(self.config.store, self.config.quarantine, node, store=shared)
+
+    async def _expire_quarantine(self, held: StoredQuarantine) -> None:
+        """Every ``expire_interval``, delete what ``retention_days`` no longer keeps."""
+        while True:
+            await asyncio.sleep(self.config.quarantine.expire_interval)
+            try:
+                gone = await held.expire()
+            except Exception as exc:
+                log.warning("quarantine expiry failed", error=str(exc).splitlines()[0][:200])
+                continue
+            if gone:
+                log.info("quarantine expired", messages=gone)
 
     def current_pipeline(self) -> Pipeline:
         """The chain new sessions get (what the listeners call per connection)."""
@@ -156,6 +189,10 @@ class App:
                 raise ConfigError(
                     source, "store.url", url, "a store mailgate can open", reason
                 ) from exc
+        if isinstance(self.quarantine, StoredQuarantine) and self.config.quarantine.retention_days:
+            self._expiring = asyncio.create_task(
+                self._expire_quarantine(self.quarantine), name="quarantine expiry"
+            )
         if self.metrics_server is not None:
             try:
                 await self.metrics_server.start()
@@ -209,6 +246,7 @@ class App:
                 policy=self.policy,
             )
             keep_cache(self.config.dns, config.dns)
+            self._apply_log_level(config)
             pipeline = config.pipeline()
             pipeline.observers = self.observers
         except ConfigError as exc:
@@ -256,6 +294,13 @@ class App:
         self.listeners.clear()
         for egress in self.egresses.values():
             await egress.close()
+        if self._expiring is not None:
+            self._expiring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiring
+            self._expiring = None
+        if isinstance(self.quarantine, StoredQuarantine):
+            await self.quarantine.close()
         if self.queue is not None:
             await self.queue.stop()
         if self.metrics_server is not None:

@@ -6,37 +6,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from mailgate import __version__
 from mailgate.config import ConfigError
 from mailgate.loader import Config, installed_plugins, load_config
+from mailgate.logging import Level
 from mailgate.plugins.dkim import keygen as dkim_keygen
 
 if TYPE_CHECKING:
     from mailgate.trial import Trial
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def parser() -> argparse.ArgumentParser:
+    """The whole command line (also what `mailgate.manpage` writes the man page from)."""
+    top = argparse.ArgumentParser(
         prog="mailgate", description="A plugin-oriented SMTP filtering host."
     )
-    parser.add_argument("--version", action="version", version=f"mailgate {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    top.add_argument("--version", action="version", version=f"mailgate {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument(
-            "--config",
-            "-c",
-            type=Path,
-            default=None,
-            metavar="DIR",
-            help="configuration directory: DIR/mailgate.toml and DIR/NN-*.toml (default: none)",
-        )
+        _config_option(p)
         return p
 
     serve = with_config("serve", "run mailgate until SIGTERM (SIGHUP reloads the configuration)")
@@ -46,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--policy", metavar="HOST:PORT", help="address of the first policy listener")
     serve.add_argument(
         "--pid-file", type=Path, metavar="FILE", help="write the process id to FILE while running"
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=get_args(Level),
+        help="lowest level logged; wins over [logging] level, also after a reload",
     )
     check = with_config("check-config", "check the configuration and exit (0: good, 1: bad)")
     check.add_argument("--listen", metavar="HOST:PORT", help=argparse.SUPPRESS)
@@ -70,9 +71,46 @@ def _parser() -> argparse.ArgumentParser:
             "4: tempfail, 5: reject)",
         )
     )
+    config = sub.add_parser(
+        "config",
+        help="show the configuration (mailgate config dump)",
+        description="Show the configuration.",
+    )
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    dump = config_sub.add_parser(
+        "dump",
+        help="print the effective configuration with every default, per file and plugin",
+        description="Print the effective configuration as TOML: mailgate.toml's tables with "
+        "every default filled in, then each enabled plugin in calling order with its settings.",
+    )
+    _config_option(dump)
+    dump.add_argument(
+        "--non-default", action="store_true", help="only the values that differ from the defaults"
+    )
+    quarantine = sub.add_parser(
+        "quarantine",
+        help="held messages: list, show, release, delete, expire",
+        description="The held messages in the store (mailgate quarantine COMMAND --help).",
+    )
+    from mailgate.quarantine import cli as quarantine_cli
+
+    quarantine_cli.add_commands(quarantine, _config_option)
     dkim = sub.add_parser("dkim", help="DKIM keys (mailgate dkim keygen)", description="DKIM keys.")
     dkim_keygen.add_commands(dkim)
-    return parser
+    return top
+
+
+def _config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="configuration directory: DIR/mailgate.toml and DIR/NN-*.toml "
+        f"(default: {' if present, else '.join(str(d) for d in CONFIG_SEARCH)}; "
+        "neither: the built-in defaults)",
+    )
 
 
 def _try_arguments(p: argparse.ArgumentParser) -> None:
@@ -100,9 +138,31 @@ def _try_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+CONFIG_SEARCH = (Path("conf.d"), Path("/etc/mailgate"))
+"""Where a command without ``--config`` looks, in order: the first directory found is read."""
+
+
+def config_directory(given: Path | None) -> Path | None:
+    """`given`, or the first of `CONFIG_SEARCH` that exists; None: the built-in defaults.
+
+    Says on stderr which one it chose when none was given, so nobody wonders what was read.
+    """
+    if given is not None:
+        return given
+    for candidate in CONFIG_SEARCH:
+        if candidate.is_dir():
+            print(f"mailgate: reading the configuration in {candidate}/", file=sys.stderr)
+            return candidate
+    searched = " and ".join(f"{d}/" for d in CONFIG_SEARCH)
+    print(f"mailgate: no {searched}: using the built-in defaults", file=sys.stderr)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``mailgate`` command line; returns the exit status."""
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
+    if "config" in args:
+        args.config = config_directory(args.config)
     try:
         if args.command == "serve":
             return _serve(args)
@@ -112,14 +172,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _try(args)
         if args.command == "dkim":
             return dkim_keygen.run(args)
+        if args.command == "quarantine":
+            from mailgate.quarantine import cli as quarantine_cli
+
+            return quarantine_cli.run(args, load_config(args.config))
+        if args.command == "config":
+            from mailgate.config_dump import dump
+
+            config = load_config(args.config)
+            config.pipeline()  # the plugins' own checks: dump only what would run
+            print(dump(config, non_default=args.non_default), end="")
+            sys.stdout.flush()
+            return 0
         if args.command == "check-config":
             return _check_config(args.config, args.listen, args.relay)
         config = load_config(args.config)
         print(_plugin_table(config))
+        sys.stdout.flush()
         return 0
     except ConfigError as exc:
         print(f"mailgate: configuration error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`mailgate plugins | head`): nothing to say, as cat says nothing.
+        _quiet_stdout()
+        return 0
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so flushing it at exit does not fail on the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _check_config(directory: Path | None, listen: str | None, relay: str | None) -> int:
@@ -151,7 +235,7 @@ def _serve(args: argparse.Namespace) -> int:
     process.set_title(process.title(directory, options))
 
     async def run() -> None:
-        app = App(directory, **addresses, config=config)
+        app = App(directory, **addresses, config=config, log_level=args.log_level)
         await app.run()
 
     try:
@@ -188,13 +272,14 @@ def _try(args: argparse.Namespace) -> int:
     try:
         raw = trial.read_message(args.message)
         envelope = trial.envelope(raw, args.sender, args.rcpt)
+        client_ip = trial.check_client(args.client)
     except trial.UsageError as exc:
         print(f"mailgate try: {exc}", file=sys.stderr)
         return trial.EXIT_USAGE
     config = load_config(args.config)
     # Plugin failures, with their tracebacks, go to stderr as JSON lines; the report is on stdout.
     configure_logging(LoggingSettings(level="warning"))
-    client = trial.Client(args.client, args.helo, args.auth, args.tls, args.ingress)
+    client = trial.Client(client_ip, args.helo, args.auth, args.tls, args.ingress)
     factory = event_loop.loop_factory(config.mailgate.event_loop)
     with asyncio.Runner(loop_factory=factory) as runner:
         result = runner.run(trial.run_trial(config, client, envelope, raw))
@@ -235,12 +320,12 @@ def _plugin_table(config: Config) -> str:
     for i, p in enumerate(config.chain, 1):
         order.setdefault(p.name, []).append(f"{i}. {Path(p.source).name}")
     lines = ["Installed plugins (entry-point group mailgate.plugins):"]
-    width = max((len(n) for n in installed), default=4)
+    rows: list[tuple[str, str, str, str]] = []
     for name in sorted(installed):
         ep = installed[name]
         dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "?"
-        state = "; ".join(order.get(name, [])) or "-"
-        lines.append(f"  {name:<{width}}  {dist:<24} {ep.value:<50} {state}")
+        rows.append((name, dist, ep.value, "; ".join(order.get(name, [])) or "-"))
+    lines += _columns(rows, indent="  ")
     lines.append("")
     lines.append("Enabled, in calling order:")
     for i, p in enumerate(config.chain, 1):
@@ -254,6 +339,17 @@ def _plugin_table(config: Config) -> str:
     for name, source in config.disabled:
         lines.append(f"  -  {name}  ({source}: enabled = false)")
     return "\n".join(lines)
+
+
+def _columns(rows: Sequence[Sequence[str]], indent: str) -> list[str]:
+    """`rows` as aligned columns, each as wide as its widest cell (the last is not padded)."""
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return [
+        indent + "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]])
+        for row in rows
+    ]
 
 
 if __name__ == "__main__":

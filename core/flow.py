@@ -35,7 +35,7 @@ from mailgate.egress import DownstreamTransaction, Egress, Reply
 from mailgate.message import Header
 from mailgate.metrics import Metrics, metrics_of
 from mailgate.pipeline import Pipeline
-from mailgate.quarantine import QuarantineStore
+from mailgate.quarantine import Quarantine
 from mailgate.session import Address, Session, Transaction
 from mailgate.smtp import replies
 from mailgate.smtp.trace import count_received, received_header
@@ -92,7 +92,7 @@ class SessionFlow:
         egress: Egress,
         *,
         settings: FlowSettings | None = None,
-        quarantine: QuarantineStore | None = None,
+        quarantine: Quarantine | None = None,
         before_egress: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.pipeline = pipeline
@@ -311,8 +311,8 @@ class SessionFlow:
             log.error("quarantine asked for but none is configured", reason=reason)
             return await self.finish(replies.to_verdict(failed, reason="no quarantine"), failed)
         try:
-            held = await self.quarantine.store(self.session, tx, reason)
-        except OSError as exc:
+            held = await self.quarantine.store(self.session, tx, reason, verdict.plugin)
+        except Exception as exc:  # a full disk, a store that is down: 4xx, the client keeps it
             log.error("quarantine store failed", error=_describe(exc))
             why = "quarantine store failed"
             return await self.finish(replies.to_verdict(failed, reason=why), failed)

@@ -39,6 +39,7 @@ from mailgate.plugin import ENTRY_POINT_GROUP
 from mailgate.plugins.relay_control import RelayControl
 from mailgate.plugins.sender_auth import SenderAuth
 from mailgate.policy.settings import PolicyListenerSettings
+from mailgate.quarantine.settings import QuarantineSettings
 from mailgate.queue.settings import QueueSettings
 from mailgate.relay import RelaySettings
 from mailgate.smtp.settings import SmtpListenerSettings
@@ -120,6 +121,7 @@ class Config:
     listeners: list[ListenerConfig] = field(default_factory=list)
     relay: RelaySettings = field(default_factory=RelaySettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
     queue: QueueSettings | None = None
     """Set when there is a ``[queue]`` table or a listener with ``egress = "queue"``: the node
     then opens the store and delivers from the queue."""
@@ -237,6 +239,7 @@ _CORE_KEYS = (
     "listener",
     "relay",
     "store",
+    "quarantine",
     "queue",
     RELAY_CONTROL,
     SENDER_AUTH,
@@ -282,6 +285,12 @@ def _core(table: dict[str, Any], source: str, path: Path | None) -> Config:
         config.listeners.append(_listener(t, source, f"listener[{i}]"))
     config.store = load_settings(
         StoreSettings, _table(table, "store", source), source=source, prefix="store"
+    )
+    config.quarantine = load_settings(
+        QuarantineSettings,
+        _table(table, "quarantine", source),
+        source=source,
+        prefix="quarantine",
     )
     queued = any(getattr(lc.settings, "egress", "") == "queue" for lc in config.listeners)
     if "queue" in table or queued:

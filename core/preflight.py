@@ -31,6 +31,7 @@ from mailgate.loader import CORE_FILE, PLUGIN_FILE, Config, ListenerConfig
 from mailgate.relay import RelaySettings
 from mailgate.smtp.listener import server_tls_context
 from mailgate.sockaddr import SocketAddress
+from mailgate.store.settings import StoreSettings
 
 _DOTTED_NUMBERS = re.compile(r"^[0-9.]+$")
 _BACKUP_SUFFIXES = (
@@ -99,6 +100,7 @@ def check(config: Config, *, probe_ports: bool = True) -> list[ConfigError]:
     for lc in config.listeners:
         _check_tls(lc)
     warnings += _check_relay(config.relay, core_source(config))
+    warnings += _check_quarantine(config, core_source(config))
     return warnings
 
 
@@ -290,14 +292,33 @@ def _check_relay(relay: RelaySettings, source: str) -> list[ConfigError]:
             raise ConfigError(
                 source, "relay.tls_ca_file", relay.tls_ca_file, "a PEM CA bundle", str(exc)
             ) from None
-    problem = _quarantine_problem(Path(relay.quarantine_dir))
-    if problem is not None:
-        error = ConfigError(source, "relay.quarantine_dir", relay.quarantine_dir, *problem)
-        if relay.quarantine_dir != RelaySettings().quarantine_dir:
-            raise error
-        # The default, on a host where it was never made: plugins that quarantine get 451.
-        warnings.append(error)
     return warnings
+
+
+def _check_quarantine(config: Config, source: str) -> list[ConfigError]:
+    """Where held messages would go: the directory, or the SQLite file's directory (a store
+    on PostgreSQL is checked when it is opened). A default that cannot be made is only a
+    warning: plugins that quarantine then get 451, nothing else fails."""
+    if config.quarantine.backend == "directory":
+        key, value, default = (
+            "relay.quarantine_dir",
+            config.relay.quarantine_dir,
+            RelaySettings().quarantine_dir,
+        )
+        directory = Path(value)
+    else:
+        path = config.store.sqlite_path()
+        if path is None:
+            return []
+        key, value, default = "store.url", config.store.url, StoreSettings().url
+        directory = path.parent
+    problem = _quarantine_problem(directory)
+    if problem is None:
+        return []
+    error = ConfigError(source, key, value, *problem)
+    if value != default:
+        raise error
+    return [error]
 
 
 def _quarantine_problem(directory: Path) -> tuple[str, str] | None:

@@ -24,6 +24,7 @@ pytest_plugins = [
     "tests.peers.clamav_milter",
     "tests.peers.clamd",
     "tests.peers.dns",
+    "tests.peers.haproxy",
     "tests.peers.milter_probe",
     "tests.peers.opendkim",
     "tests.peers.opendmarc",

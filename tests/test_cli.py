@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import smtplib
 import socket
@@ -68,6 +69,79 @@ def test_plugins_lists_installed_enabled_and_order(tmp_path: Path) -> None:
     assert "clamav  (" in enabled and "enabled = false" in enabled
 
 
+LONG_NAME = "a_plugin_whose_name_is_longer_than_any_column_was"
+
+
+def test_plugins_keeps_its_columns_with_a_long_name(tmp_path: Path) -> None:
+    dist = tmp_path / "site" / "long_named-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: long-named-plugin-distribution\nVersion: 0.1\n"
+    )
+    (dist / "entry_points.txt").write_text(
+        f"[mailgate.plugins]\n{LONG_NAME} = mailgate.plugins.add_header:AddHeader\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    result = subprocess.run(
+        [*MAILGATE, "plugins", "--config", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    installed = result.stdout.split("\n\n")[0].splitlines()[1:]
+    assert any(line.split()[0] == LONG_NAME for line in installed)
+    # Every row's second, third and fourth columns start where the others' do.
+    for column in (1, 2, 3):
+        starts = {_column_start(line, column) for line in installed}
+        assert len(starts) == 1, f"column {column} starts at {sorted(starts)}"
+    long_row = next(line for line in installed if LONG_NAME in line)
+    assert long_row.split() == [
+        LONG_NAME, "long-named-plugin-distribution", "0.1",
+        "mailgate.plugins.add_header:AddHeader", "-",
+    ]  # fmt: skip
+
+
+def _column_start(line: str, column: int) -> int:
+    """Where the `column`-th column (from 0) starts: columns are separated by 2+ spaces."""
+    starts = [0] + [m.end() for m in re.finditer(r"\S {2,}(?=\S)", line)]
+    return starts[column]
+
+
+def test_plugins_exits_quietly_when_the_reader_goes_away(tmp_path: Path) -> None:
+    # As `mailgate plugins | head -1` where head has gone before mailgate writes: the pipe's
+    # reading end is closed before the interpreter has even started.
+    reader, writer = os.pipe()
+    os.close(reader)
+    proc = subprocess.Popen(
+        [*MAILGATE, "plugins", "--config", str(tmp_path)], stdout=writer, stderr=subprocess.PIPE
+    )
+    os.close(writer)
+    _, stderr = proc.communicate(timeout=60)
+    assert stderr.decode() == ""
+    assert proc.returncode == 0
+
+
+def test_without_config_the_search_order_is_conf_d_then_etc(tmp_path: Path) -> None:
+    here = tmp_path / "here"
+    (here / "conf.d").mkdir(parents=True)
+    (here / "conf.d" / "mailgate.toml").write_text('[relay]\naddress = "127.0.0.1:2626"\n')
+    found = subprocess.run(
+        [*MAILGATE, "check-config"], capture_output=True, text=True, timeout=60, cwd=here
+    )
+    assert found.returncode == 0, found.stderr
+    assert found.stderr.startswith("mailgate: reading the configuration in conf.d/\n")
+    assert "relay: 127.0.0.1:2626" in found.stdout
+    if Path("/etc/mailgate").exists():
+        return  # this machine has one: what follows would read it
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    none = subprocess.run(
+        [*MAILGATE, "check-config"], capture_output=True, text=True, timeout=60, cwd=empty
+    )
+    assert none.returncode == 0, none.stderr
+    assert "no conf.d/ and /etc/mailgate/: using the built-in defaults" in none.stderr
+    assert "relay: 127.0.0.1:25" in none.stdout
+
+
 # -- serve ---------------------------------------------------------------------------------------
 
 
@@ -85,7 +159,9 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.
 
 
 @contextmanager
-def serving(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+def serving(
+    tmp_path: Path, smtp_sink: SmtpSink, *options: str
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """`mailgate serve` on ``tmp_path/conf`` as a real process, logging to ``mailgate.log``."""
     port = free_port()
     log = (tmp_path / "mailgate.log").open("wb")
@@ -99,6 +175,7 @@ def serving(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[tuple[subprocess.Po
             f"127.0.0.1:{port}",
             "--relay",
             f"{smtp_sink.host}:{smtp_sink.port}",
+            *options,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -191,6 +268,28 @@ def test_serve_runs_on_the_configured_event_loop(
     assert message.header("X-Loop") == loop
     (started,) = [e for e in log_lines(tmp_path) if e["event"] == "started"]
     assert started["event_loop"] == loop
+
+
+def test_serve_log_level_wins_over_the_file_also_after_a_reload(
+    conf: Path, tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    (conf / "mailgate.toml").write_text('[logging]\nlevel = "debug"\n')
+    with serving(tmp_path, smtp_sink, "--log-level", "warning") as (proc, port):
+        send(port, "before")
+        smtp_sink.wait_for_messages(1)
+        (conf / "10-add_header.toml").write_text('name = "X-Reloaded"\nvalue = "yes"\n')
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        sent = 1
+        while True:  # the reload's own log line is info: below the level, so not there to see
+            send(port, "after")
+            sent += 1
+            if smtp_sink.wait_for_messages(sent)[-1].header("X-Reloaded") == "yes":
+                break
+            assert time.monotonic() < deadline, "the reload never took effect"
+            time.sleep(0.1)
+    levels = {e["level"] for e in log_lines(tmp_path)}
+    assert levels <= {"warning", "error"}, f"logged below --log-level: {levels}"
 
 
 def test_serve_with_a_bad_configuration_does_not_start(tmp_path: Path) -> None:

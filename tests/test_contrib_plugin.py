@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import smtplib
 import subprocess
@@ -86,3 +87,25 @@ def test_example_plugin_acts_on_relayed_mail(
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def test_the_example_passes_its_own_tests_from_its_own_directory(example_installed: None) -> None:
+    # As its author runs them: pytest in the package's directory, with mailgate's kit (the
+    # mailgate_* fixtures arrive through mailgate's pytest11 entry point, not a conftest here).
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=EXAMPLE,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"\b7 passed\b", result.stdout), result.stdout
+
+
+def test_the_guide_shows_exactly_the_example_plugin() -> None:
+    guide = (EXAMPLE.parent.parent / "docs" / "writing-plugins.md").read_text()
+    shown = re.search(r"```python\n# mailgate_plugin_example/__init__\.py\n(.*?)```", guide, re.S)
+    assert shown is not None, "the guide's first example names the file it shows"
+    code = (EXAMPLE / "mailgate_plugin_example" / "__init__.py").read_text()
+    assert shown.group(1) == code

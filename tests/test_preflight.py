@@ -157,9 +157,14 @@ def test_a_certificate_that_loads_passes(tmp_path: Path) -> None:
     assert status == 0, err
 
 
+DIRECTORY = '[quarantine]\nbackend = "directory"\n'
+
+
 def test_a_quarantine_directory_that_cannot_be_made_is_refused(tmp_path: Path) -> None:
     # /proc/sys is not writable, even by root: access(2) says so, as the quarantine would find.
-    status, _, err = check(tmp_path, '[relay]\nquarantine_dir = "/proc/sys/mailgate/q"\n')
+    status, _, err = check(
+        tmp_path, DIRECTORY + '[relay]\nquarantine_dir = "/proc/sys/mailgate/q"\n'
+    )
     assert status == 1
     assert f'{tmp_path}/mailgate.toml: relay.quarantine_dir: found "/proc/sys/mailgate/q"' in err
     assert "expected a directory that exists or can be made" in err
@@ -167,7 +172,7 @@ def test_a_quarantine_directory_that_cannot_be_made_is_refused(tmp_path: Path) -
 
 def test_a_quarantine_directory_that_is_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "q").write_text("")
-    status, _, err = check(tmp_path, f'[relay]\nquarantine_dir = "{tmp_path}/q"\n')
+    status, _, err = check(tmp_path, DIRECTORY + f'[relay]\nquarantine_dir = "{tmp_path}/q"\n')
     assert status == 1
     assert "relay.quarantine_dir" in err and "expected a directory (it is a file)" in err
 
@@ -178,7 +183,9 @@ def test_a_quarantine_directory_this_user_may_not_write_is_refused(
     # Tests run as root, for whom every directory is writable: access(2) is faked here only.
     (tmp_path / "q").mkdir()
     monkeypatch.setattr(os, "access", lambda path, mode: False)
-    (tmp_path / "mailgate.toml").write_text(f'[relay]\nquarantine_dir = "{tmp_path}/q"\n')
+    (tmp_path / "mailgate.toml").write_text(
+        DIRECTORY + f'[relay]\nquarantine_dir = "{tmp_path}/q"\n'
+    )
     with pytest.raises(ConfigError) as refused:
         preflight.check(load_config(tmp_path))
     assert refused.value.key == "relay.quarantine_dir"
@@ -186,16 +193,35 @@ def test_a_quarantine_directory_this_user_may_not_write_is_refused(
 
 
 def test_a_quarantine_directory_that_can_be_made_passes(tmp_path: Path) -> None:
-    status, _, err = check(tmp_path, f'[relay]\nquarantine_dir = "{tmp_path}/new/q"\n')
+    status, _, err = check(tmp_path, DIRECTORY + f'[relay]\nquarantine_dir = "{tmp_path}/new/q"\n')
     assert status == 0, err
 
 
 def test_the_default_quarantine_directory_is_only_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    (tmp_path / "mailgate.toml").write_text(DIRECTORY)
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     warnings = preflight.check(load_config(tmp_path))
     assert [w.key for w in warnings] == ["relay.quarantine_dir"]
+
+
+def test_the_quarantine_in_the_store_checks_the_database_directory(tmp_path: Path) -> None:
+    status, _, err = check(tmp_path, '[store]\nurl = "sqlite:////proc/sys/mailgate/m.db"\n')
+    assert status == 1
+    assert f'{tmp_path}/mailgate.toml: store.url: found "sqlite:////proc/sys/mailgate/m.db"' in err
+    assert "expected a directory that exists or can be made" in err
+    status, _, err = check(tmp_path, f'[store]\nurl = "sqlite:///{tmp_path}/new/m.db"\n')
+    assert status == 0, err
+
+
+def test_the_default_store_that_cannot_be_made_is_only_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    monkeypatch.setattr(Path, "exists", lambda self: str(self) == "/")
+    warnings = preflight.check(load_config(tmp_path))
+    assert [w.key for w in warnings] == ["store.url"]
 
 
 @pytest.mark.parametrize("name", ["add_header.toml", "20-add_header.conf", "20-add_header"])

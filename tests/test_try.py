@@ -249,9 +249,42 @@ def test_usage_errors_exit_2(conf: Path, tmp_path: Path) -> None:
     assert run_try(conf, str(no_from), "--ingress", "lmtp").returncode == 2
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        (
+            "--rcpt",
+            "not an address",
+            "--rcpt 'not an address': the listener would answer 501 5.5.4",
+        ),
+        ("--rcpt", "", "--rcpt '': the listener would answer 501 5.5.4"),
+        ("--rcpt", "a@b>c", "--rcpt 'a@b>c': the listener would answer 501 5.5.4"),
+        ("--from", "two words@example.com", "--from 'two words@example.com': the listener"),
+        ("--client", "bogus", "--client 'bogus': not an IP address"),
+        ("--client", "300.1.1.1", "--client '300.1.1.1': not an IP address"),
+    ],
+)
+def test_an_envelope_the_listener_would_refuse_is_a_usage_error(
+    conf: Path, message: Path, option: str, value: str, said: str
+) -> None:
+    result = run_try(conf, str(message), option, value)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == f"mailgate try: {said}" + result.stderr.partition(said)[2]
+    assert said in result.stderr
+
+
+def test_the_null_sender_and_an_ipv6_client_are_taken(conf: Path, message: Path) -> None:
+    result = run_try(conf, str(message), "--from", "", "--client", "[2001:db8::1]")
+    assert "sender <> (from --from)" in result.stdout
+    # Taken as a client, and judged as one: an outside address may not relay.
+    assert "554 5.7.1 Relay access denied (relay to example.net from 2001:db8::1)" in result.stdout
+
+
 def test_bare_cr_is_refused_as_the_listener_refuses_it(conf: Path, tmp_path: Path) -> None:
     path = tmp_path / "cr.eml"
     path.write_bytes(MESSAGE + b"smuggled\r.\rMAIL FROM:<x@example.com>\n")
     result = run_try(conf, str(path))
     assert result.returncode == 5
     assert "Result: rejected at message: 554 5.6.0 Message refused: bare LF or CR" in result.stdout
+    assert "(bare CR or LF on line 8 of the message)" in result.stdout

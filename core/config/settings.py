@@ -92,7 +92,9 @@ def _refused(exc: Exception, table: Mapping[str, Any], source: str, prefix: str)
     for name, value in table.items():
         if re.match(rf"{re.escape(name)}\b", message):
             key = f"{prefix}.{name}" if prefix else name
-            return ConfigError(source, key, value, message)
+            # "limit: must be positive" names the key; the reason is what follows it.
+            reason = re.sub(rf"^{re.escape(name)}\s*:\s*", "", message) or message
+            return ConfigError(source, key, value, reason)
     return ConfigError(source, prefix or "(file)", dict(table), message)
 
 

@@ -2,8 +2,8 @@
 
 `Queue` is one node's queue: the store (`mailgate.store`), its group commit, the egress that
 accepts messages into it (`QueueEgress`) and the worker that delivers them
-(`DeliveryWorker`). ``[queue]`` is `QueueSettings`; ``[store]`` is
-`mailgate.store.StoreSettings`.
+(`DeliveryWorker`, along the routes of `mailgate.queue.routes`). ``[queue]`` is
+`QueueSettings`; ``[store]`` is `mailgate.store.StoreSettings`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import socket
 
 import structlog
 
+from mailgate.dns import DnsSettings
 from mailgate.queue.delivery import DeliveryWorker
 from mailgate.queue.egress import QueueEgress
 from mailgate.queue.settings import QueueSettings
@@ -27,12 +28,18 @@ class Queue:
     """One node's queue: `start` opens (and migrates) the store and starts delivering; `stop`
     finishes what is in flight within ``shutdown_timeout``, releases the leases and closes."""
 
-    def __init__(self, store: StoreSettings, settings: QueueSettings, relay: RelaySettings) -> None:
+    def __init__(
+        self,
+        store: StoreSettings,
+        settings: QueueSettings,
+        relay: RelaySettings,
+        dns: DnsSettings | None = None,
+    ) -> None:
         self.settings = settings
         self.node = settings.node_id or socket.gethostname()
         self.store = Store(store)
         self.writer = GroupCommit(self.store, max_batch=settings.max_batch)
-        self.worker = DeliveryWorker(self.store, self.writer, settings, relay, self.node)
+        self.worker = DeliveryWorker(self.store, self.writer, settings, relay, self.node, dns)
         self.egress = QueueEgress(
             self.writer, self.node, name=f"queue {store.redacted()}", queued=self.worker.wake
         )

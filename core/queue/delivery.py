@@ -1,14 +1,20 @@
 """`DeliveryWorker`: takes due messages from the queue with a lease and sends them on.
 
 One worker per node. It claims due messages (`records.claim`: a lease of ``lease_time``
-seconds in this node's name), delivers each to the next hop over the relay's own client
-(`mailgate.relay.connection.DownstreamConnection`: BDAT when offered, else DATA with dot
-stuffing; pooled connections), and records per recipient what the next hop said:
+seconds in this node's name), sends each recipient along its route (`mailgate.queue.routes`),
+one transaction per destination (`mailgate.queue.destinations`: a next hop, or a domain's MX
+hosts), over the relay's own client (`mailgate.relay.connection.DownstreamConnection`: BDAT
+when offered, else DATA with dot stuffing; pooled connections), and records per recipient
+what the host that answered said (and which host it was):
 
-- 2xx: delivered; a message whose recipients are all delivered is deleted;
+- 2xx: delivered;
 - 4xx, or the next hop unreachable or lost: deferred, tried again after a back-off that
-  doubles from ``min_backoff`` to ``max_backoff``;
-- 5xx: bounced (recorded; the DSN to the sender is a later step).
+  doubles from ``min_backoff`` to ``max_backoff``; bounced (4.4.7) once the message is
+  older than ``max_age``;
+- 5xx: bounced.
+
+The DSNs the outcomes call for (`mailgate.queue.notices`) are queued in the transaction
+that records them; a message with no recipient left to try is deleted.
 
 A node that dies keeps its leases until they expire; then any node takes the messages over
 and sends them again: at least once, never zero. At shutdown the worker lets deliveries in
@@ -21,15 +27,23 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import socket
 import time
 from io import BytesIO
 
 import structlog
 
+from mailgate.dns import DnsSettings, async_resolver
 from mailgate.egress import Reply
 from mailgate.message import Message, parse_header_block
 from mailgate.queue import records
-from mailgate.queue.records import Outcome, Queued, QueuedRecipient
+from mailgate.queue.destinations import Destination, Destinations
+from mailgate.queue.dsn import ReportSettings
+from mailgate.queue.mx import NoRoute
+from mailgate.queue.notices import Notices, Notifier
+from mailgate.queue.records import FINAL, Outcome, Queued, QueuedRecipient
+from mailgate.queue.routes import Router, default_route
+from mailgate.queue.schedule import Schedule
 from mailgate.queue.settings import QueueSettings
 from mailgate.relay import reply as replies
 from mailgate.relay.connection import DownstreamConnection, DownstreamError
@@ -43,13 +57,15 @@ from mailgate.store.schema import BOUNCED, DEFERRED, DELIVERED
 log = structlog.get_logger("mailgate.queue")
 
 
-def next_hop_settings(settings: QueueSettings, relay: RelaySettings) -> RelaySettings:
-    """How the worker talks to the next hop: ``[relay]``'s settings, ``next_hop`` as address.
-
-    The queue has no client session to present, so no XCLIENT or XFORWARD.
-    """
-    return dataclasses.replace(
-        relay, address=settings.next_hop or relay.address, xclient=False, xforward=False
+def router(settings: QueueSettings, relay: RelaySettings) -> Router:
+    """The routes of ``[[queue.route]]``, and ``next_hop`` (or ``[relay] address``) as the
+    default, spoken to with ``[relay]``'s settings (no XCLIENT or XFORWARD: the queue has no
+    client session to present)."""
+    return Router(
+        settings.route,
+        default_route(settings.next_hop, relay),
+        relay,
+        settings.destination_concurrency,
     )
 
 
@@ -63,22 +79,38 @@ class DeliveryWorker:
         settings: QueueSettings,
         relay: RelaySettings,
         node: str,
+        dns: DnsSettings | None = None,
     ) -> None:
         self.store = store
         self.writer = writer
         self.settings = settings
         self.node = node
-        self.next_hop = next_hop_settings(settings, relay)
-        self.pool = ConnectionPool(self.next_hop)
+        self.router = router(settings, relay)
+        self.destinations = Destinations(async_resolver(dns or DnsSettings()), relay.helo_name)
+        """Where mail goes, each place with its pool of connections and its limit."""
         self.attempts = 0
         """Delivery attempts made (one per claimed message)."""
+        self.schedule = Schedule(settings)
+        self.notifier = Notifier(self.schedule, self._report_settings(), node)
+        self.reports = 0
+        """DSNs queued by this worker."""
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._deliveries: set[asyncio.Task[None]] = set()
 
+    def _report_settings(self, hostname: str = "") -> ReportSettings:
+        return ReportSettings(
+            hostname=self.settings.hostname or hostname or "localhost",
+            default_return=self.settings.dsn_return,
+            max_return=self.settings.dsn_max_return,
+        )
+
     async def start(self) -> None:
         """Take back the leases a previous run of this node left, then start claiming."""
+        if not self.settings.hostname:
+            fqdn = await asyncio.to_thread(socket.getfqdn)
+            self.notifier.report = self._report_settings(fqdn)
         released = await self.writer.write(
             functools.partial(records.release_leases, node=self.node)
         )
@@ -86,7 +118,9 @@ class DeliveryWorker:
             log.info("leases of a previous run released", node=self.node, messages=released)
         self._stopping = False
         self._task = asyncio.create_task(self._run(), name="queue delivery")
-        log.info("delivery started", node=self.node, next_hop=self.next_hop.address)
+        routes = [r.name for r in self.router.routes]
+        hop = self.router.default.settings.next_hop[0]
+        log.info("delivery started", node=self.node, routes=routes, next_hop=hop)
 
     def wake(self) -> None:
         """Something may be due (a message was just stored): look now."""
@@ -111,7 +145,7 @@ class DeliveryWorker:
             await self.writer.write(functools.partial(records.release_leases, node=self.node))
         except Exception as exc:
             log.warning("leases not released; they expire", error=_describe(exc))
-        self.pool.close()
+        self.destinations.close()
         log.info("delivery stopped", node=self.node, interrupted=len(unfinished))
 
     async def _run(self) -> None:
@@ -167,14 +201,20 @@ class DeliveryWorker:
                 # Cut off (the lease must not run out under us), or a bug: a back-off.
                 log.warning("delivery failed", queue_id=queued.id, error=_describe(exc))
                 outcomes = self._all(queued, replies.lost(_describe(exc)))
-        done = (
-            bool(outcomes) and queued.rest_delivered and all(o.state == DELIVERED for o in outcomes)
-        )
-        await self._record(queued.id, outcomes, done)
+        notices = self.notifier.settle(queued, outcomes, time.time())
+        done = bool(outcomes) and queued.rest_final and all(o.state in FINAL for o in outcomes)
+        await self._record(queued.id, notices, done)
 
-    async def _record(self, queue_id: str, outcomes: list[Outcome], done: bool) -> None:
+    async def _record(self, queue_id: str, notices: Notices, done: bool) -> None:
+        outcomes = notices.outcomes
         write = functools.partial(
-            records.record, queue_id=queue_id, node=self.node, outcomes=outcomes, done=done
+            records.record,
+            queue_id=queue_id,
+            node=self.node,
+            outcomes=outcomes,
+            done=done,
+            reports=notices.reports,
+            delay_warned=notices.delay_warned,
         )
         try:
             left = await self.writer.write(write)
@@ -187,14 +227,44 @@ class DeliveryWorker:
             return
         if outcomes:
             log.info("message attempted", queue_id=queue_id, left=left)
+        if notices.reports:
+            self.reports += len(notices.reports)
+            self.wake()  # the DSNs are due at once
 
     async def _attempt(self, queued: Queued) -> list[Outcome]:
-        """One delivery attempt of the due recipients; an outcome for each."""
-        due = queued.recipients
-        try:
-            conn, reused = await self.pool.acquire()
-        except DownstreamError as exc:
-            return self._all(queued, exc.reply)
+        """One delivery attempt of the due recipients, each destination in a transaction of
+        its own, all at once; an outcome for each recipient."""
+        groups: dict[Destination, list[QueuedRecipient]] = {}
+        for r in queued.recipients:
+            route = self.router.route(queued.sender, r.address)
+            destination = self.destinations.get(route, route.destination(r.address))
+            groups.setdefault(destination, []).append(r)
+        attempts = [self._attempt_destination(queued, d, due) for d, due in groups.items()]
+        if len(attempts) == 1:
+            return await attempts[0]
+        return [o for outcomes in await asyncio.gather(*attempts) for o in outcomes]
+
+    async def _attempt_destination(
+        self, queued: Queued, destination: Destination, due: list[QueuedRecipient]
+    ) -> list[Outcome]:
+        """Send the message to the `due` recipients that go to `destination`."""
+        async with destination.slot():
+            try:
+                conn, reused = await destination.pool.acquire()
+            except (DownstreamError, NoRoute) as exc:
+                return self._all(queued, exc.reply, due)
+            return await self._transaction(queued, destination.pool, conn, reused, due)
+
+    async def _transaction(
+        self,
+        queued: Queued,
+        pool: ConnectionPool,
+        conn: DownstreamConnection,
+        reused: bool,
+        due: list[QueuedRecipient],
+    ) -> list[Outcome]:
+        """MAIL, RCPT for each of `due`, the message: an outcome for each recipient, naming
+        the host that answered."""
         try:
             try:
                 mail = await _mail(conn, queued)
@@ -202,11 +272,11 @@ class DeliveryWorker:
                 if not reused:
                     raise
                 # The pooled connection went stale while idle: a fresh one, once.
-                conn = await self.pool.open_new()
+                conn = await pool.open_new()
                 mail = await _mail(conn, queued)
             if not mail.ok:
-                await self._reset(conn)
-                return self._all(queued, mail)
+                await self._reset(pool, conn)
+                return _answered(conn, self._all(queued, mail, due))
             accepted: list[QueuedRecipient] = []
             outcomes: list[Outcome] = []
             for r in due:
@@ -216,56 +286,87 @@ class DeliveryWorker:
                 else:
                     outcomes.append(self._outcome(r, reply, queued))
             if not accepted:
-                await self._reset(conn)
-                return outcomes
+                await self._reset(pool, conn)
+                return _answered(conn, outcomes)
             final = await conn.send_message(_message(queued))
-        except DownstreamError as exc:
-            self.pool.discard(conn)
-            return self._all(queued, exc.reply)
+        except (DownstreamError, NoRoute) as exc:
+            pool.discard(conn)
+            return _answered(conn, self._all(queued, exc.reply, due))
         except BaseException:
-            self.pool.discard(conn)
+            pool.discard(conn)
             raise
         if final.code // 100 == 2:
-            self.pool.release(conn)
+            pool.release(conn)
         else:
-            await self._reset(conn)
-        return outcomes + [self._outcome(r, final, queued) for r in accepted]
+            await self._reset(pool, conn)
+        return _answered(conn, outcomes + [self._outcome(r, final, queued) for r in accepted])
 
-    async def _reset(self, conn: DownstreamConnection) -> None:
+    async def _reset(self, pool: ConnectionPool, conn: DownstreamConnection) -> None:
         if await conn.reset():
-            self.pool.release(conn)
+            pool.release(conn)
         else:
-            self.pool.discard(conn)
+            pool.discard(conn)
 
-    def _all(self, queued: Queued, reply: Reply) -> list[Outcome]:
-        return [self._outcome(r, reply, queued) for r in queued.recipients]
+    def _all(
+        self, queued: Queued, reply: Reply, recipients: list[QueuedRecipient] | None = None
+    ) -> list[Outcome]:
+        due = queued.recipients if recipients is None else recipients
+        return [self._outcome(r, reply, queued) for r in due]
 
-    def _outcome(
-        self, recipient: QueuedRecipient, reply: Reply, queued: Queued | None = None
-    ) -> Outcome:
+    def _outcome(self, recipient: QueuedRecipient, reply: Reply, queued: Queued) -> Outcome:
+        now = time.time()
         attempts = recipient.attempts + 1
         text = reply.smtp_reply().replace("\r\n", " ")
         if reply.failure:
             text = f"{text} ({reply.failure})"
+        status = reply.status or f"{reply.code // 100}.0.0"
+        expired = False
         if 200 <= reply.code < 300:
             state, next_attempt = DELIVERED, None
         elif 500 <= reply.code < 600:
             state, next_attempt = BOUNCED, None
         else:
-            state, next_attempt = DEFERRED, time.time() + self.settings.backoff(attempts)
+            times = self.schedule.times(
+                queued.sender, [r.address for r in queued.recipients], recipient.address
+            )
+            expires = queued.created + times.max_age
+            if now >= expires:
+                state, next_attempt, expired, status = BOUNCED, None, True, "4.4.7"
+            else:
+                # One last try when the time is up, rather than a bounce a back-off late.
+                next_attempt = min(now + times.backoff(attempts), expires)
+                state = DEFERRED
+        remote = ""  # the host that answered is filled in by _answered
+        diagnostic = f"X-mailgate; {text}" if reply.failure else f"smtp; {text}"
         log.info(
             "delivery",
-            queue_id=queued.id if queued is not None else None,
+            queue_id=queued.id,
             rcpt=recipient.address.address,
             status=state,
             reply=text,
             attempts=attempts,
-            delay=round(time.time() - queued.created, 3) if queued is not None else None,
+            delay=round(now - queued.created, 3),
+            **({"expired": True} if expired else {}),
         )
-        return Outcome(recipient.position, state, attempts, next_attempt, text)
+        if expired:
+            text = f"delivery time expired; last reply: {text}"
+        return Outcome(
+            recipient.position,
+            state,
+            attempts,
+            next_attempt,
+            text,
+            status=status,
+            diagnostic=diagnostic,
+            remote_mta=remote,
+            expired=expired,
+        )
 
 
 async def _mail(conn: DownstreamConnection, queued: Queued) -> Reply:
+    # A next hop offering DSN takes the DSN parameters (RET, ENVID here, NOTIFY and ORCPT
+    # at RCPT) and reports a NOTIFY=SUCCESS delivery itself.
+    queued.next_hop_dsn = conn.supports("dsn")
     params = mail_params(queued.sender.params, conn.extensions)
     if conn.supports("size"):
         params = with_size(params, len(queued.content))
@@ -275,6 +376,11 @@ async def _mail(conn: DownstreamConnection, queued: Queued) -> Reply:
 async def _rcpt(conn: DownstreamConnection, recipient: Address) -> Reply:
     params = rcpt_params(recipient.params, conn.extensions)
     return await conn.command(f"RCPT TO:<{recipient.address}>", *params)
+
+
+def _answered(conn: DownstreamConnection, outcomes: list[Outcome]) -> list[Outcome]:
+    """`outcomes` naming the host `conn` talks to as the one that answered."""
+    return [dataclasses.replace(o, remote_mta=conn.remote) for o in outcomes]
 
 
 def _message(queued: Queued) -> Message:

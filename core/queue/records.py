@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, delete, func, or_, select, update
+from sqlalchemy import String, bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailgate.session import Address, Transaction
@@ -26,6 +26,9 @@ from mailgate.store.schema import (
     messages,
     recipients,
 )
+
+FINAL = (DELIVERED, BOUNCED)
+"""A recipient's states that are never tried again."""
 
 
 def new_queue_id() -> str:
@@ -54,14 +57,36 @@ class NewMessage:
         cls, transaction: Transaction, content: bytes, header_size: int, node: str
     ) -> NewMessage:
         """The rows for `transaction` with the message as sent (`content`), due at once."""
+        return cls.create(
+            transaction.sender,
+            transaction.recipients,
+            content,
+            header_size,
+            node,
+            transaction=transaction.id,
+        )
+
+    @classmethod
+    def create(
+        cls,
+        sender: Address,
+        rcpts: Sequence[Address],
+        content: bytes,
+        header_size: int,
+        node: str,
+        *,
+        transaction: str,
+        queue_id: str | None = None,
+    ) -> NewMessage:
+        """The rows for a message from `sender` to `rcpts` (`content` as it is sent), due at
+        once; `transaction` is the id the log knows it by."""
         now = time.time()
-        queue_id = new_queue_id()
-        sender = transaction.sender
+        queue_id = queue_id or new_queue_id()
         row: dict[str, object] = {
             "id": queue_id,
             "created": now,
             "node": node,
-            "transaction": transaction.id,
+            "transaction": transaction,
             "sender": sender.address,
             "sender_params": json.dumps(sender.params),
             "envid": _param(sender.params, "ENVID"),
@@ -73,7 +98,7 @@ class NewMessage:
             "header_size": header_size,
             "content": content,
         }
-        rcpts: list[dict[str, object]] = [
+        rows: list[dict[str, object]] = [
             {
                 "message_id": queue_id,
                 "position": i,
@@ -87,9 +112,9 @@ class NewMessage:
                 "last_reply": "",
                 "updated": now,
             }
-            for i, r in enumerate(transaction.recipients)
+            for i, r in enumerate(rcpts)
         ]
-        return cls(queue_id, row, rcpts)
+        return cls(queue_id, row, rows)
 
     def rows(self) -> Rows:
         """The rows to insert (`GroupCommit.insert` merges them with the batch's others)."""
@@ -154,6 +179,7 @@ async def claim(conn: AsyncConnection, node: str, lease_time: float, limit: int)
             recipients.c.attempts,
             recipients.c.state,
             recipients.c.next_attempt,
+            recipients.c.notified,
         )
         .where(recipients.c.message_id.in_(list(found)))
         .order_by(recipients.c.message_id, recipients.c.position)
@@ -162,9 +188,9 @@ async def claim(conn: AsyncConnection, node: str, lease_time: float, limit: int)
         queued = found[r.message_id]
         if r.state in UNDELIVERED and r.next_attempt is not None and r.next_attempt <= now:
             address = Address(r.address, json.loads(r.params))
-            queued.recipients.append(QueuedRecipient(r.position, address, r.attempts))
-        elif r.state != DELIVERED:
-            queued.rest_delivered = False
+            queued.recipients.append(QueuedRecipient(r.position, address, r.attempts, r.notified))
+        elif r.state not in FINAL:
+            queued.rest_final = False
     return list(found.values())
 
 
@@ -185,6 +211,8 @@ class QueuedRecipient:
     position: int
     address: Address
     attempts: int
+    notified: str | None = None
+    """The last DSN queued for it (``delay``: its sender was told it is late)."""
 
 
 @dataclass(slots=True)
@@ -198,9 +226,14 @@ class Queued:
     content: bytes
     recipients: list[QueuedRecipient]
     """The recipients due now."""
-    rest_delivered: bool = True
-    """True when every other recipient of the message is delivered already: if the due ones
-    are delivered now, the message is done."""
+    rest_final: bool = True
+    """True when every other recipient of the message is delivered or bounced already: if
+    the due ones reach a final state now, the message is done."""
+    next_hop_dsn: bool = False
+    """Set during an attempt: the next hop offered DSN (it took ``NOTIFY``/``ORCPT``/
+    ``RET``/``ENVID``, and reports successes itself)."""
+    remote_mta: str = ""
+    """Set during an attempt: the host that answered; "" for the configured next hop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +245,16 @@ class Outcome:
     attempts: int
     next_attempt: float | None
     reply: str
+    status: str = ""
+    """The enhanced status code for a DSN (``5.1.1``; ``4.4.7`` when expired)."""
+    diagnostic: str = ""
+    """The DSN's ``Diagnostic-Code``: ``smtp; <reply>``, or ``X-mailgate; <what failed>``."""
+    remote_mta: str = ""
+    """The next hop that gave the reply; "" when none answered."""
+    expired: bool = False
+    """Bounced because the message outlived ``max_age``."""
+    notified: str | None = None
+    """The DSN queued for it with this outcome (``failure``, ``delay``, ``success``)."""
 
 
 async def record(
@@ -220,12 +263,19 @@ async def record(
     node: str,
     outcomes: Sequence[Outcome],
     done: bool = False,
+    reports: Sequence[NewMessage] = (),
+    delay_warned: float | None = None,
 ) -> str:
-    """Write the outcomes and release the lease; a message with every recipient delivered is
-    deleted (in one statement when the caller knows it is `done`). Returns what is left:
-    ``done``, ``bounced`` (kept for the DSN to come) or ``waiting`` (a recipient will be
-    tried again)."""
+    """Write the outcomes, queue the `reports` (DSNs to the sender, in the same transaction,
+    so a crash can neither lose nor repeat one) and release the lease. A message left with no
+    recipient to try again (each one delivered, or bounced and its DSN queued) is deleted, in
+    one statement when the caller knows it is `done`. Returns ``done`` or ``waiting`` (a
+    recipient will be tried again)."""
     now = time.time()
+    if reports and await _lease_holder(conn, queue_id) == node:
+        # (A node that lost its lease leaves the reports to the node that took over.)
+        await conn.execute(messages.insert(), [r.message for r in reports])
+        await conn.execute(recipients.insert(), [row for r in reports for row in r.recipients])
     if done:
         # The recipients go with it (ON DELETE CASCADE).
         await conn.execute(delete(messages).where(messages.c.id == queue_id))
@@ -242,6 +292,10 @@ async def record(
                 attempts=bindparam("m_attempts"),
                 next_attempt=bindparam("m_next"),
                 last_reply=bindparam("m_reply"),
+                remote_mta=bindparam("m_remote"),
+                notified=func.coalesce(
+                    bindparam("m_notified", type_=String), recipients.c.notified
+                ),
                 updated=now,
             ),
             [
@@ -252,26 +306,35 @@ async def record(
                     "m_attempts": o.attempts,
                     "m_next": o.next_attempt,
                     "m_reply": o.reply,
+                    "m_remote": o.remote_mta or None,
+                    "m_notified": o.notified,
                 }
                 for o in outcomes
             ],
         )
-    left = (
+    due, waiting = (
         await conn.execute(
             select(
                 func.min(recipients.c.next_attempt).filter(recipients.c.state.in_(UNDELIVERED)),
                 func.count().filter(recipients.c.state.in_(UNDELIVERED)),
-                func.count().filter(recipients.c.state == BOUNCED),
             ).where(recipients.c.message_id == queue_id)
         )
     ).one()
-    due, waiting, bounced = left
-    if not waiting and not bounced:
+    if not waiting:
         await conn.execute(delete(messages).where(messages.c.id == queue_id))
         return "done"
+    values: dict[str, object] = {"next_attempt": due, "lease_owner": None, "lease_until": None}
+    if delay_warned is not None:
+        values["delay_warned"] = delay_warned
     await conn.execute(
         update(messages)
         .where(messages.c.id == queue_id, messages.c.lease_owner == node)
-        .values(next_attempt=due if waiting else None, lease_owner=None, lease_until=None)
+        .values(**values)
     )
-    return "waiting" if waiting else "bounced"
+    return "waiting"
+
+
+async def _lease_holder(conn: AsyncConnection, queue_id: str) -> str | None:
+    return (
+        await conn.execute(select(messages.c.lease_owner).where(messages.c.id == queue_id))
+    ).scalar_one_or_none()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
+from mailgate.config.dynamic import Dynamic
+from mailgate.queue.routes import DEFAULT_DESTINATION_CONCURRENCY, RouteSettings
 from mailgate.sockaddr import is_host_port, parse_host_port
+
+DsnReturn = Literal["full", "headers"]
 
 
 @dataclass(slots=True)
@@ -30,11 +35,33 @@ class QueueSettings:
     """Seconds between looks for due messages when nothing woke the worker (messages
     accepted by other nodes, retries coming due)."""
 
-    min_backoff: float = 300.0
-    """Seconds before the first retry of a deferred recipient; doubled at each attempt."""
+    min_backoff: Dynamic[float] = field(default=Dynamic.fixed(300.0))
+    """Seconds before the first retry of a deferred recipient; doubled at each attempt. May
+    be rules on the message's sender and recipient (``rcpt``), as ``max_age`` below."""
 
-    max_backoff: float = 4000.0
+    max_backoff: Dynamic[float] = field(default=Dynamic.fixed(4000.0))
     """The longest wait between two attempts."""
+
+    max_age: Dynamic[float] = field(default=Dynamic.fixed(432000.0))
+    """Seconds after acceptance when a recipient still deferred is bounced (status 4.4.7,
+    "delivery time expired", with the last reply as diagnostic). Postfix's 5 days. Rules
+    see ``sender``, ``rcpt`` (the recipient), ``rcpts`` and ``size`` of the queued message."""
+
+    delay_warning: Dynamic[float] = field(default=Dynamic.fixed(0.0))
+    """Seconds after acceptance when the sender of a recipient still deferred is told once
+    (a "delayed" DSN); 0: never (the default; Postfix's ``delay_warning_time``)."""
+
+    hostname: str = ""
+    """The name in DSNs: ``Reporting-MTA`` and ``From: MAILER-DAEMON@...``; empty: the
+    host's fully qualified name."""
+
+    dsn_return: DsnReturn = "full"
+    """What a failure DSN returns when the sender did not say (no ``RET=``): the whole
+    message, or only its headers. Delay and success DSNs return the headers only."""
+
+    dsn_max_return: int = 100_000
+    """Bytes of the original message a DSN returns at most: a larger message is returned
+    as its headers only (``text/rfc822-headers``), and the report says so."""
 
     shutdown_timeout: float = 30.0
     """At shutdown, seconds to let deliveries in flight finish; then they are stopped and
@@ -42,6 +69,14 @@ class QueueSettings:
 
     max_batch: int = 128
     """Most writes (accepted messages, delivery results) sharing one commit."""
+
+    destination_concurrency: int = DEFAULT_DESTINATION_CONCURRENCY
+    """Connections at once to one destination (a next hop, or a recipient domain of an MX
+    route), for the default route and every route that does not set its own."""
+
+    route: list[RouteSettings] = field(default_factory=list)
+    """The ``[[queue.route]]`` tables, in order: the first whose ``when`` is true for a
+    recipient is its route; none: `next_hop` (see `mailgate.queue.routes`)."""
 
     def __post_init__(self) -> None:
         if self.next_hop and not is_host_port(self.next_hop):
@@ -52,9 +87,24 @@ class QueueSettings:
             raise ValueError("concurrency and max_batch must be at least 1")
         if self.lease_time <= 0 or self.poll_interval <= 0 or self.shutdown_timeout < 0:
             raise ValueError("lease_time and poll_interval must be positive")
-        if not 0 < self.min_backoff <= self.max_backoff:
+        if not 0 < self.min_backoff.default <= self.max_backoff.default:
             raise ValueError("min_backoff: expected more than 0 and at most max_backoff")
+        if self.destination_concurrency < 1:
+            raise ValueError("destination_concurrency: at least 1")
+        names: set[str] = set()
+        for i, route in enumerate(self.route):
+            route.name = route.name or f"route[{i}]"
+            if route.name in names or route.name == "default":
+                raise ValueError(f"route: the name {route.name!r} is given twice (or is 'default')")
+            names.add(route.name)
+        for name in ("min_backoff", "max_backoff", "max_age"):
+            if any(v <= 0 for v in _values(getattr(self, name))):
+                raise ValueError(f"{name}: expected seconds, more than 0")
+        if any(v < 0 for v in _values(self.delay_warning)):
+            raise ValueError("delay_warning: expected seconds, 0 (off) or more")
+        if self.dsn_max_return < 0:
+            raise ValueError("dsn_max_return: expected bytes, 0 or more")
 
-    def backoff(self, attempts: int) -> float:
-        """Seconds to wait after the `attempts`-th failed attempt (1, 2, ...)."""
-        return float(min(self.max_backoff, self.min_backoff * 2 ** min(max(attempts - 1, 0), 32)))
+
+def _values(setting: Dynamic[float]) -> list[float]:
+    return [setting.default, *(value for _, value in setting.rules)]

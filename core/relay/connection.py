@@ -39,6 +39,11 @@ class DownstreamError(Exception):
         self.reply = reply
 
 
+class TlsError(DownstreamError):
+    """STARTTLS was required and not offered, or the TLS handshake (or the verification of
+    the downstream's certificate) failed: nothing was sent."""
+
+
 class DownstreamConnection:
     """An open, greeted SMTP connection with the downstream's EHLO extensions."""
 
@@ -50,6 +55,7 @@ class DownstreamConnection:
         "idle_timer",
         "messages",
         "owner",
+        "remote",
     )
 
     def __init__(
@@ -66,15 +72,25 @@ class DownstreamConnection:
         self.owner = ""
         """The client (`client_identity`) this connection was handed to with XCLIENT; empty
         while it is mailgate's own and may serve any client."""
+        self.remote = settings.address
+        """The host that answered, for logs and records (the queue names the MX host too)."""
 
     @classmethod
     async def open(
-        cls, settings: RelaySettings, helo_name: str, tls: ssl.SSLContext | None
+        cls,
+        settings: RelaySettings,
+        helo_name: str,
+        tls: ssl.SSLContext | None,
+        server_name: str = "",
     ) -> DownstreamConnection:
-        """Connect, read the greeting, EHLO (HELO as fallback) and STARTTLS when configured."""
+        """Connect, read the greeting, EHLO (HELO as fallback) and STARTTLS when configured.
+
+        `server_name` is the name the certificate is checked against (and sent as SNI);
+        empty: the host of ``settings.address``.
+        """
         try:
             async with asyncio.timeout(settings.connect_timeout):
-                return await cls._open(settings, helo_name, tls)
+                return await cls._open(settings, helo_name, tls, server_name or settings.host)
         except DownstreamError:
             raise
         except (*_FAILURES, TimeoutError) as exc:
@@ -82,7 +98,7 @@ class DownstreamConnection:
 
     @classmethod
     async def _open(
-        cls, settings: RelaySettings, helo_name: str, tls: ssl.SSLContext | None
+        cls, settings: RelaySettings, helo_name: str, tls: ssl.SSLContext | None, server_name: str
     ) -> DownstreamConnection:
         loop = asyncio.get_running_loop()
         protocol = SMTPProtocol(loop=loop)
@@ -94,10 +110,14 @@ class DownstreamConnection:
                 raise DownstreamError(replies.unreachable(f"greeting {greeting.code}"))
             await conn._hello(helo_name)
             if tls is not None and "starttls" in conn.extensions:
-                await protocol.start_tls(tls, server_hostname=settings.host)
+                try:
+                    await protocol.start_tls(tls, server_hostname=server_name)
+                except _FAILURES as exc:
+                    failed = replies.unreachable(f"STARTTLS failed: {_describe(exc)}")
+                    raise TlsError(failed) from exc
                 await conn._hello(helo_name)
             elif settings.starttls == "require":
-                raise DownstreamError(replies.unreachable("STARTTLS required, not offered"))
+                raise TlsError(replies.unreachable("STARTTLS required, not offered"))
         except BaseException:
             conn.close()
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 
 from mailgate.relay.connection import DownstreamConnection
 from mailgate.relay.settings import RelaySettings
@@ -16,12 +17,20 @@ class ConnectionPool:
     A connection comes back through `release` only after a clean end of a transaction (a 2xx
     after the data, or a successful RSET); anything doubtful goes to `discard`. At most
     `pool_size` connections wait idle, each for at most `idle_timeout` seconds.
+
+    New connections go to ``settings.address``, or are made by `opener` when given (the
+    queue's routes: failover hosts, MX hosts, a TLS policy of their own).
     """
 
-    def __init__(self, settings: RelaySettings) -> None:
+    def __init__(
+        self,
+        settings: RelaySettings,
+        opener: Callable[[], Awaitable[DownstreamConnection]] | None = None,
+    ) -> None:
         self._settings = settings
         self._helo = settings.helo_name or socket.gethostname()
-        self._tls = _tls_context(settings)
+        self._tls = _tls_context(settings) if opener is None else None
+        self._opener = opener or self._open
         self._idle: list[DownstreamConnection] = []
         self._closed = False
         self.opened = 0
@@ -47,9 +56,12 @@ class ConnectionPool:
             if conn.alive:
                 return conn, True
             conn.close()
-        conn = await DownstreamConnection.open(self._settings, self._helo, self._tls)
+        conn = await self._opener()
         self.opened += 1
         return conn, False
+
+    async def _open(self) -> DownstreamConnection:
+        return await DownstreamConnection.open(self._settings, self._helo, self._tls)
 
     def _take_idle(self, owner: str) -> DownstreamConnection | None:
         found = None
@@ -69,7 +81,7 @@ class ConnectionPool:
 
     async def open_new(self) -> DownstreamConnection:
         """A fresh connection, bypassing the pool (after a pooled one turned out stale)."""
-        conn = await DownstreamConnection.open(self._settings, self._helo, self._tls)
+        conn = await self._opener()
         self.opened += 1
         return conn
 

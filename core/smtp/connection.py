@@ -20,13 +20,16 @@ from mailgate.egress import Egress, Reply
 from mailgate.flow import FlowSettings, SessionFlow, Trace
 from mailgate.message import Header, Message
 from mailgate.pipeline import Pipeline
-from mailgate.quarantine import QuarantineStore
+from mailgate.quarantine import Quarantine
 from mailgate.session import Address, Session, Transaction
 from mailgate.smtp import replies
 from mailgate.smtp.auth import MAX_RESPONSE_LENGTH
 from mailgate.smtp.authentication import Authentication, ResponseTooLong
+from mailgate.smtp.bdat import DATA_AFTER_BDAT, ChunkedMessage, chunk_accepted, parse_bdat
+from mailgate.smtp.bdat import SYNTAX as BDAT_SYNTAX
 from mailgate.smtp.commands import parse_params, parse_path
-from mailgate.smtp.data import DataReader
+from mailgate.smtp.data import DataProblem, DataReader
+from mailgate.smtp.proxy_protocol import ProxyHeaderError, read_proxy_header
 from mailgate.smtp.settings import SmtpListenerSettings
 from mailgate.smtp.stream import SmtpStream, StreamClosed
 from mailgate.smtp.trace import PROTOCOL_NOTE, protocol_name
@@ -49,7 +52,7 @@ class ListenerState:
     pipeline: Callable[[], Pipeline]
     egress: Egress
     tls_context: ssl.SSLContext | None = None
-    quarantine: QuarantineStore | None = None
+    quarantine: Quarantine | None = None
     connections: set[SmtpConnection] = field(default_factory=set)
     per_client: dict[str, int] = field(default_factory=dict)
     """Open sessions by client address (`max_sessions_per_client`)."""
@@ -75,6 +78,12 @@ class SmtpConnection:
         self._flow: SessionFlow | None = None
         self._auth: Authentication | None = None
         self._abort_reason = "aborted by client: disconnect"
+        self._client: tuple[str, int] = ("", 0)
+        self._chunked: ChunkedMessage | None = None
+        """The message arriving in BDAT chunks, if one is."""
+        self._bdat_failed: Reply | None = None
+        """The refusal of a BDAT message: repeated to the chunks the client had already sent
+        (pipelined) until its last chunk or another command."""
         self._commands: dict[str, Callable[[str], Awaitable[None]]] = {
             "EHLO": self._ehlo,
             "HELO": self._helo,
@@ -89,12 +98,19 @@ class SmtpConnection:
             "EXPN": self._expn,
             "HELP": self._help,
             "AUTH": self._auth_command,
+            "BDAT": self._bdat,
         }
 
     async def run(self) -> None:
         """Serve the session until QUIT, a timeout, a 421 or the client leaving; then close
         its flow (abort what is open, ``on_disconnect``)."""
-        state, client = self._state, self._stream.peer[0]
+        state = self._state
+        proxied = await self._client_address()
+        if proxied is None:
+            self._stream.write_and_close()
+            return
+        self._client = proxied
+        client = proxied[0]
         too_many = self._over_limit(client)
         if too_many is not None:
             log.info("session refused", client=client, reply=too_many.smtp_reply())
@@ -115,8 +131,35 @@ class SmtpConnection:
             if left > 0:
                 state.per_client[client] = left
             self._stream.write_and_close()
+            if self._chunked is not None:
+                self._chunked.close()
             if self._flow is not None:
                 await self._flow.close(self._abort_reason)
+
+    async def _client_address(self) -> tuple[str, int] | None:
+        """The client's address and port: the connection's own or, with the PROXY protocol on,
+        the one in the trusted proxy's header. None: the connection is refused (logged)."""
+        peer = self._stream.peer
+        s = self._settings
+        if not s.proxy_versions:
+            return peer
+        if not s.trusted_proxy(peer[0]):
+            log.warning("PROXY protocol: untrusted source refused", source=peer[0], port=peer[1])
+            return None
+        try:
+            header = await read_proxy_header(self._stream, s.proxy_versions, s.proxy_timeout)
+        except ProxyHeaderError as exc:
+            reason = str(exc)
+        except TimeoutError:
+            reason = f"no complete header in {s.proxy_timeout} s"
+        except (StreamClosed, ConnectionError):
+            reason = "closed before its header"
+        else:
+            if header.source is None:
+                return peer  # a health check (LOCAL) or no TCP addresses: the proxy itself
+            return header.source
+        log.warning("PROXY protocol: connection closed", proxy=peer[0], reason=reason)
+        return None
 
     def _over_limit(self, client: str) -> Reply | None:
         """The 421 for a session over `max_sessions` or `max_sessions_per_client`, or None."""
@@ -151,7 +194,7 @@ class SmtpConnection:
     # -- the session -------------------------------------------------------------------------
 
     async def _serve(self) -> None:
-        host, port = self._stream.peer
+        host, port = self._client
         session = Session(client_ip=host, client_port=port, listener=self._settings.name)
         s = self._settings
         self._flow = SessionFlow(
@@ -183,6 +226,11 @@ class SmtpConnection:
         verb_bytes, _, arg_bytes = line.rstrip(b"\r\n").partition(b" ")
         verb = verb_bytes.upper().decode("ascii", "replace")
         arg = arg_bytes.strip().decode("utf-8", "surrogateescape")
+        if verb != "BDAT":
+            self._bdat_failed = None
+        if self._chunked is not None and self._chunked.tx is not self._tx:
+            self._chunked.close()  # its transaction ended (RSET, EHLO, ...)
+            self._chunked = None
         if self._refused is not None and verb != "QUIT":
             await self.send(replies.REFUSED_SESSION)
             return
@@ -203,8 +251,8 @@ class SmtpConnection:
 
     # -- replies ---------------------------------------------------------------------------------
 
-    async def send(self, reply: Reply) -> None:
-        """Send one reply; count errors and close after too many.
+    async def send(self, reply: Reply, *, count_error: bool = True) -> None:
+        """Send one reply; count errors (unless not `count_error`) and close after too many.
 
         While the client has pipelined more complete commands, replies are held and go out
         together in one write (RFC 2920): a send() system call per reply was a third of the
@@ -212,7 +260,7 @@ class SmtpConnection:
         before anything waits on the downstream or on more input.
         """
         self._stream.queue(reply.smtp_reply().encode("utf-8", "surrogateescape") + b"\r\n")
-        if reply.code >= 400 and reply.code != 421:
+        if reply.code >= 400 and reply.code != 421 and count_error:
             self._errors += 1
             self._session.count("errors")
             if 0 < self._settings.max_errors < self._errors:
@@ -287,8 +335,9 @@ class SmtpConnection:
         wait, expired = min(limits, key=lambda limit: limit[0])
         return max(wait, 0.0), expired
 
-    async def _read_chunk(self, started: float, received: int) -> bytes:
-        """The next DATA bytes; `started` and `received` so far keep the minimum rate."""
+    async def _read_chunk(self, started: float, received: int, limit: int = 0) -> bytes:
+        """The next DATA bytes (at most `limit`, if not 0); `started` and `received` so far
+        keep the minimum rate."""
         await self._stream.flush()
         s = self._settings
         timeout, expired = self._wait_limit(s.data_timeout, replies.TIMEOUT)
@@ -299,7 +348,7 @@ class SmtpConnection:
             if left < timeout:
                 timeout, expired = max(left, 0.0), replies.DATA_TOO_SLOW
         try:
-            return await self._stream.read_chunk(timeout)
+            return await self._stream.read_chunk(timeout, limit)
         except TimeoutError:
             await self._close_with(expired)
             raise  # not reached: _close_with raises
@@ -335,6 +384,7 @@ class SmtpConnection:
         assert self._auth is not None
         if self._auth.offered():
             lines.append("AUTH " + " ".join(self._settings.auth_mechanisms))
+        lines.append("CHUNKING")
         lines.append("ENHANCEDSTATUSCODES")
         await self.send(Reply(250, "", "\n".join(lines)))
 
@@ -531,6 +581,9 @@ class SmtpConnection:
         if not tx.recipients:
             await self.send(replies.NEED_RCPT)
             return
+        if self._chunked is not None and self._chunked.tx is tx:
+            await self.send(DATA_AFTER_BDAT)
+            return
         if arg:
             await self.send(replies.SYNTAX)
             return
@@ -587,6 +640,115 @@ class SmtpConnection:
             if used >= 0:
                 self._stream.unread(chunk[used:])
                 return headers or [], verdict
+
+    # -- BDAT ------------------------------------------------------------------------------------
+
+    async def _bdat(self, arg: str) -> None:
+        """One BDAT chunk (RFC 3030). Its bytes are always read, whatever the answer, so the
+        next command is found where the client put it; only a size that cannot be read
+        ends the session."""
+        parsed = parse_bdat(arg)
+        if parsed is None:
+            log.info("malformed BDAT, closing", argument=arg[:40])
+            await self._close_with(BDAT_SYNTAX)
+            return
+        size, last = parsed
+        self._session.count("bdat_chunks")
+        tx, s = self._tx, self._settings
+        if tx is None or not tx.recipients:
+            await self._skip_chunk(size)
+            failed = self._bdat_failed
+            if failed is not None:
+                self._bdat_failed = None if last else failed
+                await self._junk_command()
+                await self.send(failed, count_error=False)
+            else:
+                await self.send(replies.NEED_MAIL if tx is None else replies.NEED_RCPT)
+            return
+        assert self._flow is not None
+        chunked = self._chunked
+        if chunked is None or chunked.tx is not tx:
+            verdict = await self._flow.data()
+            if verdict is not None and verdict.is_refusal:
+                await self._skip_chunk(size)
+                await self._bdat_refused(verdict, replies.from_verdict(verdict), last)
+                return
+            reader = s.new_data_reader(dot_stuffed=False)
+            chunked = self._chunked = ChunkedMessage(tx, reader)
+        chunked.announced += size
+        if chunked.announced > s.max_message_size:
+            await self._skip_chunk(size)
+            reply = replies.message_too_big(s.max_message_size)
+            await self._bdat_refused(
+                replies.to_verdict(reply, reason=DataProblem.TOO_BIG.name), reply, last
+            )
+            return
+        try:
+            await self._read_bdat_chunk(chunked, size, last)
+        except (_Closed, StreamClosed, ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception:
+            # Where the chunk ends is unknown now: what follows must not be read as commands.
+            log.exception("reading a BDAT chunk failed")
+            await self._close_with(replies.LOCAL_ERROR_CLOSING)
+        reader = chunked.reader
+        if reader.problem is not None:
+            reply = replies.data_refused(
+                reader.problem,
+                max_line=s.max_line_length,
+                max_header=s.max_header_size,
+                max_size=s.max_message_size,
+            )
+            verdict = replies.to_verdict(reply, reason=reader.problem.name)
+            await self._bdat_refused(verdict, reply, last)
+            return
+        if not last:
+            await self.send(chunk_accepted(size, chunked.announced))
+            return
+        self._chunked = None
+        tx.message = Message(chunked.headers or [], reader.body)
+        if chunked.header_verdict is not None and chunked.header_verdict.is_refusal:
+            await self._finish(chunked.header_verdict, replies.from_verdict(chunked.header_verdict))
+            return
+        ending = await self._flow.end_of_data()
+        if ending.delivered:
+            self._errors = self._junk = 0
+        await self._answer_end(ending.verdict, ending.reply)
+
+    async def _read_bdat_chunk(self, chunked: ChunkedMessage, size: int, last: bool) -> None:
+        """Read `size` bytes into the message; run `on_headers` once the header block is in."""
+        assert self._flow is not None
+        reader = chunked.reader
+        started, received = asyncio.get_running_loop().time(), 0
+        while received < size:
+            piece = await self._read_chunk(started, received, size - received)
+            received += len(piece)
+            reader.feed_raw(piece)
+            await self._bdat_headers(chunked)
+        if last:
+            reader.end_raw()
+            await self._bdat_headers(chunked)
+
+    async def _bdat_headers(self, chunked: ChunkedMessage) -> None:
+        reader = chunked.reader
+        if chunked.headers is None and reader.headers_complete and reader.problem is None:
+            assert self._flow is not None
+            chunked.headers = reader.headers
+            chunked.header_verdict = await self._flow.headers(chunked.headers)
+
+    async def _skip_chunk(self, size: int) -> None:
+        """Read and drop `size` bytes: the data of a BDAT that is refused."""
+        started, received = asyncio.get_running_loop().time(), 0
+        while received < size:
+            received += len(await self._read_chunk(started, received, size - received))
+
+    async def _bdat_refused(self, verdict: Verdict, reply: Reply, last: bool) -> None:
+        """End the BDAT transaction with `verdict`; chunks already on their way get `reply`."""
+        if self._chunked is not None:
+            self._chunked.close()
+            self._chunked = None
+        self._bdat_failed = None if last else reply
+        await self._finish(verdict, reply)
 
     async def _finish(self, verdict: Verdict, answer: Reply) -> None:
         """End the transaction with `verdict` and answer the client."""

@@ -1,5 +1,9 @@
 """The DATA reader: ends data on CRLF.CRLF only, undoes dot-stuffing, and spools the message.
 
+The same reader takes the raw bytes of BDAT chunks (RFC 3030: no dot-stuffing, no end marker;
+the BDAT command counts the bytes): `feed_raw` for each piece, `end_raw` after the last chunk.
+Every check below applies to both.
+
 It works on whole chunks with bytes methods (find, count, replace), never line by line in
 Python: a chunk is cut after its last LF, and the complete lines before the cut are checked and
 stored in one go; the partial line after it waits for the next chunk. It does no I/O, so the
@@ -57,7 +61,9 @@ class DataReader:
         normalize_bare_line_endings: bool = False,
         spool_threshold: int = 1 << 20,
         spool_directory: str | None = None,
+        dot_stuffed: bool = True,
     ) -> None:
+        self._stuffed = dot_stuffed
         # A dot-stuffed line is one byte longer on the wire than the line it carries.
         self._window = max_line_length + 1
         self._max_header = max_header_size
@@ -70,7 +76,8 @@ class DataReader:
         self._head_pos = 0
         self._body: IO[bytes] = new_spool(spool_threshold, spool_directory)
         self.size = 0
-        """Bytes of data received so far, as sent (dot-stuffed), without the final ``.CRLF``."""
+        """Bytes of data received so far, as sent (dot-stuffed), without the final ``.CRLF``
+        (with BDAT: the bytes of the chunks checked so far)."""
         self.done = False
         """True once the end of data was read."""
         self.headers_complete = False
@@ -107,6 +114,32 @@ class DataReader:
             buf = self._overflow(buf)
         self._pending = buf
         return -1
+
+    def feed_raw(self, data: bytes) -> None:
+        """Take the next bytes of a BDAT chunk (any split: a line may span chunks)."""
+        if self.done:
+            raise RuntimeError("the last chunk was already read")
+        pending = self._pending
+        buf = pending + data if pending else data
+        cut = buf.rfind(b"\n") + 1
+        if cut:
+            self._lines(buf[:cut] if cut < len(buf) else buf)
+            buf = buf[cut:]
+        if len(buf) >= self._window:
+            buf = self._overflow(buf)
+        self._pending = buf
+
+    def end_raw(self) -> None:
+        """The last BDAT chunk is in. A message that does not end with CRLF gets one (as
+        Postfix does: DATA downstream could not carry it otherwise)."""
+        if self.done:
+            raise RuntimeError("the last chunk was already read")
+        if self._pending:
+            self._lines(self._pending + b"\r\n")
+            self._pending = b""
+        self.done = True
+        if not self._problems and not self.headers_complete:
+            self._end_headers(len(self._head), len(self._head), blank_line=False)
 
     def _finish(self, buf: bytes, content_end: int, data_end: int, pending: int) -> int:
         if content_end:
@@ -148,10 +181,11 @@ class DataReader:
             return
         if bare:
             lines = lines.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-        if lines[:1] == b".":
-            lines = lines[1:]
-        if b"\r\n." in lines:
-            lines = lines.replace(b"\r\n.", b"\r\n")
+        if self._stuffed:
+            if lines[:1] == b".":
+                lines = lines[1:]
+            if b"\r\n." in lines:
+                lines = lines.replace(b"\r\n.", b"\r\n")
         if self.headers_complete:
             self._store(lines)
         else:
@@ -163,12 +197,13 @@ class DataReader:
         # step per limit-sized window instead of one per line. A line that fills the whole
         # window (the limit plus one byte) is allowed only when that byte is a stuffed dot.
         window = self._window
+        dot = 0x2E if self._stuffed else -1
         pos, size = 0, len(lines)
         while pos < size:
             lf = lines.rfind(b"\n", pos, pos + window)
             if lf < 0:
                 return True
-            if lf - pos + 1 == window and lines[pos] != 0x2E and lines.find(b"\n", pos, lf) < 0:
+            if lf - pos + 1 == window and lines[pos] != dot and lines.find(b"\n", pos, lf) < 0:
                 return True  # one line of the limit plus one byte, and no stuffed dot
             pos = lf + 1
         return False

@@ -15,7 +15,7 @@ import structlog
 
 from mailgate.egress import Egress
 from mailgate.pipeline import Pipeline
-from mailgate.quarantine import QuarantineStore
+from mailgate.quarantine import Quarantine
 from mailgate.smtp.connection import ListenerState, SmtpConnection
 from mailgate.smtp.settings import SmtpListenerSettings
 from mailgate.smtp.stream import SmtpStream
@@ -44,7 +44,7 @@ class SmtpListener(SocketListener):
         *,
         pipeline: Callable[[], Pipeline],
         egress: Egress,
-        quarantine: QuarantineStore | None = None,
+        quarantine: Quarantine | None = None,
     ) -> None:
         host, port = settings.host_port
         super().__init__(SocketAddress(host=host, port=port), settings.name, 0o666)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from dataclasses import dataclass, field
 from typing import Literal
@@ -9,6 +10,7 @@ from typing import Literal
 from mailgate.message import DEFAULT_SPOOL_THRESHOLD
 from mailgate.smtp.auth import MECHANISMS
 from mailgate.smtp.data import DataReader
+from mailgate.smtp.proxy_protocol import VERSIONS
 from mailgate.sockaddr import parse_host_port
 
 BareLineEndings = Literal["reject", "normalize"]
@@ -104,6 +106,21 @@ class SmtpListenerSettings:
     """Offer and accept AUTH only after STARTTLS; before it: ``538 5.7.11``."""
     auth_failure_delay: float = 1.0
     """Seconds to wait before answering a failed AUTH with ``535 5.7.8`` (slows guessing)."""
+    proxy_protocol: str = "off"
+    """Read a PROXY protocol header (HAProxy's) before the greeting: ``off``, ``v1``, ``v2``
+    or ``any`` (either version). The client address and port it carries become the
+    session's. On, a connection from outside `proxy_sources` is closed, as is one whose
+    header is missing, malformed or of another version."""
+    proxy_sources: list[str] = field(default_factory=list)
+    """The proxies allowed to send a PROXY header: addresses or networks (``10.0.0.0/8``);
+    required when `proxy_protocol` is on."""
+    proxy_timeout: float = 5.0
+    """Seconds the proxy has to send its whole header after connecting; then the connection
+    is closed."""
+    proxy_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
+        init=False, default=(), repr=False
+    )
+    """`proxy_sources` parsed."""
 
     def __post_init__(self) -> None:
         if self.egress not in EGRESSES:
@@ -129,6 +146,7 @@ class SmtpListenerSettings:
             raise ValueError(f"auth_mechanisms may hold only {', '.join(MECHANISMS)}")
         if self.auth_failure_delay < 0:
             raise ValueError("auth_failure_delay must be 0 or more")
+        self._check_proxy_settings()
         if self.max_received < 0:
             raise ValueError("max_received must be 0 or more")
         for name in (
@@ -146,9 +164,47 @@ class SmtpListenerSettings:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
 
-    def new_data_reader(self) -> DataReader:
-        """A reader for one message's DATA, under this listener's limits."""
+    def _check_proxy_settings(self) -> None:
+        if self.proxy_protocol not in VERSIONS:
+            raise ValueError(
+                f"proxy_protocol must be one of {', '.join(VERSIONS)}, not {self.proxy_protocol!r}"
+            )
+        networks = []
+        for source in self.proxy_sources:
+            try:
+                networks.append(ipaddress.ip_network(source, strict=False))
+            except ValueError:
+                raise ValueError(
+                    f"proxy_sources: {source!r} is not an address or network"
+                ) from None
+        self.proxy_networks = tuple(networks)
+        if self.proxy_protocol != "off" and not networks:
+            raise ValueError(
+                "proxy_protocol is on but proxy_sources is empty: list the proxies' addresses"
+            )
+        if self.proxy_timeout <= 0:
+            raise ValueError("proxy_timeout must be positive")
+
+    @property
+    def proxy_versions(self) -> frozenset[int]:
+        """The PROXY header versions accepted (empty: the protocol is off)."""
+        return VERSIONS[self.proxy_protocol]
+
+    def trusted_proxy(self, address: str) -> bool:
+        """True if a connection from `address` may send a PROXY header."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.proxy_networks)
+
+    def new_data_reader(self, *, dot_stuffed: bool = True) -> DataReader:
+        """A reader for one message's DATA (`dot_stuffed`) or BDAT chunks (raw bytes), under
+        this listener's limits."""
         return DataReader(
+            dot_stuffed=dot_stuffed,
             max_line_length=self.max_line_length,
             max_header_size=self.max_header_size,
             max_size=self.max_message_size,

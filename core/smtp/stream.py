@@ -4,8 +4,9 @@ What the client sent waits in this object's own buffer, not in a library's, so t
 ask whether a whole command is already there (RFC 2920: replies to pipelined commands go out
 together), can throw away what was sent in clear text before STARTTLS (CVE-2011-0411), and can
 put back what followed the end of DATA. Reading pauses while the buffer holds more than
-`high_water` bytes; writing waits while the transport's buffer is full. Inbound BDAT will read
-exact byte counts from the same buffer (`read_exactly`).
+`high_water` bytes; writing waits while the transport's buffer is full. Inbound BDAT reads
+exact byte counts from the same buffer (`read_chunk` with a limit), and a PROXY protocol header
+is parsed in place before the greeting (`peek`, `skip`, `wait_for_more`).
 """
 
 from __future__ import annotations
@@ -115,21 +116,27 @@ class SmtpStream(asyncio.Protocol):
                 self._consume(len(self._buffer))
             await self._more(timeout)
 
-    async def read_chunk(self, timeout: float) -> bytes:
-        """Whatever has arrived (waiting for something if nothing has)."""
+    async def read_chunk(self, timeout: float, limit: int = 0) -> bytes:
+        """Whatever has arrived, at most `limit` bytes if it is not 0 (waiting for something
+        if nothing has)."""
         if not self._buffer:
             await self._more(timeout)
-        chunk = bytes(self._buffer)
-        self._consume(len(chunk))
+        size = min(limit, len(self._buffer)) if limit else len(self._buffer)
+        chunk = bytes(self._buffer[:size])
+        self._consume(size)
         return chunk
 
-    async def read_exactly(self, size: int, timeout: float) -> bytes:
-        """Exactly `size` bytes (BDAT), waiting as long as needed with `timeout` per read."""
-        while len(self._buffer) < size:
-            await self._more(timeout)
-        data = bytes(self._buffer[:size])
+    def peek(self, limit: int) -> bytes:
+        """Up to `limit` bytes that have arrived, left in the buffer."""
+        return bytes(self._buffer[:limit])
+
+    def skip(self, size: int) -> None:
+        """Drop the first `size` bytes of the buffer (read with `peek`)."""
         self._consume(size)
-        return data
+
+    async def wait_for_more(self, timeout: float) -> None:
+        """Wait until more bytes arrive; `StreamClosed` if the client has closed."""
+        await self._more(timeout)
 
     def unread(self, data: bytes) -> None:
         """Put `data` back in front of the buffer (what followed the end of DATA)."""

@@ -13,6 +13,7 @@ PostgreSQL so that nodes starting together do not race.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -67,7 +68,11 @@ class Store:
         url = settings.async_url()
         if self.dialect == "sqlite":
             assert url.database is not None  # checked by StoreSettings
-            Path(url.database).parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            path = Path(url.database)
+            path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            # Somebody's mail is in it (the queue, the quarantine): private to mailgate's user.
+            # SQLite gives its -wal and -shm files the database file's permissions.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
             engine = create_async_engine(
                 url, connect_args={"timeout": settings.busy_timeout}, pool_size=4
             )

@@ -80,3 +80,35 @@ PENDING, DEFERRED, DELIVERED, BOUNCED = "pending", "deferred", "delivered", "bou
 """A recipient's states: not tried yet; tried and refused for now (4xx, or the next hop
 could not be reached); accepted by the next hop; refused for good (5xx)."""
 UNDELIVERED = (PENDING, DEFERRED)
+
+# -- the quarantine (revision 0003_quarantine) ----------------------------------------------------
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("created", Float, nullable=False),
+    Column("node", String(255), nullable=False, doc="the node that held it"),
+    Column("session", String(64), nullable=False, doc="the session id in the logs"),
+    Column("transaction", String(64), nullable=False, doc="the transaction id in the logs"),
+    Column("ingress", String(16), nullable=False, doc="smtp (the milter listener never holds)"),
+    Column("listener", String(255), nullable=False),
+    Column("client_ip", String(64), nullable=False),
+    Column("client_name", Text, nullable=False),
+    Column("helo", Text, nullable=False),
+    Column("auth_login", Text, nullable=False),
+    Column("sender", Text, nullable=False, doc="the reverse path; empty for <>"),
+    Column("sender_params", Text, nullable=False, doc="MAIL FROM parameters, a JSON list"),
+    Column("recipients", Text, nullable=False, doc='[{"address": ..., "params": [...]}, ...]'),
+    Column("plugin", String(255), nullable=False, doc="the plugin that asked; empty if unknown"),
+    Column("reason", Text, nullable=False),
+    Column("results", Text, nullable=False, doc="each plugin's result, a JSON object"),
+    Column("subject", Text, nullable=False, doc="for listings; the content has the real one"),
+    Column("size", Integer, nullable=False),
+    Column("released", Float, nullable=True, doc="when it was released; NULL: still held"),
+    Column("released_by", Text, nullable=True),
+    Column("release_result", Text, nullable=True, doc="what the way out said"),
+    Column("header_size", Integer, nullable=False),
+    Column("content", LargeBinary, nullable=False, doc="the message as plugins left it"),
+    Index("quarantine_created", "created"),
+)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -58,6 +59,13 @@ class StoreSettings:
         """The URL with the asyncio driver SQLAlchemy uses (aiosqlite, asyncpg)."""
         url = make_url(self.url)
         return url.set(drivername=_DRIVERS[url.drivername])
+
+    def sqlite_path(self) -> Path | None:
+        """The database file of a SQLite store; None for PostgreSQL."""
+        if self.dialect != "sqlite":
+            return None
+        database = make_url(self.url).database
+        return Path(database) if database else None
 
     def redacted(self) -> str:
         """The URL without its password, for logs."""

@@ -22,6 +22,7 @@ from mailgate.trial.inputs import (
     Client,
     Envelope,
     UsageError,
+    check_client,
     envelope,
     read_message,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "Stage",
     "Trial",
     "UsageError",
+    "check_client",
     "envelope",
     "json_document",
     "read_message",

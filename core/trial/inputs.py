@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import email.utils
+import ipaddress
+import re
 import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from mailgate.egress import Reply
 from mailgate.loader import Config
 from mailgate.message import parse_header_block
+from mailgate.smtp import replies
+from mailgate.smtp.commands import parse_path
 from mailgate.smtp.settings import SmtpListenerSettings
+from mailgate.syntax import valid_utf8
 
 Ingress = Literal["smtp", "milter"]
 LISTENER_NAME = "try"
@@ -28,6 +34,7 @@ TLS_VERSION = "TLSv1.3"
 TLS_CIPHER = "TLS_AES_256_GCM_SHA384"
 UNLIMITED = 1 << 62
 CHUNK = 1 << 16
+_BARE_LINE_ENDING = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 
 
 class UsageError(Exception):
@@ -62,7 +69,8 @@ class Limits:
     hostname: str
     listener: SmtpListenerSettings
     relay: str
-    quarantine_dir: str
+    quarantine: str
+    """Where a held message would go, as a person reads it."""
 
 
 def read_message(source: str) -> bytes:
@@ -100,7 +108,49 @@ def envelope(raw: bytes, sender: str | None, recipients: list[str]) -> Envelope:
         env.recipients_from = "To/Cc headers"
         if not env.recipients:
             raise UsageError("no --rcpt and no To: or Cc: header to take recipients from")
+    check_envelope(env)
     return env
+
+
+def check_envelope(env: Envelope) -> None:
+    """Refuse, as the listener would at MAIL and RCPT, an address it would not take.
+
+    The reply the listener would give is in the message, so ``--rcpt 'not an address'``
+    reads as the client would see it, not as a recipient that passed.
+    """
+    for option, address in [(env.sender_from, env.sender)] + [
+        (env.recipients_from, r) for r in env.recipients
+    ]:
+        reply = address_problem(address, sender=option == env.sender_from)
+        if reply is not None:
+            raise UsageError(
+                f"{option} {address!r}: the listener would answer {reply.smtp_reply()}"
+            )
+
+
+def address_problem(address: str, *, sender: bool) -> Reply | None:
+    """The listener's reply to ``MAIL FROM:<address>`` / ``RCPT TO:<address>`` when it is
+    malformed; None when the listener takes it (plugins may still refuse it)."""
+    parsed = parse_path(f"<{address}>")
+    if parsed is None or parsed[1] or (not sender and not parsed[0]):
+        return replies.SYNTAX
+    if not valid_utf8(parsed[0]):
+        return replies.BAD_ADDRESS
+    return None
+
+
+def check_client(ip: str) -> str:
+    """`ip` as the listener would see it: an IPv4 or IPv6 address (else `UsageError`)."""
+    try:
+        return str(ipaddress.ip_address(ip.strip("[]")))
+    except ValueError:
+        raise UsageError(f"--client {ip!r}: not an IP address (such as 192.0.2.1)") from None
+
+
+def first_bare_line_ending(raw: bytes) -> int | None:
+    """The number (from 1) of the first line of `raw` that has a CR or LF not in a CRLF."""
+    found = _BARE_LINE_ENDING.search(raw)
+    return None if found is None else raw.count(b"\r\n", 0, found.start()) + 1
 
 
 def limits(config: Config, ingress: Ingress) -> Limits:
@@ -119,4 +169,8 @@ def limits(config: Config, ingress: Ingress) -> Limits:
             max_received=0,
         )
     hostname = settings.hostname or config.mailgate.hostname or socket.getfqdn()
-    return Limits(hostname, settings, config.relay.address, config.relay.quarantine_dir)
+    if config.quarantine.backend == "directory":
+        held = config.relay.quarantine_dir
+    else:
+        held = f"the quarantine in the store ({config.store.redacted()})"
+    return Limits(hostname, settings, config.relay.address, held)

@@ -97,7 +97,7 @@ def final_answer(trial: Trial) -> str:
             where = f"would relay to {trial.limits.relay} (not contacted)"
         return f"accepted: {where} for {rcpts} ({reply})"
     if trial.outcome == "quarantined":
-        held = f"would be held in {trial.limits.quarantine_dir}"
+        held = f"would be held in {trial.limits.quarantine}"
         return f"quarantined: {held} ({trial.reason}); the client hears {reply}"
     if trial.outcome == "discarded":
         return f"discarded: nothing is delivered{_reason(trial.reason)}; the client hears {reply}"

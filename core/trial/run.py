@@ -11,6 +11,7 @@ from mailgate.message import Header, Message
 from mailgate.pipeline import HookCall, Pipeline
 from mailgate.session import Address, Session, Transaction
 from mailgate.smtp import replies
+from mailgate.smtp.data import DataProblem
 from mailgate.smtp.trace import PROTOCOL_NOTE, protocol_name
 from mailgate.trial.inputs import (
     CHUNK,
@@ -23,6 +24,7 @@ from mailgate.trial.inputs import (
     Client,
     Envelope,
     Limits,
+    first_bare_line_ending,
     limits,
 )
 from mailgate.verdict import Verdict, VerdictKind
@@ -269,7 +271,9 @@ class TrialRun:
                 max_header=s.max_header_size,
                 max_size=s.max_message_size,
             )
-            self.refuse(stage, replies.to_verdict(reply, reason=problem.name), reply)
+            self.refuse(
+                stage, replies.to_verdict(reply, reason=_problem_reason(problem, self.raw)), reply
+            )
         tx.message = Message(headers or [], reader.body)
         return verdict
 
@@ -348,3 +352,12 @@ def write_message(trial: Trial, path: str) -> None:
     with open(path, "wb") as f:
         for chunk in message.iter_bytes():
             f.write(chunk)
+
+
+def _problem_reason(problem: DataProblem, raw: bytes) -> str:
+    """Why the listener refused the data, with the line for a bare CR or LF."""
+    if problem is DataProblem.BARE_LINE_ENDING:
+        line = first_bare_line_ending(raw)
+        if line is not None:
+            return f"bare CR or LF on line {line} of the message"
+    return problem.name

@@ -102,7 +102,8 @@ class Evaluation:
 
 
 def align(evaluation: Evaluation, record: DmarcRecord) -> None:
-    """Set the DKIM and SPF alignment results and the DMARC result (pass or fail)."""
+    """Set the DKIM and SPF alignment results and the DMARC result: pass, fail, or temperror
+    when nothing aligned passed but an aligned identifier could not be checked."""
     author = evaluation.header_from
     if any(s.result == "pass" and aligned(author, s.domain, record.adkim) for s in evaluation.dkim):
         evaluation.dkim_aligned = "pass"
@@ -111,6 +112,23 @@ def align(evaluation: Evaluation, record: DmarcRecord) -> None:
         evaluation.spf_aligned = "pass"
     passed = "pass" in (evaluation.dkim_aligned, evaluation.spf_aligned)
     evaluation.result = "pass" if passed else "fail"
+    if not passed and _aligned_temperror(evaluation, record):
+        # A lookup that may pass on the next try (a DKIM key or SPF record that timed out)
+        # decides nothing yet: temperror, as DMARCbis and rspamd have it, so p=reject never
+        # turns a passing DNS hiccup into a bounce. `[dmarc] temperror` chooses what follows.
+        evaluation.result = "temperror"
+
+
+def _aligned_temperror(evaluation: Evaluation, record: DmarcRecord) -> bool:
+    """True when an identifier that would align could not be checked (``temperror``)."""
+    author = evaluation.header_from
+    dkim = any(
+        s.result == "temperror" and aligned(author, s.domain, record.adkim) for s in evaluation.dkim
+    )
+    spf = evaluation.spf
+    return dkim or (
+        spf is not None and spf.result == "temperror" and aligned(author, spf.domain, record.aspf)
+    )
 
 
 def requested_policy(

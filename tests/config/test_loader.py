@@ -81,7 +81,7 @@ networks = ["192.0.2.0/24"]
         ('[relay]\naddress = "[::1]:99999"\n', 'relay.address: found "[::1]:99999" (str)'),
         (
             '[relay]\naddress = "mx.example:0"\n',
-            'relay.address: found "mx.example:0" (str), expected address: a port from 1 to 65535',
+            'relay.address: found "mx.example:0" (str), expected a port from 1 to 65535',
         ),
         ('[[listener]]\naddress = "no:such:v6:25"\n', 'listener[0].address: found "no:such:v6:'),
         ('[metrics]\naddress = "nohost"\n', 'metrics.address: found "nohost" (str)'),

@@ -61,6 +61,7 @@ class DnsServer:
         self.host = host
         self.zones: dict[dns.name.Name, dns.zone.Zone] = {}
         self.queries: list[Query] = []
+        self.silent: set[dns.name.Name] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._udp, self._tcp = _bind_pair(host, port)
@@ -99,6 +100,11 @@ class DnsServer:
                 for rdataset in node.rdatasets:
                     zone.replace_rdataset(name, rdataset)
 
+    def silence(self, name: str) -> None:
+        """Never answer queries for `name` or names under it (a DNS timeout, on demand)."""
+        with self._lock:
+            self.silent.add(dns.name.from_text(name))
+
     def resolver(self) -> dns.resolver.Resolver:
         """A dnspython resolver that asks only this server."""
         res = dns.resolver.Resolver(configure=False)
@@ -135,6 +141,8 @@ class DnsServer:
         self.queries.append(
             Query(question.name.to_text(), dns.rdatatype.to_text(question.rdtype), transport)
         )
+        if any(question.name.is_subdomain(name) for name in self.silent):
+            return None
         with self._lock:
             self._resolve(question.name, question.rdtype, response)
         return response

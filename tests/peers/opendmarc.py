@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import shlex
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -37,7 +37,14 @@ class OpenDmarc(Peer):
     rejects DMARC failures under p=reject with ``550 5.7.1 rejected by DMARC policy``.
     It listens on a loopback TCP port, or with ``unix=True`` on a unix socket instead."""
 
-    def __init__(self, workdir: Path, dns: DnsServer, *, unix: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        dns: DnsServer,
+        *,
+        unix: bool = False,
+        extra: Mapping[str, str] | None = None,
+    ) -> None:
         if dns.port != 53:
             raise ValueError("opendmarc's resolver can only ask port 53")
         self.workdir = workdir
@@ -45,6 +52,7 @@ class OpenDmarc(Peer):
         self.port = free_port()
         # opendmarc creates its socket after it has dropped to nobody: a directory of its own.
         self.socket_path = workdir / "socket" / "opendmarc.sock" if unix else None
+        self.extra = dict(extra or {})  # opendmarc.conf settings over the defaults below
         self.daemon: Daemon | None = None
 
     @property
@@ -68,21 +76,25 @@ class OpenDmarc(Peer):
         resolv.write_text(f"nameserver {self.dns.host}\noptions timeout:1 attempts:1\n")
         ignore = d / "ignore.hosts"
         ignore.write_text("")  # the default ignores 127.0.0.1, which is all test traffic
-        conf = self._socket() | {
-            "PidFile": f"{d}/opendmarc.pid",
-            "Background": "false",
-            "Syslog": "false",
-            "UserID": "nobody",
-            "AuthservID": "mx.pf.test",
-            "TrustedAuthservIDs": "mx.pf.test",
-            "IgnoreHosts": str(ignore),
-            "SPFSelfValidate": "true",
-            "RejectFailures": "true",
-            "RequiredHeaders": "false",
-            "FailureReports": "false",
-            "PublicSuffixList": "/usr/share/publicsuffix/public_suffix_list.dat",
-            "DNSTimeout": "2",
-        }
+        conf = (
+            self._socket()
+            | {
+                "PidFile": f"{d}/opendmarc.pid",
+                "Background": "false",
+                "Syslog": "false",
+                "UserID": "nobody",
+                "AuthservID": "mx.pf.test",
+                "TrustedAuthservIDs": "mx.pf.test",
+                "IgnoreHosts": str(ignore),
+                "SPFSelfValidate": "true",
+                "RejectFailures": "true",
+                "RequiredHeaders": "false",
+                "FailureReports": "false",
+                "PublicSuffixList": "/usr/share/publicsuffix/public_suffix_list.dat",
+                "DNSTimeout": "2",
+            }
+            | self.extra
+        )
         path = d / "opendmarc.conf"
         path.write_text("".join(f"{k} {v}\n" for k, v in conf.items()))
         inner = (

@@ -157,6 +157,14 @@ def evaluation(tx: Transaction) -> Evaluation:
         ("a@mixed.test", None, (), "fail", "reject"),
         ("a@broken.test", None, (), "permerror", "none"),
         ("a@split.test", None, (), "fail", "reject"),
+        # An aligned identifier that could not be checked decides nothing yet: no p=reject.
+        ("a@reject.test", None, (("temperror", "reject.test"),), "temperror", "none"),
+        ("a@reject.test", ("temperror", "reject.test"), (), "temperror", "none"),
+        ("a@reject.test", ("temperror", "reject.test"), (("pass", "reject.test"),), "pass",
+         "none"),
+        # ... but one that would not align changes nothing.
+        ("a@reject.test", ("fail", "reject.test"), (("temperror", "other.test"),), "fail",
+         "reject"),
     ],
 )  # fmt: skip
 async def test_results(

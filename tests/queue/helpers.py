@@ -23,7 +23,9 @@ from tests.peers.ports import free_port
 
 
 def toml_value(value: object) -> str:
-    """A Python value as TOML (strings, numbers, booleans and lists of them)."""
+    """A Python value as TOML (strings, numbers, booleans, lists and inline tables of them)."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

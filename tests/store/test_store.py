@@ -30,7 +30,7 @@ async def test_migrations_create_what_the_schema_describes(store_url: str) -> No
         async with store.engine.connect() as conn:
             assert await conn.run_sync(_differences) == []
             version = await conn.execute(text("SELECT version_num FROM alembic_version"))
-            assert version.scalar() == "0002"
+            assert version.scalar() == "0003_quarantine"
         await store.close()
         await store.open()  # a second start finds nothing to do
     finally:
@@ -125,3 +125,18 @@ def test_check_config_names_the_store_without_its_password(
     out = capsys.readouterr().out
     assert "queue: postgresql://mg:***@db.example:5432/mg -> smarthost.example:25" in out
     assert "secret" not in out
+
+
+async def test_the_sqlite_files_are_private_to_mailgate(tmp_path: Path) -> None:
+    store = Store(StoreSettings(url=f"sqlite:///{tmp_path}/new/mailgate.db"))
+    await store.open()
+    try:
+        async with store.engine.begin() as conn:
+            await conn.execute(text("SELECT 1 FROM messages LIMIT 1"))
+            files = sorted((tmp_path / "new").iterdir())
+            assert [f.name for f in files] == ["mailgate.db", "mailgate.db-shm", "mailgate.db-wal"]
+            for f in files:
+                assert f.stat().st_mode & 0o777 == 0o600, f"{f.name}: {oct(f.stat().st_mode)}"
+        assert (tmp_path / "new").stat().st_mode & 0o777 == 0o750
+    finally:
+        await store.close()

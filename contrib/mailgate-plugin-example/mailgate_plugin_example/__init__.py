@@ -1,8 +1,4 @@
-"""subject_tag: an example third-party mailgate plugin.
-
-Puts `tag` in front of each message's Subject (once: an already tagged Subject is left alone)
-and refuses recipients matching `refuse_recipients` at RCPT.
-"""
+"""subject_tag: an example mailgate plugin that tags the Subject and refuses some recipients."""
 
 from __future__ import annotations
 
@@ -15,40 +11,35 @@ from mailgate.config import Dynamic
 
 @dataclass
 class SubjectTagSettings:
-    """The plugin's keys in its ``conf.d`` file."""
+    """The keys of the plugin's conf.d file, with their types and defaults."""
 
     tag: Dynamic[str] = field(default=Dynamic.fixed("[EXTERNAL]"))
-    """Put in front of the Subject; may depend on the transaction (if/then/else rules)."""
-    refuse_recipients: str = ""
-    """A regular expression; matching recipients get 550 5.7.1 at RCPT ("" refuses none)."""
+    refuse_recipients: str = ""  # a regular expression; "" refuses none
 
-    def __post_init__(self) -> None:
-        re.compile(self.refuse_recipients)
+    def __post_init__(self) -> None:  # a ValueError here is a configuration error
+        try:
+            re.compile(self.refuse_recipients)
+        except re.error as exc:
+            raise ValueError(f"refuse_recipients: a regular expression ({exc})") from None
 
 
 class SubjectTag:
-    """Tags subjects and refuses some recipients (see the module docstring)."""
-
-    Settings = SubjectTagSettings
-    reads = frozenset({"headers"})
-    """on_message reads the Subject, never the body (a milter need not be sent the body)."""
+    Settings = SubjectTagSettings  # mailgate checks the conf.d file against it
+    reads = frozenset({"headers"})  # on_message reads the Subject, not the body
 
     def __init__(self, settings: SubjectTagSettings) -> None:
         self.settings = settings
-        self._refuse = (
-            re.compile(settings.refuse_recipients) if settings.refuse_recipients else None
-        )
+        pattern = settings.refuse_recipients
+        self.refuse = re.compile(pattern) if pattern else None
 
     @hookimpl
     def on_rcpt(self, recipient: Address) -> Verdict | None:
-        """Refuse recipients matching `refuse_recipients`."""
-        if self._refuse is not None and self._refuse.search(recipient.address):
+        if self.refuse is not None and self.refuse.search(recipient.address):
             return Verdict.reject(550, "5.7.1", "Recipient refused by policy")
-        return None
+        return None  # no opinion: the next plugin is asked
 
     @hookimpl
     def on_message(self, session: Session, transaction: Transaction, message: Message) -> None:
-        """Prefix the Subject with the tag (add a Subject if there is none)."""
         tag = self.settings.tag.value(session, transaction)
         subject = message.get("Subject")
         if subject is None:

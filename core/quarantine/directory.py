@@ -1,4 +1,5 @@
-"""`QuarantineStore`: messages held for an administrator instead of being delivered.
+"""`QuarantineStore`: the quarantine as a directory of files (``[quarantine] backend =
+"directory"``), the way mailgate held messages before the store.
 
 Each message is one ``<id>.eml`` file (the message as it would have been relayed, headers as
 changed by plugins) and one ``<id>.json`` sidecar with the envelope and why it was held. Both
@@ -37,15 +38,17 @@ class QuarantineStore:
         self.directory = Path(directory)
 
     async def store(
-        self, session: Session, transaction: Transaction, reason: str
+        self, session: Session, transaction: Transaction, reason: str, plugin: str = ""
     ) -> QuarantinedMessage:
         """Write the message and its sidecar without blocking the event loop.
 
         Raises OSError if the directory cannot be written; the caller answers 4xx then.
         """
-        return await asyncio.to_thread(self._store, session, transaction, reason)
+        return await asyncio.to_thread(self._store, session, transaction, reason, plugin)
 
-    def _store(self, session: Session, transaction: Transaction, reason: str) -> QuarantinedMessage:
+    def _store(
+        self, session: Session, transaction: Transaction, reason: str, plugin: str
+    ) -> QuarantinedMessage:
         if transaction.message is None:
             raise ValueError("quarantine needs the message (end of data)")
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -56,7 +59,8 @@ class QuarantineStore:
             for chunk in transaction.message.iter_bytes():
                 f.write(chunk)
         with _atomic(sidecar) as f:
-            f.write(json.dumps(_describe(session, transaction, reason), indent=1).encode())
+            described = _describe(session, transaction, reason, plugin)
+            f.write(json.dumps(described, indent=1).encode())
         return QuarantinedMessage(qid, eml, sidecar)
 
     def entries(self) -> list[dict[str, Any]]:
@@ -67,10 +71,13 @@ class QuarantineStore:
         return [json.loads(p.read_text()) for p in paths]
 
 
-def _describe(session: Session, transaction: Transaction, reason: str) -> dict[str, Any]:
+def _describe(
+    session: Session, transaction: Transaction, reason: str, plugin: str
+) -> dict[str, Any]:
     message = transaction.message
     return {
         "reason": reason,
+        "plugin": plugin,
         "time": time.time(),
         "session": session.id,
         "transaction": transaction.id,
