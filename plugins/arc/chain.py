@@ -49,6 +49,8 @@ AAR = "arc-authentication-results"
 AMS = "arc-message-signature"
 SEAL = "arc-seal"
 _NAMES = {AAR: "ARC-Authentication-Results", AMS: "ARC-Message-Signature", SEAL: "ARC-Seal"}
+HEADER_NAMES = frozenset(_NAMES)
+"""The names of the ARC header fields, lower case: a message with none of them has no chain."""
 _AAR_INSTANCE = re.compile(rb"^\s*i\s*=\s*([0-9]+)\s*;")
 
 # dkimpy logs every failed signature at ERROR; the plugin records and logs the outcome itself.

@@ -13,7 +13,7 @@ import structlog
 from mailgate import Message, Session, Transaction, hookimpl
 from mailgate.authentication_results import results_of
 from mailgate.dns import DnsSettings, sync_resolver
-from mailgate.plugins.arc.chain import Validation, validate
+from mailgate.plugins.arc.chain import HEADER_NAMES, Validation, validate
 from mailgate.plugins.arc.seal import SealRefused, seal_message
 from mailgate.plugins.arc.settings import ArcSettings
 
@@ -58,10 +58,14 @@ class Arc:
 
     async def verify(self, session: Session, transaction: Transaction, message: Message) -> None:
         """Validate the chain and record the result (``transaction.results["arc"]``)."""
-        data = message.as_bytes(arrived=True)  # the chain as it arrived
-        validation = await asyncio.to_thread(
-            validate, data, self.resolver, timeout=self.settings.verify_timeout
-        )
+        if not any(h.name.lower() in HEADER_NAMES for h in message.arrived_headers):
+            # No chain (most mail): nothing to parse or look up, so no worker thread either.
+            validation = Validation("none", "")
+        else:
+            data = message.as_bytes(arrived=True)  # the chain as it arrived
+            validation = await asyncio.to_thread(
+                validate, data, self.resolver, timeout=self.settings.verify_timeout
+            )
         _record(session, transaction, validation)
         trusted = self._trusted(session, transaction, validation)
         if trusted:

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 
 import dkim
 
+import mailgate.plugins.dkim.speedups  # noqa: F401  (faster RSA, cached keys in dkimpy)
 from mailgate.plugins.dkim.keys import PrivateKey
 
 _dkimpy_log = logging.getLogger("mailgate.plugins.dkim.dkimpy")

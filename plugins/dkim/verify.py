@@ -24,6 +24,8 @@ import dns.resolver
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 from dkim.util import InvalidTagValueList, parse_tag_value
 
+import mailgate.plugins.dkim.speedups  # noqa: F401  (faster RSA, cached keys in dkimpy)
+
 SignatureOutcome = Literal["pass", "fail", "neutral", "temperror", "permerror", "policy"]
 
 WORST_FIRST: tuple[SignatureOutcome, ...] = ("temperror", "fail", "policy", "permerror", "neutral")

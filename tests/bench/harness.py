@@ -491,7 +491,9 @@ async def _reply(reader: asyncio.StreamReader, expect: bytes) -> None:
             return
 
 
-async def timed_transaction(port: int, message: bytes) -> float:
+async def timed_transaction(
+    port: int, message: bytes, sender: str = SENDER, recipient: str = RECIPIENT
+) -> float:
     """One connection, one message: seconds from connect to the 250 after end of data."""
     started = time.perf_counter()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -499,8 +501,8 @@ async def timed_transaction(port: int, message: bytes) -> float:
         await _reply(reader, b"220")
         for command, expect in (
             (b"EHLO probe.bench.test\r\n", b"250"),
-            (f"MAIL FROM:<{SENDER}>\r\n".encode(), b"250"),
-            (f"RCPT TO:<{RECIPIENT}>\r\n".encode(), b"250"),
+            (f"MAIL FROM:<{sender}>\r\n".encode(), b"250"),
+            (f"RCPT TO:<{recipient}>\r\n".encode(), b"250"),
             (b"DATA\r\n", b"354"),
         ):
             writer.write(command)
@@ -517,15 +519,26 @@ async def timed_transaction(port: int, message: bytes) -> float:
             await writer.wait_closed()
 
 
-async def latency_probe(port: int, sessions: int, messages: int, size: int) -> list[float]:
-    """Time `messages` transactions, `sessions` at a time; return each one's seconds."""
-    message = probe_message(size)
+async def latency_probe(
+    port: int,
+    sessions: int,
+    messages: int,
+    size: int,
+    *,
+    message: bytes | None = None,
+    sender: str = SENDER,
+    recipient: str = RECIPIENT,
+) -> list[float]:
+    """Time `messages` transactions, `sessions` at a time; return each one's seconds.
+
+    Each sends `message` (CRLF lines, not dot-stuffed), by default `probe_message(size)`."""
+    data = probe_message(size) if message is None else message
     queue = iter(range(messages))
     timings: list[float] = []
 
     async def worker() -> None:
         for _ in queue:
-            timings.append(await timed_transaction(port, message))
+            timings.append(await timed_transaction(port, data, sender, recipient))
 
     await asyncio.gather(*(worker() for _ in range(min(sessions, messages))))
     return timings

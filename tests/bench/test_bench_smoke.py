@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tests.peers.workdir import PeerDirs
 
-from . import bench_bridge, bench_milter
+from . import bench_auth, bench_bridge, bench_milter
 from . import bench_milter_latency as latency
 from .harness import (
     DEFAULT_SYSTEMS,
@@ -182,3 +182,30 @@ def test_milter_listener_bench_runs_every_route(peer_dirs: PeerDirs) -> None:
     results = bench_milter.run(messages=40, repeats=1, dirs=peer_dirs)
     assert len(results) == 7
     assert all(r.rate > 0 and r.latency_ms > 0 for r in results)
+
+
+def test_auth_bench_runs_every_route(peer_dirs: PeerDirs) -> None:
+    """bench_auth: every route delivers every message, and the mail of each route carries what
+    its checks said (mailgate's one Authentication-Results, or opendkim's and opendmarc's), so
+    every route really did its checks; every figure of the table is there."""
+    results = bench_auth.run(messages=20, repeats=1, dirs=peer_dirs, probe=10)
+    assert [r.name for r in results] == [
+        bench_auth.PROXY_PLAIN,
+        bench_auth.PROXY_AUTH,
+        bench_auth.POSTFIX_ALONE,
+        bench_auth.POSTFIX_LISTENER,
+        bench_auth.POSTFIX_MAILGATE,
+        bench_auth.POSTFIX_OPEN,
+    ]
+    for r in results:
+        assert (r.sent, r.delivered, r.errors) == (30, 30, []), r
+        assert r.rate > 0 and 0 < r.p50_ms <= r.p95_ms <= r.p99_ms
+        assert r.cpu_total_ms >= 0
+    said = {r.name: r.results for r in results}
+    mailgate = "spf=pass dkim=pass arc=none dmarc=pass"
+    assert said[bench_auth.PROXY_AUTH] == said[bench_auth.POSTFIX_MAILGATE] == mailgate
+    assert set(said[bench_auth.POSTFIX_OPEN].split()) == {"dkim=pass", "spf=pass", "dmarc=pass"}
+    for name in (bench_auth.PROXY_PLAIN, bench_auth.POSTFIX_ALONE, bench_auth.POSTFIX_LISTENER):
+        assert said[name] == "(no Authentication-Results)"
+    assert len(bench_auth.table(results).splitlines()) == 2 + len(results)
+    assert len(bench_auth.targets(results).splitlines()) == 2
