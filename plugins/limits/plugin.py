@@ -10,7 +10,8 @@ connections     connect      ``421 4.7.0`` and the connection is closed
 concurrent      connect      ``421 4.7.0`` (the slot is given back at disconnect)
 messages        MAIL FROM    ``450 4.7.1``
 recipients      RCPT TO      ``450 4.7.1``; per message (``window = 0``): ``452 4.5.3``
-bytes           end of data  ``451 4.7.1`` (and at MAIL FROM once the window is used up);
+bytes           end of data  ``451 4.7.1`` (at MAIL FROM already once the window is used
+                             up, or when the SIZE announced would not fit in it);
                              one message (``window = 0``): ``552 5.3.4``, at MAIL FROM already
                              when the client announced a SIZE past it
 ==============  ===========  ================================================================
@@ -116,7 +117,7 @@ class Limits:
     async def on_mail(
         self, session: Session, transaction: Transaction, sender: Address
     ) -> Verdict | None:
-        """Count the message; refuse a SIZE past a size limit or a used-up byte quota."""
+        """Count the message; refuse a SIZE past a size limit or what is left of a byte quota."""
         counters = self.counters()
         for rule, key in self._applying(self._at_mail, session, transaction):
             limit = rule.max.value(session, transaction)
@@ -131,7 +132,9 @@ class Limits:
                 text = "Message size exceeds the limit"
                 verdict, code, status = Verdict.reject, 552, "5.3.4"
             else:
-                hit = await counters.add(rule.name, key, 0, limit, rule.window)
+                seen = await counters.add(rule.name, key, 0, limit, rule.window)
+                size = _announced_size(sender)
+                hit = Hit(seen.allowed and seen.count + size <= limit, seen.count)
                 text = "Data rate limit exceeded, try again later"
                 verdict, code, status = Verdict.tempfail, 451, "4.7.1"
             if not hit.allowed:
