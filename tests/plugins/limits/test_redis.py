@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -56,9 +56,11 @@ async def test_concurrent_slots_of_a_crashed_node_lapse(redis_server: Redis) -> 
 
 # -- two nodes -------------------------------------------------------------------------------
 
+TwoNodes = Callable[[str], tuple[Server, Server]]
+
 
 @pytest.fixture
-def two_nodes(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[object]:
+def two_nodes(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[TwoNodes]:
     """``two_nodes(limits_toml)``: two ``mailgate serve`` processes on one conf.d."""
     started: list[Server] = []
 
@@ -82,9 +84,9 @@ def _open(port: int) -> smtplib.SMTP:
 
 
 async def test_two_nodes_on_one_redis_hold_the_limits_in_total(
-    two_nodes: object, redis_server: Redis, smtp_sink: SmtpSink
+    two_nodes: TwoNodes, redis_server: Redis, smtp_sink: SmtpSink
 ) -> None:
-    a, b = await asyncio.to_thread(two_nodes, f'redis = "{redis_server.url}"\n{RULES}')  # type: ignore[operator]
+    a, b = await asyncio.to_thread(two_nodes, f'redis = "{redis_server.url}"\n{RULES}')
     await asyncio.sleep(0.3)  # the start-up probes' slots are given back
     codes = [
         (await asyncio.to_thread(send, port, "alice@example.net"))[0]
@@ -104,8 +106,8 @@ async def test_two_nodes_on_one_redis_hold_the_limits_in_total(
     ]
 
 
-async def test_without_redis_each_node_counts_alone(two_nodes: object) -> None:
-    a, b = await asyncio.to_thread(two_nodes, RULES)  # type: ignore[operator]
+async def test_without_redis_each_node_counts_alone(two_nodes: TwoNodes) -> None:
+    a, b = await asyncio.to_thread(two_nodes, RULES)
     codes = [
         (await asyncio.to_thread(send, port, "alice@example.net"))[0]
         for port in (a.port, b.port, a.port, b.port, a.port, b.port)
@@ -127,7 +129,7 @@ async def test_redis_down_tempfails_by_default_and_counting_resumes(
     port = app.ports[0]
     assert (await asyncio.to_thread(send, port))[0] == 250
     redis_server.stop()
-    code, text = await asyncio.to_thread(greeting, port)
+    code, _ = await asyncio.to_thread(greeting, port)
     assert code == 421  # on_error = "tempfail" at connect
     redis_server.start()  # the same port, empty
     assert (await asyncio.to_thread(send, port))[0] == 250
