@@ -73,7 +73,10 @@ class GreylistSettings:
         if self.redis and self.store:
             raise ValueError("store: not with redis (the state is kept in one place)")
         if self.store:
-            StoreSettings(url=self.store)  # its ValueError names url; say store instead
+            try:
+                StoreSettings(url=self.store)
+            except ValueError as exc:
+                raise ValueError(f"store: {str(exc).removeprefix('url: ')}") from None
         domains = self.exempt_recipient_domains
         self.exempt_recipient_domains = [d.lower().rstrip(".") for d in domains]
         self.exempt_client_names = [n.lower().strip(".") for n in self.exempt_client_names]

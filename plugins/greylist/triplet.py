@@ -98,7 +98,7 @@ def decide(state: TripletState | None, now: float, timing: Timing) -> Decision:
         state = None  # the retry came too late: the wait starts again
     if state is None:
         return Decision(False, _ceil(timing.delay), TripletState(now, now, None, 1))
-    waited = now - state.first_seen
+    waited = max(0.0, now - state.first_seen)  # another node's clock may be ahead
     if waited >= timing.delay:
         return Decision(True, 0, TripletState(state.first_seen, now, now, state.attempts))
     fresh = TripletState(state.first_seen, now, None, state.attempts + 1)
