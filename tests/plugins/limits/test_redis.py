@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mailgate.plugins.limits import RedisCounters
+from mailgate.plugins.limits import MemoryCounters, RedisCounters
 from mailgate.testing.server import Server
 from tests.peers.redis import Redis
 from tests.peers.smtp_sink import SmtpSink
@@ -159,3 +159,22 @@ async def test_redis_down_with_on_error_accept_lets_mail_through(
     for _ in range(3):
         assert (await asyncio.to_thread(send, app.ports[0]))[0] == 250
     assert len(smtp_sink.wait_for_messages(3)) == 3
+
+
+async def test_redis_and_memory_give_the_same_answers(redis_server: Redis) -> None:
+    """The Lua script and the in-memory table agree, attempt by attempt (a window of a year,
+    so that no boundary falls inside the test)."""
+    year = 365 * 86400.0
+    memory = MemoryCounters(100, sliding=False)
+    shared = RedisCounters(redis_server.url, sliding=False)
+    sequence = [(key, amount, 6) for key in "abc" for amount in (0, 1, 3, 2, 5, 1, 0, 4)]
+    sequence += [("d", 1, 0), ("d", 0, 0), ("e", 2, 2), ("e", 0, 2), ("e", 1, 3)]
+    for key, amount, limit in sequence:
+        mine = await memory.add("r", key, amount, limit, year)
+        theirs = await shared.add("r", key, amount, limit, year)
+        assert mine == theirs, (key, amount, limit)
+    for token in ("s1", "s2", "s3"):
+        assert await memory.acquire("c", "k", token, 2) == await shared.acquire("c", "k", token, 2)
+    await memory.release("c", "k", "s1")
+    await shared.release("c", "k", "s1")
+    assert await memory.acquire("c", "k", "s3", 2) == await shared.acquire("c", "k", "s3", 2)
