@@ -49,7 +49,13 @@ class Greylist:
         self.state: GreylistState
         if s.redis:
             require_redis()
-            self.state = RedisState(s.redis, policy, timeout=s.redis_timeout, prefix=s.key_prefix)
+            self.state = RedisState(
+                s.redis,
+                policy,
+                timeout=s.redis_timeout,
+                prefix=s.key_prefix,
+                connections=s.redis_connections,
+            )
         else:
             store_settings = StoreSettings(url=s.store) if s.store else store or StoreSettings()
             self.state = StoreState(store_settings, policy)

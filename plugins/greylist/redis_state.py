@@ -23,17 +23,20 @@ from mailgate.plugins.limits.redis_client import shared_client
 class RedisState:
     """`mailgate.plugins.greylist.state.GreylistState` in Redis (see the module docstring)."""
 
-    def __init__(self, url: str, policy: Policy, *, timeout: float, prefix: str) -> None:
+    def __init__(
+        self, url: str, policy: Policy, *, timeout: float, prefix: str, connections: int = 32
+    ) -> None:
         self.url = url
         self.policy = policy
         self.timeout = timeout
         self.prefix = prefix
+        self.connections = connections
 
     async def check(self, triplet: Triplet, count_pass: bool) -> Outcome:
         """See `GreylistState.check`."""
         from redis.exceptions import WatchError
 
-        client = shared_client(self.url, self.timeout)
+        client = shared_client(self.url, self.timeout, self.connections)
         tkey = f"{self.prefix}t:{triplet.key}"
         ckey = f"{self.prefix}c:{triplet.client}"
         async with client.pipeline(transaction=True) as pipe:

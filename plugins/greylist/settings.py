@@ -48,6 +48,8 @@ class GreylistSettings:
     """``redis://host:port/db``: keep the state in Redis instead of the store."""
     redis_timeout: float = 1.0
     """Seconds to wait for Redis before the plugin fails (its ``on_error`` applies)."""
+    redis_connections: int = 32
+    """Redis: connections kept per process; a check that finds them all busy waits."""
     key_prefix: str = "mailgate:greylist:"
     """Prefix of the Redis keys."""
     store: str = ""
@@ -62,6 +64,8 @@ class GreylistSettings:
                 raise ValueError(f"{name}: must be positive")
         if self.retry_window <= self.delay:
             raise ValueError("retry_window: must be longer than delay")
+        if self.redis_connections < 1:
+            raise ValueError("redis_connections: must be at least 1")
         if self.auto_whitelist < 0:
             raise ValueError("auto_whitelist: must not be negative")
         if not 0 <= self.ipv4_prefix <= 32:

@@ -72,6 +72,7 @@ class Limits:
             self._redis = RedisCounters(
                 s.redis,
                 timeout=s.redis_timeout,
+                connections=s.redis_connections,
                 prefix=s.key_prefix,
                 sliding=s.sliding,
                 session_lifetime=s.session_lifetime,

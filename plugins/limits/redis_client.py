@@ -19,7 +19,7 @@ from mailgate.plugins.limits.loop_resources import close_with_loop
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, float], Redis]]
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, float, int], Redis]]
 _clients = weakref.WeakKeyDictionary()
 
 
@@ -29,28 +29,32 @@ def require_redis(setting: str = "redis") -> None:
         raise ValueError(f"{setting}: needs the redis package (pip install 'mailgate[redis]')")
 
 
-def shared_client(url: str, timeout: float) -> Redis:
+def shared_client(url: str, timeout: float, connections: int = 32) -> Redis:
     """The client for `url` in the running loop (made on first use).
 
-    Connecting and each command wait at most `timeout` seconds; a refused connection is
-    tried once more at once, then raised (the caller's ``on_error`` applies).
+    It keeps at most `connections` connections; a command that finds them all busy waits for
+    one, at most `timeout` seconds, as connecting and each command do. A refused connection
+    is tried once more at once, then raised (the caller's ``on_error`` applies).
     """
-    from redis.asyncio import Redis
+    from redis.asyncio import BlockingConnectionPool, Redis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
     loop = asyncio.get_running_loop()
     clients = _clients.setdefault(loop, {})
-    client = clients.get((url, timeout))
+    client = clients.get((url, timeout, connections))
     if client is None:
-        client = Redis.from_url(
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=connections,
+            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 1),
             health_check_interval=30,
         )
-        clients[(url, timeout)] = client
+        client = Redis.from_pool(pool)
+        clients[(url, timeout, connections)] = client
         close_with_loop(f"redis {url}", client.aclose)
     return client
 

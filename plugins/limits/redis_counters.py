@@ -74,18 +74,20 @@ class RedisCounters:
         url: str,
         *,
         timeout: float = 1.0,
+        connections: int = 32,
         prefix: str = "mailgate:limits:",
         sliding: bool = True,
         session_lifetime: float = 3600.0,
     ) -> None:
         self.url = url
         self.timeout = timeout
+        self.connections = connections
         self.prefix = prefix
         self.sliding = sliding
         self.lifetime_ms = max(1, round(session_lifetime * 1000))
 
     def _client(self) -> Any:
-        return shared_client(self.url, self.timeout)
+        return shared_client(self.url, self.timeout, self.connections)
 
     async def add(self, name: str, key: str, amount: int, limit: int, window: float) -> Hit:
         """See `Counters.add`."""

@@ -118,6 +118,9 @@ class LimitsSettings:
     redis_timeout: float = 1.0
     """Seconds to wait for Redis (connect and each command) before the plugin fails and its
     ``on_error`` applies."""
+    redis_connections: int = 32
+    """Redis: connections kept per process; a check that finds them all busy waits (at most
+    `redis_timeout`)."""
     key_prefix: str = "mailgate:limits:"
     """Prefix of the Redis keys (several mailgate clusters may share one Redis)."""
     sliding: bool = True
@@ -139,6 +142,8 @@ class LimitsSettings:
             raise ValueError("max_keys: must be at least 1")
         if self.redis_timeout <= 0:
             raise ValueError("redis_timeout: must be positive")
+        if self.redis_connections < 1:
+            raise ValueError("redis_connections: must be at least 1")
         if self.session_lifetime <= 0:
             raise ValueError("session_lifetime: must be positive")
         names = [r.name for r in self.limit]
