@@ -28,8 +28,7 @@ import os
 import secrets
 import socket
 import weakref
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
 
 import structlog
 
@@ -51,7 +50,9 @@ SLOTS_NOTE = "limits.slots"
 _NODE = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 """This process, in the tokens of the concurrent slots it holds in Redis."""
 
-_memory: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[int, bool], Any]]
+_memory: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[int, bool], MemoryCounters]
+]
 _memory = weakref.WeakKeyDictionary()
 """The in-memory counters of each loop: a reload (new plugin instances) keeps the counts."""
 
@@ -65,10 +66,9 @@ class Limits:
 
     def __init__(self, settings: LimitsSettings | None = None) -> None:
         self.settings = s = settings or LimitsSettings()
-        if s.redis:
-            require_redis()
         self._redis: RedisCounters | None = None
         if s.redis:
+            require_redis()
             self._redis = RedisCounters(
                 s.redis,
                 timeout=s.redis_timeout,
@@ -88,11 +88,10 @@ class Limits:
             return self._redis
         tables = _memory.setdefault(asyncio.get_running_loop(), {})
         shape = (self.settings.max_keys, self.settings.sliding)
-        table = tables.get(shape)
+        table: MemoryCounters | None = tables.get(shape)
         if table is None:
             table = tables[shape] = MemoryCounters(shape[0], sliding=shape[1])
-        counters: Counters = table
-        return counters
+        return table
 
     # -- hooks --------------------------------------------------------------------------------
 
@@ -122,25 +121,31 @@ class Limits:
         counters = self.counters()
         for rule, key in self._applying(self._at_mail, session, transaction):
             limit = rule.max.value(session, transaction)
-            if rule.what == "messages":
-                hit = await counters.add(rule.name, key, 1, limit, rule.window)
-                text = "Message rate limit exceeded, try again later"
-                verdict = Verdict.tempfail
-                code, status = 450, "4.7.1"
-            elif rule.per_message:
-                size = _announced_size(sender)
-                hit = Hit(size <= limit, size)
-                text = "Message size exceeds the limit"
-                verdict, code, status = Verdict.reject, 552, "5.3.4"
-            else:
-                seen = await counters.add(rule.name, key, 0, limit, rule.window)
-                size = _announced_size(sender)
-                hit = Hit(seen.allowed and seen.count + size <= limit, seen.count)
-                text = "Data rate limit exceeded, try again later"
-                verdict, code, status = Verdict.tempfail, 451, "4.7.1"
-            if not hit.allowed:
-                return self._refuse(rule, key, hit, limit, verdict, code, status, text)
+            verdict = await self._at_mail_from(counters, rule, key, limit, sender)
+            if verdict is not None:
+                return verdict
         return None
+
+    async def _at_mail_from(
+        self, counters: Counters, rule: LimitRule, key: str, limit: int, sender: Address
+    ) -> Verdict | None:
+        size = _announced_size(sender)
+        if rule.what == "messages":
+            hit = await counters.add(rule.name, key, 1, limit, rule.window)
+            text = "Message rate limit exceeded, try again later"
+            make, code, status = Verdict.tempfail, 450, "4.7.1"
+        elif rule.per_message:
+            hit = Hit(size <= limit, size)
+            text = "Message size exceeds the limit"
+            make, code, status = Verdict.reject, 552, "5.3.4"
+        else:
+            seen = await counters.add(rule.name, key, 0, limit, rule.window)
+            hit = Hit(seen.allowed and seen.count + size <= limit, seen.count)
+            text = "Data rate limit exceeded, try again later"
+            make, code, status = Verdict.tempfail, 451, "4.7.1"
+        if hit.allowed:
+            return None
+        return self._refuse(rule, key, hit, limit, make, code, status, text)
 
     @hookimpl
     async def on_rcpt(self, session: Session, transaction: Transaction) -> Verdict | None:
@@ -211,15 +216,14 @@ class Limits:
         key: str,
         hit: Hit,
         limit: int,
-        make: Any,
+        make: Callable[..., Verdict],
         code: int,
         status: str,
         text: str,
     ) -> Verdict:
         reason = f"limit {rule.name} for {key}: {hit.count} of {limit}"
         log.info("limit reached", rule=rule.name, key=key, count=hit.count, max=limit)
-        verdict: Verdict = make(code, status, rule.text or text, reason=reason)
-        return verdict
+        return make(code, status, rule.text or text, reason=reason)
 
 
 def _announced_size(sender: Address) -> int:
