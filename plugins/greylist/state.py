@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -98,15 +99,18 @@ async def _open(settings: StoreSettings, opened: dict[str, Any]) -> GroupCommit:
 class StoreState:
     """`GreylistState` in the store's tables ``greylist_triplets`` and ``greylist_clients``."""
 
-    def __init__(self, settings: StoreSettings, policy: Policy) -> None:
+    def __init__(
+        self, settings: StoreSettings, policy: Policy, clock: Callable[[], float] = time.time
+    ) -> None:
         self.settings = settings
         self.policy = policy
+        self.clock = clock
         self._next_cleanup = 0.0
 
     async def check(self, triplet: Triplet, count_pass: bool) -> Outcome:
         """See `GreylistState.check`."""
         writer = await _shared_writer(self.settings)
-        now = time.time()
+        now = self.clock()
         cleanup = now >= self._next_cleanup
         if cleanup:
             self._next_cleanup = now + self.policy.cleanup_interval
