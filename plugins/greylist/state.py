@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import structlog
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -23,6 +24,8 @@ from mailgate.plugins.greylist.triplet import whitelisted as is_whitelisted
 from mailgate.plugins.limits.loop_resources import close_with_loop
 from mailgate.store import GroupCommit, Store, StoreSettings
 from mailgate.store.schema import greylist_clients, greylist_triplets
+
+log = structlog.get_logger("mailgate.plugins.greylist")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +92,12 @@ async def _open(settings: StoreSettings, opened: dict[str, Any]) -> GroupCommit:
 
     async def close() -> None:
         opened.pop(settings.url, None)
-        await writer.stop()
-        await store.close()
+        try:
+            await writer.stop()  # at the loop's end its task may be cancelled already
+        except (Exception, asyncio.CancelledError) as exc:
+            log.debug("greylist store writer stopped", error=str(exc) or type(exc).__name__)
+        finally:
+            await store.close()
 
     close_with_loop(f"store {settings.redacted()}", close)
     return writer

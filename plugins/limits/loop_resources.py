@@ -10,7 +10,6 @@ socket or database thread outlives the loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -31,5 +30,7 @@ async def _keep(close: Callable[[], Awaitable[object]]) -> None:
     try:
         await asyncio.Event().wait()
     finally:
-        with contextlib.suppress(Exception):
+        try:
             await close()
+        except (Exception, asyncio.CancelledError) as exc:
+            log.warning("closing at exit failed", error=str(exc) or type(exc).__name__)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -279,3 +280,19 @@ def test_shipped_conf_d_file_is_disabled_and_valid(tmp_path: Path) -> None:
     (tmp_path / "16-greylist.toml").write_text(text.replace("enabled = false", "enabled = true"))
     plugins = load_config(tmp_path).pipeline().plugins
     assert isinstance(plugins[-1].instance, Greylist)
+
+
+def test_the_store_is_closed_when_the_loop_ends(tmp_path: Path) -> None:
+    """No database thread outlives the loop that opened the store (mailgate serve's exit)."""
+
+    def sqlite_threads() -> int:
+        return sum("_connection_worker_thread" in t.name for t in threading.enumerate())
+
+    before = sqlite_threads()
+    policy = Policy(Timing(), 5)
+    state = StoreState(StoreSettings(url=f"sqlite:///{tmp_path}/gl.db"), policy)
+    with asyncio.Runner() as runner:
+        triplet = Triplet("192.0.2.0/24", "a@example.net", "b@example.org")
+        assert not runner.run(state.check(triplet, True)).allowed
+        assert sqlite_threads() > before
+    assert sqlite_threads() == before
