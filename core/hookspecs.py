@@ -95,8 +95,10 @@ class PluginClass(Protocol):
       ``Settings`` instance as its one positional argument (with no argument when there is no
       ``Settings``). When it has a keyword parameter named ``dns``, it is also given the core
       ``[dns]`` table, a :class:`mailgate.dns.DnsSettings`; give it a default, so the plugin
-      can be built by hand in a test. A ``TypeError`` or ``ValueError`` from it is reported as
-      settings the plugin refused.
+      can be built by hand in a test. Likewise a keyword parameter named ``store`` is given
+      the core ``[store]`` table, a :class:`mailgate.store.StoreSettings` (the database a
+      plugin may keep state in, as ``greylist`` does). A ``TypeError`` or ``ValueError`` from
+      it is reported as settings the plugin refused.
     - ``start`` and ``stop``: for a plugin with work of its own beside the hooks (a store, a
       periodic job), ``async def start(self, context)`` and ``async def stop(self)``.
       ``mailgate serve`` calls ``start`` with a :class:`mailgate.plugin.PluginContext` (the

@@ -144,7 +144,7 @@ class Config:
 
         A plugin enabled by two files runs twice; the second is named ``name:file-stem``.
         """
-        enabled = [_instantiate(p, self.dns) for p in self.chain]
+        enabled = [_instantiate(p, self.dns, self.store) for p in self.chain]
         seen: set[str] = set()
         for e in enabled:
             if e.name in seen:
@@ -489,16 +489,18 @@ def _plugin(
     return _run_options(table, source, name, cls)
 
 
-def _wants_dns(cls: type) -> bool:
-    """True when the plugin's ``__init__`` takes a ``dns`` keyword: it gets the `[dns]` table."""
+def _wants(cls: type, table: str) -> bool:
+    """True when the plugin's ``__init__`` takes a keyword named after a core table (``dns``,
+    ``store``): it is then given that table."""
     try:
-        return "dns" in inspect.signature(cls).parameters
+        return table in inspect.signature(cls).parameters
     except (TypeError, ValueError):
         return False
 
 
-def _instantiate(p: PluginConfig, dns: DnsSettings) -> EnabledPlugin:
-    extra = {"dns": dns} if _wants_dns(p.cls) else {}
+def _instantiate(p: PluginConfig, dns: DnsSettings, store: StoreSettings) -> EnabledPlugin:
+    tables = {"dns": dns, "store": store}
+    extra = {name: value for name, value in tables.items() if _wants(p.cls, name)}
     try:
         instance = p.cls(p.settings, **extra) if p.settings is not None else p.cls(**extra)
     except (TypeError, ValueError) as exc:

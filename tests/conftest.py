@@ -33,6 +33,7 @@ pytest_plugins = [
     "tests.peers.postgres",
     "tests.peers.process",
     "tests.peers.prometheus",
+    "tests.peers.redis",
     "tests.peers.rspamd",
     "tests.peers.smtp_sink",
     "tests.peers.spamass_milter",

@@ -193,3 +193,29 @@ dmarc_received = Table(
     Index("dmarc_received_received", "received"),
     Index("dmarc_received_domain", "domain"),
 )
+
+
+# -- greylisting (the greylist plugin, revision 0005_greylist) --------------------------------------------------------
+
+greylist_triplets = Table(
+    "greylist_triplets",
+    metadata,
+    Column("key", String(64), primary_key=True, doc="sha256 of client network, sender, recipient"),
+    Column("client", String(64), nullable=False, doc="the client's network (192.0.2.0/24)"),
+    Column("sender", Text, nullable=False, doc="the sender as compared (normalised)"),
+    Column("recipient", Text, nullable=False),
+    Column("first_seen", Float, nullable=False, doc="the attempt the delay counts from"),
+    Column("last_seen", Float, nullable=False),
+    Column("passed", Float, nullable=True, doc="when it first got through; NULL: not yet"),
+    Column("attempts", Integer, nullable=False, doc="attempts refused since first_seen"),
+    Index("greylist_triplets_last_seen", "last_seen"),
+)
+
+greylist_clients = Table(
+    "greylist_clients",
+    metadata,
+    Column("client", String(64), primary_key=True, doc="the client's network"),
+    Column("passes", Integer, nullable=False, doc="messages that got through greylisting"),
+    Column("last_seen", Float, nullable=False, doc="the last of them"),
+    Index("greylist_clients_last_seen", "last_seen"),
+)
