@@ -195,7 +195,7 @@ dmarc_received = Table(
 )
 
 
-# -- greylisting (the greylist plugin, revision 0005_greylist) --------------------------------------------------------
+# -- greylisting (the greylist plugin, revision 0005_greylist) -------------------------------
 
 greylist_triplets = Table(
     "greylist_triplets",
