@@ -117,7 +117,12 @@ def original_recipient(orcpt: str) -> str:
     kind, _, address = orcpt.partition(";")
     if kind.lower() == "utf-8":
         return f"utf-8; {address}"
-    return f"{kind}; {xtext_decode(address)}"
+    decoded = xtext_decode(address)
+    plain = decoded.isascii() and _printable(decoded) and decoded == decoded.strip() != ""
+    if kind.lower() == "rfc822" and not plain:
+        # Spaces or control characters would not survive a header field: kept encoded.
+        return f"utf-8; {utf8_addr_xtext(decoded)}"
+    return f"{kind}; {decoded}"
 
 
 def rfc5322_date(timestamp: float) -> str:
