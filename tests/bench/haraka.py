@@ -138,8 +138,9 @@ def write_instance(home: Path, port: int, sink_port: int, dns_port: int) -> None
     }
     for name, text in files.items():
         (config / name).write_text(text)
-    # Haraka's core looks up every client's rDNS through node's default resolver: point it at
-    # the bench's loopback DNS server, so nothing leaves loopback and the lookup is answered.
+    # Haraka's core looks up every client's rDNS through node's default resolver. c-ares
+    # answers 127.0.0.1 from /etc/hosts when it is listed there; any lookup that does reach
+    # DNS goes to the bench's loopback server, so nothing leaves loopback.
     (home / "loopback-dns.js").write_text(
         f"require('node:dns').setServers(['127.0.0.1:{dns_port}'])\n"
     )
@@ -162,11 +163,10 @@ class HarakaSystem(System):
         """Create the instance directory (``haraka -i``) and return Haraka's command line."""
         home = workdir / self.name
         haraka = self.prefix / "node_modules/.bin/haraka"
-        subprocess.run(
-            [str(haraka), "-i", str(home)], check=True, capture_output=True, timeout=120
-        )
+        subprocess.run([str(haraka), "-i", str(home)], check=True, capture_output=True, timeout=120)
         write_instance(home, port, sink.port, self.dns.port)
-        return [_tool("node"), "--require", str(home / "loopback-dns.js"), str(haraka), "-c", str(home)]
+        preload = str(home / "loopback-dns.js")
+        return [_tool("node"), "--require", preload, str(haraka), "-c", str(home)]
 
     def stop(self) -> None:
         """Stop the worker(s) and the master by their PIDs, then the sink and DNS server."""
