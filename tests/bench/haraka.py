@@ -120,8 +120,9 @@ def install_haraka(prefix: Path | None = None) -> Path:
 def write_instance(home: Path, port: int, sink_port: int, dns_port: int) -> None:
     """The Haraka instance's config: listen on `port`, relay everything to the sink.
 
-    Only what the benchmark needs is set; everything else is Haraka's default. `relay` with
-    ``all=true`` accepts every recipient (loopback only), which makes Haraka run the
+    Only what the benchmark needs is set; everything else is Haraka's default (logging at
+    ``info`` to stdout, which the harness keeps in a file, as it does mailgate's). `relay`
+    with ``all=true`` accepts every recipient (loopback only), which makes Haraka run the
     ``queue_outbound`` hook, so `smtp_forward` needs ``enable_outbound=true``.
     """
     config = home / "config"
@@ -134,7 +135,6 @@ def write_instance(home: Path, port: int, sink_port: int, dns_port: int) -> None
             f"host=127.0.0.1\nport={sink_port}\nenable_tls=false\nenable_outbound=true\n"
         ),
         "me": "haraka.bench.test\n",
-        "log.ini": "[main]\nlevel=notice\ntimestamps=true\n",
     }
     for name, text in files.items():
         (config / name).write_text(text)
