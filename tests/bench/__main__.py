@@ -11,9 +11,13 @@ import sys
 from dataclasses import asdict, replace
 
 from .harness import (
+    COMPARE_PLAN,
+    COMPARE_SYSTEMS,
     DEFAULT_SYSTEMS,
     SYSTEMS,
     BenchPlan,
+    format_compare_targets,
+    format_comparison,
     format_table,
     format_targets,
     run_benchmark,
@@ -31,8 +35,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--quick", action="store_true", help="one ~1 s run per cell")
     mode.add_argument("--smoke", action="store_true", help="20 messages per cell (CI check)")
     parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="issue 14's table: smtp-sink, Postfix, Haraka, mailgate and the minimal relay "
+        "at 1 and 10 KiB, 20 sessions (with --smoke: 20 messages per cell)",
+    )
+    parser.add_argument(
         "--systems",
-        default=",".join(DEFAULT_SYSTEMS),
+        default=None,
         help=f"comma-separated, from: {', '.join(SYSTEMS)}",
     )
     parser.add_argument("--sizes", type=_ints, help="message sizes in KiB, e.g. 1,10,100")
@@ -46,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_plan(args: argparse.Namespace) -> BenchPlan:
     """The plan for the chosen mode, with any overrides from the command line."""
     plan = BenchPlan.smoke() if args.smoke else BenchPlan.quick() if args.quick else BenchPlan()
+    if args.compare:
+        plan = replace(plan, sizes_kib=COMPARE_PLAN.sizes_kib, sessions=COMPARE_PLAN.sessions)
     if args.sizes:
         plan = replace(plan, sizes_kib=args.sizes)
     if args.sessions:
@@ -60,7 +72,8 @@ def build_plan(args: argparse.Namespace) -> BenchPlan:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; exit 1 when any system lost or failed a message."""
     args = parse_args(argv)
-    names = [name for name in args.systems.split(",") if name]
+    default = COMPARE_SYSTEMS if args.compare else DEFAULT_SYSTEMS
+    names = [name for name in (args.systems or ",".join(default)).split(",") if name]
     unknown = [name for name in names if name not in SYSTEMS]
     if unknown:
         sys.exit(f"unknown systems: {', '.join(unknown)}")
@@ -73,9 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     # The machine is shared: the load average says how much else ran during the benchmark.
     load = f"load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end"
     print(f"\n{stamp}, {machine}, {load}")
-    print(format_table(results))
-    print()
-    print(format_targets(results))
+    if args.compare:
+        print(format_comparison(results))
+        print()
+        print(format_compare_targets(results))
+    else:
+        print(format_table(results))
+        print()
+        print(format_targets(results))
     for m in results:
         for error in m.errors:
             print(f"{m.system} {m.size_kib} KiB x{m.sessions}: {error}", file=sys.stderr)

@@ -87,6 +87,7 @@ class Measurement:
     """CPU milliseconds the SUT spent per message: steadier than msg/s on a shared machine."""
     rates: list[float] = field(default_factory=list)
     """msg/s of each repeat, in the order they ran."""
+    p95_ms: float = float("nan")
 
     @property
     def ok(self) -> bool:
@@ -155,12 +156,14 @@ def _stat_fields(pid: int) -> list[str]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User+system CPU seconds used so far by `pid` and its descendants."""
+    """User+system CPU seconds used so far by `pid` and its descendants, those that have
+    exited included: a reaped child's time is in its parent's cutime/cstime (Postfix's master
+    reaps each smtpd after 100 connections, and its time would otherwise vanish)."""
     total = 0
     for member in process_tree(pid):
         with contextlib.suppress(OSError):
             fields = _stat_fields(member)
-            total += int(fields[11]) + int(fields[12])
+            total += sum(int(value) for value in fields[11:15])
     return total / CLOCK_TICKS
 
 
@@ -321,11 +324,19 @@ class PostfixSystem(System):
             self.own_sink = downstream = SmtpSink(workdir, f"sink-{self.name}", dump=dump)
             downstream.start()
         self.sink = downstream
-        instance = Postfix(workdir / self.name, relayhost=("127.0.0.1", downstream.port))
+        instance = Postfix(
+            workdir / self.name,
+            relayhost=("127.0.0.1", downstream.port),
+            main_cf=self.main_cf_overrides(),
+        )
         self.instance = instance.start()
         assert instance.daemon is not None
         self.port, self.proc = instance.port, instance.daemon.proc
         self.log = instance.maillog_path
+
+    def main_cf_overrides(self) -> dict[str, str]:
+        """main.cf settings on top of the test instance's (none: its test rules stay)."""
+        return {}
 
     def stop(self) -> None:
         """Stop the master (and so its children), then the sink."""
@@ -334,6 +345,25 @@ class PostfixSystem(System):
             instance.stop()
         if self.own_sink is not None:
             self.own_sink.stop()
+
+
+class OrdinaryPostfixSystem(PostfixSystem):
+    """Postfix as a site runs it to relay: smtpd on a port, ``relayhost`` = the sink, its own
+    queue, no milters and none of the test instance's access or header rules."""
+
+    def main_cf_overrides(self) -> dict[str, str]:
+        """Drop the test rules (sender/recipient access maps, header_checks)."""
+        return {
+            "smtpd_recipient_restrictions": "",
+            "smtpd_sender_restrictions": "",
+            "header_checks": "",
+        }
+
+
+def _haraka() -> System:
+    from .haraka import haraka_system  # haraka.py builds on this module
+
+    return haraka_system()
 
 
 def minimal_relay(port: int, sink: SmtpSink, workdir: Path) -> list[str]:
@@ -454,6 +484,10 @@ SYSTEMS: dict[str, Callable[[], System]] = {
     "postfix-queue": lambda: PostfixSystem(
         "postfix-queue", lambda port, sink, workdir: [], drain_timeout=60.0
     ),
+    "postfix": lambda: OrdinaryPostfixSystem(
+        "postfix", lambda port, sink, workdir: [], drain_timeout=60.0
+    ),
+    "haraka": _haraka,
 }
 """Every system the benchmark knows, in table order."""
 
@@ -558,6 +592,7 @@ class _Run:
     cpu: float
     cpu_ms_per_msg: float
     p50_ms: float
+    p95_ms: float
     p99_ms: float
     peak_rss_mib: float
     sent: int
@@ -583,6 +618,8 @@ def measure_once(system: System, size_kib: int, sessions: int, messages: int, pr
     reset_peak_rss(system.pid)
     cpu_before = cpu_seconds(system.pid)
     seconds, error = run_smtp_source(system.port, sessions, messages, size)
+    # A queue answers before it delivers: its CPU for these messages includes the delivery.
+    wait_for_count(system.sink, before + messages, system.drain_timeout)
     cpu_used = cpu_seconds(system.pid) - cpu_before
     errors += [error] if error else []
     timings: list[float] = []
@@ -592,12 +629,16 @@ def measure_once(system: System, size_kib: int, sessions: int, messages: int, pr
         errors.append(f"latency probe: {exc}")
     sent = messages + probe
     delivered = wait_for_count(system.sink, before + sent, system.drain_timeout) - before
+    if system.proc is not None and system.proc.poll() is not None:
+        # Whatever answered on its port was not this system (a port taken from under it).
+        errors.append(f"{system.name} exited with {system.proc.returncode}")
     return _Run(
         messages=messages,
         seconds=seconds,
         cpu=cpu_used / seconds,
         cpu_ms_per_msg=cpu_used * 1000 / messages,
         p50_ms=percentile(timings, 0.5) * 1000 if timings else float("nan"),
+        p95_ms=percentile(timings, 0.95) * 1000 if timings else float("nan"),
         p99_ms=percentile(timings, 0.99) * 1000 if timings else float("nan"),
         peak_rss_mib=peak_rss_mib(system.pid),
         sent=sent,
@@ -631,6 +672,7 @@ def combine(system: str, size_kib: int, sessions: int, runs: list[_Run]) -> Meas
         messages=sum(run.messages for run in runs),
         rate=statistics.median(run.messages / run.seconds for run in runs),
         p50_ms=statistics.median(run.p50_ms for run in runs),
+        p95_ms=statistics.median(run.p95_ms for run in runs),
         p99_ms=statistics.median(run.p99_ms for run in runs),
         cpu=statistics.median(run.cpu for run in runs),
         cpu_ms_per_msg=statistics.median(run.cpu_ms_per_msg for run in runs),
@@ -753,4 +795,53 @@ def format_targets(results: Sequence[Measurement], system: str = "mailgate") -> 
             f"{system} {size_kib} KiB x{sessions}: {by_rate:.2f} of the minimal relay's msg/s, "
             f"{by_cpu:.2f} by CPU per message (target >= {target:.2f}: {verdict})"
         )
+    return "\n".join(lines)
+
+
+COMPARE_SYSTEMS = ("smtp-sink", "postfix", "haraka", "mailgate", "minimal-relay")
+"""The systems a user would pick instead of mailgate, beside it (issue 14's one table)."""
+
+COMPARE_PLAN = BenchPlan(sizes_kib=(1, 10), sessions=(20,))
+
+
+def format_comparison(results: Sequence[Measurement]) -> str:
+    """The comparison as a Markdown table: rate, p50/p95/p99 latency and CPU per message."""
+    lines = [
+        "| system | size | msg/s | p50 ms | p95 ms | p99 ms | CPU ms/msg | CPU (cores) "
+        "| peak RSS MiB | delivered |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for m in results:
+        delivered = f"{m.delivered}/{m.sent}" + ("" if m.ok else " FAIL")
+        lines.append(
+            f"| {m.system} | {m.size_kib} KiB | {m.rate:,.0f} | {m.p50_ms:.2f} | {m.p95_ms:.2f} "
+            f"| {m.p99_ms:.2f} | {m.cpu_ms_per_msg:.2f} | {m.cpu:.2f} | {m.peak_rss_mib:.1f} "
+            f"| {delivered} |"
+        )
+    return "\n".join(lines)
+
+
+COMPARE_TARGETS = {"postfix": 1.0, "haraka": 2.5}
+"""Issue 14's targets: mailgate's msg/s as a multiple of each rival's, same run and cell."""
+
+
+def format_compare_targets(results: Sequence[Measurement], system: str = "mailgate") -> str:
+    """Whether `system` meets issue 14's targets against Postfix and Haraka, cell by cell:
+    the ratio by msg/s (what the target asks) and by CPU per message (steadier when shared)."""
+    cells = {(m.system, m.size_kib, m.sessions): m for m in results}
+    lines = []
+    for (name, size_kib, sessions), m in cells.items():
+        if name != system:
+            continue
+        for rival, target in COMPARE_TARGETS.items():
+            base = cells.get((rival, size_kib, sessions))
+            if base is None or not base.rate:
+                continue
+            by_rate = m.rate / base.rate
+            by_cpu = base.cpu_ms_per_msg / m.cpu_ms_per_msg if m.cpu_ms_per_msg else float("nan")
+            verdict = "met" if by_rate >= target else "NOT MET"
+            lines.append(
+                f"{system} {size_kib} KiB x{sessions}: {by_rate:.2f}x {rival}'s msg/s, "
+                f"{by_cpu:.2f}x by CPU per message (target >= {target:.1f}x: {verdict})"
+            )
     return "\n".join(lines)
