@@ -18,7 +18,7 @@ from tests.queue.helpers import message, send, store_rows
 QUEUED = re.compile(r"2\.0\.0 Ok: queued as ([0-9A-F]{21})$")
 
 
-async def wait_for(probe, timeout: float = 15.0):  # type: ignore[no-untyped-def]
+async def wait_for(probe, timeout: float = 45.0):  # type: ignore[no-untyped-def]
     """Await `probe()` until it returns something true; that value."""
     deadline = time.monotonic() + timeout
     while not (found := await probe()):

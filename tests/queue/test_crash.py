@@ -59,20 +59,24 @@ async def leases(url: str) -> Counter[str]:
 async def test_kill_9_during_a_load_loses_no_accepted_message(
     store_url: str, tmp_path: Path, smtp_sink_factory: SmtpSinkFactory
 ) -> None:
-    # A slow next hop (1 s per DATA, smtp-sink's shortest): the queue fills up.
+    # A slow next hop (1 s per DATA, smtp-sink's shortest): the queue fills up. The issue's
+    # load: 2,000 messages from 20 sessions, killed once half of them got their 250.
     sink = smtp_sink_factory(data_delay=1)
     hop = f"127.0.0.1:{sink.port}"
-    node = Node.configure(tmp_path / "node", store_url, hop, node_id="n1", concurrency=20)
+    node = Node.configure(
+        tmp_path / "node", store_url, hop, node_id="n1", concurrency=100,
+        destination_concurrency=100,
+    )  # fmt: skip
     node.start()
-    load = Load(node.port, 300, 20, "kill").start()
-    wait_for(lambda: len(load.accepted) >= 150)
+    load = Load(node.port, 2000, 20, "kill").start()
+    wait_for(lambda: len(load.accepted) >= 1000, timeout=120)
     node.kill()
     load.join()
     accepted = set(load.accepted)
     before = sum(sink_ids(sink).values())
     node.start()  # same store, same node id: it takes back the leases its dead run held
     try:
-        counts = wait_until_delivered(sink, accepted, timeout=90)
+        counts = wait_until_delivered(sink, accepted, timeout=240)
     finally:
         node.stop()
     duplicates = sum(n - 1 for n in counts.values())
