@@ -26,6 +26,51 @@ PROXY_OPTIONS = {"off": "", "v1": " send-proxy", "v2": " send-proxy-v2"}
 """The server-line option for each way of announcing the client."""
 
 
+def preamble(stats_socket: Path) -> str:
+    """The ``global`` and ``defaults`` sections every test haproxy shares: TCP mode, a stats
+    socket (the readiness probe), tcplog lines on stdout."""
+    return (
+        "global\n"
+        "    maxconn 256\n"
+        f"    stats socket {stats_socket} mode 600 level admin\n"
+        "    log stdout format raw local0 info\n\n"
+        "defaults\n"
+        "    mode tcp\n"
+        "    log global\n"
+        "    option tcplog\n"
+        "    timeout connect 2s\n"
+        "    timeout client 60s\n"
+        "    timeout server 60s\n"
+    )
+
+
+def stats(stats_socket: Path, command: str) -> str:
+    """The stats socket's answer to `command` (``show info``, ``show stat``)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2.0)
+        sock.connect(str(stats_socket))
+        sock.sendall(command.encode() + b"\n")
+        chunks = []
+        while data := sock.recv(65536):
+            chunks.append(data)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def start_haproxy(name: str, workdir: Path, config: str, stats_socket: Path) -> Daemon:
+    """Write `config` to ``workdir/haproxy.cfg`` and run haproxy in the foreground until its
+    stats socket answers ``show info``."""
+    config_path = workdir / "haproxy.cfg"
+    config_path.write_text(config)
+    return start_daemon(
+        name,
+        [HAPROXY, "-db", "-f", str(config_path)],
+        workdir=workdir,
+        probe=lambda: "Version:" in stats(stats_socket, "show info"),
+        timeout=10.0,
+        grace=2.0,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Frontend:
     """One frontend: clients connect to `port`; HAProxy connects to `backend` (host, port)
@@ -50,7 +95,6 @@ class HAProxy(Peer):
             for f in frontends
         }
         self.stats_socket = workdir / "haproxy.sock"
-        self.config_path = workdir / "haproxy.cfg"
         self.daemon: Daemon | None = None
 
     def port(self, name: str) -> int:
@@ -59,19 +103,7 @@ class HAProxy(Peer):
 
     def config(self) -> str:
         """The whole haproxy.cfg."""
-        parts = [
-            "global\n"
-            "    maxconn 256\n"
-            f"    stats socket {self.stats_socket} mode 600 level admin\n"
-            "    log stdout format raw local0 info\n\n"
-            "defaults\n"
-            "    mode tcp\n"
-            "    log global\n"
-            "    option tcplog\n"
-            "    timeout connect 2s\n"
-            "    timeout client 60s\n"
-            "    timeout server 60s\n"
-        ]
+        parts = [preamble(self.stats_socket)]
         for f in self.frontends.values():
             source = f" source {f.source}" if f.source else ""
             parts.append(
@@ -85,30 +117,12 @@ class HAProxy(Peer):
 
     def start(self) -> HAProxy:
         """Write the configuration, start haproxy in the foreground, wait for `show info`."""
-        self.config_path.write_text(self.config())
-        self.daemon = start_daemon(
-            "haproxy",
-            [HAPROXY, "-db", "-f", str(self.config_path)],
-            workdir=self.workdir,
-            probe=self._info_probe,
-            timeout=10.0,
-            grace=2.0,
-        )
+        self.daemon = start_haproxy("haproxy", self.workdir, self.config(), self.stats_socket)
         return self
-
-    def _info_probe(self) -> bool:
-        return "Version:" in self.stats("show info")
 
     def stats(self, command: str) -> str:
         """The stats socket's answer to `command` (``show info``, ``show stat``)."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(2.0)
-            sock.connect(str(self.stats_socket))
-            sock.sendall(command.encode() + b"\n")
-            chunks = []
-            while data := sock.recv(65536):
-                chunks.append(data)
-        return b"".join(chunks).decode(errors="replace")
+        return stats(self.stats_socket, command)
 
     def log(self) -> str:
         """What haproxy logged so far (its stdout: one line per connection with tcplog)."""

@@ -7,15 +7,14 @@ key) PEM files; with `client_ca`, a client certificate signed by it is required.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.peers.haproxy import HAPROXY
+from tests.peers.haproxy import preamble, start_haproxy
 from tests.peers.ports import free_port
-from tests.peers.process import Daemon, Peer, start_daemon
+from tests.peers.process import Daemon, Peer
 from tests.peers.workdir import PeerDirs
 
 
@@ -38,7 +37,6 @@ class TlsTerminator(Peer):
         self.pem.chmod(0o600)
         self.client_ca = client_ca
         self.stats_socket = workdir / "haproxy.sock"
-        self.config_path = workdir / "haproxy.cfg"
         self.daemon: Daemon | None = None
 
     @property
@@ -50,17 +48,7 @@ class TlsTerminator(Peer):
         """The whole haproxy.cfg."""
         verify = f" ca-file {self.client_ca} verify required" if self.client_ca else ""
         return (
-            "global\n"
-            "    maxconn 256\n"
-            f"    stats socket {self.stats_socket} mode 600 level admin\n"
-            "    log stdout format raw local0 info\n\n"
-            "defaults\n"
-            "    mode tcp\n"
-            "    log global\n"
-            "    option tcplog\n"
-            "    timeout connect 2s\n"
-            "    timeout client 60s\n"
-            "    timeout server 60s\n\n"
+            preamble(self.stats_socket) + "\n"
             "frontend tls\n"
             f"    bind 127.0.0.1:{self.port} ssl crt {self.pem}{verify}\n"
             "    default_backend plain\n\n"
@@ -70,23 +58,8 @@ class TlsTerminator(Peer):
 
     def start(self) -> TlsTerminator:
         """Write the configuration, start haproxy in the foreground, wait for its stats socket."""
-        self.config_path.write_text(self.config())
-        self.daemon = start_daemon(
-            "haproxy-tls",
-            [HAPROXY, "-db", "-f", str(self.config_path)],
-            workdir=self.workdir,
-            probe=self._probe,
-            timeout=10.0,
-            grace=2.0,
-        )
+        self.daemon = start_haproxy("haproxy-tls", self.workdir, self.config(), self.stats_socket)
         return self
-
-    def _probe(self) -> bool:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(2.0)
-            sock.connect(str(self.stats_socket))
-            sock.sendall(b"show info\n")
-            return b"Version:" in sock.recv(65536)
 
     def log(self) -> str:
         """What haproxy logged so far (one line per connection, handshake failures too)."""
