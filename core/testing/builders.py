@@ -7,6 +7,7 @@ from io import BytesIO
 
 from mailgate.message import Message, parse_header_block
 from mailgate.session import Address, Session, Transaction
+from mailgate.trial.inputs import as_crlf
 
 
 def make_session(
@@ -48,9 +49,8 @@ def make_transaction(
 
 def make_message(raw: bytes | str) -> Message:
     """A `Message` from its text; LF line ends become CRLF, as a mail client sends them."""
-    data = raw.encode() if isinstance(raw, str) else raw
-    data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    data = as_crlf(raw.encode() if isinstance(raw, str) else raw)
     head, separator, body = data.partition(b"\r\n\r\n")
     if not separator:
-        head, body = data, b""
+        head, body = data.removesuffix(b"\r\n"), b""
     return Message(parse_header_block(head + b"\r\n" if head else b""), BytesIO(body))

@@ -14,7 +14,7 @@ from mailgate.modifications import Modification
 from mailgate.pipeline import CallStatus, HookCall
 from mailgate.session import PluginResult
 from mailgate.trial import Client, Trial, run_trial
-from mailgate.trial.inputs import Envelope, check_client, check_envelope
+from mailgate.trial.inputs import Envelope, as_crlf, check_client, check_envelope
 from mailgate.verdict import Verdict
 
 
@@ -39,18 +39,13 @@ async def run_message(
     if not isinstance(config, Config):
         config = load_config(Path(config))
     raw = message.encode() if isinstance(message, str) else message
-    raw = _crlf(raw)
+    raw = as_crlf(raw)
     envelope = Envelope(sender, list(recipients))
     check_envelope(envelope)
     if ingress not in ("smtp", "milter"):
         raise ValueError(f"ingress: 'smtp' or 'milter', not {ingress!r}")
     pretend = Client(check_client(client), helo, auth, tls, ingress)  # type: ignore[arg-type]
     return Result(await run_trial(config, pretend, envelope, raw))
-
-
-def _crlf(raw: bytes) -> bytes:
-    crlf = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    return crlf if not crlf or crlf.endswith(b"\r\n") else crlf + b"\r\n"
 
 
 @dataclass(frozen=True, slots=True)

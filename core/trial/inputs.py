@@ -83,6 +83,12 @@ def read_message(source: str) -> bytes:
         raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read {source}: {exc.strerror or exc}") from None
+    return as_crlf(raw)
+
+
+def as_crlf(raw: bytes) -> bytes:
+    """`raw` with each LF line end made CRLF, and a final CRLF if the last line had none. A
+    bare CR is left alone, so the listener's own rule for it applies."""
     crlf = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     return crlf if not crlf or crlf.endswith(b"\r\n") else crlf + b"\r\n"
 
