@@ -29,7 +29,7 @@ from mailgate.relay.params import mail_params, rcpt_params, with_size
 from mailgate.relay.pool import ConnectionPool
 from mailgate.relay.settings import RelaySettings
 from mailgate.session import Address, Transaction
-from mailgate.store import Store
+from mailgate.store import Store, like_literal
 from mailgate.store.schema import quarantine
 
 
@@ -54,9 +54,11 @@ class Filters:
         if self.ids:
             q = q.where(quarantine.c.id.in_(list(self.ids)))
         if self.sender:
-            q = q.where(quarantine.c.sender.ilike(f"%{_like(self.sender)}%", escape="\\"))
+            q = q.where(_contains(quarantine.c.sender, self.sender))
         if self.recipient:
-            q = q.where(quarantine.c.recipients.ilike(f"%{_like(self.recipient)}%", escape="\\"))
+            q = q.where(
+                quarantine.c.recipients.ilike(f"%{like_literal(self.recipient)}%", escape="\\")
+            )
         if self.plugin:
             q = q.where(quarantine.c.plugin == self.plugin)
         if self.older_than is not None:
@@ -70,8 +72,9 @@ class Filters:
         return q
 
 
-def _like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+def _contains(column: Any, text: str) -> Any:
+    """`column` contains `text`, any case, `text` matched as itself."""
+    return column.ilike(f"%{like_literal(text)}%", escape="\\")
 
 
 @dataclass(slots=True)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import ColumnElement, and_, case, delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from mailgate.store import like_literal
 from mailgate.store.schema import BOUNCED, DEFERRED, PENDING, UNDELIVERED, messages, recipients
 
 HELD = "held"
@@ -199,17 +200,13 @@ def _state_condition(state: str) -> ColumnElement[bool]:
     return and_(messages.c.held_since.is_(None), _has_recipient(recipients.c.state == state))
 
 
-def _like_literal(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def _conditions(filters: Filters, now: float) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
     if filters.ids:
         conditions.append(
             or_(
                 *(
-                    messages.c.id.like(_like_literal(i.upper()) + "%", escape="\\")
+                    messages.c.id.like(like_literal(i.upper()) + "%", escape="\\")
                     for i in filters.ids
                 )
             )
@@ -220,7 +217,7 @@ def _conditions(filters: Filters, now: float) -> list[ColumnElement[bool]]:
         address = func.lower(recipients.c.address)
         conditions.append(_has_recipient(address == filters.recipient.lower()))
     if filters.domain is not None:
-        domain = "%@" + _like_literal(filters.domain.lower().strip(".").lstrip("@"))
+        domain = "%@" + like_literal(filters.domain.lower().strip(".").lstrip("@"))
         conditions.append(
             _has_recipient(func.lower(recipients.c.address).like(domain, escape="\\"))
         )

@@ -5,8 +5,8 @@ and runs transactions; `GroupCommit` lets concurrent writers share one commit. T
 in `mailgate.store.schema`. The queue uses it now; the DMARC reports and the quarantine will.
 """
 
-from mailgate.store.database import Store
+from mailgate.store.database import Store, like_literal
 from mailgate.store.group_commit import GroupCommit, Rows
 from mailgate.store.settings import StoreSettings
 
-__all__ = ["GroupCommit", "Rows", "Store", "StoreSettings"]
+__all__ = ["GroupCommit", "Rows", "Store", "StoreSettings", "like_literal"]

@@ -117,3 +117,9 @@ def _upgrade(conn: Connection, dialect: str) -> None:
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = conn
     command.upgrade(config, "head")
+
+
+def like_literal(text: str) -> str:
+    """`text` inside a LIKE pattern, matched as itself: ``%``, ``_`` and the escape character
+    escaped (use the pattern with ``escape="\\"``)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
