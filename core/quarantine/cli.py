@@ -13,19 +13,16 @@ import datetime
 import getpass
 import json
 import os
-import re
 import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from mailgate.durations import age, parse_age
 from mailgate.loader import Config
 from mailgate.quarantine import admin
 from mailgate.quarantine.admin import Filters, HeldMessage
 from mailgate.store import Store
-
-_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def add_commands(parser: argparse.ArgumentParser, config_option: Any) -> None:
@@ -41,9 +38,14 @@ def add_commands(parser: argparse.ArgumentParser, config_option: Any) -> None:
             p.add_argument("--recipient", metavar="TEXT", help="a recipient contains TEXT")
             p.add_argument("--plugin", metavar="NAME", help="held by plugin NAME")
             p.add_argument(
-                "--older-than", metavar="AGE", type=age, help="held before AGE ago (30m, 2h, 7d)"
+                "--older-than",
+                metavar="AGE",
+                type=parse_age,
+                help="held before AGE ago (30m, 2h, 7d)",
             )
-            p.add_argument("--newer-than", metavar="AGE", type=age, help="held within the last AGE")
+            p.add_argument(
+                "--newer-than", metavar="AGE", type=parse_age, help="held within the last AGE"
+            )
             p.add_argument("--state", choices=("held", "released"), help="held or released")
         return p
 
@@ -66,14 +68,6 @@ def add_commands(parser: argparse.ArgumentParser, config_option: Any) -> None:
     delete = command("delete", "delete held messages")
     delete.add_argument("--yes", action="store_true", help="do not ask")
     command("expire", "delete what is older than [quarantine] retention_days", filters=False)
-
-
-def age(text: str) -> float:
-    """``90``, ``30m``, ``2h``, ``7d``, ``1w`` as seconds."""
-    found = _AGE.match(text.strip())
-    if found is None:
-        raise argparse.ArgumentTypeError(f"{text!r}: an age such as 30m, 2h or 7d")
-    return float(found.group(1)) * _UNITS[found.group(2)]
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -208,7 +202,7 @@ def _table(found: Sequence[HeldMessage]) -> str:
     for h in found:
         rcpts = ", ".join(r.address for r in h.recipients)
         rows.append((
-            h.id, _age(now - h.created), h.state, h.plugin or "-", str(h.size),
+            h.id, age(now - h.created), h.state, h.plugin or "-", str(h.size),
             h.sender or "<>", rcpts, h.reason,
         ))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
@@ -246,14 +240,6 @@ def _printable(text: str) -> str:
     return "".join(
         c if c in "\r\n\t" or c.isprintable() else f"\\x{ord(c):02x}" for c in text
     ).replace("\r\n", "\n")
-
-
-def _age(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def _as_json(value: Any) -> str:

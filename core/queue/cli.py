@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import signal
 import sys
 import time
@@ -28,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailgate.config import ConfigError
+from mailgate.durations import age, parse_age
 from mailgate.loader import load_config
 from mailgate.logging import LoggingSettings, configure_logging
 from mailgate.queue import admin
@@ -37,17 +37,7 @@ from mailgate.store import Store, StoreSettings
 T = TypeVar("T")
 
 EXIT_OK, EXIT_NOTHING, EXIT_USAGE = 0, 1, 2
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_AGE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _REPLY_WIDTH = 100
-
-
-def parse_age(text: str) -> float:
-    """``90s``, ``30m``, ``2h``, ``3d``, ``1w`` or a sum like ``1h30m``, in seconds."""
-    parts = _AGE.findall(text.strip().lower())
-    if not parts or "".join(n + u for n, u in parts) != text.strip().lower():
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an age like 30m, 2h, 3d or 1h30m")
-    return sum(float(n) * _UNITS[u] for n, u in parts)
 
 
 # -- the command line -----------------------------------------------------------------------------
@@ -272,18 +262,6 @@ def _print(args: argparse.Namespace, document: object, text: str) -> None:
 
 
 # -- what the user reads --------------------------------------------------------------------------
-
-
-def age(seconds: float) -> str:
-    """A duration as a person reads it: ``45s``, ``12m``, ``2h05m``, ``3d04h``."""
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def size(n: int) -> str:
