@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
 from mailgate import __version__
+from mailgate.columns import columns
 from mailgate.config import ConfigError
 from mailgate.loader import Config, installed_plugins, load_config
 from mailgate.logging import Level
@@ -346,7 +347,7 @@ def _plugin_table(config: Config) -> str:
         ep = installed[name]
         dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "?"
         rows.append((name, dist, ep.value, "; ".join(order.get(name, [])) or "-"))
-    lines += _columns(rows, indent="  ")
+    lines += columns(rows, indent="  ")
     lines.append("")
     lines.append("Enabled, in calling order:")
     for i, p in enumerate(config.chain, 1):
@@ -360,17 +361,6 @@ def _plugin_table(config: Config) -> str:
     for name, source in config.disabled:
         lines.append(f"  -  {name}  ({source}: enabled = false)")
     return "\n".join(lines)
-
-
-def _columns(rows: Sequence[Sequence[str]], indent: str) -> list[str]:
-    """`rows` as aligned columns, each as wide as its widest cell (the last is not padded)."""
-    if not rows:
-        return []
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return [
-        indent + "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]])
-        for row in rows
-    ]
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from mailgate.columns import columns
 from mailgate.durations import age, parse_age
 from mailgate.loader import Config
 from mailgate.quarantine import admin
@@ -205,10 +206,7 @@ def _table(found: Sequence[HeldMessage]) -> str:
             h.id, age(now - h.created), h.state, h.plugin or "-", str(h.size),
             h.sender or "<>", rcpts, h.reason,
         ))  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines = [
-        "  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]) for r in rows
-    ]
+    lines = columns(rows, indent="")
     lines.append(f"{len(found)} message(s)")
     return "\n".join(lines)
 
