@@ -25,7 +25,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from mailgate.egress import Reply
 from mailgate.message import Message, parse_header_block
 from mailgate.relay.connection import DownstreamError
-from mailgate.relay.params import mail_params, rcpt_params, with_size
 from mailgate.relay.pool import ConnectionPool
 from mailgate.relay.settings import RelaySettings
 from mailgate.session import Address, Transaction
@@ -209,17 +208,12 @@ async def relay_release(held: HeldMessage, relay: RelaySettings) -> Released:
         except DownstreamError as exc:
             return Released(held.id, _all(held, exc.reply), f"relay {relay.address}")
         try:
-            params = mail_params(held.sender_params, conn.extensions)
-            if conn.supports("size"):
-                params = with_size(params, held.size)
-            mail = await conn.command(f"MAIL FROM:<{held.sender}>", *params)
+            mail = await conn.mail_from(Address(held.sender, held.sender_params), held.size)
             if not mail.ok:
                 return Released(held.id, _all(held, mail), f"relay {relay.address}")
             accepted = []
             for r in held.recipients:
-                reply = await conn.command(
-                    f"RCPT TO:<{r.address}>", *rcpt_params(r.params, conn.extensions)
-                )
+                reply = await conn.rcpt_to(r)
                 replies[r.address] = _text(reply)
                 if reply.ok:
                     accepted.append(r.address)

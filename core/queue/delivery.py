@@ -48,10 +48,8 @@ from mailgate.queue.schedule import Schedule
 from mailgate.queue.settings import QueueSettings
 from mailgate.relay import reply as replies
 from mailgate.relay.connection import DownstreamConnection, DownstreamError
-from mailgate.relay.params import mail_params, rcpt_params, with_size
 from mailgate.relay.pool import ConnectionPool
 from mailgate.relay.settings import RelaySettings
-from mailgate.session import Address
 from mailgate.store import GroupCommit, Store
 from mailgate.store.schema import BOUNCED, DEFERRED, DELIVERED
 
@@ -288,7 +286,7 @@ class DeliveryWorker:
             accepted: list[QueuedRecipient] = []
             outcomes: list[Outcome] = []
             for r in due:
-                reply = await _rcpt(conn, r.address)
+                reply = await conn.rcpt_to(r.address)
                 if reply.ok:
                     accepted.append(r)
                 else:
@@ -375,15 +373,7 @@ async def _mail(conn: DownstreamConnection, queued: Queued) -> Reply:
     # A next hop offering DSN takes the DSN parameters (RET, ENVID here, NOTIFY and ORCPT
     # at RCPT) and reports a NOTIFY=SUCCESS delivery itself.
     queued.next_hop_dsn = conn.supports("dsn")
-    params = mail_params(queued.sender.params, conn.extensions)
-    if conn.supports("size"):
-        params = with_size(params, len(queued.content))
-    return await conn.command(f"MAIL FROM:<{queued.sender.address}>", *params)
-
-
-async def _rcpt(conn: DownstreamConnection, recipient: Address) -> Reply:
-    params = rcpt_params(recipient.params, conn.extensions)
-    return await conn.command(f"RCPT TO:<{recipient.address}>", *params)
+    return await conn.mail_from(queued.sender, len(queued.content))
 
 
 def _answered(conn: DownstreamConnection, outcomes: list[Outcome]) -> list[Outcome]:

@@ -24,7 +24,9 @@ from mailgate.egress import Reply
 from mailgate.message import Message
 from mailgate.relay import reply as replies
 from mailgate.relay.dotstuff import DotStuffer
+from mailgate.relay.params import mail_params, rcpt_params, with_size
 from mailgate.relay.settings import RelaySettings
+from mailgate.session import Address
 
 _FAILURES = (SMTPException, OSError, ValueError)
 """What talking to the downstream may raise: protocol errors and timeouts (aiosmtplib's are
@@ -162,6 +164,19 @@ class DownstreamConnection:
     def supports(self, extension: str) -> bool:
         """True if EHLO advertised `extension` (lower case)."""
         return extension in self.extensions
+
+    async def mail_from(self, sender: Address, size: int | None = None) -> Reply:
+        """MAIL FROM with the parameters this server advertises (`mailgate.relay.params`);
+        with `size`, ``SIZE=`` set to it when SIZE is offered."""
+        params = mail_params(sender.params, self.extensions)
+        if size is not None and self.supports("size"):
+            params = with_size(params, size)
+        return await self.command(f"MAIL FROM:<{sender.address}>", *params)
+
+    async def rcpt_to(self, recipient: Address) -> Reply:
+        """RCPT TO with the parameters this server advertises (NOTIFY and ORCPT with DSN)."""
+        params = rcpt_params(recipient.params, self.extensions)
+        return await self.command(f"RCPT TO:<{recipient.address}>", *params)
 
     async def command(self, *args: str) -> Reply:
         """Send one command and return the downstream's reply.

@@ -16,7 +16,6 @@ import structlog
 from mailgate.egress import Reply
 from mailgate.relay import reply as replies
 from mailgate.relay.connection import DownstreamConnection, DownstreamError
-from mailgate.relay.params import mail_params, rcpt_params, with_size
 from mailgate.relay.pool import ConnectionPool
 from mailgate.relay.settings import RelaySettings
 from mailgate.relay.xforward import client_identity, xclient_command
@@ -65,7 +64,7 @@ class RelayEgress:
             conn, reused = await self.pool.acquire(owner)
             try:
                 await self.introduce(conn, session, transaction)
-                reply = await _mail(conn, transaction.sender)
+                reply = await conn.mail_from(transaction.sender)
             except DownstreamError:
                 if not reused:
                     raise
@@ -73,7 +72,7 @@ class RelayEgress:
                 # nothing was accepted on the old one.
                 conn = await self.pool.open_new()
                 await self.introduce(conn, session, transaction)
-                reply = await _mail(conn, transaction.sender)
+                reply = await conn.mail_from(transaction.sender)
         except DownstreamError as exc:
             return exc.reply, None
         if not reply.ok:
@@ -136,7 +135,7 @@ class RelayTransaction:
         if conn is None:
             return replies.lost("transaction already ended")
         try:
-            reply = await _rcpt(conn, recipient)
+            reply = await conn.rcpt_to(recipient)
         except DownstreamError as exc:
             self._conn = None
             self._uncount()
@@ -192,10 +191,7 @@ class RelayTransaction:
         if _key(transaction.sender) != self._sender or not self._accepted <= final.keys():
             await self._reset_or_fail(conn)
             await self._egress.introduce(conn, session, transaction)
-            params = mail_params(transaction.sender.params, conn.extensions)
-            if conn.supports("size"):
-                params = with_size(params, size)
-            mail = await conn.command(_path("MAIL FROM:", transaction.sender), *params)
+            mail = await conn.mail_from(transaction.sender, size)
             if not mail.ok:
                 log.info("downstream refused the changed sender", reply=mail.smtp_reply())
                 return replies.ENVELOPE_REFUSED
@@ -203,7 +199,7 @@ class RelayTransaction:
         else:
             pending = [r for k, r in final.items() if k not in self._accepted]
         for recipient in pending:
-            reply = await _rcpt(conn, recipient)
+            reply = await conn.rcpt_to(recipient)
             if not reply.ok:
                 log.info(
                     "downstream refused an added recipient",
@@ -230,17 +226,3 @@ class RelayTransaction:
         self._uncount()
         if conn is not None:
             await self._reset(conn)
-
-
-async def _mail(conn: DownstreamConnection, sender: Address) -> Reply:
-    params = mail_params(sender.params, conn.extensions)
-    return await conn.command(_path("MAIL FROM:", sender), *params)
-
-
-async def _rcpt(conn: DownstreamConnection, recipient: Address) -> Reply:
-    params = rcpt_params(recipient.params, conn.extensions)
-    return await conn.command(_path("RCPT TO:", recipient), *params)
-
-
-def _path(verb: str, address: Address) -> str:
-    return f"{verb}<{address.address}>"
