@@ -10,6 +10,7 @@ CPU per message went from 2.19 to 1.97 ms (all stages) and from 1.98 to 1.79 ms
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal
@@ -38,7 +39,25 @@ def loop_factory(choice: EventLoopChoice) -> Callable[[], asyncio.AbstractEventL
     return asyncio.new_event_loop
 
 
+GC_YOUNG_THRESHOLD = 20_000
+"""Allocations between two collections of the youngest generation (Python's default: 700).
+
+A message allocates a few hundred tracked objects (frames, coroutines, dicts) that reference
+counting frees at once; at 700 the collector ran every few messages and took ~4% of the milter
+listener's CPU. Memory in cycles waits a little longer for its collection, nothing more."""
+
+
+def tune_gc() -> None:
+    """Collect less often, and never again look at what start-up made (`gc.freeze`)."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 def run(main: Coroutine[Any, Any, None], choice: EventLoopChoice) -> None:
-    """Run `main` to completion on a new loop of the chosen kind (like `asyncio.run`)."""
+    """Run `main` to completion on a new loop of the chosen kind (like `asyncio.run`), with the
+    garbage collector tuned for a server (`tune_gc`)."""
+    tune_gc()
     with asyncio.Runner(loop_factory=loop_factory(choice)) as runner:
         runner.run(main)

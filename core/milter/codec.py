@@ -566,15 +566,33 @@ def _optneg(data: bytes) -> OptNeg:
     return OptNeg(*_OPTNEG.unpack(data))
 
 
+_MACRO_CACHE_SIZE = 512
+_MACRO_CACHE_PAYLOAD = 512
+"""Only payloads up to this size are kept: the cache holds at most 256 KiB."""
+_macro_cache: dict[bytes, Macro] = {}
+"""Macro frames by their payload. Postfix sends the same few macro frames over and over (the
+queue id before every header and body chunk, the same daemon macros on every connection);
+frames are immutable, so one decoded frame serves every repeat."""
+
+
 def _macro(data: bytes) -> Macro:
+    frame = _macro_cache.get(data)
+    if frame is not None:
+        return frame
     if not data:
         raise MilterProtocolError("MACRO: missing command code")
     if len(data) == 1:
-        return Macro(data)
-    parts = _strings(data[1:], "MACRO")
-    if len(parts) % 2:
-        raise MilterProtocolError(f"MACRO: odd number of strings ({len(parts)})")
-    return Macro(data[:1], tuple(zip(parts[::2], parts[1::2], strict=True)))
+        frame = Macro(data)
+    else:
+        parts = _strings(data[1:], "MACRO")
+        if len(parts) % 2:
+            raise MilterProtocolError(f"MACRO: odd number of strings ({len(parts)})")
+        frame = Macro(data[:1], tuple(zip(parts[::2], parts[1::2], strict=True)))
+    if len(data) <= _MACRO_CACHE_PAYLOAD:
+        if len(_macro_cache) >= _MACRO_CACHE_SIZE:
+            _macro_cache.clear()
+        _macro_cache[data] = frame
+    return frame
 
 
 def _connect(data: bytes) -> Connect:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import IO, Any, TypeVar
 
 import structlog
@@ -19,7 +21,7 @@ from mailgate.flow import SessionFlow
 from mailgate.message import Header, Message, new_spool
 from mailgate.milter import codec as c
 from mailgate.milter.macros import (
-    decode_macros,
+    decoded_macros,
     new_session,
     refused_by_mta,
     update_session,
@@ -36,7 +38,8 @@ from mailgate.verdict import Verdict, VerdictKind
 
 log = structlog.get_logger("mailgate.milter")
 
-_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)
+"""TCP_QUICKACK where the system has it (Linux), else 0."""
 _READ_SIZE = 1 << 18
 _PROGRESS = c.encode(c.Progress())
 _PROGRESS_VERSION = 6
@@ -72,7 +75,7 @@ class MilterConnection:
         self.flow: SessionFlow | None = None
         """The current SMTP session's flow (a connection carries one session after another)."""
         self.egress = MtaEgress(self.hand_back)
-        self.macros: dict[str, str] = {}
+        self.macros: Mapping[str, str] = _NO_MACROS
         self.headers: list[Header] = []
         self.spool: IO[bytes] | None = None
         self.out: list[bytes] = []
@@ -84,13 +87,19 @@ class MilterConnection:
         self._reading = False
         self._idle_expired = False
         self._macro_pairs: tuple[tuple[bytes, bytes], ...] | None = None
-        self._decoded_macros: dict[str, str] = {}
+        self._decoded_macros: Mapping[str, str] = _NO_MACROS
         self._watchdog: asyncio.TimerHandle | None = None
+        self._quickack: socket.socket | None = None
+        """Our own handle on the TCP socket, to re-arm TCP_QUICKACK after each read: the
+        transport's (uvloop's pseudo-socket) makes and drops a socket object per call."""
         sock = writer.get_extra_info("socket")
-        self._tcp = sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
-        self._sock = sock
-        if self._tcp:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            own = socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
+            own.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if _QUICKACK:
+                self._quickack = own
+            else:
+                own.close()
 
     async def run(self) -> None:
         """Serve the connection until QUIT, EOF, a timeout or a protocol error."""
@@ -111,9 +120,9 @@ class MilterConnection:
                 self._reading = False
                 if not data:
                     break
-                if self._tcp and _QUICKACK is not None:
+                if self._quickack is not None:
                     # Linux drops back to delayed ACKs after a while; re-arm after every read.
-                    self._sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+                    self._quickack.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
                 for frame in decoder.feed(data):
                     if self.agreed is None and type(frame) is not c.OptNeg:
                         raise c.MilterProtocolError(
@@ -137,6 +146,9 @@ class MilterConnection:
         finally:
             if self._watchdog is not None:
                 self._watchdog.cancel()
+            if self._quickack is not None:
+                self._quickack.close()
+                self._quickack = None
             await self.end_session()
             self.writer.close()
             with contextlib.suppress(ConnectionError, OSError):
@@ -187,10 +199,11 @@ class MilterConnection:
 
     async def _macro(self, frame: c.Macro) -> None:
         # Postfix repeats the same macros (the queue id) before every header and body chunk.
-        changed = frame.macros != self._macro_pairs
+        pairs = frame.macros
+        changed = pairs is not self._macro_pairs and pairs != self._macro_pairs
         if changed:
-            self._macro_pairs = frame.macros
-            self._decoded_macros = decode_macros(frame.macros)
+            self._macro_pairs = pairs
+            self._decoded_macros = decoded_macros(pairs)
         self.macros = self._decoded_macros
         if self.flow is not None:
             if changed:
@@ -199,7 +212,7 @@ class MilterConnection:
             if self.flow.tx is not None:
                 update_transaction(self.flow.tx, self.macros)
 
-    def _keep_macros(self, kept: dict[str, str], new: dict[str, str]) -> None:
+    def _keep_macros(self, kept: Mapping[str, str], new: Mapping[str, str]) -> None:
         """Count what `new` adds to the session's macros; past the limits, close."""
         added = sum(1 for name in new if name not in kept)
         grown = sum(
@@ -425,9 +438,11 @@ class MilterConnection:
         flow, self.flow = self.flow, None
         if flow is not None:
             await flow.close("aborted by the MTA: session ended")
-        self.macros = {}
+        self.macros = _NO_MACROS
         self._macro_bytes = 0
 
+
+_NO_MACROS: Mapping[str, str] = MappingProxyType({})
 
 _ENCODED_OPTNEG: dict[c.OptNegReply, bytes] = {}
 """The OPTNEG answer on the wire: the same few answers on every connection."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from mailgate.milter.codec import Connect
 from mailgate.session import Session, Transaction
 from mailgate.syntax import ascii_port
@@ -19,11 +21,28 @@ def decode_macros(pairs: tuple[tuple[bytes, bytes], ...]) -> dict[str, str]:
     return {macro_name(k): v.decode("utf-8", "surrogateescape") for k, v in pairs}
 
 
+_DECODED_CACHE_SIZE = 512
+_decoded: dict[tuple[tuple[bytes, bytes], ...], dict[str, str]] = {}
+
+
+def decoded_macros(pairs: tuple[tuple[bytes, bytes], ...]) -> Mapping[str, str]:
+    """`decode_macros`, shared: the MTA repeats the same macro frames on every connection, so
+    one decoded mapping serves them all. Read-only: callers must copy it to change it."""
+    decoded = _decoded.get(pairs)
+    if decoded is None:
+        decoded = decode_macros(pairs)
+        if sum(len(k) + len(v) for k, v in pairs) <= 512:
+            if len(_decoded) >= _DECODED_CACHE_SIZE:
+                _decoded.clear()
+            _decoded[pairs] = decoded
+    return decoded
+
+
 def _ip(address: str) -> str:
     return address[5:] if address.lower().startswith("ipv6:") else address
 
 
-def new_session(connect: Connect, macros: dict[str, str], listener: str) -> Session:
+def new_session(connect: Connect, macros: Mapping[str, str], listener: str) -> Session:
     """The session for a CONNECT, its facts taken from the frame and the connect macros."""
     address = connect.address.decode("ascii", "replace")
     name = connect.hostname.decode("utf-8", "surrogateescape")
@@ -40,7 +59,7 @@ def new_session(connect: Connect, macros: dict[str, str], listener: str) -> Sess
     return session
 
 
-def update_session(session: Session, macros: dict[str, str]) -> None:
+def update_session(session: Session, macros: Mapping[str, str]) -> None:
     """Take newly received macros into the session: TLS, authenticated login, the rest as-is."""
     session.macros.update(macros)
     if macros.get("tls_version"):
@@ -51,13 +70,13 @@ def update_session(session: Session, macros: dict[str, str]) -> None:
         session.auth_login = macros["auth_authen"]
 
 
-def update_transaction(transaction: Transaction, macros: dict[str, str]) -> None:
+def update_transaction(transaction: Transaction, macros: Mapping[str, str]) -> None:
     """Take the queue id (macro ``i``) into the transaction once Postfix has one."""
     if macros.get("i"):
         transaction.queue_id = macros["i"]
 
 
-def refused_by_mta(macros: dict[str, str]) -> Verdict | None:
+def refused_by_mta(macros: Mapping[str, str]) -> Verdict | None:
     """The MTA's own refusal of the recipient these RCPT macros describe, or None.
 
     With ``SMFIP_RCPT_REJ`` Postfix also sends the recipients it refused, with

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tests.bench.harness import CLOCK_TICKS, process_tree
+from tests.bench.profile import format_hotspots, hotspots
 from tests.peers.ports import free_port
 from tests.peers.postfix import Postfix
 from tests.peers.process import Daemon, banner_probe, connect_probe, start_daemon, stop_all
@@ -271,6 +273,34 @@ def _pymilter_main(socket_spec: str) -> None:
     Milter.runmilter("bench-pymilter", socket_spec, 30)
 
 
+def profile(dirs: PeerDirs, route_name: str, messages: int, top: int = 40) -> str:
+    """Where the milter of `route_name` spends its time: py-spy samples over one load run."""
+    py_spy = str(Path(sys.executable).parent / "py-spy")
+    with milter_testbed(dirs) as (postfix, routes):
+        [route] = [r for r in routes if r.name == route_name]
+        measured_load(postfix, route, 200)  # warm up
+        out = dirs.new("profile") / "stacks.txt"
+        argv = [py_spy, "record", "--pid", str(route.milter_pid), "--rate", "500"]
+        argv += ["--format", "raw", "--output", str(out), "--nonblocking"]
+        sampler = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            run = measured_load(postfix, route, messages)
+        finally:
+            sampler.send_signal(2)  # SIGINT: py-spy writes its output and exits
+            sampler.communicate(timeout=60)
+        lines = [
+            re.sub(r"^thread \(0x[0-9A-F]+\);", "", line) for line in out.read_text().splitlines()
+        ]
+        busy = [
+            line
+            for line in lines
+            if "select (selectors.py" not in line and "run_once" not in line.rsplit(";", 1)[-1]
+        ]
+        own, total, samples = hotspots(busy)
+    head = f"{route_name}: {run.rate:,.0f} msg/s, milter CPU {run.milter_cpu_ms:.2f} ms/msg\n"
+    return head + format_hotspots(own, total, samples, top)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: run the benchmark and print the table (or run the pymilter milter)."""
     parser = argparse.ArgumentParser(prog="python -m tests.bench.bench_milter")
@@ -279,11 +309,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], default="auto")
     parser.add_argument("--pymilter", metavar="SOCKET", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", metavar="ROUTE", help="instead: py-spy samples of ROUTE")
     args = parser.parse_args(argv)
     global EVENT_LOOP
     EVENT_LOOP = args.event_loop
     if args.pymilter:
         _pymilter_main(args.pymilter)
+        return 0
+    if args.profile:
+        print(profile(PeerDirs(create_base()), args.profile, args.messages))
         return 0
     with tempfile.TemporaryDirectory():
         results = run(args.messages, args.repeats, PeerDirs(create_base()))
