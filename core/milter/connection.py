@@ -120,10 +120,12 @@ class MilterConnection:
                 self._reading = False
                 if not data:
                     break
-                if self._quickack is not None:
-                    # Linux drops back to delayed ACKs after a while; re-arm after every read.
+                frames = decoder.feed(data)
+                if self._quickack is not None and self._acks_alone(frames):
+                    # Linux drops back to delayed ACKs after a while; re-arm after every read
+                    # that gets no reply (a reply carries the ACK itself).
                     self._quickack.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-                for frame in decoder.feed(data):
+                for frame in frames:
                     if self.agreed is None and type(frame) is not c.OptNeg:
                         raise c.MilterProtocolError(
                             f"{type(frame).__name__} before option negotiation"
@@ -153,6 +155,16 @@ class MilterConnection:
             self.writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await self.writer.wait_closed()
+
+    def _acks_alone(self, frames: list[c.Frame]) -> bool:
+        """True if these frames get no reply, so only an ACK on its own tells the MTA they
+        arrived (the MTA waits for that ACK before it sends a short write that follows)."""
+        if not frames:
+            return True
+        last = frames[-1]
+        if self.agreed is None:
+            return type(last) is not c.OptNeg
+        return last.code not in self.agreed.answered_codes
 
     def _check_idle(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[None]) -> None:
         # One timer per connection, moved on lazily: an `asyncio.timeout` around every read
