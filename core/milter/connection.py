@@ -85,7 +85,9 @@ class MilterConnection:
         self._macro_bytes = 0
         self._deadline = 0.0
         self._reading = False
-        self._idle_expired = False
+        self._cancelled_for = ""
+        """Why this connection cancelled its own task: ``idle`` or ``lost`` (else "")."""
+        self._progress_timer: asyncio.TimerHandle | None = None
         self._macro_pairs: tuple[tuple[bytes, bytes], ...] | None = None
         self._decoded_macros: Mapping[str, str] = _NO_MACROS
         self._watchdog: asyncio.TimerHandle | None = None
@@ -140,9 +142,12 @@ class MilterConnection:
         except c.MilterProtocolError as exc:
             log.warning("milter protocol error, closing connection", peer=peer, reason=str(exc))
         except asyncio.CancelledError:
-            if not self._idle_expired or task.uncancel() > 0:
+            if not self._cancelled_for or task.uncancel() > 0:
                 raise
-            log.info("milter connection idle, closing", peer=peer)
+            if self._cancelled_for == "idle":
+                log.info("milter connection idle, closing", peer=peer)
+            else:
+                log.info("milter connection lost", peer=peer, reason="closed by the MTA")
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             log.info("milter connection lost", peer=peer, reason=str(exc))
         finally:
@@ -171,7 +176,7 @@ class MilterConnection:
         # costs a timer handle each time, a measurable share of a message's CPU.
         now = loop.time()
         if self._reading and now >= self._deadline:
-            self._idle_expired = True
+            self._cancelled_for = "idle"
             task.cancel()
             return
         # In time, or busy with a frame (only the wait for the MTA counts): look again later.
@@ -418,21 +423,30 @@ class MilterConnection:
         interval = self.settings.progress_interval
         if interval <= 0 or self.agreed.version < _PROGRESS_VERSION:
             return await work
-        task = asyncio.ensure_future(work)
+        # A timer, not a task of its own for `work`: a message's end is the hot path, and
+        # almost always done long before the first PROGRESS is due.
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._progress_timer = loop.call_later(interval, self._progress, loop, task, interval)
         try:
-            while True:
-                done, _ = await asyncio.wait((task,), timeout=interval)
-                if done:
-                    return task.result()
-                # Replies queued before the end of message go first, then PROGRESS, at once.
-                self.out.append(_PROGRESS)
-                self.writer.write(b"".join(self.out))
-                self.out.clear()
-                await self.writer.drain()
+            return await work
         finally:
-            if not task.done():
-                task.cancel()
-                await asyncio.wait((task,))
+            self._progress_timer.cancel()
+            self._progress_timer = None
+
+    def _progress(
+        self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[None], interval: float
+    ) -> None:
+        if self.writer.is_closing():  # the MTA went away: stop the work (`run` ends)
+            self._cancelled_for = "lost"
+            task.cancel()
+            return
+        # Replies queued before the end of message go first, then PROGRESS, at once.
+        self.out.append(_PROGRESS)
+        self.writer.write(b"".join(self.out))
+        self.out.clear()
+        self._progress_timer = loop.call_later(interval, self._progress, loop, task, interval)
 
     # -- endings ----------------------------------------------------------------------------------
 
