@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
@@ -390,7 +391,10 @@ class MilterConnection:
         assert self.agreed is not None
         flow, tx = await self.current()
         if tx.message is None:
-            tx.message = Message(self.headers, self.body(), withheld=self.agreed.withheld)
+            withheld = self.agreed.withheld
+            # A body the MTA does not send stays empty: no spool file object for it.
+            body = io.BytesIO() if "body" in withheld and self.spool is None else self.body()
+            tx.message = Message(self.headers, body, withheld=withheld)
             self.spool = None
         ending = await self.with_progress(flow.end_of_data())
         verdict: Verdict | None = ending.verdict

@@ -44,6 +44,8 @@ class Negotiated:
     """The commands the MTA does not send (``NO*`` flags; DATA before protocol 4)."""
     answered: frozenset[Command] = field(init=False, repr=False, compare=False)
     """The commands the MTA waits for a reply to (no ``NR_*`` flag; always end of message)."""
+    action_bits: int = field(init=False, repr=False, compare=False)
+    """`actions` as a plain int (cheaper to test than the flag)."""
     answered_codes: frozenset[bytes] = field(init=False, repr=False, compare=False)
     """`answered` as the frames' wire codes."""
     leading_space: bool = field(init=False, repr=False, compare=False)
@@ -58,6 +60,7 @@ class Negotiated:
         object.__setattr__(self, "unwanted", frozenset(unwanted))
         answered = {cmd for cmd, flag in NO_REPLY.items() if not self.protocol & flag}
         object.__setattr__(self, "answered", frozenset(answered | {Command.BODYEOB}))
+        object.__setattr__(self, "action_bits", int(self.actions))
         object.__setattr__(self, "answered_codes", frozenset(c.value for c in self.answered))
         object.__setattr__(self, "leading_space", bool(self.protocol & Step.HDR_LEADSPC))
         withheld = {"headers"} if self.protocol & Step.NOHDRS else set()
