@@ -32,6 +32,7 @@ from mailgate.milter.negotiation import negotiate
 from mailgate.milter.options import Negotiated
 from mailgate.milter.protocol import Command
 from mailgate.milter.settings import MilterListenerSettings
+from mailgate.milter.stream import MilterStream
 from mailgate.milter.translate import actions, ungranted, verdict_reply
 from mailgate.pipeline import Pipeline
 from mailgate.session import Address, Transaction
@@ -41,7 +42,6 @@ log = structlog.get_logger("mailgate.milter")
 
 _QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)
 """TCP_QUICKACK where the system has it (Linux), else 0."""
-_READ_SIZE = 1 << 18
 _PROGRESS = c.encode(c.Progress())
 _PROGRESS_VERSION = 6
 """SMFIR_PROGRESS exists from milter protocol 6 on."""
@@ -63,13 +63,11 @@ class MilterConnection:
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        stream: MilterStream,
         settings: MilterListenerSettings,
         pipeline: Pipeline,
     ) -> None:
-        self.reader = reader
-        self.writer = writer
+        self.stream = stream
         self.settings = settings
         self.pipeline = pipeline
         self.agreed: Negotiated | None = None
@@ -95,7 +93,7 @@ class MilterConnection:
         self._quickack: socket.socket | None = None
         """Our own handle on the TCP socket, to re-arm TCP_QUICKACK after each read: the
         transport's (uvloop's pseudo-socket) makes and drops a socket object per call."""
-        sock = writer.get_extra_info("socket")
+        sock = stream.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             own = socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
             own.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -107,7 +105,6 @@ class MilterConnection:
     async def run(self) -> None:
         """Serve the connection until QUIT, EOF, a timeout or a protocol error."""
         decoder = c.FrameDecoder("commands", max_frame=self.settings.max_frame)
-        peer = self.writer.get_extra_info("peername")
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
@@ -119,7 +116,7 @@ class MilterConnection:
             while not self.closing:
                 self._deadline = loop.time() + idle
                 self._reading = True
-                data = await self.reader.read(_READ_SIZE)
+                data = await self.stream.read()
                 self._reading = False
                 if not data:
                     break
@@ -137,20 +134,22 @@ class MilterConnection:
                     if self.closing:
                         break
                 if self.out:
-                    self.writer.write(b"".join(self.out))
+                    self.stream.write(b"".join(self.out))
                     self.out.clear()
-                    await self.writer.drain()
+                    await self.stream.drain()
         except c.MilterProtocolError as exc:
-            log.warning("milter protocol error, closing connection", peer=peer, reason=str(exc))
+            log.warning(
+                "milter protocol error, closing connection", peer=self.peer, reason=str(exc)
+            )
         except asyncio.CancelledError:
             if not self._cancelled_for or task.uncancel() > 0:
                 raise
             if self._cancelled_for == "idle":
-                log.info("milter connection idle, closing", peer=peer)
+                log.info("milter connection idle, closing", peer=self.peer)
             else:
-                log.info("milter connection lost", peer=peer, reason="closed by the MTA")
+                log.info("milter connection lost", peer=self.peer, reason="closed by the MTA")
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            log.info("milter connection lost", peer=peer, reason=str(exc))
+            log.info("milter connection lost", peer=self.peer, reason=str(exc))
         finally:
             if self._watchdog is not None:
                 self._watchdog.cancel()
@@ -158,9 +157,14 @@ class MilterConnection:
                 self._quickack.close()
                 self._quickack = None
             await self.end_session()
-            self.writer.close()
+            self.stream.close()
             with contextlib.suppress(ConnectionError, OSError):
-                await self.writer.wait_closed()
+                await self.stream.wait_closed()
+
+    @property
+    def peer(self) -> Any:
+        """The MTA's address, for log lines (looked up only when one is written)."""
+        return self.stream.get_extra_info("peername")
 
     def _acks_alone(self, frames: list[c.Frame]) -> bool:
         """True if these frames get no reply, so only an ACK on its own tells the MTA they
@@ -442,13 +446,13 @@ class MilterConnection:
     def _progress(
         self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[None], interval: float
     ) -> None:
-        if self.writer.is_closing():  # the MTA went away: stop the work (`run` ends)
+        if self.stream.is_closing():  # the MTA went away: stop the work (`run` ends)
             self._cancelled_for = "lost"
             task.cancel()
             return
         # Replies queued before the end of message go first, then PROGRESS, at once.
         self.out.append(_PROGRESS)
-        self.writer.write(b"".join(self.out))
+        self.stream.write(b"".join(self.out))
         self.out.clear()
         self._progress_timer = loop.call_later(interval, self._progress, loop, task, interval)
 

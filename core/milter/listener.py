@@ -2,8 +2,9 @@
 
 Every connection runs the same plugin chain as the SMTP listener. The sockets are tuned for
 the milter's ping-pong traffic: TCP_NODELAY, each group of replies in one write, and
-TCP_QUICKACK re-armed after every read, which removes the two ~40 ms Nagle/delayed-ACK stalls
-that libmilter milters suffer on TCP.
+TCP_QUICKACK re-armed after every read that gets no reply (a reply carries the ACK), which
+removes the two ~40 ms Nagle/delayed-ACK stalls that libmilter milters suffer on TCP. Each
+connection is a `MilterStream` protocol, not a pair of asyncio streams: less work per read.
 """
 
 from __future__ import annotations
@@ -11,10 +12,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import structlog
+
 from mailgate.milter.connection import MilterConnection
 from mailgate.milter.settings import MilterListenerSettings
+from mailgate.milter.stream import MilterStream
 from mailgate.pipeline import Pipeline
+from mailgate.sockaddr import SocketAddress
 from mailgate.socket_listener import SocketListener
+
+log = structlog.get_logger("mailgate.listener")
 
 
 class MilterListener(SocketListener):
@@ -33,6 +40,24 @@ class MilterListener(SocketListener):
         self.settings = settings
         self.pipeline = pipeline
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def open_server(self, addr: SocketAddress) -> asyncio.Server:
+        """A server whose connections are `MilterStream` protocols (no asyncio streams)."""
+        loop = asyncio.get_running_loop()
+        if addr.is_unix:
+            return await loop.create_unix_server(lambda: MilterStream(self.serve), path=addr.path)
+        return await loop.create_server(
+            lambda: MilterStream(self.serve), addr.host, addr.port, reuse_address=True
+        )
+
+    async def serve(self, stream: MilterStream) -> None:
         """One MTA connection: the milter protocol with this moment's plugin chain."""
-        await MilterConnection(reader, writer, self.settings, self.pipeline()).run()
+        task = asyncio.current_task()
+        if task is not None:
+            self.track(task)
+        try:
+            await MilterConnection(stream, self.settings, self.pipeline()).run()
+        except asyncio.CancelledError:
+            stream.close()  # `stop` cancels running connections
+        except Exception:
+            log.exception("milter connection failed", listener=self.name)
+            stream.close()
