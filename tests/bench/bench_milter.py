@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -98,8 +99,14 @@ _READS_ALL = (
 EVENT_LOOP = "auto"
 """``[mailgate] event_loop`` of the mailgates under test (``--event-loop``)."""
 
+BASELINE: Path | None = None
+"""Another ``mailgate`` executable (``--baseline``, e.g. the main checkout's), run with
+``add_header`` beside this tree's in the same run: before and after, on the same load."""
 
-def _mailgate(dirs: PeerDirs, add_header: bool, reads_all: bool = False) -> tuple[Daemon, str, str]:
+
+def _mailgate(
+    dirs: PeerDirs, add_header: bool, reads_all: bool = False, executable: Path = MAILGATE
+) -> tuple[Daemon, str, str]:
     """Start ``mailgate serve`` with a TCP and a unix milter listener; return their addresses."""
     conf = dirs.new("mailgate-conf")
     sock = dirs.new("mailgate-sock") / "milter.sock"
@@ -111,7 +118,7 @@ def _mailgate(dirs: PeerDirs, add_header: bool, reads_all: bool = False) -> tupl
     )
     if add_header:
         (conf / "20-add_header.toml").write_text('name = "X-Mailgate"\nvalue = "passed"\n')
-    command = [sys.executable, "-c", _READS_ALL] if reads_all else [str(MAILGATE)]
+    command = [sys.executable, "-c", _READS_ALL] if reads_all else [str(executable)]
     daemon = start_daemon(
         "mailgate-milter",
         [*command, "serve", "--config", str(conf)],
@@ -155,6 +162,14 @@ def milter_testbed(dirs: PeerDirs) -> Iterator[tuple[Postfix, list[Route]]]:
         pym, pym_tcp = _pymilter(dirs)
         daemons = [sink, plain, header, full, pym]
         stack.callback(stop_all, daemons)
+        before: list[tuple[str, str, int]] = []
+        if BASELINE is not None:
+            old, old_tcp, old_unix = _mailgate(dirs, add_header=True, executable=BASELINE)
+            daemons.append(old)
+            before = [
+                ("baseline mailgate + add_header, TCP", old_tcp, old.pid),
+                ("baseline mailgate + add_header, unix", old_unix, old.pid),
+            ]
         postfix = Postfix(dirs.new("postfix"), ("127.0.0.1", sink_port), main_cf=BENCH_MAIN_CF)
         routes = [Route("postfix alone", postfix.port)]
         for name, milter, pid in (
@@ -164,6 +179,7 @@ def milter_testbed(dirs: PeerDirs) -> Iterator[tuple[Postfix, list[Route]]]:
             ("mailgate + add_header, unix", header_unix, header.pid),
             ("mailgate + add_header reading all, TCP", full_tcp, full.pid),
             ("pymilter + header, TCP", pym_tcp, pym.pid),
+            *before,
         ):
             routes.append(Route(name, postfix.add_listener([milter]), pid))
         postfix.start()
@@ -310,17 +326,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], default="auto")
     parser.add_argument("--pymilter", metavar="SOCKET", help=argparse.SUPPRESS)
     parser.add_argument("--profile", metavar="ROUTE", help="instead: py-spy samples of ROUTE")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="MAILGATE",
+        help="also run this mailgate executable with add_header (before/after in one run)",
+    )
     args = parser.parse_args(argv)
-    global EVENT_LOOP
+    global EVENT_LOOP, BASELINE
     EVENT_LOOP = args.event_loop
+    BASELINE = args.baseline
     if args.pymilter:
         _pymilter_main(args.pymilter)
         return 0
     if args.profile:
         print(profile(PeerDirs(create_base()), args.profile, args.messages))
         return 0
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory():
         results = run(args.messages, args.repeats, PeerDirs(create_base()))
+    load = f"load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end"
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, {load}")
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
