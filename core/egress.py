@@ -93,6 +93,8 @@ class MtaEgress:
 
     name = "mta"
     holds_quarantined = True
+    answers_at_once = True
+    """Every step returns without waiting for anything: the flow needs no deadline for it."""
 
     def __init__(self, check: Callable[[Transaction], Reply | None] | None = None) -> None:
         self._transaction = _MtaTransaction(check)

@@ -112,6 +112,8 @@ class SessionFlow:
         self._refused: Verdict | None = None
         self._tx_started = 0.0
         self._failure = replies.DOWNSTREAM_FAILED
+        self._no_deadline = getattr(egress, "answers_at_once", False)
+        """The egress never waits (the MTA egress): its steps skip the timer of a deadline."""
         self.closed = False
 
     # -- the session ------------------------------------------------------------------------------
@@ -407,6 +409,8 @@ class SessionFlow:
         if self.before_egress is not None:
             await self.before_egress()
         try:
+            if self._no_deadline:
+                return await step
             async with asyncio.timeout(self.settings.egress_timeout):
                 return await step
         except TimeoutError:

@@ -22,7 +22,7 @@ from mailgate.flow import SessionFlow
 from mailgate.message import Header, Message, new_spool
 from mailgate.milter import codec as c
 from mailgate.milter.macros import (
-    decoded_macros,
+    decode_macros,
     new_session,
     refused_by_mta,
     update_session,
@@ -225,7 +225,7 @@ class MilterConnection:
         changed = pairs is not self._macro_pairs and pairs != self._macro_pairs
         if changed:
             self._macro_pairs = pairs
-            self._decoded_macros = decoded_macros(pairs)
+            self._decoded_macros = decode_macros(pairs)
         self.macros = self._decoded_macros
         if self.flow is not None:
             if changed:
@@ -236,11 +236,14 @@ class MilterConnection:
 
     def _keep_macros(self, kept: Mapping[str, str], new: Mapping[str, str]) -> None:
         """Count what `new` adds to the session's macros; past the limits, close."""
-        added = sum(1 for name in new if name not in kept)
-        grown = sum(
-            len(value) - (len(kept[name]) if name in kept else -len(name))
-            for name, value in new.items()
-        )
+        added = grown = 0
+        for name, value in new.items():
+            old = kept.get(name)
+            if old is None:
+                added += 1
+                grown += len(name) + len(value)
+            else:
+                grown += len(value) - len(old)
         self._macro_bytes += grown
         s = self.settings
         if len(kept) + added > s.max_macros or self._macro_bytes > s.max_macro_bytes:

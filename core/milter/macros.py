@@ -12,30 +12,24 @@ from mailgate.verdict import Verdict
 
 def macro_name(raw: bytes) -> str:
     """``{auth_authen}`` -> ``auth_authen``; one-letter names (``i``, ``j``) stay as they are."""
-    name = raw.decode("utf-8", "surrogateescape")
-    return name[1:-1] if name.startswith("{") and name.endswith("}") else name
+    name = _names.get(raw)
+    if name is None:
+        name = raw.decode("utf-8", "surrogateescape")
+        if name.startswith("{") and name.endswith("}"):
+            name = name[1:-1]
+        if len(_names) < _NAMES_KEPT and len(raw) <= 64:
+            _names[raw] = name
+    return name
+
+
+_NAMES_KEPT = 256
+_names: dict[bytes, str] = {}
+"""Macro names as decoded: the MTA uses the same few dozen on every connection."""
 
 
 def decode_macros(pairs: tuple[tuple[bytes, bytes], ...]) -> dict[str, str]:
     """Macro name/value pairs from the wire as a dict with names without braces."""
     return {macro_name(k): v.decode("utf-8", "surrogateescape") for k, v in pairs}
-
-
-_DECODED_CACHE_SIZE = 512
-_decoded: dict[tuple[tuple[bytes, bytes], ...], dict[str, str]] = {}
-
-
-def decoded_macros(pairs: tuple[tuple[bytes, bytes], ...]) -> Mapping[str, str]:
-    """`decode_macros`, shared: the MTA repeats the same macro frames on every connection, so
-    one decoded mapping serves them all. Read-only: callers must copy it to change it."""
-    decoded = _decoded.get(pairs)
-    if decoded is None:
-        decoded = decode_macros(pairs)
-        if sum(len(k) + len(v) for k, v in pairs) <= 512:
-            if len(_decoded) >= _DECODED_CACHE_SIZE:
-                _decoded.clear()
-            _decoded[pairs] = decoded
-    return decoded
 
 
 def _ip(address: str) -> str:
