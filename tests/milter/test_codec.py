@@ -190,3 +190,17 @@ def test_body_head_and_chunk_make_a_body_frame(chunk: bytes) -> None:
 def test_fast_encoders_refuse_what_encode_refuses(encode: Callable[[], bytes]) -> None:
     with pytest.raises(ValueError):
         encode()
+
+
+def test_repeated_macro_frames_decode_to_the_same_frame_and_the_cache_stays_bounded() -> None:
+    small = c.encode(c.Macro(b"L", ((b"i", b"4ABC"),)))
+    large = c.encode(c.Macro(b"M", ((b"{mail_addr}", b"a" * 600),)))
+    decoder = c.FrameDecoder("commands")
+    first, again, big = decoder.feed(small + small + large)
+    assert first == again == c.Macro(b"L", ((b"i", b"4ABC"),))
+    assert big == c.Macro(b"M", ((b"{mail_addr}", b"a" * 600),))
+    for n in range(3 * 512):  # distinct small payloads: the cache is emptied, never grows past
+        [frame] = decoder.feed(c.encode(c.Macro(b"R", ((b"i", str(n).encode()),))))
+        assert frame == c.Macro(b"R", ((b"i", str(n).encode()),))
+        assert len(c._macro_cache) <= 512
+    assert all(len(payload) <= 512 for payload in c._macro_cache)
