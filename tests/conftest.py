@@ -35,6 +35,7 @@ pytest_plugins = [
     "tests.peers.prometheus",
     "tests.peers.redis",
     "tests.peers.rspamd",
+    "tests.peers.slapd",
     "tests.peers.smtp_sink",
     "tests.peers.spamass_milter",
     "tests.peers.spamd",
