@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable
 from typing import Any
 
-from mailgate import Address, Message, Session, Transaction, hookimpl
+from mailgate import Address, Message, Session, Transaction, Verdict, hookimpl
+from mailgate.directory import active_lookup
+from mailgate.plugins.rewrite.directory import rcpt_with_directory
 from mailgate.plugins.rewrite.headers import rewrite_header_value
 from mailgate.plugins.rewrite.lookup import AddressMap, CatchAll, Lookup, rewrite, with_orcpt
 from mailgate.plugins.rewrite.rule_expressions import BARE, Facts
@@ -47,19 +50,21 @@ class Rewriter:
             result = [self.sender_rules.apply(address, facts).address]
         return None if result is None or result == [address] else result[0]
 
-    def recipient(self, address: str, facts: Facts = BARE) -> list[str] | None:
+    def recipient(
+        self, address: str, facts: Facts = BARE, *, known: bool = False
+    ) -> list[str] | None:
         """What one recipient becomes (one or more addresses), or None to keep it.
 
         The recipient map first; then, for an address it does not list, the recipient rules;
         if none matched, the catch-all of its domain (unless it is a known recipient); then
-        subaddress stripping.
+        subaddress stripping. A `known` address (the directory has it) skips the catch-all.
         """
         if self.recipients.find(address) is None:
             if self.recipient_rules:
                 outcome = self.recipient_rules.apply(address, facts)
                 if outcome.matched:
                     return None if outcome.address == address else [outcome.address]
-            catch = self.catch_all.target(address)
+            catch = None if known else self.catch_all.target(address)
             if catch is not None:
                 return None if catch == address else [catch]
         result = rewrite(address, self.recipients, strip=self.strip)
@@ -121,11 +126,22 @@ class Rewrite:
             transaction.change_sender(new, tuple(sender.params))
 
     @hookimpl
-    def on_rcpt(self, session: Session, transaction: Transaction, recipient: Address) -> None:
-        """Replace the recipient by what the maps, the rules, the catch-all or stripping make
-        of it."""
+    def on_rcpt(
+        self, session: Session, transaction: Transaction, recipient: Address
+    ) -> Awaitable[Verdict | None] | None:
+        """Replace the recipient by what the maps, the directory's aliases (``use_directory``),
+        the rules, the catch-all or stripping make of it."""
+        if self.settings.use_directory and active_lookup.get() is not None:
+            return rcpt_with_directory(self, session, transaction, recipient)
+        targets = self.rewriter.recipient(recipient.address, Facts(session, transaction))
+        self.replace_recipient(transaction, recipient, targets)
+        return None
+
+    def replace_recipient(
+        self, transaction: Transaction, recipient: Address, targets: list[str] | None
+    ) -> None:
+        """Put `targets` in the place of `recipient` (None: keep it), recording the change."""
         original = recipient.address
-        targets = self.rewriter.recipient(original, Facts(session, transaction))
         if targets is None:
             return
         notes = _notes(transaction)

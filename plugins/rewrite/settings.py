@@ -46,6 +46,9 @@ class RewriteSettings:
     """Ordered regex/expression rules for the envelope sender, asked when the map has no entry."""
     recipient_rules: list[RuleSettings] = field(default_factory=list)
     """Ordered rules for each recipient, asked when the map has no entry (before the catch-all)."""
+    use_directory: bool = False
+    """Expand aliases and lists from the directory (docs/directory.md), after the recipient
+    map; a recipient the directory knows is never caught by the catch-all."""
     known_from_file: list[str] = field(init=False, default_factory=list)
     """The addresses read from `known_recipients_file` at load."""
 
