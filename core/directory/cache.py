@@ -4,7 +4,7 @@ Found answers live for ``ttl`` seconds, not-found answers for ``negative_ttl`` (
 new mailbox should not wait long), at most ``size`` of them (the least recently used go
 first). Failures are never cached. Questions asked at the same time for the same subject
 share one lookup, so a burst of sessions does not become a burst of queries. Every lookup
-has ``timeout`` seconds; past it the lookup raises `TimeoutError` (the backend's
+has ``lookup_timeout`` seconds; past it the lookup raises `TimeoutError` (the backend's
 ``on_error`` then applies).
 """
 
@@ -29,7 +29,7 @@ class CacheSettings:
     """Seconds a not-found answer is kept."""
     size: int = 10000
     """Most answers kept; 0: no cache."""
-    timeout: float = 5.0
+    lookup_timeout: float = 5.0
     """Seconds one lookup may take (connecting included)."""
 
     def check(self) -> None:
@@ -38,8 +38,8 @@ class CacheSettings:
             raise ValueError("cache ttl and negative_ttl must be 0 or more")
         if self.size < 0:
             raise ValueError("cache size must be 0 or more")
-        if self.timeout <= 0:
-            raise ValueError("timeout must be positive")
+        if self.lookup_timeout <= 0:
+            raise ValueError("lookup_timeout must be positive")
 
 
 Key = tuple[Question, str]
@@ -99,7 +99,7 @@ class DirectoryCache:
         future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
         try:
-            async with asyncio.timeout(self.settings.timeout):
+            async with asyncio.timeout(self.settings.lookup_timeout):
                 entry = await fetch()
         except BaseException as exc:
             future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))

@@ -6,7 +6,7 @@ RFC 4515 asks. Credentials are checked by binding as the login's entry with the 
 given (the directory checks it; mailgate never reads ``userPassword``).
 
 ldap3 is pure Python and blocking: each lookup runs in a worker thread, bounded by the
-backend's ``timeout`` (ldap3's own connect and receive timeouts are set to it too, so the
+backend's ``lookup_timeout`` (ldap3's own connect and receive timeouts are set to it too, so the
 thread does not outlive it by much). One connection is kept for searches and opened again
 when it breaks; a bind to check a password uses a connection of its own.
 """
@@ -14,6 +14,7 @@ when it breaks; a bind to check a password uses a connection of its own.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,7 +80,7 @@ class BindAs:
         """Bind as the entry in a thread (an empty password is refused, not an anonymous bind)."""
         if not secret:
             return False
-        async with asyncio.timeout(self.plugin.settings.timeout):
+        async with asyncio.timeout(self.plugin.settings.lookup_timeout):
             return await asyncio.to_thread(self.plugin.bind_as, self.dn, secret)
 
 
@@ -93,13 +94,9 @@ class DirectoryLdap:
         self.settings = settings
         self.backend = Backend(settings, [])
         url = urlsplit(settings.url)
-        self.server = ldap3.Server(
-            url.hostname or "",
-            port=url.port or (636 if url.scheme == "ldaps" else 389),
-            use_ssl=url.scheme == "ldaps",
-            get_info=ldap3.NONE,
-            connect_timeout=settings.timeout,
-        )
+        self._host = url.hostname or ""
+        self._port = url.port or (636 if url.scheme == "ldaps" else 389)
+        self._ssl = url.scheme == "ldaps"
         self._lock = threading.Lock()
         self._conn: ldap3.Connection | None = None
         self._searches = {
@@ -109,11 +106,20 @@ class DirectoryLdap:
         }
 
     def _connection(self, user: str | None, password: str | None) -> ldap3.Connection:
+        # A Server of its own each time: ldap3 keeps the address in use and its availability
+        # on the Server, which threads sharing one would race on.
+        server = ldap3.Server(
+            self._host,
+            port=self._port,
+            use_ssl=self._ssl,
+            get_info=ldap3.NONE,
+            connect_timeout=math.ceil(self.settings.lookup_timeout),
+        )
         return ldap3.Connection(
-            self.server,
+            server,
             user=user or None,
             password=password or None,
-            receive_timeout=self.settings.timeout,
+            receive_timeout=math.ceil(self.settings.lookup_timeout),
             raise_exceptions=False,
         )
 

@@ -114,7 +114,7 @@ class DirectorySql:
         if self._engine is None:
             args: dict[str, Any] = {}
             if self._url.drivername.startswith("postgresql"):
-                args = {"connect_args": {"timeout": self.settings.timeout}, "pool_size": 2}
+                args = {"connect_args": {"timeout": self.settings.lookup_timeout}, "pool_size": 2}
             self._engine = create_async_engine(self._url, pool_pre_ping=True, **args)
         return self._engine
 
