@@ -216,7 +216,9 @@ class Pipeline:
             self.pm.register(p.instance, name=p.name)
         self.pm.check_pending()
         self._calls: dict[str, list[_Call]] = {}
-        for hook_name in (n for n in dir(hookspecs) if n.startswith(("on_", "authenticate", "directory"))):
+        for hook_name in (
+            n for n in dir(hookspecs) if n.startswith(("on_", "authenticate", "directory"))
+        ):
             self._calls[hook_name] = self._collect(hook_name)
 
     def _collect(self, hook_name: str) -> list[_Call]:

@@ -103,7 +103,7 @@ class SenderAuth:
     @hookimpl
     def on_mail(
         self, session: Session, sender: Address
-    ) -> Verdict | None | Awaitable[Verdict | None]:
+    ) -> Verdict | Awaitable[Verdict | None] | None:
         """Refuse a sender the session's login does not own; unauthenticated: no opinion.
 
         When the static rules do not allow it and a directory is enabled, the answer is a

@@ -47,7 +47,9 @@ def verify(stored: str, secret: str) -> bool:
         rounds = int(match[2]) if match[2] is not None else None
         if rounds is not None and rounds > MAX_ROUNDS_ACCEPTED:
             raise UnknownScheme(f"more than {MAX_ROUNDS_ACCEPTED} rounds")
-        made = sha_crypt(password, match[3].encode(), rounds, "sha512" if match[1] == "6" else "sha256")
+        made = sha_crypt(
+            password, match[3].encode(), rounds, "sha512" if match[1] == "6" else "sha256"
+        )
         return hmac.compare_digest(made.encode(), value.encode())
     salted = scheme.startswith("S") and scheme[1:] in _DIGESTS
     name = _DIGESTS.get(scheme[1:] if salted else scheme)

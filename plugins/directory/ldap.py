@@ -65,7 +65,9 @@ class DirectoryLdapSettings(CacheSettings):
             try:
                 value.format(address="", local="", domain="", login="")
             except (KeyError, IndexError, ValueError) as exc:
-                raise ValueError(f"{key}: bad placeholder {exc} (use {{address}}, {{login}}, ...)") from None
+                raise ValueError(
+                    f"{key}: bad placeholder {exc} (use {{address}}, {{login}}, ...)"
+                ) from None
         self.check()
 
 
@@ -137,7 +139,9 @@ class DirectoryLdap:
                         if not conn.bind():
                             raise ConnectionError(f"LDAP bind failed: {conn.result}")
                         self._conn = conn
-                    conn.search(self.settings.base, query, ldap3.SUBTREE, attributes=attributes or [])
+                    conn.search(
+                        self.settings.base, query, ldap3.SUBTREE, attributes=attributes or []
+                    )
                     if conn.result.get("result") not in (0, 32):  # success, noSuchObject
                         raise ConnectionError(f"LDAP search failed: {conn.result}")
                     return [
@@ -195,9 +199,7 @@ class DirectoryLdap:
         """The (cached) answer; None for a question whose filter is empty."""
         if not self._searches[question][0]:
             return None
-        return await self.backend.answer(
-            question, subject, lambda: self.fetch(question, subject)
-        )
+        return await self.backend.answer(question, subject, lambda: self.fetch(question, subject))
 
 
 def _list(value: Any) -> list[str]:

@@ -148,6 +148,4 @@ class DirectorySql:
         """The (cached) answer; None for a question without a query or a foreign domain."""
         if not self._queries[question]:
             return None
-        return await self.backend.answer(
-            question, subject, lambda: self.fetch(question, subject)
-        )
+        return await self.backend.answer(question, subject, lambda: self.fetch(question, subject))

@@ -31,7 +31,10 @@ REWRITE = 'use_directory = true\ncatch_all = { "@example.net" = "alice@example.o
 def sha512_crypt(password: str) -> str:
     """A ``{SHA512-CRYPT}`` hash made by openssl (an independent implementation)."""
     argv = ["openssl", "passwd", "-6", "-salt", "s0mesalt", password]
-    return "{SHA512-CRYPT}" + subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+    return (
+        "{SHA512-CRYPT}"
+        + subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+    )
 
 
 def write_conf(conf: Path, backend: str, backend_toml: str) -> Path:
@@ -96,7 +99,7 @@ def auth_code(port: int, login: str, secret: str) -> int:
         except smtplib.SMTPAuthenticationError as exc:
             return exc.smtp_code
         except smtplib.SMTPException as exc:
-            return int(str(exc.args[0]))  if str(exc.args[0]).isdigit() else 0
+            return int(str(exc.args[0])) if str(exc.args[0]).isdigit() else 0
 
 
 def mail_from_code(port: int, login: tuple[str, str], sender: str) -> int:

@@ -99,7 +99,9 @@ def openssl(flag: str, password: str, salt: str, rounds: int | None = None) -> s
     argv = ["openssl", "passwd", flag, "-salt", salt]
     if rounds is not None:
         argv[3] = f"rounds={rounds}${salt}"
-    return subprocess.run([*argv, password], capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        [*argv, password], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 @pytest.mark.parametrize("flag", ["-5", "-6"])
@@ -112,7 +114,10 @@ def test_sha_crypt_agrees_with_openssl(flag: str, password: str) -> None:
 
 
 @settings(max_examples=15, deadline=None)
-@given(st.text(min_size=1, max_size=40).filter(lambda s: "\x00" not in s), st.sampled_from(["-5", "-6"]))
+@given(
+    st.text(min_size=1, max_size=40).filter(lambda s: "\x00" not in s),
+    st.sampled_from(["-5", "-6"]),
+)
 def test_sha_crypt_property_against_openssl(password: str, flag: str) -> None:
     assert verify(openssl(flag, password, "Ab3./xyz"), password)
 
@@ -125,15 +130,27 @@ def test_published_vector_with_rounds() -> None:
     assert verify(stored, "Hello world!")
 
 
-@pytest.mark.parametrize(("scheme", "name"), [("SSHA", "sha1"), ("SSHA256", "sha256"), ("SSHA512", "sha512")])
+@pytest.mark.parametrize(
+    ("scheme", "name"), [("SSHA", "sha1"), ("SSHA256", "sha256"), ("SSHA512", "sha512")]
+)
 def test_salted_sha(scheme: str, name: str) -> None:
     salt = b"\x01\x02\x03\x04"
-    stored = f"{{{scheme}}}" + base64.b64encode(hashlib.new(name, b"pw" + salt).digest() + salt).decode()
+    stored = (
+        f"{{{scheme}}}" + base64.b64encode(hashlib.new(name, b"pw" + salt).digest() + salt).decode()
+    )
     assert verify(stored, "pw") and not verify(stored, "pW")
 
 
 @pytest.mark.parametrize(
-    "stored", ["{PLAIN}pw", "$2b$12$abcdefghijklmnopqrstuv", "pw", "{SSHA}!!", "{SHA}c2hvcnQ=", "$6$rounds=99999999$s$x"]
+    "stored",
+    [
+        "{PLAIN}pw",
+        "$2b$12$abcdefghijklmnopqrstuv",
+        "pw",
+        "{SSHA}!!",
+        "{SHA}c2hvcnQ=",
+        "$6$rounds=99999999$s$x",
+    ],
 )
 def test_values_that_cannot_be_checked(stored: str) -> None:
     with pytest.raises(UnknownScheme):

@@ -67,7 +67,9 @@ def postgres_url(postgres: Postgres, name: str) -> str:
     commands = list(SCHEMA)
     for statement, values in rows():
         quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
-        commands.append(statement.replace("(?, ?, ?)", f"({quoted})").replace("(?, ?)", f"({quoted})"))
+        commands.append(
+            statement.replace("(?, ?, ?)", f"({quoted})").replace("(?, ?)", f"({quoted})")
+        )
     postgres.psql(*commands, database=name)
     return dsn
 
@@ -121,9 +123,15 @@ async def test_a_database_that_is_gone_tempfails(
     [
         ('url = "mysql://x/y"\nrecipient_query = "SELECT 1"', "url"),
         ('url = "sqlite:///x.db"\nrecipient_query = "DELETE FROM x"', "recipient_query"),
-        ('url = "sqlite:///x.db"\nsenders_query = "SELECT a FROM t WHERE b = :user"', "senders_query"),
+        (
+            'url = "sqlite:///x.db"\nsenders_query = "SELECT a FROM t WHERE b = :user"',
+            "senders_query",
+        ),
         ('url = "sqlite:///x.db"', "recipient_query"),
-        ('url = "sqlite:///x.db"\nrecipient_query = "SELECT 1"\nlookup_timeout = 0', "lookup_timeout"),
+        (
+            'url = "sqlite:///x.db"\nrecipient_query = "SELECT 1"\nlookup_timeout = 0',
+            "lookup_timeout",
+        ),
     ],
 )
 def test_bad_settings_stop_start_up(tmp_path: Path, text: str, key: str) -> None:

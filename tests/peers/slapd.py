@@ -69,7 +69,9 @@ PEOPLE = (
     Person("alice", "alicepw", "alice@example.org", ("sales@example.org",)),
     Person("bob", "bobpw", "bob@example.org"),
 )
-ALIASES = (MailAlias("postmaster", "postmaster@example.org", ("alice@example.org", "bob@example.org")),)
+ALIASES = (
+    MailAlias("postmaster", "postmaster@example.org", ("alice@example.org", "bob@example.org")),
+)
 
 
 @dataclass
