@@ -28,8 +28,14 @@ def test_shipped_files_are_disabled_and_load_when_enabled(tmp_path: Path, slapd:
         text = text.replace("sqlite:////var/lib/mailgate/users.db", f"sqlite:///{tmp_path}/u.db")
         (tmp_path / name).write_text(text)
     names = [p.name for p in load_config(tmp_path).pipeline().plugins]
-    assert names == ["relay_control", "sender_auth", "directory_ldap", "directory_sql",
-                     "directory_auth", "recipient_verify"]
+    assert names == [
+        "relay_control",
+        "sender_auth",
+        "directory_ldap",
+        "directory_sql",
+        "directory_auth",
+        "recipient_verify",
+    ]
 
 
 def test_the_hook_is_in_the_contract() -> None:
