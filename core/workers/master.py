@@ -31,6 +31,7 @@ from pathlib import Path
 
 import structlog
 
+from mailgate import reloading
 from mailgate.config import ConfigError
 from mailgate.loader import Config, load_config
 from mailgate.logging import Level, configure_logging, name_process
@@ -92,6 +93,7 @@ class Master:
         self._stopping = asyncio.Event()
         self._keepers: list[asyncio.Task[object]] = []
         self._readers: set[asyncio.Task[None]] = set()
+        self._installed = reloading.InstalledPlugins()
 
     def _configure_logs(self, config: Config) -> None:
         if self.log_level is not None:
@@ -261,6 +263,7 @@ class Master:
     async def reload(self) -> bool:
         """Check the configuration, then have every worker swap its chain (see the module
         docstring); True when every worker did."""
+        self._installed.refresh()  # a plugin installed since start is found, as in a worker
         try:
             config = load_config(self.directory, **self.addresses)
             config.pipeline()

@@ -35,8 +35,8 @@ def sessions_per_worker(log: Path, after: int) -> dict[int, int]:
 
 def measure(mode: str, size_kib: int, messages: int, repeats: int, workdir: Path) -> str:
     """One table row for `mode`."""
-    system = System(f"mailgate-w2-{mode}", mailgate({}, workers=2, sockets=mode))
-    sink = SmtpSink(workdir, f"sink-{mode}", dump=False)
+    system = System(f"mailgate-w2-{mode}-{size_kib}", mailgate({}, workers=2, sockets=mode))
+    sink = SmtpSink(workdir, f"sink-{mode}-{size_kib}", dump=False)
     sink.start()
     rates, cpus, shares = [], [], []
     try:
