@@ -148,3 +148,35 @@ def connect(port: int) -> socket.socket:
 
 
 __all__ = ["Server", "connect", "free_port", "scrape", "serving", "write_config"]
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets process `pid` has open."""
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def server_side_inode(client: socket.socket) -> int:
+    """The inode of the accepted socket at the other end of TCP connection `client`."""
+    local_host, local_port = client.getsockname()[:2]
+    remote_host, remote_port = client.getpeername()[:2]
+    wanted_local = f"{_hex_address(remote_host, remote_port)}"
+    wanted_remote = f"{_hex_address(local_host, local_port)}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == wanted_local and fields[2] == wanted_remote:
+            return int(fields[9])
+    raise AssertionError(f"no server side for {local_host}:{local_port}")
+
+
+def _hex_address(host: str, port: int) -> str:
+    packed = socket.inet_aton(host)
+    return f"{int.from_bytes(packed, 'little'):08X}:{port:04X}"

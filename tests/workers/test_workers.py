@@ -14,8 +14,17 @@ from pathlib import Path
 
 import pytest
 
+from mailgate.policy.settings import PolicyListenerSettings
 from tests.peers.smtp_sink import SmtpSink
-from tests.workers.helpers import connect, free_port, scrape, serving, write_config
+from tests.workers.helpers import (
+    connect,
+    free_port,
+    scrape,
+    server_side_inode,
+    serving,
+    socket_inodes,
+    write_config,
+)
 
 
 def read_reply(sock: socket.socket) -> bytes:
@@ -199,3 +208,40 @@ def test_a_connection_limit_holds_in_total_across_both_workers(
             e["worker"] for e in server.events() if e["event"] in ("session end", "limit reached")
         ]
         assert set(sessions) == {1, 2}, sessions
+
+
+def test_policy_listeners_on_tcp_and_unix_are_served_by_both_workers(
+    conf: Path, tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    smtp, policy = free_port(), free_port()
+    unix = tmp_path / "policy.sock"
+    write_config(
+        conf,
+        smtp,
+        smtp_sink.address,
+        f'[[listener]]\ntype = "policy"\naddress = "inet:127.0.0.1:{policy}"\n'
+        f'[[listener]]\ntype = "policy"\nname = "policy-unix"\naddress = "unix:{unix}"\n',
+    )
+    request = b"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=127.0.0.1\n"
+    request += b"sender=a@x.test\nrecipient=b@y.test\n\n"
+    with serving(conf, tmp_path / "log", smtp) as server:
+        pids = server.worker_pids()
+        clients = [connect(policy) for _ in range(16)]
+        for client in clients:
+            client.sendall(request)
+            assert client.recv(4096).startswith(b"action=")
+        owners = set()
+        for client in clients:
+            inode = server_side_inode(client)
+            owners |= {n for n, pid in pids.items() if inode in socket_inodes(pid)}
+        assert owners == {1, 2}
+        for client in clients:
+            client.close()
+        for _ in range(8):
+            with socket.socket(socket.AF_UNIX) as client:
+                client.settimeout(15)
+                client.connect(str(unix))
+                client.sendall(request)
+                assert client.recv(4096).startswith(b"action=")
+        assert unix.stat().st_mode & 0o777 == PolicyListenerSettings().socket_mode
+    assert not unix.exists()
