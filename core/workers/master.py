@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from mailgate import reloading
 from mailgate.config import ConfigError
@@ -94,6 +95,13 @@ class Master:
         self._keepers: list[asyncio.Task[object]] = []
         self._readers: set[asyncio.Task[None]] = set()
         self._installed = reloading.InstalledPlugins()
+        self._registry = CollectorRegistry()
+        self._reloads = Counter(
+            "mailgate_config_reloads",
+            "SIGHUP reloads, by result (ok, refused).",
+            ["result"],
+            registry=self._registry,
+        )
 
     def _configure_logs(self, config: Config) -> None:
         if self.log_level is not None:
@@ -137,7 +145,9 @@ class Master:
         self.counters = CounterServer(os.path.join(self.node_dir, "counters.sock"))
         await self.counters.start()
         if self.config.metrics.address:
-            self.metrics = NodeMetricsServer(self.config.metrics.address, self._metrics_paths)
+            self.metrics = NodeMetricsServer(
+                self.config.metrics.address, self._metrics_paths, self._own_metrics
+            )
             try:
                 await self.metrics.start()
             except OSError as exc:
@@ -159,6 +169,9 @@ class Master:
             raise StartError(str(failed[0]))
         for n in range(1, self.count + 1):
             self._keepers.append(asyncio.create_task(self._keep(n), name=f"worker {n}"))
+
+    def _own_metrics(self) -> bytes:
+        return generate_latest(self._registry)
 
     def _metrics_path(self, number: int) -> str:
         return os.path.join(self.node_dir, f"metrics-{number}.sock")
@@ -269,6 +282,7 @@ class Master:
             config.pipeline()
         except ConfigError as exc:
             log.error("configuration refused, keeping the old one in every worker", error=str(exc))
+            self._reloads.labels("refused").inc()
             return False
         self._configure_logs(config)
         running = [w for w in self.workers.values() if w.ready and w.process.returncode is None]
@@ -284,9 +298,11 @@ class Master:
         if len(swapped) == len(running):
             self.config = config
             self.reloads += 1
+            self._reloads.labels("ok").inc()
             log.info("configuration reloaded in every worker", workers=swapped)
             return True
         others = [w.number for w in running if w.number not in swapped]
+        self._reloads.labels("refused").inc()
         log.error(
             "configuration reload incomplete: some workers keep the old chain",
             reloaded=swapped,

@@ -6,6 +6,8 @@ name and labels: counters, histograms (buckets, counts, sums) and gauges such as
 sessions add up. Samples that say the same thing in every worker are not added:
 ``mailgate_build_info`` (always 1) and ``*_created`` timestamps (the earliest is kept). A
 worker that does not answer within a second is left out of that scrape and logged.
+``mailgate_config_reloads`` is the master's own: a reload is checked, and may be refused, by the
+master before any worker sees it.
 """
 
 from __future__ import annotations
@@ -29,13 +31,17 @@ _SAME_IN_EVERY_WORKER = frozenset({"mailgate_build_info"})
 SampleKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
-def merge(expositions: list[str]) -> str:
-    """One exposition (Prometheus's text format) with the samples of `expositions` summed."""
+def merge(expositions: list[str], own: str = "") -> str:
+    """One exposition (Prometheus's text format) with the samples of `expositions` summed;
+    the families in `own` (the master's) replace theirs of the same name."""
+    mine = {family.name for family in text_string_to_metric_families(own)}
     families: dict[str, tuple[str, str]] = {}
     """name -> (type, help), in first-seen order."""
     samples: dict[str, dict[SampleKey, float]] = {}
-    for text in expositions:
+    for text in [*expositions, own]:
         for family in text_string_to_metric_families(text):
+            if family.name in mine and text is not own:
+                continue
             families.setdefault(family.name, (family.type, family.documentation))
             values = samples.setdefault(family.name, {})
             for s in family.samples:
@@ -97,9 +103,13 @@ class NodeMetricsServer:
     `paths` gives the metrics sockets of the workers running now.
     """
 
-    def __init__(self, address: str, paths: Callable[[], list[str]]) -> None:
+    def __init__(
+        self, address: str, paths: Callable[[], list[str]], own: Callable[[], bytes] | None = None
+    ) -> None:
         self.address = address
         self.paths = paths
+        self.own = own
+        """The master's own metrics (its reload counts), which replace the workers'."""
         self._server: asyncio.Server | None = None
 
     @property
@@ -136,7 +146,8 @@ class NodeMetricsServer:
                 log.warning("worker metrics not read", socket=path, error=str(result)[:200])
             else:
                 texts.append(result)
-        return merge(texts).encode("utf-8")
+        own = self.own().decode("utf-8") if self.own is not None else ""
+        return merge(texts, own).encode("utf-8")
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(

@@ -183,6 +183,19 @@ def test_metrics_are_summed_over_the_workers(
         assert re.search(r"^mailgate_sessions_total\{.*\} 30\.0$", text, re.M), text
         assert re.search(r"^mailgate_build_info\{.*\} 1\.0$", text, re.M), text
         assert re.search(r"^mailgate_message_size_bytes_count 30\.0$", text, re.M), text
+        # Reloads are counted once per reload, by the master that checks them first.
+        (conf / "20-add_header.toml").write_text("no_such_key = 1\n")
+        mark = len(server.events())
+        server.signal(signal.SIGHUP)
+        server.master_event("configuration refused, keeping the old one in every worker", mark)
+        (conf / "20-add_header.toml").write_text('name = "X-Good"\n')
+        mark = len(server.events())
+        server.signal(signal.SIGHUP)
+        server.master_event("configuration reloaded in every worker", mark)
+        text = scrape(metrics)
+        assert re.search(r'^mailgate_config_reloads_total\{result="ok"\} 1\.0$', text, re.M), text
+        refused = r'^mailgate_config_reloads_total\{result="refused"\} 1\.0$'
+        assert re.search(refused, text, re.M), text
 
 
 def test_a_connection_limit_holds_in_total_across_both_workers(
