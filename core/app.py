@@ -119,6 +119,10 @@ class App:
         self.notify: Callable[[str], None] | None = None
         """Told ``ready`` once started and ``reloaded`` or ``refused`` after each SIGHUP (how
         a worker answers its master)."""
+        self.control: asyncio.StreamReader | None = None
+        """A worker's orders from its master, a line each: ``prepare`` (answered ``prepared``
+        or ``refused``), then ``commit`` (``reloaded``) or ``abort``."""
+        self._prepared: tuple[Config, Pipeline] | None = None
         primary = worker <= 1
         self._apply_log_level(self.config)
         self.observers: list[Observer] = []
@@ -365,6 +369,16 @@ class App:
         Logs ``configuration reloaded`` with the keys that need a restart (`restart_needed`), a
         warning naming them, and one naming each plugin whose code changed since it was loaded.
         """
+        prepared = self.prepare_reload()
+        if prepared is None:
+            return False
+        self.commit_reload(prepared)
+        return True
+
+    def prepare_reload(self) -> tuple[Config, Pipeline] | None:
+        """The first half of `reload`: read and check the configuration and build its chain,
+        swapping nothing; None (and logged, and counted) when it is bad. A master asks every
+        worker to prepare before it tells any to commit (all swap, or none does)."""
         self._installed.refresh()
         try:
             config = load_config(
@@ -382,7 +396,12 @@ class App:
             log.error("configuration refused, keeping the old one", error=str(exc))
             if self.metrics is not None:
                 self.metrics.reloaded(False)
-            return False
+            return None
+        return config, pipeline
+
+    def commit_reload(self, prepared: tuple[Config, Pipeline]) -> None:
+        """The second half of `reload`: swap in what `prepare_reload` built."""
+        config, pipeline = prepared
         old, self.config, self.pipeline = self.pipeline, config, pipeline
         with contextlib.suppress(RuntimeError):  # no running loop: nothing was started
             task = asyncio.get_running_loop().create_task(self._swap_plugins(old, pipeline))
@@ -414,12 +433,26 @@ class App:
                 plugin=name,
                 files=files,
             )
-        return True
 
     def wake_queue(self) -> None:
         """Look for due messages now (SIGUSR1: ``mailgate queue retry``, ``flush``, ``release``)."""
         if self.queue is not None:
             self.queue.worker.wake()
+
+    async def _obey(self, control: asyncio.StreamReader) -> None:
+        """Carry out the master's two-phase reloads (see `control`) until the pipe closes."""
+        while line := await control.readline():
+            order = line.strip()
+            if order == b"prepare":
+                self._prepared = self.prepare_reload()
+                answer = "prepared" if self._prepared is not None else "refused"
+            elif order == b"commit" and self._prepared is not None:
+                self.commit_reload(self._prepared)
+                self._prepared, answer = None, "reloaded"
+            else:  # abort, or a commit with nothing prepared
+                self._prepared, answer = None, "aborted"
+            if self.notify is not None:
+                self.notify(answer)
 
     def _hangup(self) -> None:
         ok = self.reload()
@@ -465,6 +498,9 @@ class App:
         """Start, serve until SIGTERM/SIGINT (SIGHUP reloads), then stop."""
         loop = asyncio.get_running_loop()
         await self.start()
+        obeying = None
+        if self.control is not None:
+            obeying = asyncio.create_task(self._obey(self.control), name="master's orders")
         if self.notify is not None:
             self.notify("ready")
         loop.add_signal_handler(signal.SIGHUP, self._hangup)
@@ -477,6 +513,8 @@ class App:
             for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a late wake must not end the stop
+            if obeying is not None:
+                obeying.cancel()
             if self.worker:
                 await self.drain()
             await self.stop()

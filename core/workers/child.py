@@ -1,13 +1,15 @@
 """A worker: one `App` serving the listening sockets its master bound.
 
 Started by the master as ``python -m mailgate.workers.child`` with the options below; never by
-hand. It tells the master ``ready``, ``reloaded`` and ``refused`` one line at a time on the
-pipe ``--notify-fd``, and ends when the master does (the kernel sends it SIGTERM).
+hand. It tells the master ``ready`` and how reloads went, one line at a time on the pipe
+``--notify-fd``, takes its reload orders from the pipe ``--control-fd`` (`App.control`), and
+ends when the master does (the kernel sends it SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import ctypes
 import os
@@ -28,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailgate-worker")
     p.add_argument("--worker", type=int, required=True)
     p.add_argument("--notify-fd", type=int, required=True)
+    p.add_argument("--control-fd", type=int, required=True)
     p.add_argument("--socket", action="append", default=[], metavar="INDEX:FD")
     p.add_argument("--metrics-path")
     p.add_argument("--config")
@@ -44,6 +47,15 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass
+
+
+async def _reader(fd: int) -> asyncio.StreamReader:
+    """A stream over the read end of a pipe."""
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    return reader
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,7 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics_path=args.metrics_path,
         )
         app.notify = notify
-        event_loop.run(app.run(), config.mailgate.event_loop)
+
+        async def run() -> None:
+            app.control = await _reader(args.control_fd)
+            await app.run()
+
+        event_loop.run(run(), config.mailgate.event_loop)
     except ConfigError as exc:
         print(f"mailgate worker {args.worker}: configuration error: {exc}", file=sys.stderr)
         return 1

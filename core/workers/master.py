@@ -7,7 +7,9 @@ The master binds the listeners' sockets once (`mailgate.workers.sockets`), start
   within seconds of its start); it gets the same sockets back;
 - SIGHUP: the master reads and checks the configuration first; a bad one is refused, logged
   with its file, key and reason, and no worker is told (all of them keep the old chain). A good
-  one goes to every worker, and the master logs whether every worker swapped;
+  one is reloaded in two phases: every worker reads it and builds the new chain (``prepare``);
+  only when all have does the master tell them to swap (``commit``), else to drop it
+  (``abort``). Every worker swaps, or none does;
 - SIGTERM, SIGINT: every worker drains (stops accepting, lets open sessions finish within
   ``drain_timeout``) and stops; the master waits for them, then closes the sockets;
 - SIGUSR1 (``mailgate queue retry``) goes to worker 1, which delivers the queue.
@@ -60,8 +62,23 @@ class WorkerProcess:
 
     number: int
     process: asyncio.subprocess.Process
+    control: int
+    """The write end of the worker's order pipe (`App.control`)."""
     lines: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     ready: bool = False
+
+    def order(self, word: str) -> bool:
+        """Send an order line; False when the worker is gone."""
+        try:
+            os.write(self.control, word.encode() + b"\n")
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close the order pipe (the worker has ended)."""
+        with contextlib.suppress(OSError):
+            os.close(self.control)
 
 
 class Master:
@@ -95,6 +112,7 @@ class Master:
         self._keepers: list[asyncio.Task[object]] = []
         self._readers: set[asyncio.Task[None]] = set()
         self._installed = reloading.InstalledPlugins()
+        self._reloading = asyncio.Lock()
         self._registry = CollectorRegistry()
         self._reloads = Counter(
             "mailgate_config_reloads",
@@ -182,6 +200,8 @@ class Master:
     async def _spawn(self, number: int) -> WorkerProcess:
         """Start worker `number` and wait until it says ``ready`` (StartError if it ends)."""
         read_fd, write_fd = os.pipe()
+        control_read, control_write = os.pipe()
+        os.set_inheritable(control_write, False)
         sockets = self.sockets.for_worker(number)
         argv = [
             sys.executable,
@@ -191,6 +211,8 @@ class Master:
             str(number),
             "--notify-fd",
             str(write_fd),
+            "--control-fd",
+            str(control_read),
         ]
         argv += [f"--socket={index}:{sock.fileno()}" for index, sock in sockets.items()]
         if self.config.metrics.address:
@@ -201,12 +223,16 @@ class Master:
             argv += ["--log-level", self.log_level]
         argv += [f"--{k}={v}" for k, v in self.addresses.items() if v is not None]
         env = {**os.environ, NODE_COUNTERS: self.counters.path if self.counters else ""}
-        fds = (write_fd, *(s.fileno() for s in sockets.values()))
+        fds = (write_fd, control_read, *(s.fileno() for s in sockets.values()))
         try:
             proc = await asyncio.create_subprocess_exec(*argv, pass_fds=fds, env=env)
+        except BaseException:
+            os.close(control_write)
+            raise
         finally:
             os.close(write_fd)
-        worker = WorkerProcess(number, proc)
+            os.close(control_read)
+        worker = WorkerProcess(number, proc, control_write)
         reading = asyncio.create_task(self._read_notices(worker, read_fd))
         self._readers.add(reading)
         reading.add_done_callback(self._readers.discard)
@@ -221,6 +247,7 @@ class Master:
         first.cancel()
         reading.cancel()
         code = await proc.wait()
+        worker.close()
         raise StartError(f"worker {number} ended with status {code} before it was ready")
 
     async def _read_notices(self, worker: WorkerProcess, read_fd: int) -> None:
@@ -245,6 +272,7 @@ class Master:
             started = loop.time()
             code = await worker.process.wait()
             worker.ready = False
+            worker.close()
             if self._stopping.is_set():
                 return
             failures = failures + 1 if loop.time() - started < 10 else 0
@@ -275,7 +303,11 @@ class Master:
 
     async def reload(self) -> bool:
         """Check the configuration, then have every worker swap its chain (see the module
-        docstring); True when every worker did."""
+        docstring); True when every worker did. Reloads run one at a time."""
+        async with self._reloading:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         self._installed.refresh()  # a plugin installed since start is found, as in a worker
         try:
             config = load_config(self.directory, **self.addresses)
@@ -284,31 +316,52 @@ class Master:
             log.error("configuration refused, keeping the old one in every worker", error=str(exc))
             self._reloads.labels("refused").inc()
             return False
-        self._configure_logs(config)
         running = [w for w in self.workers.values() if w.ready and w.process.returncode is None]
-        for worker in running:
-            while not worker.lines.empty():
-                worker.lines.get_nowait()
-            worker.process.send_signal(signal.SIGHUP)
-        answers = await asyncio.gather(
-            *(asyncio.wait_for(w.lines.get(), RELOAD_TIMEOUT) for w in running),
-            return_exceptions=True,
-        )
-        swapped = [w.number for w, a in zip(running, answers, strict=True) if a == "reloaded"]
+        prepared = await self._ask(running, "prepare")
+        if prepared != {w.number: "prepared" for w in running}:
+            await self._ask(running, "abort")
+            self._reloads.labels("refused").inc()
+            log.error(
+                "configuration refused by a worker, keeping the old one in every worker",
+                answers=prepared,
+            )
+            return False
+        committed = await self._ask(running, "commit")
+        self._configure_logs(config)
+        self.config = config
+        swapped = [n for n, answer in committed.items() if answer == "reloaded"]
         if len(swapped) == len(running):
-            self.config = config
             self.reloads += 1
             self._reloads.labels("ok").inc()
             log.info("configuration reloaded in every worker", workers=swapped)
             return True
-        others = [w.number for w in running if w.number not in swapped]
         self._reloads.labels("refused").inc()
         log.error(
-            "configuration reload incomplete: some workers keep the old chain",
-            reloaded=swapped,
-            kept_old=others,
+            "configuration reload incomplete: a worker ended while the others swapped",
+            answers=committed,
         )
         return False
+
+    async def _ask(self, workers: list[WorkerProcess], order: str) -> dict[int, str]:
+        """Send `order` to every worker of `workers`; each one's answer ("gone" when it ended,
+        "no answer" past `RELOAD_TIMEOUT`)."""
+        for worker in workers:
+            while not worker.lines.empty():
+                worker.lines.get_nowait()
+        sent = [worker.order(order) for worker in workers]
+
+        async def answer(worker: WorkerProcess, ok: bool) -> str:
+            if not ok:
+                return "gone"
+            try:
+                return await asyncio.wait_for(worker.lines.get(), RELOAD_TIMEOUT)
+            except TimeoutError:
+                return "no answer"
+
+        answers = await asyncio.gather(
+            *(answer(w, ok) for w, ok in zip(workers, sent, strict=True))
+        )
+        return {w.number: a for w, a in zip(workers, answers, strict=True)}
 
     async def _stop(self) -> None:
         for task in self._keepers:
@@ -331,6 +384,8 @@ class Master:
         if self.counters is not None:
             await self.counters.stop()
         self.sockets.close()
+        for worker in self.workers.values():
+            worker.close()
         if self.node_dir:
             shutil.rmtree(self.node_dir, ignore_errors=True)
         log.info("stopped", workers=self.count)
