@@ -60,6 +60,9 @@ log = structlog.get_logger("mailgate.app")
 class Listener(Protocol):
     """What the app needs of a listener (SMTP, milter or policy)."""
 
+    sock: socket.socket | None
+    """A socket bound by a master, served instead of binding the listener's address."""
+
     @property
     def port(self) -> int:
         """The bound port."""
@@ -117,8 +120,8 @@ class App:
         self.sockets: Mapping[int, socket.socket] = sockets or {}
         """Listening sockets from the master, by listener index (`config.listeners`)."""
         self.notify: Callable[[str], None] | None = None
-        """Told ``ready`` once started and ``reloaded`` or ``refused`` after each SIGHUP (how
-        a worker answers its master)."""
+        """How a worker answers its master: told ``ready`` once started, and the answer to
+        each reload order (see `control`) or SIGHUP."""
         self.control: asyncio.StreamReader | None = None
         """A worker's orders from its master, a line each: ``prepare`` (answered ``prepared``
         or ``refused``), then ``commit`` (``reloaded``) or ``abort``."""
@@ -334,7 +337,7 @@ class App:
         for index, lc in enumerate(self.config.listeners):
             listener = self._listener(lc.type, lc.settings)
             if index in self.sockets:
-                listener.sock = self.sockets[index]  # type: ignore[attr-defined]
+                listener.sock = self.sockets[index]
             try:
                 await listener.start()
             except OSError as exc:
