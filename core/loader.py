@@ -16,12 +16,13 @@ import dataclasses
 import importlib
 import importlib.metadata
 import inspect
+import os
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pluggy
 
@@ -64,6 +65,29 @@ class MailgateSettings:
     """This host's name, used by listeners whose own `hostname` is empty; empty: the FQDN."""
     event_loop: EventLoopChoice = "auto"
     """``auto`` (uvloop if installed, else asyncio's own loop), ``uvloop`` or ``asyncio``."""
+    workers: int = 0
+    """Processes serving the listeners; 0: one per core (or ``$MAILGATE_WORKERS`` when set).
+    1 is a single process; more run under a master (see docs/scaling.md)."""
+    worker_sockets: Literal["reuseport", "shared"] = "reuseport"
+    """How workers share a TCP listener: ``reuseport`` (one ``SO_REUSEPORT`` socket each, the
+    kernel spreads connections) or ``shared`` (one socket, accepted by whichever worker wakes)."""
+    drain_timeout: float = 30.0
+    """On SIGTERM under workers: seconds open sessions get to finish before they get 421."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError("workers must be 0 (one per core) or more")
+        if self.drain_timeout < 0:
+            raise ValueError("drain_timeout must not be negative")
+
+    def worker_count(self) -> int:
+        """How many workers to run: `workers`, else ``$MAILGATE_WORKERS``, else the cores."""
+        if self.workers:
+            return self.workers
+        env = os.environ.get("MAILGATE_WORKERS", "").strip()
+        if env.isdigit() and int(env) > 0:
+            return int(env)
+        return len(os.sched_getaffinity(0))
 
 
 @dataclass(slots=True)
