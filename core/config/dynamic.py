@@ -14,13 +14,14 @@ The plugin reads it with ``self.settings.threshold.value(session, transaction)``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from mailgate.expressions import Expression
 from mailgate.session import Session, Transaction
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 
 class Dynamic(Generic[T]):
@@ -55,6 +56,16 @@ class Dynamic(Generic[T]):
     def rules(self) -> tuple[tuple[Expression, T], ...]:
         """The ``(if, then)`` rules, in order."""
         return self._rules
+
+    def values(self) -> list[T]:
+        """Every value the setting can take (each ``then``, then the ``else``), for checks at
+        load that must hold whatever the transaction."""
+        return [then for _, then in self._rules] + [self._default]
+
+    def map(self, convert: Callable[[T], U]) -> Dynamic[U]:
+        """The same rules with each value converted once, at load (a map compiled into a
+        lookup table, a host:port parsed): the run-time choice then costs nothing more."""
+        return Dynamic([(c, convert(v)) for c, v in self._rules], convert(self._default))
 
     def value(self, session: Session, transaction: Transaction | None = None) -> T:
         """The value of the first rule whose condition is true, else the default."""
