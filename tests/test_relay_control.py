@@ -78,7 +78,9 @@ def test_relay_control_is_on_with_no_files_at_all() -> None:
     assert [p.name for p in app.pipeline.plugins] == ["relay_control", "sender_auth"]
     settings = app.pipeline.plugins[0].instance.settings  # type: ignore[attr-defined]
     assert settings.networks.is_fixed and settings.domains.is_fixed
-    assert settings.networks.default == ["127.0.0.0/8", "::1/128"] and settings.domains.default == []
+    assert (
+        settings.networks.default == ["127.0.0.0/8", "::1/128"] and settings.domains.default == []
+    )
 
 
 ROUTED = ["v%evil.test@example.org", '"v@evil.test"@example.org', "evil.test!v@example.org"]

@@ -76,12 +76,18 @@ class Dynamic(Generic[T]):
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Dynamic):
-            return NotImplemented
+            # A fixed setting is its value: ``settings.max_recipients == 10`` holds.
+            return self.is_fixed and bool(self._default == other)
         mine = [(c.source, v) for c, v in self._rules]
         theirs = [(c.source, v) for c, v in other._rules]
         return mine == theirs and self._default == other._default
 
     def __hash__(self) -> int:
+        if self.is_fixed:
+            try:
+                return hash(self._default)
+            except TypeError:
+                return hash(repr(self._default))
         return hash((tuple(c.source for c, _ in self._rules), repr(self._default)))
 
     def __repr__(self) -> str:
