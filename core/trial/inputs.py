@@ -180,4 +180,4 @@ def limits(config: Config, ingress: Ingress) -> Limits:
         held = config.relay.quarantine_dir
     else:
         held = f"the quarantine in the store ({config.store.redacted()})"
-    return Limits(hostname, settings, config.relay.address, held)
+    return Limits(hostname, settings, config.relay.address.default, held)
