@@ -289,7 +289,7 @@ class App:
             "started",
             config=str(self.directory) if self.directory is not None else None,
             plugins=[p.name for p in self.pipeline.plugins],
-            relay=self.config.relay.address,
+            relay=self.config.relay.address.default,
             metrics=self.metrics_server.address if self.metrics_server is not None else None,
             event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
         )

@@ -351,9 +351,12 @@ def _summary(config: Config) -> str:
     plugins = ", ".join(p.name for p in config.chain) or "none"
     queue = ""
     if config.queue is not None:
-        hop = config.queue.next_hop or config.relay.address
+        hop = config.queue.next_hop or config.relay.address.default
         queue = f"; queue: {config.store.redacted()} -> {hop}"
-    return f"listeners: {listeners}; relay: {config.relay.address}{queue}; plugins: {plugins}"
+    relay = config.relay.address.default + (
+        "" if config.relay.address.is_fixed else " (or by rule)"
+    )
+    return f"listeners: {listeners}; relay: {relay}{queue}; plugins: {plugins}"
 
 
 def _plugin_table(config: Config) -> str:

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import pluggy
 
 from mailgate.authentication_results import AuthenticationResultsSettings
-from mailgate.config import ConfigError, PluginError, is_host_port, load_settings
+from mailgate.config import ConfigError, Dynamic, PluginError, is_host_port, load_settings
 from mailgate.config.errors import Text
 from mailgate.console.settings import ConsoleSettings
 from mailgate.contract import ContractError, check_plugin_class
@@ -303,7 +303,8 @@ def _core(table: dict[str, Any], source: str, path: Path | None) -> Config:
         prefix="authentication_results",
     )
     relay = _table(table, "relay", source)
-    _check_address(relay.get("address", "127.0.0.1:25"), source, "relay.address")
+    if not isinstance(relay.get("address"), list):  # a list: rules, checked by load_settings
+        _check_address(relay.get("address", "127.0.0.1:25"), source, "relay.address")
     config.relay = load_settings(RelaySettings, relay, source=source, prefix="relay")
     listeners = table.get("listener", [])
     if not isinstance(listeners, list) or not all(isinstance(t, dict) for t in listeners):
@@ -416,7 +417,7 @@ def _override(config: Config, *, listen: str | None, relay: str | None) -> None:
         first.source, first.key = "--listen", ""
     if relay is not None:
         _check_address(relay, "--relay", "address")
-        config.relay.address = relay
+        config.relay.address = Dynamic.fixed(relay)
 
 
 def _run_options(

@@ -19,7 +19,7 @@ import dns.resolver
 import spf
 
 from mailgate import Address, Session, Transaction, Verdict, hookimpl
-from mailgate.config import Networks
+from mailgate.config import Dynamic, Networks, fixed_dynamics
 from mailgate.dns import DnsSettings, sync_resolver
 
 RESULT_KEY = "spf"
@@ -71,10 +71,14 @@ spf.DNSLookup = _lookup
 class SpfSettings:
     """Settings of the ``spf`` plugin (``conf.d/80-spf.toml``)."""
 
-    reject: list[SpfResult] = field(default_factory=lambda: ["fail"])
-    """Results refused at MAIL FROM with 550 (5.7.23; 5.7.24 for permerror and temperror)."""
-    tempfail: list[SpfResult] = field(default_factory=lambda: ["temperror"])
-    """Results refused at MAIL FROM with 451 4.7.24 (the client may try again later)."""
+    reject: Dynamic[list[SpfResult]] = field(default=Dynamic.fixed(["fail"]))
+    """Results refused at MAIL FROM with 550 (5.7.23; 5.7.24 for permerror and temperror).
+    Per transaction: rules read at MAIL (``client``, ``helo``, ``auth``, ``sender``; no
+    ``rcpt``), e.g. ``[{ if = 'sender.domain == "bank.example"', then = ["fail",
+    "softfail"] }, { else = ["fail"] }]``."""
+    tempfail: Dynamic[list[SpfResult]] = field(default=Dynamic.fixed(["temperror"]))
+    """Results refused at MAIL FROM with 451 4.7.24 (the client may try again later); read
+    at MAIL like `reject`, which is checked first."""
     header: bool = True
     """Add a ``Received-SPF:`` header (RFC 7208 9.1) at the end of data."""
     skip_networks: Networks = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
@@ -85,8 +89,9 @@ class SpfSettings:
     """This host's name in the header; empty: the machine's FQDN."""
 
     def __post_init__(self) -> None:
-        both = sorted(set(self.reject) & set(self.tempfail))
-        if both:
+        fixed_dynamics(self)
+        both = sorted(set(self.reject.default) & set(self.tempfail.default))
+        if both and self.reject.is_fixed and self.tempfail.is_fixed:
             raise ValueError(f"tempfail names {', '.join(both)}, which reject names too")
         if self.check_timeout <= 0:
             raise ValueError("check_timeout must be a positive number of seconds")
@@ -127,7 +132,7 @@ class Spf:
             return None
         outcome = await self.check(session.client_ip, sender.address, session.helo)
         self._record(transaction, outcome)
-        return self._verdict(outcome)
+        return self._verdict(outcome, session, transaction)
 
     @hookimpl
     def on_message(self, transaction: Transaction) -> None:
@@ -185,12 +190,14 @@ class Spf:
         if outcome.header:
             transaction.notes[_HEADER_NOTE] = outcome.header
 
-    def _verdict(self, outcome: SpfOutcome) -> Verdict | None:
+    def _verdict(
+        self, outcome: SpfOutcome, session: Session, transaction: Transaction
+    ) -> Verdict | None:
         text = _reply_text(outcome)
-        if outcome.result in self.settings.reject:
+        if outcome.result in self.settings.reject.value(session, transaction):
             status = "5.7.24" if outcome.result in ("permerror", "temperror") else "5.7.23"
             return Verdict.reject(550, status, text)
-        if outcome.result in self.settings.tempfail:
+        if outcome.result in self.settings.tempfail.value(session, transaction):
             return Verdict.tempfail(451, "4.7.24", text)
         return None
 

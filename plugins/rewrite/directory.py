@@ -24,7 +24,8 @@ async def rcpt_with_directory(
     address = recipient.address
     rewriter = plugin.rewriter
     known = False
-    if rewriter.recipients.find(address) is None:
+    facts = Facts(session, transaction)
+    if rewriter.recipients(facts).find(address) is None:
         try:
             entry = await ask(session, Question.RECIPIENT, address)
         except DirectoryUnavailable as exc:
@@ -33,6 +34,6 @@ async def rcpt_with_directory(
             plugin.replace_recipient(transaction, recipient, list(entry.addresses))
             return None
         known = entry is not None and entry.found
-    targets = rewriter.recipient(address, Facts(session, transaction), known=known)
+    targets = rewriter.recipient(address, facts, known=known)
     plugin.replace_recipient(transaction, recipient, targets)
     return None
