@@ -1,7 +1,8 @@
 """Verify every DKIM-Signature of a message (RFC 6376; RFC 8301 key sizes; RFC 8463 Ed25519).
 
-dkimpy checks the cryptography, one signature per call (``DKIM.verify(idx)``); this module
-calls it for each signature in turn, answers its key lookups with the configured resolver
+A signature that verifies is found by `fast.verifies`; every other one is checked again by
+dkimpy, one signature per call (``DKIM.verify(idx)``), which says why it failed. This module
+calls them for each signature in turn, answers their key lookups with the configured resolver
 (`KeyLookup`) and sorts each outcome into the results of RFC 8601: dkimpy itself only says
 True or False, so a missing key, a revoked key, a DNS timeout and a broken signature would
 otherwise look alike.
@@ -25,6 +26,8 @@ from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizatio
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 import mailgate.plugins.dkim.speedups  # noqa: F401  (faster RSA, cached keys in dkimpy)
+from mailgate.plugins.dkim.canonical import split_message
+from mailgate.plugins.dkim.fast import BodyHashes, verifies
 
 SignatureOutcome = Literal["pass", "fail", "neutral", "temperror", "permerror", "policy"]
 
@@ -85,7 +88,8 @@ def overall(results: list[SignatureResult]) -> SignatureResult | None:
 
 class KeyLookup:
     """dkimpy's ``dnsfunc`` for one signature: asks the configured resolver and remembers what
-    happened, so a timeout (temperror) and a missing key (permerror) stay apart."""
+    happened, so a timeout (temperror) and a missing key (permerror) stay apart. Asked again
+    (dkimpy after the fast check), it gives the same answer without asking again."""
 
     def __init__(self, resolver: dns.resolver.Resolver, deadline: float = math.inf) -> None:
         self.resolver = resolver
@@ -95,9 +99,24 @@ class KeyLookup:
         self.missing = False
         self.temporary = ""
         self.bad_name = ""
+        self._answered: dict[bytes, bytes | None | dkim.DnsTimeoutError] = {}
 
     def __call__(self, name: bytes, timeout: float = 5.0) -> bytes | None:
         """The TXT record at `name` (``selector._domainkey.domain.``), or None if there is none."""
+        if name in self._answered:
+            answer = self._answered[name]
+            if isinstance(answer, dkim.DnsTimeoutError):
+                raise answer
+            return answer
+        try:
+            answer = self._ask(name)
+        except dkim.DnsTimeoutError as exc:
+            self._answered[name] = exc
+            raise
+        self._answered[name] = answer
+        return answer
+
+    def _ask(self, name: bytes) -> bytes | None:
         self.asked = True
         qname = name.decode("utf-8", "replace")
         left = self.deadline - time.monotonic()
@@ -138,43 +157,71 @@ def verify_message(
     lookup finds no time left is a temperror.
     """
     deadline = time.monotonic() + timeout
-    try:
-        checker = dkim.DKIM(data, logger=_dkimpy_log, minkey=MIN_RSA_BITS)
-    except dkim.DKIMException as exc:  # a header block dkimpy cannot split into fields
-        reason = f"message not verifiable: {_one_line(str(exc))}"
-        return [_result(_tags(v), "permerror", reason) for v in _raw_signatures(data)]
-    values = [v for k, v in checker.headers if k.lower() == b"dkim-signature"]
+    split = split_message(data)
+    if split is None:  # an unusual header block: dkimpy parses it (or says why it cannot)
+        try:
+            checker = _Checker(data, dkim.DKIM(data, logger=_dkimpy_log, minkey=MIN_RSA_BITS))
+        except dkim.DKIMException as exc:  # a header block dkimpy cannot split into fields
+            reason = f"message not verifiable: {_one_line(str(exc))}"
+            return [_result(_tags(v), "permerror", reason) for v in _raw_signatures(data)]
+        fields, body = checker.dkim.headers, checker.dkim.body
+    else:
+        fields, body = split
+        checker = _Checker(data)
+    signatures = [f for f in fields if f[0].lower() == b"dkim-signature"]
+    bodies = BodyHashes(body)
     results = []
-    for idx, value in enumerate(values):
-        tags = _tags(value)
+    for idx, signature in enumerate(signatures):
+        tags = _tags(signature[1])
         if idx >= max_signatures:
             reason = f"not verified: more than {max_signatures} signatures"
             results.append(_result(tags, "policy", reason))
             continue
-        results.append(
-            _verify_one(checker, idx, tags, KeyLookup(resolver, deadline), unsigned_body, now)
-        )
+        refused = _refused_before_lookup(tags, time.time() if now is None else now)
+        if refused is not None:
+            results.append(_result(tags, *refused))
+            continue
+        lookup = KeyLookup(resolver, deadline)
+        if verifies(fields, signature, bodies, lookup, MIN_RSA_BITS):
+            verified, error = True, ""
+        else:
+            verified, error = checker.verify(idx, lookup)
+        results.append(_classify(verified, error, tags, lookup, bodies, unsigned_body))
     return results
 
 
-def _verify_one(
-    checker: dkim.DKIM,
-    idx: int,
+class _Checker:
+    """dkimpy's verifier of one message, made when a signature first needs it."""
+
+    def __init__(self, data: bytes, parsed: dkim.DKIM | None = None) -> None:
+        self.data = data
+        self._dkim = parsed
+
+    @property
+    def dkim(self) -> dkim.DKIM:
+        if self._dkim is None:
+            self._dkim = dkim.DKIM(self.data, logger=_dkimpy_log, minkey=MIN_RSA_BITS)
+        return self._dkim
+
+    def verify(self, idx: int, lookup: KeyLookup) -> tuple[bool, str]:
+        """dkimpy's answer for signature `idx`, and its error text."""
+        try:
+            return bool(self.dkim.verify(idx, dnsfunc=lookup)), ""
+        except dkim.DKIMException as exc:
+            return False, _one_line(str(exc))
+        except Exception as exc:  # dkimpy's parsers let others through on hostile input
+            return False, f"{type(exc).__name__}: {_one_line(str(exc))}"
+
+
+def _classify(
+    verified: bool,
+    error: str,
     tags: dict[bytes, bytes],
     lookup: KeyLookup,
+    bodies: BodyHashes,
     unsigned_body: str,
-    now: float | None,
 ) -> SignatureResult:
-    refused = _refused_before_lookup(tags, time.time() if now is None else now)
-    if refused is not None:
-        return _result(tags, *refused)
-    error = ""
-    try:
-        verified = bool(checker.verify(idx, dnsfunc=lookup))
-    except dkim.DKIMException as exc:
-        verified, error = False, _one_line(str(exc))
-    except Exception as exc:  # dkimpy's parsers let others through on hostile input
-        verified, error = False, f"{type(exc).__name__}: {_one_line(str(exc))}"
+    """The RFC 8601 result of one signature, from the verification and what the lookup saw."""
     key = _key_tags(lookup.record)
     flags = key.get(b"t", b"").replace(b" ", b"").split(b":")
     testing = b"y" in flags
@@ -183,7 +230,7 @@ def _verify_one(
     if refusal:
         result, reason = "permerror", refusal
     elif verified:
-        result, reason = _after_pass(checker, tags, unsigned_body)
+        result, reason = _after_pass(bodies, tags, unsigned_body)
     else:
         result, reason = _failure(lookup, key, tags, error)
     if testing and result != "temperror":
@@ -224,7 +271,7 @@ def _key_refuses(key: dict[bytes, bytes], flags: list[bytes], tags: dict[bytes, 
 
 
 def _after_pass(
-    checker: dkim.DKIM, tags: dict[bytes, bytes], unsigned_body: str
+    bodies: BodyHashes, tags: dict[bytes, bytes], unsigned_body: str
 ) -> tuple[SignatureOutcome, str]:
     """A signature that verified: is all of the body under it (``l=``)?"""
     length = tags.get(b"l", b"").strip()
@@ -234,7 +281,7 @@ def _after_pass(
         policy = CanonicalizationPolicy.from_c_value(tags.get(b"c", b"simple/simple"))
     except InvalidCanonicalizationPolicyError:
         return "pass", ""
-    body = len(policy.canonicalize_body(checker.body))
+    body = len(bodies.canonical(policy.body_algorithm.name.decode()))  # type: ignore[arg-type]
     extra = body - int(length)
     if extra <= 0:
         return "pass", ""
