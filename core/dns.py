@@ -20,7 +20,11 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 import dns.asyncresolver
+import dns.name
 import dns.nameserver
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
 import dns.resolver
 
 from mailgate.config import Check, Networks
@@ -141,3 +145,33 @@ def sync_resolver(settings: DnsSettings) -> dns.resolver.Resolver:
     resolver = dns.resolver.Resolver(configure=not settings.nameservers)
     _configure(resolver, settings)
     return resolver
+
+
+class CacheMiss(Exception):
+    """`cached_answer` found nothing in the cache: the lookup needs the network."""
+
+
+def cached_answer(
+    resolver: dns.resolver.BaseResolver, name: str, rdtype: str
+) -> dns.resolver.Answer:
+    """What ``resolver.resolve(name, rdtype, search=False)`` would answer from the cache alone,
+    never asking a server: the answer, or `dns.resolver.NoAnswer` / `dns.resolver.NXDOMAIN`
+    for a cached negative answer, or `CacheMiss`.
+
+    This lets a plugin run a synchronous library (pyspf, dkimpy) inside the event loop when
+    every answer it needs is cached, and in a worker thread only when one is not.
+    """
+    cache = resolver.cache
+    if cache is None:
+        raise CacheMiss(name)
+    qname = dns.name.from_text(name)
+    rdclass = dns.rdataclass.IN
+    answer = cache.get((qname, dns.rdatatype.from_text(rdtype), rdclass))
+    if answer is not None:
+        if answer.rrset is None:
+            raise dns.resolver.NoAnswer(response=answer.response)
+        return answer
+    missing = cache.get((qname, dns.rdatatype.ANY, rdclass))
+    if missing is not None and missing.response.rcode() == dns.rcode.NXDOMAIN:
+        raise dns.resolver.NXDOMAIN(qnames=[qname], responses={qname: missing.response})
+    raise CacheMiss(name)

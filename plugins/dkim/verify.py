@@ -26,6 +26,7 @@ from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizatio
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 import mailgate.plugins.dkim.speedups  # noqa: F401  (faster RSA, cached keys in dkimpy)
+from mailgate.dns import CacheMiss, cached_answer
 from mailgate.plugins.dkim.canonical import split_message
 from mailgate.plugins.dkim.fast import BodyHashes, verifies
 
@@ -89,11 +90,22 @@ def overall(results: list[SignatureResult]) -> SignatureResult | None:
 class KeyLookup:
     """dkimpy's ``dnsfunc`` for one signature: asks the configured resolver and remembers what
     happened, so a timeout (temperror) and a missing key (permerror) stay apart. Asked again
-    (dkimpy after the fast check), it gives the same answer without asking again."""
+    (dkimpy after the fast check), it gives the same answer without asking again.
 
-    def __init__(self, resolver: dns.resolver.Resolver, deadline: float = math.inf) -> None:
+    With `cache_only`, it answers from the shared DNS cache alone, and raises `CacheMiss` (and
+    sets `missed`) when the answer is not there."""
+
+    def __init__(
+        self,
+        resolver: dns.resolver.Resolver,
+        deadline: float = math.inf,
+        *,
+        cache_only: bool = False,
+    ) -> None:
         self.resolver = resolver
         self.deadline = deadline
+        self.cache_only = cache_only
+        self.missed = False
         self.asked = False
         self.record: bytes | None = None
         self.missing = False
@@ -124,8 +136,11 @@ class KeyLookup:
             self.temporary = "verify_timeout reached before this lookup"
             raise dkim.DnsTimeoutError(self.temporary)
         try:
-            lifetime = min(left, self.resolver.lifetime)
-            answer = self.resolver.resolve(qname, "TXT", search=False, lifetime=lifetime)
+            if self.cache_only:
+                answer = self._cached(qname)
+            else:
+                lifetime = min(left, self.resolver.lifetime)
+                answer = self.resolver.resolve(qname, "TXT", search=False, lifetime=lifetime)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             self.missing = True
             return None
@@ -141,6 +156,13 @@ class KeyLookup:
         self.record = next((r for r in records if r.lstrip().startswith(b"v=DKIM1")), records[0])
         return self.record
 
+    def _cached(self, qname: str) -> dns.resolver.Answer:
+        try:
+            return cached_answer(self.resolver, qname, "TXT")
+        except CacheMiss:
+            self.missed = True
+            raise
+
 
 def verify_message(
     data: bytes,
@@ -150,11 +172,13 @@ def verify_message(
     unsigned_body: Literal["pass", "policy"] = "policy",
     timeout: float = math.inf,
     now: float | None = None,
+    cache_only: bool = False,
 ) -> list[SignatureResult]:
     """Verify each DKIM-Signature of `data` (a whole message, CRLF lines), top to bottom.
 
     The key lookups of all signatures together may take `timeout` seconds; a signature whose
-    lookup finds no time left is a temperror.
+    lookup finds no time left is a temperror. With `cache_only`, the keys come from the shared
+    DNS cache alone, and a key that is not there raises `CacheMiss` (nothing is recorded).
     """
     deadline = time.monotonic() + timeout
     split = split_message(data)
@@ -181,11 +205,13 @@ def verify_message(
         if refused is not None:
             results.append(_result(tags, *refused))
             continue
-        lookup = KeyLookup(resolver, deadline)
+        lookup = KeyLookup(resolver, deadline, cache_only=cache_only)
         if verifies(fields, signature, bodies, lookup, MIN_RSA_BITS):
             verified, error = True, ""
         else:
             verified, error = checker.verify(idx, lookup)
+        if lookup.missed:
+            raise CacheMiss(f"no cached key for signature {idx + 1}")
         results.append(_classify(verified, error, tags, lookup, bodies, unsigned_body))
     return results
 
