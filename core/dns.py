@@ -169,9 +169,11 @@ def cached_answer(
     answer = cache.get((qname, dns.rdatatype.from_text(rdtype), rdclass))
     if answer is not None:
         if answer.rrset is None:
-            raise dns.resolver.NoAnswer(response=answer.response)
-        return answer
+            raise dns.resolver.NoAnswer(response=answer.response)  # type: ignore[no-untyped-call]
+        found: dns.resolver.Answer = answer
+        return found
     missing = cache.get((qname, dns.rdatatype.ANY, rdclass))
     if missing is not None and missing.response.rcode() == dns.rcode.NXDOMAIN:
-        raise dns.resolver.NXDOMAIN(qnames=[qname], responses={qname: missing.response})
+        responses = {qname: missing.response}
+        raise dns.resolver.NXDOMAIN(qnames=[qname], responses=responses)  # type: ignore[no-untyped-call]
     raise CacheMiss(name)

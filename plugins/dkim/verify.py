@@ -111,7 +111,7 @@ class KeyLookup:
         self.missing = False
         self.temporary = ""
         self.bad_name = ""
-        self._answered: dict[bytes, bytes | None | dkim.DnsTimeoutError] = {}
+        self._answered: dict[bytes, bytes | dkim.DnsTimeoutError | None] = {}
 
     def __call__(self, name: bytes, timeout: float = 5.0) -> bytes | None:
         """The TXT record at `name` (``selector._domainkey.domain.``), or None if there is none."""
@@ -307,7 +307,7 @@ def _after_pass(
         policy = CanonicalizationPolicy.from_c_value(tags.get(b"c", b"simple/simple"))
     except InvalidCanonicalizationPolicyError:
         return "pass", ""
-    body = len(bodies.canonical(policy.body_algorithm.name.decode()))  # type: ignore[arg-type]
+    body = len(bodies.canonical(policy.body_algorithm.name.decode()))
     extra = body - int(length)
     if extra <= 0:
         return "pass", ""

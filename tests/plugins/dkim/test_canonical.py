@@ -17,6 +17,7 @@ from mailgate.plugins.dkim.canonical import canonical_body, canonical_field, spl
 from mailgate.plugins.dkim.fast import BodyHashes, verifies, without_b
 from mailgate.plugins.dkim.keys import generate
 
+
 # Few distinct bytes, so that runs of white space, CR, LF and colons are common.
 def _over(alphabet: bytes, size: int) -> st.SearchStrategy[bytes]:
     return st.binary(max_size=size).map(lambda b: bytes(alphabet[x % len(alphabet)] for x in b))
@@ -80,8 +81,11 @@ B64 = _over(b"aZ09+/= \t\r\n;b", 40)
 
 
 @settings(max_examples=500)
-@given(parts=st.lists(st.sampled_from([b"b=", b"bh=", b" b =", b";b=", b"\tb\r\n =", b"v=1"])
-                      | B64, max_size=8))
+@given(
+    parts=st.lists(
+        st.sampled_from([b"b=", b"bh=", b" b =", b";b=", b"\tb\r\n =", b"v=1"]) | B64, max_size=8
+    )
+)
 def test_b_removal_is_dkimpys(parts: list[bytes]) -> None:
     value = b"".join(parts)
     assert without_b(value) == dkim.RE_BTAG.sub(b"\\1", value)
@@ -101,7 +105,11 @@ def keys() -> dict[bytes, tuple[bytes, bytes, bytes]]:
     public = base64.b64encode(bytes(seed.verify_key)).decode()
     return {
         b"rsa": (b"rsa-sha256", rsa.pem, rsa.record.encode()),
-        b"ed": (b"ed25519-sha256", base64.b64encode(bytes(seed)), f"k=ed25519; p={public}".encode()),
+        b"ed": (
+            b"ed25519-sha256",
+            base64.b64encode(bytes(seed)),
+            f"k=ed25519; p={public}".encode(),
+        ),
         b"other": (b"rsa-sha256", short.pem, rsa.record.encode()),  # signed by another key
     }
 
@@ -122,7 +130,10 @@ def signed(draw: st.DrawFn, keys: dict[bytes, tuple[bytes, bytes, bytes]]) -> by
     message += body.replace(b"\r\n", b"\n").replace(b"\r", b"").replace(b"\n", b"\r\n")
     selector = draw(st.sampled_from(sorted(keys)))
     algorithm, private, _ = keys[selector]
-    c = (draw(st.sampled_from([b"simple", b"relaxed"])), draw(st.sampled_from([b"simple", b"relaxed"])))
+    c = (
+        draw(st.sampled_from([b"simple", b"relaxed"])),
+        draw(st.sampled_from([b"simple", b"relaxed"])),
+    )
     signature = dkim.sign(
         message,
         selector,
@@ -133,7 +144,7 @@ def signed(draw: st.DrawFn, keys: dict[bytes, tuple[bytes, bytes, bytes]]) -> by
         include_headers=draw(st.sampled_from([[b"from"], [b"from", b"subject", b"to", b"x"]])),
         length=draw(st.booleans()),
     )
-    signed_message = signature + message
+    signed_message: bytes = signature + message
     # Change something, sometimes: a byte of the headers or body, or add text.
     if draw(st.booleans()):
         at = draw(st.integers(0, len(signed_message) - 1))
@@ -142,7 +153,9 @@ def signed(draw: st.DrawFn, keys: dict[bytes, tuple[bytes, bytes, bytes]]) -> by
     return signed_message
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_fast_verifies_only_what_dkimpy_verifies(
     keys: dict[bytes, tuple[bytes, bytes, bytes]], data: st.DataObject
@@ -188,4 +201,4 @@ def test_canonical_bodies_are_policies_bodies() -> None:
     for c in (b"simple/simple", b"relaxed/relaxed"):
         policy = CanonicalizationPolicy.from_c_value(c)
         name = policy.body_algorithm.name.decode()
-        assert canonical_body(body, name) == policy.canonicalize_body(body)  # type: ignore[arg-type]
+        assert canonical_body(body, name) == policy.canonicalize_body(body)

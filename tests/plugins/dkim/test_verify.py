@@ -304,3 +304,32 @@ async def test_a_strict_key_refuses_a_subdomain_identity(dkim_dns: DnsServer, ke
     [entry] = entries(await verify(plugin(dkim_dns), data))
     assert entry["result"] == "permerror"
     assert entry["reason"].startswith("key is strict (t=s)")
+
+
+async def test_keys_in_the_cache_give_the_same_results_without_a_lookup(
+    dkim_dns: DnsServer, keys: Keys, signed: bytes
+) -> None:
+    """The second time, every key is in the DNS cache: the plugin verifies in the event loop
+    (no worker thread, no query) and every result and reason is the same as the first time."""
+    p = plugin(dkim_dns)
+    cases = [
+        signed,
+        signed.replace(b"see you", b"pay me"),
+        signed.replace(b"verify me", b"wire money"),
+        dkimpy_sign(keys.weak, MESSAGE),
+        dkimpy_sign(keys.rsa, MESSAGE, length=True) + b"appended\r\n",
+        dkimpy_sign(as_selector(keys.rsa, "nosuchkey"), MESSAGE),
+    ]
+    first = [entries(await verify(p, data)) for data in cases]
+    queries = len(dkim_dns.queries)
+    again = [entries(await verify(p, data)) for data in cases]
+    assert again == first
+    assert len(dkim_dns.queries) == queries
+    assert [e[0]["result"] for e in first] == [
+        "pass",
+        "fail",
+        "fail",
+        "fail",
+        "policy",
+        "permerror",
+    ]
