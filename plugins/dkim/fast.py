@@ -67,11 +67,13 @@ def verifies(
     bodies: BodyHashes,
     lookup: Callable[..., bytes | None],
     min_rsa_bits: int,
+    tags: dict[bytes, bytes] | None = None,
 ) -> bool:
     """Whether `signature` (one of `fields`) verifies, where that is simple to tell; False
-    means "ask dkimpy", not "fails"."""
+    means "ask dkimpy", not "fails". `tags`: the signature's tags, if already parsed (with
+    dkimpy's ``parse_tag_value``)."""
     try:
-        return _verifies(fields, signature, bodies, lookup, min_rsa_bits)
+        return _verifies(fields, signature, bodies, lookup, min_rsa_bits, tags)
     except Exception:
         return False
 
@@ -82,8 +84,9 @@ def _verifies(
     bodies: BodyHashes,
     lookup: Callable[..., bytes | None],
     min_rsa_bits: int,
+    parsed: dict[bytes, bytes] | None,
 ) -> bool:
-    tags = parse_tag_value(signature[1])
+    tags = parse_tag_value(signature[1]) if parsed is None else parsed
     dkim.validate_signature_fields(tags)
     algorithm = tags[b"a"]
     if algorithm not in (b"rsa-sha256", b"ed25519-sha256"):

@@ -206,7 +206,7 @@ def verify_message(
             results.append(_result(tags, *refused))
             continue
         lookup = KeyLookup(resolver, deadline, cache_only=cache_only)
-        if verifies(fields, signature, bodies, lookup, MIN_RSA_BITS):
+        if tags and verifies(fields, signature, bodies, lookup, MIN_RSA_BITS, tags):
             verified, error = True, ""
         else:
             verified, error = checker.verify(idx, lookup)
