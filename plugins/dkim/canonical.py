@@ -19,8 +19,10 @@ Field = tuple[bytes, bytes]
 
 Algorithm = Literal["simple", "relaxed"]
 
-_TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
 _WSP = re.compile(rb"[\t ]+")
+_CHANGING_WSP = re.compile(rb" [\t ]+|\t[\t ]*")
+"""The runs of spaces and tabs that relaxed canonicalisation changes (all but single spaces):
+replacing these alone gives what replacing every run gives, several times sooner."""
 _LINE_BREAK = re.compile(rb"\r?\n")
 _FIELD_NAME_BYTES = bytes(range(0x21, 0x7F))
 
@@ -62,10 +64,14 @@ def canonical_body(body: bytes, algorithm: Algorithm) -> bytes:
     """`body` canonicalised (RFC 6376 3.4.3 and 3.4.4)."""
     if algorithm == "simple":
         return _one_final_crlf(body)
-    if b"\t" in body or b" \r\n" in body:
-        body = _TRAILING_WSP.sub(b"\r\n", body)
-    if b"\t" in body or b"  " in body:
-        body = _WSP.sub(b" ", body)
+    # Looking for one byte is several times faster than for two; a body without a space or a
+    # tab (base64, as most large attachments are) is then done at once.
+    tab = b"\t" in body
+    if tab or b" " in body:
+        if tab or b" \r\n" in body:
+            body = _strip_line_ends(body)
+        if tab or b"  " in body:
+            body = _CHANGING_WSP.sub(b" ", body)
     body = _one_final_crlf(body)
     return b"" if body == b"\r\n" else body
 
@@ -88,3 +94,10 @@ def _one_final_crlf(body: bytes) -> bytes:
     while body.endswith(b"\r\n", 0, end):
         end -= 2
     return body[:end] + b"\r\n"
+
+
+def _strip_line_ends(body: bytes) -> bytes:
+    """`body` without the spaces and tabs before each CRLF (not before its end without one)."""
+    lines = body.split(b"\r\n")
+    last = lines.pop()
+    return b"\r\n".join([line.rstrip(b" \t") for line in lines] + [last])
