@@ -12,6 +12,7 @@ Everything here is synchronous: the plugin runs `verify_message` in a worker thr
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -359,7 +360,10 @@ def _key_problem(record: bytes, key: dict[bytes, bytes], tags: dict[bytes, bytes
     return ""
 
 
+@functools.lru_cache(maxsize=1024)
 def _key_tags(record: bytes | None) -> dict[bytes, bytes]:
+    """The tags of a key record (remembered: the same key comes with every message of a
+    signer; callers only read the dict)."""
     if record is None:
         return {}
     try:
