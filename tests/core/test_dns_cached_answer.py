@@ -82,3 +82,16 @@ async def test_spf_leaves_a_check_with_an_uncached_answer_to_the_thread(
     outcome = await spf.check("198.51.100.1", "bob@long.test", "helo.test")
     assert outcome.result == "fail"
     assert spf._check_cached("198.51.100.1", "bob@long.test", "helo.test") == outcome
+
+
+async def test_spf_with_cached_answers_needs_no_worker_thread(
+    zones: DnsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spf = Spf(SpfSettings(skip_networks=[]), dns=settings_for(zones))
+    first = await spf.check("192.0.2.7", "alice@long.test", "helo.test")
+
+    async def no_thread(*args: object, **kwargs: object) -> object:
+        raise AssertionError("a worker thread was used")
+
+    monkeypatch.setattr(asyncio, "to_thread", no_thread)
+    assert await spf.check("192.0.2.7", "alice@long.test", "helo.test") == first

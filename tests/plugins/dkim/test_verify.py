@@ -3,6 +3,7 @@ make them), keys in a real DNS server, one result per signature."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import time
@@ -333,3 +334,19 @@ async def test_keys_in_the_cache_give_the_same_results_without_a_lookup(
         "policy",
         "permerror",
     ]
+
+
+async def test_a_cached_key_needs_no_worker_thread(
+    dkim_dns: DnsServer, signed: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = plugin(dkim_dns)
+    first = entries(await verify(p, signed))  # the key is looked up, in a worker thread
+
+    async def no_thread(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a worker thread was used")
+
+    monkeypatch.setattr(asyncio, "to_thread", no_thread)
+    assert entries(await verify(p, signed)) == first
+    too_large = signed + b"x" * 200_000 + b"\r\n"  # over the in-loop limit: a thread
+    with pytest.raises(AssertionError, match="worker thread"):
+        await verify(p, too_large)
