@@ -430,7 +430,9 @@ async def test_the_evaluation_has_what_an_aggregate_report_needs(zone: DnsServer
     }
     assert tx.results["dmarc"].details["evaluation"] == record
     assert record == dataclasses.asdict(evaluation(tx))  # as_dict is a faster asdict
-    rua = dataclasses.replace(evaluation(tx).policy_published, rua=("mailto:a@b.test",))
+    published = evaluation(tx).policy_published
+    assert published is not None
+    rua = dataclasses.replace(published, rua=("mailto:a@b.test",))
     with_rua = dataclasses.replace(evaluation(tx), policy_published=rua, spf=None)
     assert with_rua.as_dict() == dataclasses.asdict(with_rua)
 
