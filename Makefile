@@ -9,7 +9,7 @@ CONFIG ?= conf.d
 APT_PACKAGES := postfix postfix-pcre swaks clamav-daemon clamav-milter spamd spamassassin \
 	spamass-milter opendkim opendkim-tools opendmarc rspamd postgresql miltertest \
 	libmilter-dev publicsuffix gcc openssl sasl2-bin libsasl2-modules libsasl2-modules-db systemd \
-	prometheus haproxy chromium chromium-driver postsrsd redis-server
+	prometheus haproxy chromium chromium-driver postsrsd redis-server slapd ldap-utils
 
 .PHONY: run test venv peers lint typecheck unit bench-smoke bench fuzz docs man clean
 

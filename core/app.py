@@ -11,6 +11,12 @@ listeners close, open sessions get 421, pooled connections QUIT, and the queue (
 configured) finishes its deliveries in flight and releases its leases.
 With ``[metrics] address`` set, Prometheus metrics are served from the same loop (a change of
 address, like a listener's, takes effect at the next start).
+
+Under workers (``[mailgate] workers``, `mailgate.workers`) an App is one worker: its master
+bound the listeners' sockets (`sockets`), serves ``/metrics`` from the workers' own endpoints
+(`metrics_path`), and tells it to reload and stop. Worker 1 alone delivers from the queue,
+expires the quarantine and serves the console, so nothing is done twice on a node. SIGTERM then
+drains: the listeners stop accepting and open sessions get ``drain_timeout`` to finish.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import importlib
 import os
 import signal
 import socket
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,6 +60,9 @@ log = structlog.get_logger("mailgate.app")
 class Listener(Protocol):
     """What the app needs of a listener (SMTP, milter or policy)."""
 
+    sock: socket.socket | None
+    """A socket bound by a master, served instead of binding the listener's address."""
+
     @property
     def port(self) -> int:
         """The bound port."""
@@ -64,6 +74,10 @@ class Listener(Protocol):
 
     async def stop(self) -> None:
         """Stop accepting and close sessions."""
+        ...
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting; wait up to `timeout` for open sessions to end."""
         ...
 
 
@@ -86,6 +100,9 @@ class App:
         configure_logs: bool = True,
         config: Config | None = None,
         log_level: Level | None = None,
+        worker: int = 0,
+        sockets: Mapping[int, socket.socket] | None = None,
+        metrics_path: str | None = None,
     ) -> None:
         self.directory = directory
         self.listen = listen
@@ -98,6 +115,18 @@ class App:
         self.config: Config = config or load_config(
             directory, listen=listen, relay=relay, milter=milter, policy=policy
         )
+        self.worker = worker
+        """This process's number under a master (1 to N); 0: a single process, no master."""
+        self.sockets: Mapping[int, socket.socket] = sockets or {}
+        """Listening sockets from the master, by listener index (`config.listeners`)."""
+        self.notify: Callable[[str], None] | None = None
+        """How a worker answers its master: told ``ready`` once started, and the answer to
+        each reload order (see `control`) or SIGHUP."""
+        self.control: asyncio.StreamReader | None = None
+        """A worker's orders from its master, a line each: ``prepare`` (answered ``prepared``
+        or ``refused``), then ``commit`` (``reloaded``) or ``abort``."""
+        self._prepared: tuple[Config, Pipeline] | None = None
+        primary = worker <= 1
         self._apply_log_level(self.config)
         self.observers: list[Observer] = []
         """Told about every plugin call of every pipeline this app runs (metrics)."""
@@ -107,7 +136,8 @@ class App:
         if self.config.metrics.address:
             self.metrics = Metrics()
             self.observers.append(self.metrics)
-            self.metrics_server = MetricsServer(self.metrics, self.config.metrics.address)
+            address = f"unix:{metrics_path}" if metrics_path else self.config.metrics.address
+            self.metrics_server = MetricsServer(self.metrics, address)
         self.pipeline: Pipeline = self.config.pipeline()
         self.pipeline.observers = self.observers
         self.egresses: dict[str, Egress] = {"relay": RelayEgress(self.config.relay)}
@@ -119,7 +149,7 @@ class App:
                 self.config.store, self.config.queue, self.config.relay, dns=self.config.dns
             )
             self.egresses["queue"] = self.queue.egress
-            if self.metrics is not None:
+            if self.metrics is not None and primary:
                 queue_metrics = QueueMetrics(self.metrics.registry, self.queue.store)
                 self.queue.worker.on_delivery = queue_metrics.delivered
                 self.metrics.refreshers.append(queue_metrics.refresh)
@@ -127,7 +157,7 @@ class App:
         self._expiring: asyncio.Task[None] | None = None
         self.console: ConsoleServer | None = None
         """The web console, when ``[console] address`` is set."""
-        if self.config.console.address:
+        if self.config.console.address and primary:
             self.console = self._console()
         self.listeners: list[Listener] = []
         self.reloads = 0
@@ -259,7 +289,7 @@ class App:
             "started",
             config=str(self.directory) if self.directory is not None else None,
             plugins=[p.name for p in self.pipeline.plugins],
-            relay=self.config.relay.address,
+            relay=self.config.relay.address.default,
             metrics=self.metrics_server.address if self.metrics_server is not None else None,
             event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
         )
@@ -267,7 +297,7 @@ class App:
     async def _start_listening(self) -> None:
         if self.queue is not None:
             try:
-                await self.queue.start()
+                await self.queue.start(deliver=self.worker <= 1)
             except (OSError, SQLAlchemyError) as exc:
                 source = preflight.core_source(self.config)
                 url = self.config.store.redacted()
@@ -275,7 +305,8 @@ class App:
                 raise ConfigError(
                     source, "store.url", url, "a store mailgate can open", reason
                 ) from exc
-        if isinstance(self.quarantine, StoredQuarantine) and self.config.quarantine.retention_days:
+        expires = self.config.quarantine.retention_days and self.worker <= 1
+        if isinstance(self.quarantine, StoredQuarantine) and expires:
             self._expiring = asyncio.create_task(
                 self._expire_quarantine(self.quarantine), name="quarantine expiry"
             )
@@ -303,8 +334,10 @@ class App:
                 source = preflight.core_source(self.config)
                 address = self.config.metrics.address
                 raise _cannot_listen(source, "metrics.address", address, exc) from None
-        for lc in self.config.listeners:
+        for index, lc in enumerate(self.config.listeners):
             listener = self._listener(lc.type, lc.settings)
+            if index in self.sockets:
+                listener.sock = self.sockets[index]
             try:
                 await listener.start()
             except OSError as exc:
@@ -339,6 +372,16 @@ class App:
         Logs ``configuration reloaded`` with the keys that need a restart (`restart_needed`), a
         warning naming them, and one naming each plugin whose code changed since it was loaded.
         """
+        prepared = self.prepare_reload()
+        if prepared is None:
+            return False
+        self.commit_reload(prepared)
+        return True
+
+    def prepare_reload(self) -> tuple[Config, Pipeline] | None:
+        """The first half of `reload`: read and check the configuration and build its chain,
+        swapping nothing; None (and logged, and counted) when it is bad. A master asks every
+        worker to prepare before it tells any to commit (all swap, or none does)."""
         self._installed.refresh()
         try:
             config = load_config(
@@ -356,7 +399,12 @@ class App:
             log.error("configuration refused, keeping the old one", error=str(exc))
             if self.metrics is not None:
                 self.metrics.reloaded(False)
-            return False
+            return None
+        return config, pipeline
+
+    def commit_reload(self, prepared: tuple[Config, Pipeline]) -> None:
+        """The second half of `reload`: swap in what `prepare_reload` built."""
+        config, pipeline = prepared
         old, self.config, self.pipeline = self.pipeline, config, pipeline
         with contextlib.suppress(RuntimeError):  # no running loop: nothing was started
             task = asyncio.get_running_loop().create_task(self._swap_plugins(old, pipeline))
@@ -388,12 +436,37 @@ class App:
                 plugin=name,
                 files=files,
             )
-        return True
 
     def wake_queue(self) -> None:
         """Look for due messages now (SIGUSR1: ``mailgate queue retry``, ``flush``, ``release``)."""
         if self.queue is not None:
             self.queue.worker.wake()
+
+    async def _obey(self, control: asyncio.StreamReader) -> None:
+        """Carry out the master's two-phase reloads (see `control`) until the pipe closes."""
+        while line := await control.readline():
+            order = line.strip()
+            if order == b"prepare":
+                self._prepared = self.prepare_reload()
+                answer = "prepared" if self._prepared is not None else "refused"
+            elif order == b"commit" and self._prepared is not None:
+                self.commit_reload(self._prepared)
+                self._prepared, answer = None, "reloaded"
+            else:  # abort, or a commit with nothing prepared
+                self._prepared, answer = None, "aborted"
+            if self.notify is not None:
+                self.notify(answer)
+
+    def _hangup(self) -> None:
+        ok = self.reload()
+        if self.notify is not None:
+            self.notify("reloaded" if ok else "refused")
+
+    async def drain(self) -> None:
+        """Stop accepting on every listener, then give open sessions ``drain_timeout``."""
+        timeout = self.config.mailgate.drain_timeout
+        log.info("draining", sessions_timeout=timeout)
+        await asyncio.gather(*(listener.drain(timeout) for listener in self.listeners))
 
     def request_stop(self) -> None:
         """Ask `run` to stop (what SIGTERM and SIGINT do)."""
@@ -428,7 +501,12 @@ class App:
         """Start, serve until SIGTERM/SIGINT (SIGHUP reloads), then stop."""
         loop = asyncio.get_running_loop()
         await self.start()
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        obeying = None
+        if self.control is not None:
+            obeying = asyncio.create_task(self._obey(self.control), name="master's orders")
+        if self.notify is not None:
+            self.notify("ready")
+        loop.add_signal_handler(signal.SIGHUP, self._hangup)
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGUSR1, self.wake_queue)
@@ -438,6 +516,10 @@ class App:
             for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a late wake must not end the stop
+            if obeying is not None:
+                obeying.cancel()
+            if self.worker:
+                await self.drain()
             await self.stop()
 
 

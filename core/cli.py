@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from mailgate import __version__
 from mailgate.columns import columns
@@ -260,10 +260,30 @@ def _serve(args: argparse.Namespace) -> int:
         app = App(directory, **addresses, config=config, log_level=args.log_level)
         await app.run()
 
+    if config.mailgate.worker_count() > 1:
+        return _serve_workers(args, directory, addresses, config)
+
     try:
         with process.pid_file(args.pid_file):
             event_loop.run(run(), config.mailgate.event_loop)
     except (process.ProcessError, OSError) as exc:
+        print(f"mailgate: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _serve_workers(
+    args: argparse.Namespace, directory: Path | None, addresses: dict[str, str | None], config: Any
+) -> int:
+    """``serve`` with ``workers`` above 1: a master over N worker processes (docs/scaling.md)."""
+    from mailgate import event_loop, process
+    from mailgate.workers import Master, StartError
+
+    master = Master(directory, addresses, config, log_level=args.log_level)
+    try:
+        with process.pid_file(args.pid_file):
+            event_loop.run(master.run(), "asyncio")
+    except (process.ProcessError, OSError, StartError) as exc:
         print(f"mailgate: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -331,9 +351,12 @@ def _summary(config: Config) -> str:
     plugins = ", ".join(p.name for p in config.chain) or "none"
     queue = ""
     if config.queue is not None:
-        hop = config.queue.next_hop or config.relay.address
+        hop = config.queue.next_hop or config.relay.address.default
         queue = f"; queue: {config.store.redacted()} -> {hop}"
-    return f"listeners: {listeners}; relay: {config.relay.address}{queue}; plugins: {plugins}"
+    relay = config.relay.address.default + (
+        "" if config.relay.address.is_fixed else " (or by rule)"
+    )
+    return f"listeners: {listeners}; relay: {relay}{queue}; plugins: {plugins}"
 
 
 def _plugin_table(config: Config) -> str:

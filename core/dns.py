@@ -15,12 +15,17 @@ per configuration and hands it to every plugin, and keeps the cache over a reloa
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Annotated
 
 import dns.asyncresolver
+import dns.name
 import dns.nameserver
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
 import dns.resolver
 
 from mailgate.config import Check, Networks
@@ -141,3 +146,42 @@ def sync_resolver(settings: DnsSettings) -> dns.resolver.Resolver:
     resolver = dns.resolver.Resolver(configure=not settings.nameservers)
     _configure(resolver, settings)
     return resolver
+
+
+class CacheMiss(Exception):
+    """`cached_answer` found nothing in the cache: the lookup needs the network."""
+
+
+def cached_answer(
+    resolver: dns.resolver.BaseResolver, name: str, rdtype: str
+) -> dns.resolver.Answer:
+    """What ``resolver.resolve(name, rdtype, search=False)`` would answer from the cache alone,
+    never asking a server: the answer, or `dns.resolver.NoAnswer` / `dns.resolver.NXDOMAIN`
+    for a cached negative answer, or `CacheMiss`.
+
+    This lets a plugin run a synchronous library (pyspf, dkimpy) inside the event loop when
+    every answer it needs is cached, and in a worker thread only when one is not.
+    """
+    cache = resolver.cache
+    if cache is None:
+        raise CacheMiss(name)
+    qname = _name(name)
+    rdclass = dns.rdataclass.IN
+    answer = cache.get((qname, dns.rdatatype.from_text(rdtype), rdclass))
+    if answer is not None:
+        if answer.rrset is None:
+            raise dns.resolver.NoAnswer(response=answer.response)  # type: ignore[no-untyped-call]
+        found: dns.resolver.Answer = answer
+        return found
+    missing = cache.get((qname, dns.rdatatype.ANY, rdclass))
+    if missing is not None and missing.response.rcode() == dns.rcode.NXDOMAIN:
+        responses = {qname: missing.response}
+        raise dns.resolver.NXDOMAIN(qnames=[qname], responses=responses)  # type: ignore[no-untyped-call]
+    raise CacheMiss(name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _name(text: str) -> dns.name.Name:
+    """`dns.name.from_text`, remembered (a Name is immutable; parsing one costs ~10 µs, and the
+    same few names are asked for with every message)."""
+    return dns.name.from_text(text)

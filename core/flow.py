@@ -31,7 +31,9 @@ from typing import TypeVar
 import structlog
 
 from mailgate.authentication_results import apply_authentication_results
+from mailgate.config.dynamic import Dynamic
 from mailgate.egress import DownstreamTransaction, Egress, Reply
+from mailgate.expressions import current_recipient
 from mailgate.message import Header
 from mailgate.metrics import Metrics, metrics_of
 from mailgate.pipeline import Pipeline
@@ -64,8 +66,9 @@ class FlowSettings:
 
     egress_timeout: float = 600.0
     """Seconds one egress step (MAIL, RCPT, the message) may take; then 451."""
-    max_recipients: int = 0
-    """Recipients per transaction (0: no limit of mailgate's own; the MTA has one)."""
+    max_recipients: int | Dynamic[int] = 0
+    """Recipients per transaction (0: no limit of mailgate's own; the MTA has one); with
+    rules, read at each RCPT with ``rcpt`` the recipient offered."""
     trace: Trace | None = None
     """The SMTP ingress's trace header; None where the MTA adds its own (milter, policy)."""
     keep_message: bool = False
@@ -200,12 +203,24 @@ class SessionFlow:
         self._remember_later(verdict)
         return verdict
 
+    def _recipient_limit(self, tx: Transaction, recipient: Address) -> int:
+        limit = self.settings.max_recipients
+        if isinstance(limit, int):
+            return limit
+        if limit.is_fixed:
+            return limit.default
+        token = current_recipient.set(recipient)
+        try:
+            return limit.value(self.session, tx)
+        finally:
+            current_recipient.reset(token)
+
     async def rcpt(self, recipient: Address) -> Verdict | None:
         """RCPT TO: the recipient joins unless mailgate's limit, a plugin or the downstream
         refuses it (a refusal is returned); a recipient a plugin deleted does not join, and
         the ones it added go downstream with the final envelope at the end of data."""
         tx = self._open_tx()
-        limit = self.settings.max_recipients
+        limit = self._recipient_limit(tx, recipient)
         if limit and len(tx.recipients) >= limit:
             refusal = replies.to_verdict(replies.TOO_MANY_RECIPIENTS, reason="too many recipients")
             return await self.refused(recipient, refusal, by="listener")

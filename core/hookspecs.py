@@ -63,6 +63,7 @@ from __future__ import annotations
 from collections.abc import Set
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from mailgate.directory import Entry, Question
 from mailgate.message import Header, Message
 from mailgate.plugin import hookspec
 from mailgate.session import Address, Session, Transaction
@@ -163,6 +164,29 @@ def authenticate(session: Session, mechanism: str, login: str, secret: str) -> b
 
     A plugin that raises or times out ends the check: the client gets ``454 4.7.0`` (try
     again later), never a ``535`` for a password nobody looked at. No later plugin is asked.
+    """
+
+
+@hookspec(firstresult=True)
+def directory(session: Session | None, question: Question, subject: str) -> Entry | None:
+    """Answer a directory question (docs/directory.md). Stops at the first non-None result.
+
+    Not called by mailgate's stages: plugins that need the directory (recipient verification,
+    ``sender_auth``, ``directory_auth``, ``rewrite``) ask it through
+    :func:`mailgate.directory.ask`, at any stage.
+
+    :param session: the session asking (None outside one).
+    :param question: ``recipient`` (the subject is an address: does it exist, and what does
+        it expand to), ``senders`` (a login: the addresses it may send as) or ``credentials``
+        (a login: its password hash or the DN to bind as).
+    :param subject: the address or the login.
+    :return: a :class:`mailgate.directory.Entry` (``found=False`` when the directory knows
+        the subject does not exist), or None when this backend has no opinion (a domain it
+        does not serve, a question it is not set up for).
+
+    A backend that raises or times out ends the question with its ``on_error``: ``tempfail``
+    (the default: the asker answers ``451 4.3.0``), ``reject`` (``554 5.3.0``), or ``accept``
+    (passed over, as if it had said None).
     """
 
 

@@ -16,17 +16,18 @@ import dataclasses
 import importlib
 import importlib.metadata
 import inspect
+import os
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pluggy
 
 from mailgate.authentication_results import AuthenticationResultsSettings
-from mailgate.config import ConfigError, PluginError, is_host_port, load_settings
+from mailgate.config import ConfigError, Dynamic, PluginError, is_host_port, load_settings
 from mailgate.config.errors import Text
 from mailgate.console.settings import ConsoleSettings
 from mailgate.contract import ContractError, check_plugin_class
@@ -64,6 +65,29 @@ class MailgateSettings:
     """This host's name, used by listeners whose own `hostname` is empty; empty: the FQDN."""
     event_loop: EventLoopChoice = "auto"
     """``auto`` (uvloop if installed, else asyncio's own loop), ``uvloop`` or ``asyncio``."""
+    workers: int = 0
+    """Processes serving the listeners; 0: one per core (or ``$MAILGATE_WORKERS`` when set).
+    1 is a single process; more run under a master (see docs/scaling.md)."""
+    worker_sockets: Literal["reuseport", "shared"] = "reuseport"
+    """How workers share a TCP listener: ``reuseport`` (one ``SO_REUSEPORT`` socket each, the
+    kernel spreads connections) or ``shared`` (one socket, accepted by whichever worker wakes)."""
+    drain_timeout: float = 30.0
+    """On SIGTERM under workers: seconds open sessions get to finish before they get 421."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError("workers must be 0 (one per core) or more")
+        if self.drain_timeout < 0:
+            raise ValueError("drain_timeout must not be negative")
+
+    def worker_count(self) -> int:
+        """How many workers to run: `workers`, else ``$MAILGATE_WORKERS``, else the cores."""
+        if self.workers:
+            return self.workers
+        env = os.environ.get("MAILGATE_WORKERS", "").strip()
+        if env.isdigit() and int(env) > 0:
+            return int(env)
+        return len(os.sched_getaffinity(0))
 
 
 @dataclass(slots=True)
@@ -279,7 +303,8 @@ def _core(table: dict[str, Any], source: str, path: Path | None) -> Config:
         prefix="authentication_results",
     )
     relay = _table(table, "relay", source)
-    _check_address(relay.get("address", "127.0.0.1:25"), source, "relay.address")
+    if not isinstance(relay.get("address"), list):  # a list: rules, checked by load_settings
+        _check_address(relay.get("address", "127.0.0.1:25"), source, "relay.address")
     config.relay = load_settings(RelaySettings, relay, source=source, prefix="relay")
     listeners = table.get("listener", [])
     if not isinstance(listeners, list) or not all(isinstance(t, dict) for t in listeners):
@@ -392,7 +417,7 @@ def _override(config: Config, *, listen: str | None, relay: str | None) -> None:
         first.source, first.key = "--listen", ""
     if relay is not None:
         _check_address(relay, "--relay", "address")
-        config.relay.address = relay
+        config.relay.address = Dynamic.fixed(relay)
 
 
 def _run_options(

@@ -2,7 +2,8 @@
 
 Every line carries the ids bound with `bind_ids` (``session``, ``tx``) through contextvars, so
 lines from one connection can be picked out of a busy log. Configure with the ``[logging]``
-table (`LoggingSettings`) and `configure_logging`.
+table (`LoggingSettings`) and `configure_logging`. Under workers (docs/scaling.md) every line
+also names its process: ``worker=N`` (1 to N) or ``worker="master"`` (`name_process`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,22 @@ from typing import Any, Literal
 import structlog
 
 Level = Literal["debug", "info", "warning", "error"]
+
+_process_name: int | str | None = None
+"""What `name_process` set: the ``worker`` field of every line, or None for no such field."""
+
+
+def name_process(name: int | str | None) -> None:
+    """Add ``worker=name`` to every later line of this process (a worker's number, or
+    ``"master"``); None: no ``worker`` field (a single process)."""
+    global _process_name
+    _process_name = name
+
+
+def _add_process_name(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    if _process_name is not None:
+        event.setdefault("worker", _process_name)
+    return event
 
 
 @dataclass(slots=True)
@@ -40,6 +57,7 @@ def configure_logging(settings: LoggingSettings | None = None) -> None:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_process_name,
     ]
     renderer: Any
     if settings.format == "json":

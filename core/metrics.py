@@ -279,13 +279,20 @@ class MetricsServer:
 
     @property
     def port(self) -> int:
-        """The bound port (useful with port 0)."""
+        """The bound port (useful with port 0); 0 on a unix socket."""
         if self._server is None or not self._server.sockets:
             raise RuntimeError("the metrics server is not started")
+        if self.address.startswith("unix:"):
+            return 0
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        """Bind and start answering."""
+        """Bind and start answering; ``unix:/path`` listens on a unix socket (a worker's, read
+        by its master: see `mailgate.workers.metrics`)."""
+        if self.address.startswith("unix:"):
+            path = self.address.removeprefix("unix:")
+            self._server = await asyncio.start_unix_server(self._serve, path=path)
+            return
         host, port = split_host_port(self.address)
         self._server = await asyncio.start_server(
             self._serve, host or None, port, reuse_address=True

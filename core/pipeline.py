@@ -20,6 +20,7 @@ import pluggy
 import structlog
 
 from mailgate import hookspecs
+from mailgate.directory import DirectoryUnavailable, Entry, Question, active_lookup
 from mailgate.expressions import current_recipient
 from mailgate.message import Header
 from mailgate.modifications import Modification
@@ -141,7 +142,7 @@ class AuthenticationUnavailable(Exception):
     """An `authenticate` plugin failed (raised or timed out): no answer, not a wrong password."""
 
 
-_ANSWERS: dict[str, tuple[type, ...]] = {"authenticate": (bool,)}
+_ANSWERS: dict[str, tuple[type, ...]] = {"authenticate": (bool,), "directory": (Entry,)}
 """What each hook may answer besides None: a `Verdict`, unless listed here."""
 _ANSWER_IGNORED = frozenset({"on_rcpt_refused", "on_outcome", "on_disconnect"})
 
@@ -215,7 +216,9 @@ class Pipeline:
             self.pm.register(p.instance, name=p.name)
         self.pm.check_pending()
         self._calls: dict[str, list[_Call]] = {}
-        for hook_name in (n for n in dir(hookspecs) if n.startswith(("on_", "authenticate"))):
+        for hook_name in (
+            n for n in dir(hookspecs) if n.startswith(("on_", "authenticate", "directory"))
+        ):
             self._calls[hook_name] = self._collect(hook_name)
 
     def _collect(self, hook_name: str) -> list[_Call]:
@@ -362,6 +365,7 @@ class Pipeline:
         calls = self._calls[hook_name]
         if not calls:
             return None
+        active_lookup.set(self.directory if self._calls["directory"] else None)
         kwargs["session"] = session
         kwargs["transaction"] = tx
         for call in calls:
@@ -401,6 +405,7 @@ class Pipeline:
             "login": login,
             "secret": secret,
         }
+        active_lookup.set(self.directory if self._calls["directory"] else None)
         for call in self._calls["authenticate"]:
             ok, result = await self._invoke(call, kwargs, session, None)
             if not ok:
@@ -408,6 +413,41 @@ class Pipeline:
             if result is not None:
                 return bool(result)
         return None
+
+    async def directory(
+        self, session: Session | None, question: Question, subject: str
+    ) -> Entry | None:
+        """Run `directory` until a backend answers (`mailgate.directory.ask` calls this).
+
+        Raises `DirectoryUnavailable` when a backend fails and its ``on_error`` is not
+        ``accept``; with ``accept`` the next backend is asked.
+        """
+        kwargs: dict[str, Any] = {"session": session, "question": question, "subject": subject}
+        for call in self._calls["directory"]:
+            if session is None:
+                ok, result = await self._invoke_bare(call, kwargs)
+            else:
+                ok, result = await self._invoke(call, kwargs, session, None)
+            if not ok:
+                verdict = error_verdict(call.plugin.on_error)
+                if verdict is None:
+                    continue
+                raise DirectoryUnavailable(call.plugin.name, verdict)
+            if result is not None:
+                return result  # type: ignore[no-any-return]
+        return None
+
+    async def _invoke_bare(self, call: _Call, kwargs: dict[str, Any]) -> tuple[bool, Any]:
+        """A `directory` call with no session to count on (a command-line check)."""
+        try:
+            async with asyncio.timeout(call.plugin.timeout):
+                result = call.function(**{k: kwargs[k] for k in call.argnames})
+                if inspect.isawaitable(result):
+                    result = await result
+        except Exception as exc:
+            log.error("plugin failed", plugin=call.plugin.name, hook=call.hook, reason=str(exc))
+            return False, None
+        return not wrong_answer(call.hook, result), result
 
     async def mail(self, session: Session, tx: Transaction) -> Verdict | None:
         """Run `on_mail` for the transaction's sender."""

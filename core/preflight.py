@@ -274,7 +274,7 @@ def _check_relay(relay: RelaySettings, source: str) -> list[ConfigError]:
             ipaddress.IPv4Address(relay.host)
         except ValueError:
             raise ConfigError(
-                source, "relay.address", relay.address, "an IPv4 address or a host name"
+                source, "relay.address", relay.address.default, "an IPv4 address or a host name"
             ) from None
     else:
         try:
@@ -284,7 +284,9 @@ def _check_relay(relay: RelaySettings, source: str) -> list[ConfigError]:
             # up after mailgate does.
             reason = str(exc.strerror)
             expected = "a host that resolves"
-            warnings.append(ConfigError(source, "relay.address", relay.address, expected, reason))
+            warnings.append(
+                ConfigError(source, "relay.address", relay.address.default, expected, reason)
+            )
     if relay.tls_ca_file:
         try:
             ssl.create_default_context().load_verify_locations(cafile=relay.tls_ca_file)

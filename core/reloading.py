@@ -31,6 +31,8 @@ def start_settings(config: Config) -> dict[str, Any]:
     values: dict[str, Any] = {
         "mailgate.event_loop": config.mailgate.event_loop,
         "mailgate.hostname": config.mailgate.hostname,
+        "mailgate.workers": config.mailgate.workers,
+        "mailgate.worker_sockets": config.mailgate.worker_sockets,
         "metrics.address": config.metrics.address,
     }
     for f in dataclasses.fields(config.relay):

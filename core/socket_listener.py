@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import socket
 import stat
 
 import structlog
@@ -35,6 +36,9 @@ class SocketListener:
         self._address = address
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.sock: socket.socket | None = None
+        """A socket already bound and listening (a worker's, from its master): `start` serves
+        it instead of binding `address`, and `stop` leaves a unix socket's path to the master."""
 
     @property
     def port(self) -> int:
@@ -51,17 +55,21 @@ class SocketListener:
     async def start(self) -> None:
         """Bind the socket and start accepting connections."""
         addr = self._address
-        if addr.is_unix:
+        if addr.is_unix and self.sock is None:
             with contextlib.suppress(FileNotFoundError):
                 if stat.S_ISSOCK(os.stat(addr.path).st_mode):
                     os.unlink(addr.path)  # a stale socket from a previous run
         self._server = await self.open_server(addr)
-        if addr.is_unix:
+        if addr.is_unix and self.sock is None:
             os.chmod(addr.path, self.socket_mode)
         log.info(f"{self.kind} listener started", listener=self.name, address=self.address)
 
     async def open_server(self, addr: SocketAddress) -> asyncio.Server:
         """The bound server; by default each connection runs `handle` with asyncio streams."""
+        if self.sock is not None:
+            if addr.is_unix:
+                return await asyncio.start_unix_server(self._serve, sock=self.sock)
+            return await asyncio.start_server(self._serve, sock=self.sock)
         if addr.is_unix:
             return await asyncio.start_unix_server(self._serve, path=addr.path)
         return await asyncio.start_server(self._serve, addr.host, addr.port, reuse_address=True)
@@ -82,9 +90,18 @@ class SocketListener:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._server.wait_closed()
         self._server = None
-        if self._address.is_unix:
+        if self._address.is_unix and self.sock is None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._address.path)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, then wait up to `timeout` seconds for the running connections to
+        end by themselves (a worker's SIGTERM); `stop` then closes what is left."""
+        if self._server is None:
+            return
+        self._server.close()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one connection (what the subclass's protocol does)."""

@@ -18,18 +18,24 @@ is set. The same holds for the policy listener (``check_policy_service``), which
 from its own restriction lists, next to ``reject_unauth_destination``: relay control leaves it
 alone unless ``check_policy`` is set.
 
+``domains`` and ``networks`` may vary per transaction (rules read at each RCPT, so every
+envelope variable is known), and they stay safe: a network that covers every address
+(``0.0.0.0/0``, ``::/0``) is refused at load in any rule, and a rule whose expression fails at
+run time counts as false, so the ``else`` value (closed by default) applies.
+
 Configured in the ``[relay_control]`` table of ``mailgate.toml``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
-from mailgate.config import Networks
+from mailgate.config import Dynamic, Networks, fixed_dynamics
 from mailgate.expressions import ip_in
 from mailgate.plugin import hookimpl
 from mailgate.routing import routing_reason, valid_domain
-from mailgate.session import Address, Session
+from mailgate.session import Address, Session, Transaction
 from mailgate.verdict import Verdict
 
 
@@ -37,10 +43,13 @@ from mailgate.verdict import Verdict
 class RelayControlSettings:
     """The ``[relay_control]`` table."""
 
-    domains: list[str] = field(default_factory=list)
-    """Domains mailgate receives mail for; ``.example.org`` means every sub-domain of it."""
-    networks: Networks = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
-    """Clients in these networks may send to any domain (relay)."""
+    domains: Dynamic[list[str]] = field(default=Dynamic.fixed([]))
+    """Domains mailgate receives mail for; ``.example.org`` means every sub-domain of it. Per
+    transaction: rules read at each RCPT (``listener``, ``client``, ``sender``, ``rcpt``...)."""
+    networks: Dynamic[Networks] = field(default=Dynamic.fixed(["127.0.0.0/8", "::1/128"]))
+    """Clients in these networks may send to any domain (relay). Per transaction: rules read
+    at each RCPT, e.g. a wider list on the submission listener. A network covering every
+    address (``0.0.0.0/0``, ``::/0``) is refused, in any rule."""
     authenticated_may_relay: bool = True
     """Clients that authenticated (SMTP AUTH) may send to any domain."""
     allow_untrusted_routing: bool = False
@@ -56,6 +65,37 @@ class RelayControlSettings:
     check_policy: bool = False
     """Also check recipients that come through the policy listener (Postfix decides relaying)."""
 
+    def __post_init__(self) -> None:
+        fixed_dynamics(self)
+        for networks in self.networks.values():
+            for text in networks:
+                if ipaddress.ip_network(text, strict=False).prefixlen == 0:
+                    raise ValueError(
+                        f"networks: {text!r} lets every client relay (an open relay); list "
+                        "the networks that may, or use authenticated_may_relay"
+                    )
+
+
+class _Domains:
+    """One `domains` list, ready for matching: exact names and ``.sub-domain`` suffixes."""
+
+    __slots__ = ("exact", "subs")
+
+    def __init__(self, domains: list[str]) -> None:
+        exact: set[str] = set()
+        subs: list[str] = []
+        for d in domains:
+            d = d.lower().rstrip(".")
+            if d.startswith("."):
+                subs.append(d)
+            else:
+                exact.add(d)
+        self.exact = frozenset(exact)
+        self.subs = tuple(subs)
+
+    def __contains__(self, domain: str) -> bool:
+        return domain in self.exact or (bool(self.subs) and domain.endswith(self.subs))
+
 
 class RelayControl:
     """Refuses recipients mailgate must not relay to (see the module docstring)."""
@@ -66,44 +106,49 @@ class RelayControl:
 
     def __init__(self, settings: RelayControlSettings | None = None) -> None:
         self.settings = settings or RelayControlSettings()
-        exact: set[str] = set()
-        subs: list[str] = []
-        for d in self.settings.domains:
-            d = d.lower().rstrip(".")
-            if d.startswith("."):
-                subs.append(d)
-            else:
-                exact.add(d)
-        self._exact = frozenset(exact)
-        self._subs = tuple(subs)
-        self._networks = tuple(self.settings.networks)
+        self._domains = self.settings.domains.map(_Domains)
+        self._networks = self.settings.networks.map(tuple)
 
-    def local_domain(self, domain: str) -> bool:
-        """True if mail for `domain` is accepted from anyone."""
+    def local_domain(
+        self, domain: str, session: Session | None = None, transaction: Transaction | None = None
+    ) -> bool:
+        """True if mail for `domain` is accepted from anyone (in this transaction, when
+        `domains` has rules: without a session only its ``else`` value counts)."""
         if not valid_domain(domain):
             return False
-        domain = domain.lower().rstrip(".")
-        return domain in self._exact or (bool(self._subs) and domain.endswith(self._subs))
+        domains = (
+            self._domains.default
+            if session is None or self._domains.is_fixed
+            else self._domains.value(session, transaction)
+        )
+        return domain.lower().rstrip(".") in domains
 
-    def may_relay(self, session: Session) -> bool:
+    def may_relay(self, session: Session, transaction: Transaction | None = None) -> bool:
         """True if this client may send to any domain."""
         if session.auth_login and self.settings.authenticated_may_relay:
             return True
-        return ip_in(session.client_ip, self._networks)
+        networks = (
+            self._networks.default
+            if self._networks.is_fixed
+            else self._networks.value(session, transaction)
+        )
+        return ip_in(session.client_ip, networks)
 
     @hookimpl
-    def on_rcpt(self, session: Session, recipient: Address) -> Verdict | None:
+    def on_rcpt(
+        self, session: Session, transaction: Transaction, recipient: Address
+    ) -> Verdict | None:
         """Refuse a recipient outside `domains` from a client that may not relay."""
         if session.ingress == "milter" and not self.settings.check_milter:
             return None
         if session.ingress == "policy" and not self.settings.check_policy:
             return None
-        if self.may_relay(session):
+        if self.may_relay(session, transaction):
             return None
         routing = None
         if not self.settings.allow_untrusted_routing:
             routing = routing_reason(recipient.address)
-        if routing is None and self.local_domain(recipient.domain):
+        if routing is None and self.local_domain(recipient.domain, session, transaction):
             return None
         reason = f"relay to {recipient.domain or recipient.address} from {session.client_ip}"
         if routing is not None:

@@ -8,6 +8,11 @@ affected. A login owns:
 - whatever ``allowed`` lists for it: ``"bob@example.org"`` (one address) or ``"@example.org"``
   (every address of that domain); the key ``"*"`` applies to every login.
 
+- with ``use_directory`` (the default), the addresses the directory lists for the login
+  (``senders``: its own addresses and aliases; ``@example.org`` for a whole domain), when a
+  directory backend is enabled (docs/directory.md). A dead directory follows the backend's
+  ``on_error`` (default ``451 4.3.0``).
+
 A sub-address (``alice+news@example.org``) belongs to whoever owns ``alice@example.org``.
 Anything else gets ``553 5.7.1 Sender address not owned by user LOGIN``.
 
@@ -16,8 +21,16 @@ Configured in the ``[sender_auth]`` table of ``mailgate.toml``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
+from mailgate.directory import (
+    DirectoryUnavailable,
+    Question,
+    active_lookup,
+    ask,
+    unavailable_verdict,
+)
 from mailgate.plugin import hookimpl
 from mailgate.session import Address, Session
 from mailgate.verdict import Verdict
@@ -36,6 +49,8 @@ class SenderAuthSettings:
     """``alice+tag@...`` counts as ``alice@...``; empty: no sub-addresses."""
     allow_null_sender: bool = True
     """Authenticated clients may send with ``MAIL FROM:<>`` (bounces, vacation replies)."""
+    use_directory: bool = True
+    """Also allow the addresses the directory lists for the login (``senders``)."""
     reply_code: int = 553
     """The refusal's SMTP code."""
 
@@ -75,9 +90,25 @@ class SenderAuth:
             return address
         return f"{local.partition(delimiter)[0]}@{domain}"
 
+    async def owns_in_directory(self, session: Session, login: str, address: str) -> bool:
+        """True if the directory lists `address` (or its domain) among `login`'s senders."""
+        entry = await ask(session, Question.SENDERS, login)
+        if entry is None or not entry.found:
+            return False
+        address = self._base_address(address.lower())
+        domain = address.rpartition("@")[2]
+        allowed = {a.lower() for a in entry.addresses}
+        return address in allowed or f"@{domain}" in allowed
+
     @hookimpl
-    def on_mail(self, session: Session, sender: Address) -> Verdict | None:
-        """Refuse a sender the session's login does not own; unauthenticated: no opinion."""
+    def on_mail(
+        self, session: Session, sender: Address
+    ) -> Verdict | Awaitable[Verdict | None] | None:
+        """Refuse a sender the session's login does not own; unauthenticated: no opinion.
+
+        When the static rules do not allow it and a directory is enabled, the answer is a
+        coroutine asking the directory (the pipeline awaits it).
+        """
         login = session.auth_login
         if not login:
             return None
@@ -85,9 +116,22 @@ class SenderAuth:
             return None
         if sender.address and self.owns(login, sender.address):
             return None
+        if sender.address and self.settings.use_directory and active_lookup.get() is not None:
+            return self._ask_directory(session, login, sender.address)
+        return self._refusal(login, sender.address)
+
+    async def _ask_directory(self, session: Session, login: str, address: str) -> Verdict | None:
+        try:
+            if await self.owns_in_directory(session, login, address):
+                return None
+        except DirectoryUnavailable as exc:
+            return unavailable_verdict(exc)
+        return self._refusal(login, address)
+
+    def _refusal(self, login: str, address: str) -> Verdict:
         return Verdict.reject(
             self.settings.reply_code,
             "5.7.1",
             f"Sender address not owned by user {login}",
-            reason=f"{login} may not send as <{sender.address}>",
+            reason=f"{login} may not send as <{address}>",
         )

@@ -8,6 +8,7 @@ one, directly or through another fixture, starts a real daemon and is marked ``p
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from types import ModuleType
 
@@ -15,6 +16,11 @@ import pytest
 
 from mailgate import event_loop
 from tests import event_loops
+
+# `mailgate serve` runs one worker per core unless the configuration says otherwise; the
+# suite's servers are single processes (as before workers existed) unless a test (tests/workers)
+# sets `[mailgate] workers` itself.
+os.environ.setdefault("MAILGATE_WORKERS", "1")
 
 # The peer modules import one another; registered before the first import, all are rewritten.
 pytest.register_assert_rewrite("tests.peers")
@@ -35,6 +41,7 @@ pytest_plugins = [
     "tests.peers.prometheus",
     "tests.peers.redis",
     "tests.peers.rspamd",
+    "tests.peers.slapd",
     "tests.peers.smtp_sink",
     "tests.peers.spamass_milter",
     "tests.peers.spamd",

@@ -77,7 +77,10 @@ def test_relay_control_is_on_with_no_files_at_all() -> None:
     app = App(None, listen="127.0.0.2:0", relay="127.0.0.1:25", configure_logs=False)
     assert [p.name for p in app.pipeline.plugins] == ["relay_control", "sender_auth"]
     settings = app.pipeline.plugins[0].instance.settings  # type: ignore[attr-defined]
-    assert settings.networks == ["127.0.0.0/8", "::1/128"] and settings.domains == []
+    assert settings.networks.is_fixed and settings.domains.is_fixed
+    assert (
+        settings.networks.default == ["127.0.0.0/8", "::1/128"] and settings.domains.default == []
+    )
 
 
 ROUTED = ["v%evil.test@example.org", '"v@evil.test"@example.org', "evil.test!v@example.org"]

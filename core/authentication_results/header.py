@@ -11,6 +11,7 @@ them after the authserv-id, one per line::
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from mailgate.authentication_results import syntax
@@ -23,6 +24,9 @@ WIDTH = 78
 
 _FIRST_LINE_TAKEN = len(HEADER) + 2
 """``Authentication-Results: `` before the value on its first line."""
+
+_FOLD_POINT = re.compile(r"(?<! ) ")
+"""A space that begins a run of spaces: where a line may be folded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +89,23 @@ def fold(line: str, taken: int) -> str:
     space of a run of spaces, never elsewhere, so unfolding (taking the CRLFs out) gives
     `line` back, even inside quoted strings and comments. A line with no such space stays
     long."""
+    if taken + len(line) <= WIDTH:
+        return line
+    points = [m.start() for m in _FOLD_POINT.finditer(line, 1)]
     pieces: list[str] = []
-    start, column, fold_at = 0, taken, -1
-    for i, char in enumerate(line):
-        if char == " " and i > start and line[i - 1] != " ":
-            fold_at = i
-        column += 1
-        if column > WIDTH and fold_at > start:
-            pieces.append(line[start:fold_at])
-            start, column, fold_at = fold_at, i - fold_at + 1, -1
+    start, room, k = 0, WIDTH - taken, 0
+    while True:
+        # The first character past the width is at start + room; fold at the last point
+        # before it, or, if there is none, at the first one after it.
+        over = start + room
+        while k < len(points) and points[k] <= start:
+            k += 1
+        if k == len(points) or over >= len(line):
+            break
+        last = k
+        while last + 1 < len(points) and points[last + 1] <= over:
+            last += 1
+        pieces.append(line[start : points[last]])
+        start, room, k = points[last], WIDTH, last + 1
     pieces.append(line[start:])
     return "\r\n".join(pieces)

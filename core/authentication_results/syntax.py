@@ -9,6 +9,7 @@ from a TXT record) is cleaned of control characters, so it can never end the hea
 
 from __future__ import annotations
 
+import functools
 import re
 
 TSPECIALS = frozenset('()<>@,;:\\"/[]?=')
@@ -31,6 +32,7 @@ def is_token(text: str) -> bool:
     return _TOKEN.fullmatch(text) is not None
 
 
+@functools.lru_cache(maxsize=1024)
 def is_keyword(text: str) -> bool:
     """True if `text` is an RFC 8601 Keyword (letters, digits, inner hyphens)."""
     return _KEYWORD.fullmatch(text) is not None

@@ -3,7 +3,8 @@
 - `load_settings(cls, table, source=...)` builds a settings dataclass from a TOML table and
   raises `ConfigError` (file, key, found, expected) when a key is unknown or a value is wrong.
 - `Dynamic[T]`: a setting that may be a list of ``{ if = "<CEL>", then = T }`` ending in
-  ``{ else = T }``, read with ``.value(session, transaction)``.
+  ``{ else = T }``, read with ``.value(session, transaction)``; `fixed_dynamics` lets code
+  build such settings from plain values.
 - `HostPort`, `Networks`, `Check`: extra checks for settings fields; `is_host_port` and
   `split_host_port` are `mailgate.sockaddr`'s one ``HOST:PORT`` parser.
 
@@ -21,6 +22,7 @@ from mailgate.config.settings import (
     Networks,
     convert,
     describe,
+    fixed_dynamics,
     load_settings,
 )
 from mailgate.sockaddr import is_host_port
@@ -39,6 +41,7 @@ __all__ = [
     "PluginSettings",
     "convert",
     "describe",
+    "fixed_dynamics",
     "is_host_port",
     "load_settings",
     "split_host_port",

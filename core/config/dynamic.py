@@ -14,13 +14,14 @@ The plugin reads it with ``self.settings.threshold.value(session, transaction)``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from mailgate.expressions import Expression
 from mailgate.session import Session, Transaction
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 
 class Dynamic(Generic[T]):
@@ -56,6 +57,16 @@ class Dynamic(Generic[T]):
         """The ``(if, then)`` rules, in order."""
         return self._rules
 
+    def values(self) -> list[T]:
+        """Every value the setting can take (each ``then``, then the ``else``), for checks at
+        load that must hold whatever the transaction."""
+        return [then for _, then in self._rules] + [self._default]
+
+    def map(self, convert: Callable[[T], U]) -> Dynamic[U]:
+        """The same rules with each value converted once, at load (a map compiled into a
+        lookup table, a host:port parsed): the run-time choice then costs nothing more."""
+        return Dynamic([(c, convert(v)) for c, v in self._rules], convert(self._default))
+
     def value(self, session: Session, transaction: Transaction | None = None) -> T:
         """The value of the first rule whose condition is true, else the default."""
         for condition, then in self._rules:
@@ -65,12 +76,18 @@ class Dynamic(Generic[T]):
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Dynamic):
-            return NotImplemented
+            # A fixed setting is its value: ``settings.max_recipients == 10`` holds.
+            return self.is_fixed and bool(self._default == other)
         mine = [(c.source, v) for c, v in self._rules]
         theirs = [(c.source, v) for c, v in other._rules]
         return mine == theirs and self._default == other._default
 
     def __hash__(self) -> int:
+        if self.is_fixed:
+            try:
+                return hash(self._default)
+            except TypeError:
+                return hash(repr(self._default))
         return hash((tuple(c.source for c, _ in self._rules), repr(self._default)))
 
     def __repr__(self) -> str:

@@ -86,6 +86,20 @@ def load_settings(
         raise _refused(exc, table, source, prefix) from None
 
 
+def fixed_dynamics(settings: Any) -> None:
+    """Wrap the plain values given to `Dynamic` fields of the dataclass `settings` in
+    `Dynamic.fixed`, so code (and tests) may build settings with ``action="tag"``; call it first
+    in ``__post_init__``. What `load_settings` converted is left as it is."""
+    cls: Any = type(settings)
+    hints: dict[str, Any] = _hints(cls)
+    for f in dataclasses.fields(settings):
+        hint: Any = hints[f.name]
+        if get_origin(hint) is Dynamic:
+            value = getattr(settings, f.name)
+            if not isinstance(value, Dynamic):
+                setattr(settings, f.name, Dynamic.fixed(value))
+
+
 def _refused(exc: Exception, table: Mapping[str, Any], source: str, prefix: str) -> ConfigError:
     """The settings class's own check (``__post_init__``) refused: name the key it complains of."""
     message = str(exc)

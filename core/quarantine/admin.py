@@ -206,11 +206,11 @@ async def relay_release(held: HeldMessage, relay: RelaySettings) -> Released:
         try:
             conn, _ = await pool.acquire()
         except DownstreamError as exc:
-            return Released(held.id, _all(held, exc.reply), f"relay {relay.address}")
+            return Released(held.id, _all(held, exc.reply), f"relay {relay.address.default}")
         try:
             mail = await conn.mail_from(Address(held.sender, held.sender_params), held.size)
             if not mail.ok:
-                return Released(held.id, _all(held, mail), f"relay {relay.address}")
+                return Released(held.id, _all(held, mail), f"relay {relay.address.default}")
             accepted = []
             for r in held.recipients:
                 reply = await conn.rcpt_to(r)
@@ -229,7 +229,7 @@ async def relay_release(held: HeldMessage, relay: RelaySettings) -> Released:
             conn.close()
     finally:
         pool.close()
-    return Released(held.id, replies, f"relay {relay.address}")
+    return Released(held.id, replies, f"relay {relay.address.default}")
 
 
 async def queue_release(held: HeldMessage, writer_store: Store, node: str) -> Released:

@@ -43,11 +43,19 @@ class Queue:
         self.egress = QueueEgress(
             self.writer, self.node, name=f"queue {store.redacted()}", queued=self.worker.wake
         )
+        self._delivering = True
 
-    async def start(self) -> None:
-        """Open the store (applying migrations), start the writer and the delivery worker."""
+    async def start(self, *, deliver: bool = True) -> None:
+        """Open the store (applying migrations), start the writer and the delivery worker.
+
+        `deliver` False: only accept into the queue; another process of this node delivers
+        (a worker other than the first, see docs/scaling.md).
+        """
         await self.store.open()
         self.writer.start()
+        self._delivering = deliver
+        if not deliver:
+            return
         try:
             await self.worker.start()
         except BaseException:
@@ -57,6 +65,7 @@ class Queue:
 
     async def stop(self) -> None:
         """Stop delivering (bounded), commit what is waiting, close the store."""
-        await self.worker.stop()
+        if self._delivering:
+            await self.worker.stop()
         await self.writer.stop()
         await self.store.close()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -108,8 +107,9 @@ class Destination:
         self, host: MailHost, port: int, tls: ssl.SSLContext | None
     ) -> DownstreamConnection:
         address = MailHost(host.address, host.address).describe(port)
-        settings = dataclasses.replace(self.route.connection, address=address)
-        conn = await DownstreamConnection.open(settings, self._helo, tls, server_name=host.name)
+        conn = await DownstreamConnection.open(
+            self.route.connection, self._helo, tls, server_name=host.name, address=address
+        )
         conn.remote = host.describe(port)
         return conn
 

@@ -112,6 +112,13 @@ def address_field(address: str) -> str:
     return f"utf-8; {utf8_addr_xtext(address)}"
 
 
+def envelope_id(envid: str) -> str:
+    """The ``Original-Envelope-Id`` value for ``ENVID=xtext``: decoded, unless the decoded
+    text would not survive a header field (blank, or with spaces at its ends): then as sent."""
+    decoded = xtext_decode(envid)
+    return decoded if decoded == decoded.strip() != "" else envid
+
+
 def original_recipient(orcpt: str) -> str:
     """The ``Original-Recipient`` value for ``ORCPT=type;xtext`` (decoded when rfc822)."""
     kind, _, address = orcpt.partition(";")
@@ -286,7 +293,7 @@ def _status_part(
     fields.append(("X-Mailgate-Queue-ID", message.queue_id))
     envid = param(message.sender.params, "ENVID")
     if envid:
-        fields.append(("Original-Envelope-Id", xtext_decode(envid)))
+        fields.append(("Original-Envelope-Id", envelope_id(envid)))
     if message.sender.address:
         fields.append(("X-Mailgate-Sender", address_field(message.sender.address)))
     fields.append(("Arrival-Date", rfc5322_date(message.arrival)))

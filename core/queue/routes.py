@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mailgate.config import HostPort
+from mailgate.config.dynamic import Dynamic
 from mailgate.expressions import Expression, ExpressionError
 from mailgate.relay.settings import RelaySettings
 from mailgate.session import Address, Session, Transaction
@@ -99,10 +100,10 @@ class Route:
         self.settings = settings
         self.name = settings.name
         self.concurrency = settings.destination_concurrency or concurrency
-        address = settings.next_hop[0] if settings.next_hop else relay.address
+        address = settings.next_hop[0] if settings.next_hop else relay.address.default
         self.connection = dataclasses.replace(
             relay,
-            address=address,
+            address=Dynamic.fixed(address),
             starttls=_STARTTLS[settings.tls],
             tls_verify=settings.tls_verify,
             tls_ca_file=settings.tls_ca_file,
@@ -147,7 +148,7 @@ def default_route(next_hop: str, relay: RelaySettings) -> RouteSettings:
     verify = relay.tls_verify and tls != "none"
     return RouteSettings(
         name="default",
-        next_hop=[next_hop or relay.address],
+        next_hop=[next_hop or relay.address.default],
         tls=tls,
         tls_verify=verify,
         tls_ca_file=relay.tls_ca_file if verify else "",

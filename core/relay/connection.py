@@ -27,6 +27,7 @@ from mailgate.relay.dotstuff import DotStuffer
 from mailgate.relay.params import mail_params, rcpt_params, with_size
 from mailgate.relay.settings import RelaySettings
 from mailgate.session import Address
+from mailgate.sockaddr import parse_host_port
 
 _FAILURES = (SMTPException, OSError, ValueError)
 """What talking to the downstream may raise: protocol errors and timeouts (aiosmtplib's are
@@ -74,7 +75,7 @@ class DownstreamConnection:
         self.owner = ""
         """The client (`client_identity`) this connection was handed to with XCLIENT; empty
         while it is mailgate's own and may serve any client."""
-        self.remote = settings.address
+        self.remote = settings.address.default
         """The host that answered, for logs and records (the queue names the MX host too)."""
 
     @classmethod
@@ -84,15 +85,22 @@ class DownstreamConnection:
         helo_name: str,
         tls: ssl.SSLContext | None,
         server_name: str = "",
+        address: str = "",
     ) -> DownstreamConnection:
         """Connect, read the greeting, EHLO (HELO as fallback) and STARTTLS when configured.
 
-        `server_name` is the name the certificate is checked against (and sent as SNI);
-        empty: the host of ``settings.address``.
+        `address` (``host:port``) is where to connect; empty: ``settings.address``'s ``else``
+        value. `server_name` is the name the certificate is checked against (and sent as SNI);
+        empty: the host connected to.
         """
+        host, port = (
+            parse_host_port(address, key="address") if address else (settings.host, settings.port)
+        )
         try:
             async with asyncio.timeout(settings.connect_timeout):
-                return await cls._open(settings, helo_name, tls, server_name or settings.host)
+                return await cls._open(
+                    settings, helo_name, tls, server_name or host, (host, port, address)
+                )
         except DownstreamError:
             raise
         except (*_FAILURES, TimeoutError) as exc:
@@ -100,12 +108,20 @@ class DownstreamConnection:
 
     @classmethod
     async def _open(
-        cls, settings: RelaySettings, helo_name: str, tls: ssl.SSLContext | None, server_name: str
+        cls,
+        settings: RelaySettings,
+        helo_name: str,
+        tls: ssl.SSLContext | None,
+        server_name: str,
+        where: tuple[str, int, str],
     ) -> DownstreamConnection:
+        host, port, address = where
         loop = asyncio.get_running_loop()
         protocol = SMTPProtocol(loop=loop)
-        await loop.create_connection(lambda: protocol, settings.host, settings.port)
+        await loop.create_connection(lambda: protocol, host, port)
         conn = cls(protocol, {}, settings)
+        if address:
+            conn.remote = address
         try:
             greeting = await protocol.read_response()
             if greeting.code != 220:

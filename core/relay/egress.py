@@ -45,9 +45,15 @@ class RelayEgress:
 
     def __init__(self, settings: RelaySettings) -> None:
         self.settings = settings
-        self.name = f"relay {settings.address}"
-        self.pool = ConnectionPool(settings)
-        """The downstream connections; `pool.opened` counts connections made."""
+        self.name = f"relay {settings.address.default}"
+        self.pools = {
+            address: ConnectionPool(settings, address=address)
+            for address in dict.fromkeys(settings.address.values())
+        }
+        """One pool per downstream address `address` can choose: a connection is reused only
+        for a transaction that goes to the same address."""
+        self.pool = self.pools[settings.address.default]
+        """The pool of the default address; `pool.opened` counts connections made."""
         self.open_transactions = 0
         """Downstream transactions begun and not yet delivered or aborted."""
 
@@ -60,8 +66,9 @@ class RelayEgress:
             log.info("downstream transaction limit reached", limit=limit)
             return replies.TOO_MANY_TRANSACTIONS, None
         owner = client_identity(session, transaction) if self.settings.xclient else ""
+        pool = self.pool_for(session, transaction)
         try:
-            conn, reused = await self.pool.acquire(owner)
+            conn, reused = await pool.acquire(owner)
             try:
                 await self.introduce(conn, session, transaction)
                 reply = await conn.mail_from(transaction.sender)
@@ -70,16 +77,23 @@ class RelayEgress:
                     raise
                 # The pooled connection went stale while idle: one fresh attempt is safe,
                 # nothing was accepted on the old one.
-                conn = await self.pool.open_new()
+                conn = await pool.open_new()
                 await self.introduce(conn, session, transaction)
                 reply = await conn.mail_from(transaction.sender)
         except DownstreamError as exc:
             return exc.reply, None
         if not reply.ok:
-            self.pool.release(conn)
+            pool.release(conn)
             return reply, None
         self.open_transactions += 1
-        return reply, RelayTransaction(self, conn, transaction.sender)
+        return reply, RelayTransaction(self, conn, transaction.sender, pool)
+
+    def pool_for(self, session: Session, transaction: Transaction) -> ConnectionPool:
+        """The pool of the downstream address for this transaction (``address`` rules)."""
+        address = self.settings.address
+        if address.is_fixed:
+            return self.pool
+        return self.pools[address.value(session, transaction)]
 
     async def introduce(
         self, conn: DownstreamConnection, session: Session, transaction: Transaction
@@ -116,14 +130,22 @@ class RelayEgress:
 
     async def close(self) -> None:
         """QUIT the pooled connections (at shutdown)."""
-        self.pool.close()
+        for pool in self.pools.values():
+            pool.close()
 
 
 class RelayTransaction:
     """One message on its way downstream (`mailgate.egress.DownstreamTransaction`)."""
 
-    def __init__(self, egress: RelayEgress, conn: DownstreamConnection, sender: Address) -> None:
+    def __init__(
+        self,
+        egress: RelayEgress,
+        conn: DownstreamConnection,
+        sender: Address,
+        pool: ConnectionPool | None = None,
+    ) -> None:
         self._egress = egress
+        self._pool = pool or egress.pool
         self._counted = True
         self._conn: DownstreamConnection | None = conn
         self._sender: _Key = _key(sender)
@@ -159,13 +181,13 @@ class RelayTransaction:
         try:
             reply, sent = await self._deliver(conn, session, transaction)
         except DownstreamError as exc:
-            self._egress.pool.discard(conn)
+            self._pool.discard(conn)
             return exc.reply
         except BaseException:
-            self._egress.pool.discard(conn)
+            self._pool.discard(conn)
             raise
         if sent and reply.code // 100 == 2:
-            self._egress.pool.release(conn)
+            self._pool.release(conn)
         else:
             await self._reset(conn)
         return reply
@@ -215,9 +237,9 @@ class RelayTransaction:
 
     async def _reset(self, conn: DownstreamConnection) -> None:
         if await conn.reset():
-            self._egress.pool.release(conn)
+            self._pool.release(conn)
         else:
-            self._egress.pool.discard(conn)
+            self._pool.discard(conn)
 
     async def abort(self) -> None:
         """The client gave up: RSET downstream and keep the connection if that worked."""

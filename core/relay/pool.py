@@ -18,7 +18,8 @@ class ConnectionPool:
     after the data, or a successful RSET); anything doubtful goes to `discard`. At most
     `pool_size` connections wait idle, each for at most `idle_timeout` seconds.
 
-    New connections go to ``settings.address``, or are made by `opener` when given (the
+    New connections go to `address` (default: ``settings.address``'s ``else`` value; the relay
+    keeps one pool per address its rules can choose), or are made by `opener` when given (the
     queue's routes: failover hosts, MX hosts, a TLS policy of their own).
     """
 
@@ -26,8 +27,12 @@ class ConnectionPool:
         self,
         settings: RelaySettings,
         opener: Callable[[], Awaitable[DownstreamConnection]] | None = None,
+        *,
+        address: str = "",
     ) -> None:
         self._settings = settings
+        self.address = address or settings.address.default
+        """Where this pool's connections go."""
         self._helo = settings.helo_name or socket.gethostname()
         self._tls = _tls_context(settings) if opener is None else None
         self._opener = opener or self._open
@@ -61,7 +66,9 @@ class ConnectionPool:
         return conn, False
 
     async def _open(self) -> DownstreamConnection:
-        return await DownstreamConnection.open(self._settings, self._helo, self._tls)
+        return await DownstreamConnection.open(
+            self._settings, self._helo, self._tls, address=self.address
+        )
 
     def _take_idle(self, owner: str) -> DownstreamConnection | None:
         found = None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from mailgate.config.dynamic import Dynamic
+from mailgate.config.settings import HostPort, fixed_dynamics
 from mailgate.sockaddr import parse_host_port
 
 STARTTLS_MODES = ("opportunistic", "require", "never")
@@ -13,8 +15,11 @@ STARTTLS_MODES = ("opportunistic", "require", "never")
 class RelaySettings:
     """The ``[relay]`` table of ``mailgate.toml``: the downstream and how mailgate talks to it."""
 
-    address: str = "127.0.0.1:25"
-    """Downstream MTA as ``HOST:PORT`` (``[IPv6]:PORT`` for IPv6)."""
+    address: Dynamic[HostPort] = field(default=Dynamic.fixed("127.0.0.1:25"))
+    """Downstream MTA as ``HOST:PORT`` (``[IPv6]:PORT`` for IPv6). Per transaction: rules
+    read at MAIL FROM, when the downstream transaction opens (``client``, ``helo``, ``auth``,
+    ``listener``, ``sender``; no ``rcpt`` yet). Each address has its own connection pool.
+    The queue's default route and ``mailgate quarantine release`` use the ``else`` value."""
 
     helo_name: str = ""
     """Name sent in EHLO; empty means this host's name."""
@@ -74,6 +79,7 @@ class RelaySettings:
     """Where quarantined messages are kept (one ``.eml`` plus a ``.json`` sidecar each)."""
 
     def __post_init__(self) -> None:
+        fixed_dynamics(self)
         if self.starttls not in STARTTLS_MODES:
             raise ValueError(f"starttls: expected one of {', '.join(STARTTLS_MODES)}")
         if self.pool_size < 0 or self.max_messages_per_connection < 0:
@@ -82,15 +88,16 @@ class RelaySettings:
             raise ValueError("max_transactions must be >= 0")
         if self.chunk_size < 1024:
             raise ValueError("chunk_size: expected at least 1024 bytes")
-        if parse_host_port(self.address, key="address")[1] == 0:
-            raise ValueError("address: a port from 1 to 65535 (port 0 is for listeners)")
+        for address in self.address.values():
+            if parse_host_port(address, key="address")[1] == 0:
+                raise ValueError("address: a port from 1 to 65535 (port 0 is for listeners)")
 
     @property
     def host(self) -> str:
-        """The downstream host part of `address`."""
-        return parse_host_port(self.address, key="address")[0]
+        """The downstream host part of `address` (its ``else`` value)."""
+        return parse_host_port(self.address.default, key="address")[0]
 
     @property
     def port(self) -> int:
-        """The downstream port part of `address`."""
-        return parse_host_port(self.address, key="address")[1]
+        """The downstream port part of `address` (its ``else`` value)."""
+        return parse_host_port(self.address.default, key="address")[1]

@@ -52,6 +52,8 @@ class ChunkedMessage:
 
     tx: Transaction
     reader: DataReader
+    max_size: int
+    """The transaction's `max_message_size`, read when its first chunk came."""
     announced: int = 0
     headers: list[Header] | None = None
     header_verdict: Verdict | None = None

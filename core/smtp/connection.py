@@ -374,7 +374,7 @@ class SmtpConnection:
         lines = [
             self.hostname,
             "PIPELINING",
-            f"SIZE {self._settings.max_message_size}",
+            f"SIZE {self._settings.max_message_size.value(self._session)}",
             "8BITMIME",
             "SMTPUTF8",
             "DSN",
@@ -476,7 +476,7 @@ class SmtpConnection:
             await self.send(replies.SYNTAX)
             return
         address, params, raw_params = parsed
-        problem = self._check_mail_params(address, params)
+        problem = self._check_mail_params(address, params, raw_params)
         if problem is not None:
             await self.send(problem)
             return
@@ -497,7 +497,9 @@ class SmtpConnection:
         self._junk = 0
         await self.send(replies.SENDER_OK)
 
-    def _check_mail_params(self, address: str, params: dict[str, str | None]) -> Reply | None:
+    def _check_mail_params(
+        self, address: str, params: dict[str, str | None], raw_params: list[str]
+    ) -> Reply | None:
         if params and not self._esmtp:
             return replies.UNKNOWN_PARAMETER  # RFC 5321 4.1.1.11: only after EHLO
         size_text = params.pop("SIZE", None)
@@ -519,13 +521,27 @@ class SmtpConnection:
             return replies.SYNTAX
         if envid and (len(envid) > _MAX_ENVID or not valid_xtext(envid)):
             return replies.SYNTAX
-        if size is not None and size > self._settings.max_message_size:
-            return replies.message_too_big(self._settings.max_message_size)
+        if size is not None:
+            limit = self._mail_size_limit(address, raw_params)
+            if size > limit:
+                return replies.message_too_big(limit)
         if not valid_utf8(address):
             return replies.BAD_ADDRESS
         if not smtputf8 and not address.isascii():
             return replies.NO_SMTPUTF8
         return None
+
+    def _mail_size_limit(self, address: str, raw_params: list[str]) -> int:
+        """`max_message_size` for a MAIL FROM's SIZE=: its rules see this sender (and the
+        session), not yet any recipient."""
+        setting = self._settings.max_message_size
+        if setting.is_fixed:
+            return setting.default
+        return setting.value(self._session, Transaction(sender=Address(address, raw_params)))
+
+    def _size_limit(self, tx: Transaction) -> int:
+        """The transaction's `max_message_size`, enforced on its data (DATA or BDAT)."""
+        return self._settings.max_message_size.value(self._session, tx)
 
     async def _rcpt(self, arg: str) -> None:
         tx = self._tx
@@ -593,7 +609,8 @@ class SmtpConnection:
             await self._finish(verdict, replies.from_verdict(verdict))
             return
         await self.send(replies.START_DATA)
-        reader = self._settings.new_data_reader()
+        max_size = self._size_limit(tx)
+        reader = self._settings.new_data_reader(max_size=max_size)
         try:
             headers, header_verdict = await self._read_data(reader)
         except (_Closed, StreamClosed, ConnectionError, asyncio.CancelledError):
@@ -611,7 +628,7 @@ class SmtpConnection:
                 reader.problem,
                 max_line=s.max_line_length,
                 max_header=s.max_header_size,
-                max_size=s.max_message_size,
+                max_size=max_size,
             )
             await self._finish(replies.to_verdict(reply, reason=reader.problem.name), reply)
             return
@@ -673,12 +690,13 @@ class SmtpConnection:
                 await self._skip_chunk(size)
                 await self._bdat_refused(verdict, replies.from_verdict(verdict), last)
                 return
-            reader = s.new_data_reader(dot_stuffed=False)
-            chunked = self._chunked = ChunkedMessage(tx, reader)
+            max_size = self._size_limit(tx)
+            reader = s.new_data_reader(dot_stuffed=False, max_size=max_size)
+            chunked = self._chunked = ChunkedMessage(tx, reader, max_size=max_size)
         chunked.announced += size
-        if chunked.announced > s.max_message_size:
+        if chunked.announced > chunked.max_size:
             await self._skip_chunk(size)
-            reply = replies.message_too_big(s.max_message_size)
+            reply = replies.message_too_big(chunked.max_size)
             await self._bdat_refused(
                 replies.to_verdict(reply, reason=DataProblem.TOO_BIG.name), reply, last
             )
@@ -697,7 +715,7 @@ class SmtpConnection:
                 reader.problem,
                 max_line=s.max_line_length,
                 max_header=s.max_header_size,
-                max_size=s.max_message_size,
+                max_size=chunked.max_size,
             )
             verdict = replies.to_verdict(reply, reason=reader.problem.name)
             await self._bdat_refused(verdict, reply, last)

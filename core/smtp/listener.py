@@ -79,6 +79,8 @@ class SmtpListener(SocketListener):
             await SmtpConnection(state, stream).run()
 
         loop = asyncio.get_running_loop()
+        if self.sock is not None:
+            return await loop.create_server(lambda: SmtpStream(serve), sock=self.sock)
         return await loop.create_server(
             lambda: SmtpStream(serve),
             addr.host or None,

@@ -7,6 +7,8 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mailgate.config.dynamic import Dynamic
+from mailgate.config.settings import fixed_dynamics
 from mailgate.message import DEFAULT_SPOOL_THRESHOLD
 from mailgate.smtp.auth import MECHANISMS
 from mailgate.smtp.data import DataReader
@@ -33,16 +35,20 @@ class SmtpListenerSettings:
     """The listener's name, as plugins see it in ``session.listener``."""
     hostname: str = ""
     """The name in the greeting and the EHLO reply; empty: this host's FQDN, looked up once."""
-    max_message_size: int = 50 * 1024 * 1024
-    """Advertised with SIZE; larger messages get ``552 5.3.4`` (at MAIL or at the end of data)."""
+    max_message_size: Dynamic[int] = field(default=Dynamic.fixed(50 * 1024 * 1024))
+    """Advertised with SIZE; larger messages get ``552 5.3.4`` (at MAIL or at the end of data).
+    Rules are read at EHLO for the SIZE advertised (``client``, ``helo``, ``tls``, and ``auth``
+    on an EHLO after AUTH), at MAIL for its ``SIZE=`` (``sender`` known too) and at DATA/BDAT
+    for the limit enforced (the transaction's: ``rcpts`` known too)."""
     max_line_length: int = 1000
     """Longest DATA line, CRLF included (RFC 5321: 1000); longer: ``500 5.5.2``."""
     max_command_length: int = 512
     """Longest command line, CRLF included (RFC 5321: 512); longer: ``500 5.5.2``."""
     max_header_size: int = 100 * 1024
     """Largest header block; larger: ``552 5.3.4``."""
-    max_recipients: int = 1000
-    """Recipients per message; more: ``452 4.5.3`` for each extra RCPT."""
+    max_recipients: Dynamic[int] = field(default=Dynamic.fixed(1000))
+    """Recipients per message; more: ``452 4.5.3`` for each extra RCPT. Rules are read at each
+    RCPT (``client``, ``auth``, ``sender``, ``rcpt``: the recipient being offered)."""
     max_errors: int = 20
     """Error replies per session before ``421 4.7.0`` and close (0: no limit)."""
     max_sessions: int = 500
@@ -123,6 +129,7 @@ class SmtpListenerSettings:
     """`proxy_sources` parsed."""
 
     def __post_init__(self) -> None:
+        fixed_dynamics(self)
         if self.egress not in EGRESSES:
             raise ValueError(f"egress must be one of {', '.join(EGRESSES)}, not {self.egress!r}")
         if self.bare_line_endings not in ("reject", "normalize"):
@@ -160,9 +167,13 @@ class SmtpListenerSettings:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more")
-        for name in ("max_message_size", "max_line_length", "max_command_length"):
+        for name in ("max_line_length", "max_command_length"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if any(size <= 0 for size in self.max_message_size.values()):
+            raise ValueError("max_message_size must be positive")
+        if any(count < 0 for count in self.max_recipients.values()):
+            raise ValueError("max_recipients must be 0 or more")
 
     def _check_proxy_settings(self) -> None:
         if self.proxy_protocol not in VERSIONS:
@@ -200,14 +211,15 @@ class SmtpListenerSettings:
             ip = ip.ipv4_mapped
         return any(ip in network for network in self.proxy_networks)
 
-    def new_data_reader(self, *, dot_stuffed: bool = True) -> DataReader:
+    def new_data_reader(self, *, dot_stuffed: bool = True, max_size: int = 0) -> DataReader:
         """A reader for one message's DATA (`dot_stuffed`) or BDAT chunks (raw bytes), under
-        this listener's limits."""
+        this listener's limits; `max_size` is the transaction's `max_message_size` (0: the
+        setting's ``else`` value)."""
         return DataReader(
             dot_stuffed=dot_stuffed,
             max_line_length=self.max_line_length,
             max_header_size=self.max_header_size,
-            max_size=self.max_message_size,
+            max_size=max_size or self.max_message_size.default,
             normalize_bare_line_endings=self.bare_line_endings == "normalize",
             spool_threshold=self.spool_threshold,
             spool_directory=self.spool_directory or None,

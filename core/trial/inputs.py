@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from mailgate.config.dynamic import Dynamic
 from mailgate.egress import Reply
 from mailgate.loader import Config
 from mailgate.message import parse_header_block
@@ -166,10 +167,10 @@ def limits(config: Config, ingress: Ingress) -> Limits:
     if ingress == "milter":
         # Postfix enforces its own limits before a milter sees anything.
         settings = SmtpListenerSettings(
-            max_message_size=UNLIMITED,
+            max_message_size=Dynamic.fixed(UNLIMITED),
             max_line_length=UNLIMITED,
             max_header_size=UNLIMITED,
-            max_recipients=UNLIMITED,
+            max_recipients=Dynamic.fixed(UNLIMITED),
             bare_line_endings="normalize",
             add_received=False,
             max_received=0,
@@ -179,4 +180,4 @@ def limits(config: Config, ingress: Ingress) -> Limits:
         held = config.relay.quarantine_dir
     else:
         held = f"the quarantine in the store ({config.store.redacted()})"
-    return Limits(hostname, settings, config.relay.address, held)
+    return Limits(hostname, settings, config.relay.address.default, held)

@@ -251,7 +251,8 @@ class TrialRun:
         Returns the `on_headers` refusal, which (as on the wire) is answered at the end of data.
         """
         self.trial.begin("headers")
-        reader = self.trial.limits.listener.new_data_reader()
+        max_size = self.trial.limits.listener.max_message_size.value(self.flow.session, tx)
+        reader = self.trial.limits.listener.new_data_reader(max_size=max_size)
         headers: list[Header] | None = None
         verdict: Verdict | None = None
         data = dot_stuffed(self.raw)
@@ -269,7 +270,7 @@ class TrialRun:
                 problem,
                 max_line=s.max_line_length,
                 max_header=s.max_header_size,
-                max_size=s.max_message_size,
+                max_size=max_size,
             )
             self.refuse(
                 stage, replies.to_verdict(reply, reason=_problem_reason(problem, self.raw)), reply

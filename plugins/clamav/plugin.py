@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from mailgate import Message, Transaction, Verdict, hookimpl
+from mailgate import Message, Session, Transaction, Verdict, hookimpl
 from mailgate.plugins.clamav.clamd_client import (
     ClamdClient,
     ClamdSizeLimitError,
@@ -43,41 +43,49 @@ class ClamavPlugin:
         )
 
     @hookimpl
-    async def on_message(self, transaction: Transaction, message: Message) -> Verdict | None:
+    async def on_message(
+        self, session: Session, transaction: Transaction, message: Message
+    ) -> Verdict | None:
         """Scan the message and act on the answer."""
         size = message.size
-        if size > self.settings.max_size:
-            return self._over_size(transaction, f"{size} bytes over max_size")
+        if size > self.settings.max_size.value(session, transaction):
+            return self._over_size(session, transaction, f"{size} bytes over max_size")
         started = time.perf_counter()
         try:
             result = await self.client.scan(lambda: message.iter_bytes(self.settings.chunk_size))
         except ClamdSizeLimitError as exc:
-            return self._over_size(transaction, f"clamd: {exc}")
+            return self._over_size(session, transaction, f"clamd: {exc}")
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
         if not result.infected:
             transaction.set_result(RESULT_KEY, "clean", server=result.server, elapsed_ms=elapsed_ms)
             if self.settings.tag_clean:
                 self._set_header(transaction, message, "Clean")
             return None
-        return self._infected(transaction, message, result, elapsed_ms)
+        action = self.settings.action.value(session, transaction)
+        return self._infected(transaction, message, result, elapsed_ms, action)
 
     def _infected(
-        self, transaction: Transaction, message: Message, result: ScanResult, elapsed_ms: float
+        self,
+        transaction: Transaction,
+        message: Message,
+        result: ScanResult,
+        elapsed_ms: float,
+        action: str,
     ) -> Verdict | None:
         virus = _one_line(result.virus or "")
         transaction.set_result(
             RESULT_KEY,
             "found",
             reason=virus,
-            action=self.settings.action,
+            action=action,
             server=result.server,
             elapsed_ms=elapsed_ms,
         )
-        if self.settings.action == "reject":
+        if action == "reject":
             text = _one_line(self.settings.reject_text.format(virus=virus))
             return Verdict.reject(554, "5.7.1", text, reason=f"virus {virus}")
         self._set_header(transaction, message, f"Infected ({virus})")
-        if self.settings.action == "quarantine":
+        if action == "quarantine":
             return Verdict.quarantine(reason=f"virus {virus}")
         return None
 
@@ -88,8 +96,8 @@ class ClamavPlugin:
             transaction.delete_header(self.settings.header, 1)
         transaction.add_header(self.settings.header, value)
 
-    def _over_size(self, transaction: Transaction, why: str) -> Verdict | None:
-        policy = self.settings.over_size
+    def _over_size(self, session: Session, transaction: Transaction, why: str) -> Verdict | None:
+        policy = self.settings.over_size.value(session, transaction)
         transaction.set_result(RESULT_KEY, "skipped", reason=why, policy=policy)
         if policy == "tempfail":
             return Verdict.tempfail(

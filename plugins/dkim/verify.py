@@ -1,7 +1,8 @@
 """Verify every DKIM-Signature of a message (RFC 6376; RFC 8301 key sizes; RFC 8463 Ed25519).
 
-dkimpy checks the cryptography, one signature per call (``DKIM.verify(idx)``); this module
-calls it for each signature in turn, answers its key lookups with the configured resolver
+A signature that verifies is found by `fast.verifies`; every other one is checked again by
+dkimpy, one signature per call (``DKIM.verify(idx)``), which says why it failed. This module
+calls them for each signature in turn, answers their key lookups with the configured resolver
 (`KeyLookup`) and sorts each outcome into the results of RFC 8601: dkimpy itself only says
 True or False, so a missing key, a revoked key, a DNS timeout and a broken signature would
 otherwise look alike.
@@ -11,6 +12,7 @@ Everything here is synchronous: the plugin runs `verify_message` in a worker thr
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -25,6 +27,9 @@ from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizatio
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 import mailgate.plugins.dkim.speedups  # noqa: F401  (faster RSA, cached keys in dkimpy)
+from mailgate.dns import CacheMiss, cached_answer
+from mailgate.plugins.dkim.canonical import split_message
+from mailgate.plugins.dkim.fast import BodyHashes, verifies
 
 SignatureOutcome = Literal["pass", "fail", "neutral", "temperror", "permerror", "policy"]
 
@@ -85,19 +90,46 @@ def overall(results: list[SignatureResult]) -> SignatureResult | None:
 
 class KeyLookup:
     """dkimpy's ``dnsfunc`` for one signature: asks the configured resolver and remembers what
-    happened, so a timeout (temperror) and a missing key (permerror) stay apart."""
+    happened, so a timeout (temperror) and a missing key (permerror) stay apart. Asked again
+    (dkimpy after the fast check), it gives the same answer without asking again.
 
-    def __init__(self, resolver: dns.resolver.Resolver, deadline: float = math.inf) -> None:
+    With `cache_only`, it answers from the shared DNS cache alone, and raises `CacheMiss` (and
+    sets `missed`) when the answer is not there."""
+
+    def __init__(
+        self,
+        resolver: dns.resolver.Resolver,
+        deadline: float = math.inf,
+        *,
+        cache_only: bool = False,
+    ) -> None:
         self.resolver = resolver
         self.deadline = deadline
+        self.cache_only = cache_only
+        self.missed = False
         self.asked = False
         self.record: bytes | None = None
         self.missing = False
         self.temporary = ""
         self.bad_name = ""
+        self._answered: dict[bytes, bytes | dkim.DnsTimeoutError | None] = {}
 
     def __call__(self, name: bytes, timeout: float = 5.0) -> bytes | None:
         """The TXT record at `name` (``selector._domainkey.domain.``), or None if there is none."""
+        if name in self._answered:
+            answer = self._answered[name]
+            if isinstance(answer, dkim.DnsTimeoutError):
+                raise answer
+            return answer
+        try:
+            answer = self._ask(name)
+        except dkim.DnsTimeoutError as exc:
+            self._answered[name] = exc
+            raise
+        self._answered[name] = answer
+        return answer
+
+    def _ask(self, name: bytes) -> bytes | None:
         self.asked = True
         qname = name.decode("utf-8", "replace")
         left = self.deadline - time.monotonic()
@@ -105,8 +137,11 @@ class KeyLookup:
             self.temporary = "verify_timeout reached before this lookup"
             raise dkim.DnsTimeoutError(self.temporary)
         try:
-            lifetime = min(left, self.resolver.lifetime)
-            answer = self.resolver.resolve(qname, "TXT", search=False, lifetime=lifetime)
+            if self.cache_only:
+                answer = self._cached(qname)
+            else:
+                lifetime = min(left, self.resolver.lifetime)
+                answer = self.resolver.resolve(qname, "TXT", search=False, lifetime=lifetime)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             self.missing = True
             return None
@@ -122,6 +157,13 @@ class KeyLookup:
         self.record = next((r for r in records if r.lstrip().startswith(b"v=DKIM1")), records[0])
         return self.record
 
+    def _cached(self, qname: str) -> dns.resolver.Answer:
+        try:
+            return cached_answer(self.resolver, qname, "TXT")
+        except CacheMiss:
+            self.missed = True
+            raise
+
 
 def verify_message(
     data: bytes,
@@ -131,50 +173,82 @@ def verify_message(
     unsigned_body: Literal["pass", "policy"] = "policy",
     timeout: float = math.inf,
     now: float | None = None,
+    cache_only: bool = False,
 ) -> list[SignatureResult]:
     """Verify each DKIM-Signature of `data` (a whole message, CRLF lines), top to bottom.
 
     The key lookups of all signatures together may take `timeout` seconds; a signature whose
-    lookup finds no time left is a temperror.
+    lookup finds no time left is a temperror. With `cache_only`, the keys come from the shared
+    DNS cache alone, and a key that is not there raises `CacheMiss` (nothing is recorded).
     """
     deadline = time.monotonic() + timeout
-    try:
-        checker = dkim.DKIM(data, logger=_dkimpy_log, minkey=MIN_RSA_BITS)
-    except dkim.DKIMException as exc:  # a header block dkimpy cannot split into fields
-        reason = f"message not verifiable: {_one_line(str(exc))}"
-        return [_result(_tags(v), "permerror", reason) for v in _raw_signatures(data)]
-    values = [v for k, v in checker.headers if k.lower() == b"dkim-signature"]
+    split = split_message(data)
+    if split is None:  # an unusual header block: dkimpy parses it (or says why it cannot)
+        try:
+            checker = _Checker(data, dkim.DKIM(data, logger=_dkimpy_log, minkey=MIN_RSA_BITS))
+        except dkim.DKIMException as exc:  # a header block dkimpy cannot split into fields
+            reason = f"message not verifiable: {_one_line(str(exc))}"
+            return [_result(_tags(v), "permerror", reason) for v in _raw_signatures(data)]
+        fields, body = checker.dkim.headers, checker.dkim.body
+    else:
+        fields, body = split
+        checker = _Checker(data)
+    signatures = [f for f in fields if f[0].lower() == b"dkim-signature"]
+    bodies = BodyHashes(body)
     results = []
-    for idx, value in enumerate(values):
-        tags = _tags(value)
+    for idx, signature in enumerate(signatures):
+        tags = _tags(signature[1])
         if idx >= max_signatures:
             reason = f"not verified: more than {max_signatures} signatures"
             results.append(_result(tags, "policy", reason))
             continue
-        results.append(
-            _verify_one(checker, idx, tags, KeyLookup(resolver, deadline), unsigned_body, now)
-        )
+        refused = _refused_before_lookup(tags, time.time() if now is None else now)
+        if refused is not None:
+            results.append(_result(tags, *refused))
+            continue
+        lookup = KeyLookup(resolver, deadline, cache_only=cache_only)
+        if tags and verifies(fields, signature, bodies, lookup, MIN_RSA_BITS, tags):
+            verified, error = True, ""
+        else:
+            verified, error = checker.verify(idx, lookup)
+        if lookup.missed:
+            raise CacheMiss(f"no cached key for signature {idx + 1}")
+        results.append(_classify(verified, error, tags, lookup, bodies, unsigned_body))
     return results
 
 
-def _verify_one(
-    checker: dkim.DKIM,
-    idx: int,
+class _Checker:
+    """dkimpy's verifier of one message, made when a signature first needs it."""
+
+    def __init__(self, data: bytes, parsed: dkim.DKIM | None = None) -> None:
+        self.data = data
+        self._dkim = parsed
+
+    @property
+    def dkim(self) -> dkim.DKIM:
+        if self._dkim is None:
+            self._dkim = dkim.DKIM(self.data, logger=_dkimpy_log, minkey=MIN_RSA_BITS)
+        return self._dkim
+
+    def verify(self, idx: int, lookup: KeyLookup) -> tuple[bool, str]:
+        """dkimpy's answer for signature `idx`, and its error text."""
+        try:
+            return bool(self.dkim.verify(idx, dnsfunc=lookup)), ""
+        except dkim.DKIMException as exc:
+            return False, _one_line(str(exc))
+        except Exception as exc:  # dkimpy's parsers let others through on hostile input
+            return False, f"{type(exc).__name__}: {_one_line(str(exc))}"
+
+
+def _classify(
+    verified: bool,
+    error: str,
     tags: dict[bytes, bytes],
     lookup: KeyLookup,
+    bodies: BodyHashes,
     unsigned_body: str,
-    now: float | None,
 ) -> SignatureResult:
-    refused = _refused_before_lookup(tags, time.time() if now is None else now)
-    if refused is not None:
-        return _result(tags, *refused)
-    error = ""
-    try:
-        verified = bool(checker.verify(idx, dnsfunc=lookup))
-    except dkim.DKIMException as exc:
-        verified, error = False, _one_line(str(exc))
-    except Exception as exc:  # dkimpy's parsers let others through on hostile input
-        verified, error = False, f"{type(exc).__name__}: {_one_line(str(exc))}"
+    """The RFC 8601 result of one signature, from the verification and what the lookup saw."""
     key = _key_tags(lookup.record)
     flags = key.get(b"t", b"").replace(b" ", b"").split(b":")
     testing = b"y" in flags
@@ -183,7 +257,7 @@ def _verify_one(
     if refusal:
         result, reason = "permerror", refusal
     elif verified:
-        result, reason = _after_pass(checker, tags, unsigned_body)
+        result, reason = _after_pass(bodies, tags, unsigned_body)
     else:
         result, reason = _failure(lookup, key, tags, error)
     if testing and result != "temperror":
@@ -224,7 +298,7 @@ def _key_refuses(key: dict[bytes, bytes], flags: list[bytes], tags: dict[bytes, 
 
 
 def _after_pass(
-    checker: dkim.DKIM, tags: dict[bytes, bytes], unsigned_body: str
+    bodies: BodyHashes, tags: dict[bytes, bytes], unsigned_body: str
 ) -> tuple[SignatureOutcome, str]:
     """A signature that verified: is all of the body under it (``l=``)?"""
     length = tags.get(b"l", b"").strip()
@@ -234,7 +308,7 @@ def _after_pass(
         policy = CanonicalizationPolicy.from_c_value(tags.get(b"c", b"simple/simple"))
     except InvalidCanonicalizationPolicyError:
         return "pass", ""
-    body = len(policy.canonicalize_body(checker.body))
+    body = len(bodies.canonical(policy.body_algorithm.name.decode()))
     extra = body - int(length)
     if extra <= 0:
         return "pass", ""
@@ -286,7 +360,10 @@ def _key_problem(record: bytes, key: dict[bytes, bytes], tags: dict[bytes, bytes
     return ""
 
 
+@functools.lru_cache(maxsize=1024)
 def _key_tags(record: bytes | None) -> dict[bytes, bytes]:
+    """The tags of a key record (remembered: the same key comes with every message of a
+    signer; callers only read the dict)."""
     if record is None:
         return {}
     try:

@@ -115,8 +115,21 @@ class Evaluation:
     organizational_domain: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        """A plain dict (JSON-ready) of this evaluation."""
-        return dataclasses.asdict(self)
+        """A plain dict (JSON-ready) of this evaluation, as ``dataclasses.asdict`` makes it
+        (every value here is immutable, so nothing needs its deep copies)."""
+        plain: dict[str, Any] = _plain(self)
+        return plain
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    names = _FIELDS.get(type(value))
+    if names is None:
+        return value
+    return {name: _plain(getattr(value, name)) for name in names}
 
 
 def align(evaluation: Evaluation, record: DmarcRecord) -> None:
@@ -176,3 +189,10 @@ def sample(evaluation: Evaluation, record: DmarcRecord, draw: Callable[[], float
     evaluation.disposition = _WEAKER[evaluation.disposition]
     comment = "t=y" if record.testing else f"pct={record.pct}"
     evaluation.reasons.append(OverrideReason("sampled_out", comment))
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {
+    cls: tuple(f.name for f in dataclasses.fields(cls))
+    for cls in (SpfIdentity, DkimSignature, PolicyPublished, OverrideReason, Evaluation)
+}
+"""The field names of the dataclasses an `Evaluation` holds, for `Evaluation.as_dict`."""

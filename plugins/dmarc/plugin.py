@@ -7,6 +7,7 @@ file must come after theirs (``90-dmarc.toml``).
 from __future__ import annotations
 
 import email.utils
+import functools
 import random
 from dataclasses import dataclass, field
 from typing import Literal
@@ -17,7 +18,7 @@ import structlog
 
 from mailgate import Message, Session, Transaction, Verdict, hookimpl
 from mailgate.config import Dynamic, Networks
-from mailgate.dns import DnsSettings, async_resolver
+from mailgate.dns import CacheMiss, DnsSettings, async_resolver, cached_answer
 from mailgate.expressions import ip_in
 from mailgate.plugins.dmarc.domains import normalize, organizational_domain
 from mailgate.plugins.dmarc.evaluation import (
@@ -164,7 +165,7 @@ class Dmarc:
             evaluation.reason = f"{len(texts)} DMARC records at _dmarc.{where}: none applies"
             return None
         try:
-            record = parse_record(texts[0])
+            record = _parsed(texts[0])
         except RecordError as exc:
             evaluation.result = "permerror"
             evaluation.reason = f"DMARC record at _dmarc.{where}: {exc}"
@@ -177,7 +178,10 @@ class Dmarc:
         """The DMARC records (TXT starting with ``v=DMARC1``) at ``_dmarc.<domain>``."""
         name = f"_dmarc.{domain}"
         try:
-            answer = await self.resolver.resolve(name, "TXT", search=False)
+            try:
+                answer = cached_answer(self.resolver, name, "TXT")
+            except CacheMiss:
+                answer = await self.resolver.resolve(name, "TXT", search=False)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return []
         except dns.exception.DNSException as exc:
@@ -238,7 +242,13 @@ class Dmarc:
 def header_from_domain(message: Message) -> tuple[str, str]:
     """The author domain (RFC 7489 3.1, 6.6.1) and "", or "" and why there is none: no From:,
     several From: fields, no address with a domain, or addresses in several domains."""
-    values = message.get_all("From")
+    return _author_domain(tuple(message.get_all("From")))
+
+
+@functools.lru_cache(maxsize=4096)
+def _author_domain(values: tuple[str, ...]) -> tuple[str, str]:
+    """`header_from_domain` of these From: values (cached: the next message from the same
+    author has the same field)."""
     if not values:
         return "", "no From: header"
     if len(values) > 1:
@@ -251,6 +261,12 @@ def header_from_domain(message: Message) -> tuple[str, str]:
     if len(domains) > 1:
         return "", f"From: has addresses in {len(domains)} domains"
     return domains.pop(), ""
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(text: str) -> DmarcRecord:
+    """`parse_record`, remembered: the same record comes with every message from a domain."""
+    return parse_record(text)
 
 
 def _inputs(session: Session, tx: Transaction) -> Evaluation:

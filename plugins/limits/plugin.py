@@ -16,9 +16,10 @@ bytes           end of data  ``451 4.7.1`` (at MAIL FROM already once the window
                              when the client announced a SIZE past it
 ==============  ===========  ================================================================
 
-Counters live in this process's memory, or in Redis (``redis = "redis://..."``) when several
-nodes must count together. When Redis cannot be reached the hook raises, and the plugin's
-``on_error`` applies (``tempfail`` by default: 421 at connect, 451 later).
+Counters live in this process's memory (under workers: the master's, one table for the
+node, see `mailgate.plugins.limits.node_counters`), or in Redis (``redis = "redis://..."``)
+when several nodes must count together. When Redis cannot be reached the hook raises, and the
+plugin's ``on_error`` applies (``tempfail`` by default: 421 at connect, 451 later).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import structlog
 from mailgate.message import Message
 from mailgate.plugin import hookimpl
 from mailgate.plugins.limits.counters import Counters, Hit, MemoryCounters
+from mailgate.plugins.limits.node_counters import ENVIRONMENT as NODE_COUNTERS
+from mailgate.plugins.limits.node_counters import NodeCounters
 from mailgate.plugins.limits.redis_client import require_redis
 from mailgate.plugins.limits.redis_counters import RedisCounters
 from mailgate.plugins.limits.settings import LimitRule, LimitsSettings
@@ -50,11 +53,10 @@ SLOTS_NOTE = "limits.slots"
 _NODE = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 """This process, in the tokens of the concurrent slots it holds in Redis."""
 
-_memory: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[tuple[int, bool], MemoryCounters]
-]
+_memory: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[int, bool], Counters]]
 _memory = weakref.WeakKeyDictionary()
-"""The in-memory counters of each loop: a reload (new plugin instances) keeps the counts."""
+"""The in-memory counters of each loop: a reload (new plugin instances) keeps the counts.
+Under workers (``$MAILGATE_NODE_COUNTERS`` set) they are the master's, shared by the node."""
 
 
 class Limits:
@@ -88,9 +90,14 @@ class Limits:
             return self._redis
         tables = _memory.setdefault(asyncio.get_running_loop(), {})
         shape = (self.settings.max_keys, self.settings.sliding)
-        table: MemoryCounters | None = tables.get(shape)
+        table: Counters | None = tables.get(shape)
         if table is None:
-            table = tables[shape] = MemoryCounters(shape[0], sliding=shape[1])
+            node = os.environ.get(NODE_COUNTERS, "")
+            table = tables[shape] = (
+                NodeCounters(node, shape[0], shape[1])
+                if node
+                else MemoryCounters(shape[0], sliding=shape[1])
+            )
         return table
 
     # -- hooks --------------------------------------------------------------------------------

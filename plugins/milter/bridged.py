@@ -159,6 +159,17 @@ class BridgedMilter:
         self._key = f"milter:{self.name}"
         self._agreed: Negotiated | None = None
         """What the milter agreed to last time: new connections pipeline OPTNEG with it."""
+        s = self.settings
+        self._fixed_timeouts = all(
+            t.is_fixed for t in (s.connect_timeout, s.command_timeout, s.eom_timeout)
+        )
+
+    def _set_timeouts(self, client: MilterClient, session: Session, tx: Transaction | None) -> None:
+        """The timeouts of this session and transaction, for the exchange about to start."""
+        s = self.settings
+        client.connect_timeout = s.connect_timeout.value(session, tx)
+        client.command_timeout = s.command_timeout.value(session, tx)
+        client.eom_timeout = s.eom_timeout.value(session, tx)
 
     # -- the stages --------------------------------------------------------------------------
 
@@ -272,9 +283,9 @@ class BridgedMilter:
             client = MilterClient(
                 self.address,
                 version=s.version,
-                connect_timeout=s.connect_timeout,
-                command_timeout=s.command_timeout,
-                eom_timeout=s.eom_timeout,
+                connect_timeout=s.connect_timeout.default,
+                command_timeout=s.command_timeout.default,
+                eom_timeout=s.eom_timeout.default,
                 max_frame=s.max_frame,
                 max_response=s.max_response_size,
                 tls=self.tls,
@@ -303,6 +314,8 @@ class BridgedMilter:
             return None
         if stage != "unknown" and stage not in self.settings.stages:
             return None
+        if not self._fixed_timeouts:
+            self._set_timeouts(link.client, session, tx)
         try:
             try:
                 answer = await self._exchange(link, stage, session, tx, recipient, helo, command)
@@ -327,7 +340,7 @@ class BridgedMilter:
     def _failed(
         self, link: _Link, stage: str, session: Session, tx: Transaction | None, why: str
     ) -> Verdict | None:
-        policy = self.settings.on_failure
+        policy = self.settings.on_failure.value(session, tx)
         log.warning("milter failed", milter=self.name, stage=stage, reason=why, policy=policy)
         session.count("milter_failures")
         if tx is not None:

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from mailgate.config import Check
+from mailgate.config import Check, Dynamic, fixed_dynamics
 from mailgate.milter.protocol import DEFAULT_MAX_FRAME
 from mailgate.sockaddr import is_socket_address
 
@@ -22,6 +22,9 @@ STAGES: tuple[Stage, ...] = ("connect", "helo", "mail", "rcpt", "data", "message
 
 FAILURE_POLICIES = ("tempfail", "reject", "accept", "skip")
 """What a failed milter turns into; see `MilterEntry.on_failure`."""
+
+FailurePolicy = Literal["tempfail", "reject", "accept", "skip"]
+"""One of `FAILURE_POLICIES`."""
 
 DEFAULT_MAX_RESPONSE = 50 * 1024 * 1024
 """Stalwart's default ``max-response-size``: 50 MiB of replies per message."""
@@ -46,17 +49,20 @@ class MilterEntry:
     stages: list[Stage] = field(default_factory=lambda: list(STAGES))
     """Stages at which the milter is called and its answer used; steps of stages left out are
     sent together at the next listed stage (fewer round trips, later decisions)."""
-    connect_timeout: float = 5.0
-    """Seconds to open the connection (and the TLS handshake) and negotiate."""
-    command_timeout: float = 10.0
-    """Seconds to wait for the reply to each command (Postfix: milter_command_timeout)."""
-    eom_timeout: float = 20.0
+    connect_timeout: Dynamic[float] = field(default=Dynamic.fixed(5.0))
+    """Seconds to open the connection (and the TLS handshake) and negotiate. Rules are read
+    when the connection opens (the stage that needs it: ``client``, ``helo``, ...)."""
+    command_timeout: Dynamic[float] = field(default=Dynamic.fixed(10.0))
+    """Seconds to wait for the reply to each command (Postfix: milter_command_timeout). Rules
+    are read at each stage, with what is known there (no ``sender`` before MAIL)."""
+    eom_timeout: Dynamic[float] = field(default=Dynamic.fixed(20.0))
     """Seconds to wait for the end-of-message reply; each PROGRESS starts it again. Keep the
-    plugin's own ``timeout`` (default 30 s) larger."""
-    on_failure: Literal["tempfail", "reject", "accept", "skip"] = "tempfail"
+    plugin's own ``timeout`` (default 30 s) larger. Rules are read at the end of data."""
+    on_failure: Dynamic[FailurePolicy] = field(default=Dynamic.fixed("tempfail"))
     """A failed milter (unreachable, hung, dying, malformed or unexpected replies):
     ``tempfail`` (451 4.7.1), ``reject`` (554 5.7.1), ``accept`` (go on without this milter for
-    the rest of the session) or ``skip`` (go on without it for this message only)."""
+    the rest of the session) or ``skip`` (go on without it for this message only). Rules are
+    read when the failure happens, with what is known at that stage."""
     hostname: str = ""
     """The value of the ``j`` macro (mailgate's host name); default: this machine's name."""
     max_frame: int = DEFAULT_MAX_FRAME
@@ -78,7 +84,8 @@ class MilterEntry:
     """The client certificate's key (PEM); empty: in ``tls_cert_file``."""
 
     def __post_init__(self) -> None:
-        if self.on_failure not in FAILURE_POLICIES:
+        fixed_dynamics(self)
+        if any(p not in FAILURE_POLICIES for p in self.on_failure.values()):
             raise ValueError(f"on_failure must be one of {FAILURE_POLICIES}")
         for stage in self.stages:
             if stage not in STAGES:
@@ -86,7 +93,7 @@ class MilterEntry:
         if self.version not in (2, 6):
             raise ValueError("version must be 2 or 6")
         for name in ("connect_timeout", "command_timeout", "eom_timeout"):
-            if getattr(self, name) <= 0:
+            if any(seconds <= 0 for seconds in getattr(self, name).values()):
                 raise ValueError(f"{name} must be positive")
         if self.max_response_size < 5:
             raise ValueError("max_response_size: must be at least 5 bytes (one reply frame)")

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
-from mailgate import Address, Message, Session, Transaction, hookimpl
+from mailgate import Address, Message, Session, Transaction, Verdict, hookimpl
+from mailgate.config import Dynamic
+from mailgate.directory import active_lookup
+from mailgate.plugins.rewrite.directory import rcpt_with_directory
 from mailgate.plugins.rewrite.headers import rewrite_header_value
 from mailgate.plugins.rewrite.lookup import AddressMap, CatchAll, Lookup, rewrite, with_orcpt
 from mailgate.plugins.rewrite.rule_expressions import BARE, Facts
@@ -14,6 +18,8 @@ from mailgate.plugins.rewrite.settings import RewriteSettings
 
 NOTE = "rewrite"
 """``transaction.notes["rewrite"]``: what this plugin changed (see `Rewrite`)."""
+
+T = TypeVar("T")
 
 SENDER_HEADERS = ("From",)
 RECIPIENT_HEADERS = ("To", "Cc")
@@ -26,14 +32,28 @@ class Rewriter:
         lookup = Lookup(settings.subaddress_delimiter, settings.case_insensitive_local)
         self.map_headers = settings.rewrite_headers
         self.strip = settings.strip_subaddress
-        self.senders = AddressMap(settings.sender, lookup)
-        self.recipients = AddressMap(settings.recipients, lookup)
-        known = [*settings.known_recipients, *settings.known_from_file]
-        self.catch_all = CatchAll(
-            AddressMap(settings.catch_all, lookup), frozenset(lookup.key(a) for a in known)
+        known = frozenset(
+            lookup.key(a) for a in [*settings.known_recipients, *settings.known_from_file]
+        )
+        self._senders = settings.sender.map(lambda table: AddressMap(table, lookup))
+        self._recipients = settings.recipients.map(lambda table: AddressMap(table, lookup))
+        self._catch_all = settings.catch_all.map(
+            lambda table: CatchAll(AddressMap(table, lookup), known)
         )
         self.sender_rules = RuleList([r.rule for r in settings.sender_rules], "sender")
         self.recipient_rules = RuleList([r.rule for r in settings.recipient_rules], "recipient")
+
+    def senders(self, facts: Facts = BARE) -> AddressMap:
+        """The sender map of this transaction (`sender` may have rules)."""
+        return _pick(self._senders, facts)
+
+    def recipients(self, facts: Facts = BARE) -> AddressMap:
+        """The recipient map of this transaction and recipient."""
+        return _pick(self._recipients, facts)
+
+    def catch_all(self, facts: Facts = BARE) -> CatchAll:
+        """The catch-all of this transaction and recipient."""
+        return _pick(self._catch_all, facts)
 
     def sender(self, address: str, facts: Facts = BARE) -> str | None:
         """The new envelope sender, or None to keep it (the null sender is never rewritten).
@@ -42,33 +62,36 @@ class Rewriter:
         """
         if not address:
             return None
-        result = rewrite(address, self.senders, strip=False)
+        result = rewrite(address, self.senders(facts), strip=False)
         if result is None and self.sender_rules:
             result = [self.sender_rules.apply(address, facts).address]
         return None if result is None or result == [address] else result[0]
 
-    def recipient(self, address: str, facts: Facts = BARE) -> list[str] | None:
+    def recipient(
+        self, address: str, facts: Facts = BARE, *, known: bool = False
+    ) -> list[str] | None:
         """What one recipient becomes (one or more addresses), or None to keep it.
 
         The recipient map first; then, for an address it does not list, the recipient rules;
         if none matched, the catch-all of its domain (unless it is a known recipient); then
-        subaddress stripping.
+        subaddress stripping. A `known` address (the directory has it) skips the catch-all.
         """
-        if self.recipients.find(address) is None:
+        recipients = self.recipients(facts)
+        if recipients.find(address) is None:
             if self.recipient_rules:
                 outcome = self.recipient_rules.apply(address, facts)
                 if outcome.matched:
                     return None if outcome.address == address else [outcome.address]
-            catch = self.catch_all.target(address)
+            catch = None if known else self.catch_all(facts).target(address)
             if catch is not None:
                 return None if catch == address else [catch]
-        result = rewrite(address, self.recipients, strip=self.strip)
+        result = rewrite(address, recipients, strip=self.strip)
         return None if result is None or result == [address] else result
 
     def header_sender(self, address: str, facts: Facts = BARE) -> str | None:
         """The new address for From:: by the sender map (with ``rewrite_headers``), else by
         the sender rules marked ``headers``."""
-        result = rewrite(address, self.senders, strip=False) if self.map_headers else None
+        result = rewrite(address, self.senders(facts), strip=False) if self.map_headers else None
         if result is None:
             result = [self.sender_rules.apply(address, facts, headers_only=True).address]
         return None if result == [address] else result[0]
@@ -76,7 +99,7 @@ class Rewriter:
     def header_recipient(self, address: str, facts: Facts = BARE) -> str | None:
         """The new address for To:/Cc:: one-to-one recipient entries (with
         ``rewrite_headers``; no stripping), else the recipient rules marked ``headers``."""
-        result = rewrite(address, self.recipients, strip=False) if self.map_headers else None
+        result = rewrite(address, self.recipients(facts), strip=False) if self.map_headers else None
         if result is None:
             result = [self.recipient_rules.apply(address, facts, headers_only=True).address]
         return result[0] if len(result) == 1 and result != [address] else None
@@ -121,11 +144,22 @@ class Rewrite:
             transaction.change_sender(new, tuple(sender.params))
 
     @hookimpl
-    def on_rcpt(self, session: Session, transaction: Transaction, recipient: Address) -> None:
-        """Replace the recipient by what the maps, the rules, the catch-all or stripping make
-        of it."""
+    def on_rcpt(
+        self, session: Session, transaction: Transaction, recipient: Address
+    ) -> Awaitable[Verdict | None] | None:
+        """Replace the recipient by what the maps, the directory's aliases (``use_directory``),
+        the rules, the catch-all or stripping make of it."""
+        if self.settings.use_directory and active_lookup.get() is not None:
+            return rcpt_with_directory(self, session, transaction, recipient)
+        targets = self.rewriter.recipient(recipient.address, Facts(session, transaction))
+        self.replace_recipient(transaction, recipient, targets)
+        return None
+
+    def replace_recipient(
+        self, transaction: Transaction, recipient: Address, targets: list[str] | None
+    ) -> None:
+        """Put `targets` in the place of `recipient` (None: keep it), recording the change."""
         original = recipient.address
-        targets = self.rewriter.recipient(original, Facts(session, transaction))
         if targets is None:
             return
         notes = _notes(transaction)
@@ -166,6 +200,13 @@ class HeaderRewrite(Rewrite):
                     new = rewrite_header_value(value, functools.partial(fn, facts=facts))
                     if new != value:
                         transaction.change_header(name, new, i)
+
+
+def _pick(setting: Dynamic[T], facts: Facts) -> T:
+    """The value of a per-transaction map: the fixed one at no cost, else by its rules."""
+    if setting.is_fixed:
+        return setting.default
+    return setting.value(facts.session, facts.transaction)
 
 
 def _notes(transaction: Transaction) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from mailgate.config import Check
+from mailgate.config import Check, Dynamic, fixed_dynamics
 from mailgate.plugins.rewrite.lookup import is_address, is_domain_key, is_map_entry
 from mailgate.plugins.rewrite.rules import RuleSettings
 
@@ -24,18 +24,22 @@ FullAddress = Annotated[str, Check(is_address, 'an address such as "user@example
 class RewriteSettings:
     """What to rewrite, and how addresses are compared."""
 
-    sender: dict[str, MapEntry] = field(default_factory=dict)
-    """Envelope sender map: ``"old@x" = "new@y"``, ``"@old.example" = "@new.example"``."""
-    recipients: dict[str, MapEntry | list[MapEntry]] = field(default_factory=dict)
-    """Recipient map; a list value expands one recipient into several."""
+    sender: Dynamic[dict[str, MapEntry]] = field(default=Dynamic.fixed({}))
+    """Envelope sender map: ``"old@x" = "new@y"``, ``"@old.example" = "@new.example"``.
+    Per transaction: a list of ``{ if = "...", then = { ... } }`` rules ending in ``{ else =
+    { ... } }``, read at MAIL (``client``, ``auth``, ``sender``; no ``rcpt`` yet)."""
+    recipients: Dynamic[dict[str, MapEntry | list[MapEntry]]] = field(default=Dynamic.fixed({}))
+    """Recipient map; a list value expands one recipient into several. Per transaction: rules
+    read at each RCPT (``rcpt`` is the recipient being rewritten)."""
     subaddress_delimiter: str = "+"
     """Characters that start a subaddress (``bob+tag``); empty: no subaddresses."""
     strip_subaddress: bool = False
     """Deliver ``bob+tag@x`` as ``bob@x`` (recipients only; senders keep theirs)."""
     case_insensitive_local: bool = False
     """Compare local parts without case (domains are always compared without case)."""
-    catch_all: dict[str, FullAddress] = field(default_factory=dict)
-    """``"@example.com" = "postmaster@example.com"``: unknown recipients of the domain go there."""
+    catch_all: Dynamic[dict[str, FullAddress]] = field(default=Dynamic.fixed({}))
+    """``"@example.com" = "postmaster@example.com"``: unknown recipients of the domain go there.
+    Per transaction: rules read at each RCPT, like `recipients`."""
     known_recipients: list[FullAddress] = field(default_factory=list)
     """The real recipients of the catch-all domains."""
     known_recipients_file: pathlib.Path | None = None
@@ -46,6 +50,9 @@ class RewriteSettings:
     """Ordered regex/expression rules for the envelope sender, asked when the map has no entry."""
     recipient_rules: list[RuleSettings] = field(default_factory=list)
     """Ordered rules for each recipient, asked when the map has no entry (before the catch-all)."""
+    use_directory: bool = False
+    """Expand aliases and lists from the directory (docs/directory.md), after the recipient
+    map; a recipient the directory knows is never caught by the catch-all."""
     known_from_file: list[str] = field(init=False, default_factory=list)
     """The addresses read from `known_recipients_file` at load."""
 
@@ -55,12 +62,16 @@ class RewriteSettings:
         return any(r.headers for r in (*self.sender_rules, *self.recipient_rules))
 
     def __post_init__(self) -> None:
-        _check_keys("sender", self.sender, is_map_entry)
-        _check_keys("recipients", self.recipients, is_map_entry)
-        _check_keys("catch_all", self.catch_all, is_domain_key)
-        for key, value in self.recipients.items():
-            if isinstance(value, list) and not value:
-                raise ValueError(f"recipients: {key!r} expands to an empty list")
+        fixed_dynamics(self)
+        for senders in self.sender.values():
+            _check_keys("sender", senders, is_map_entry)
+        for recipients in self.recipients.values():
+            _check_keys("recipients", recipients, is_map_entry)
+            for key, value in recipients.items():
+                if isinstance(value, list) and not value:
+                    raise ValueError(f"recipients: {key!r} expands to an empty list")
+        for catch_all in self.catch_all.values():
+            _check_keys("catch_all", catch_all, is_domain_key)
         for char in self.subaddress_delimiter:
             if char == "@" or char.isspace() or char == ".":
                 raise ValueError(f"subaddress_delimiter may not contain {char!r}")

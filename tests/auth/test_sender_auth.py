@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mailgate.plugins.sender_auth import SenderAuth, SenderAuthSettings
 from mailgate.session import Address, Session
-from mailgate.verdict import VerdictKind
+from mailgate.verdict import Verdict, VerdictKind
 
 
 def session(login: str = "") -> Session:
@@ -51,7 +51,7 @@ def test_allowed_lists_addresses_and_domains_per_login_and_for_everyone() -> Non
 def test_refusal_names_the_login_and_null_sender_is_allowed() -> None:
     plugin = SenderAuth()
     verdict = plugin.on_mail(session("alice@example.org"), Address("ceo@example.org"))
-    assert verdict is not None and verdict.kind is VerdictKind.REJECT
+    assert isinstance(verdict, Verdict) and verdict.kind is VerdictKind.REJECT
     assert (verdict.code, verdict.status) == (553, "5.7.1")
     assert verdict.text == "Sender address not owned by user alice@example.org"
     assert plugin.on_mail(session("alice@example.org"), Address("")) is None

@@ -20,6 +20,7 @@ from .harness import (
     format_comparison,
     format_table,
     format_targets,
+    format_workers_target,
     run_benchmark,
 )
 
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         print(format_comparison(results))
         print()
         print(format_compare_targets(results))
+        print(format_compare_targets(results, "mailgate-w2"))
+        print(format_workers_target(results))
     else:
         print(format_table(results))
         print()

@@ -30,7 +30,9 @@ asyncio client. Every delivered message is counted, and the last one read: the t
 its Authentication-Results said.
 
 ``python -m tests.bench.bench_auth [--messages N] [--repeats R]`` prints the table (medians;
-the order of the routes rotates between repeats). ``test_auth_bench_runs_every_route`` in
+the order of the routes rotates between repeats); ``--only proxy`` measures the two SMTP proxy
+routes alone, ``--parts`` each check's CPU per message called in-process (no routes), and
+``--profile proxy|milter`` samples mailgate with py-spy. ``test_auth_bench_runs_every_route`` in
 test_bench_smoke.py is the short run CI makes.
 """
 
@@ -359,13 +361,17 @@ def measure(bed: Testbed, route: Route, messages: int, probe: int) -> _Run:
     )
 
 
-def run(messages: int, repeats: int, dirs: PeerDirs, probe: int = PROBE) -> list[Result]:
-    """Measure every route `repeats` times in rotated order; medians per route."""
+def run(
+    messages: int, repeats: int, dirs: PeerDirs, probe: int = PROBE, only: str = ""
+) -> list[Result]:
+    """Measure every route `repeats` times in rotated order; medians per route. `only`
+    ``"proxy"``: the two SMTP proxy routes alone."""
     runs: dict[str, list[_Run]] = {}
     with auth_testbed(dirs) as bed:
+        routes = [r for r in bed.routes if only != "proxy" or r.name in (PROXY_PLAIN, PROXY_AUTH)]
         for repeat in range(repeats):
-            shift = repeat % len(bed.routes)
-            for route in bed.routes[shift:] + bed.routes[:shift]:
+            shift = repeat % len(routes)
+            for route in routes[shift:] + routes[:shift]:
                 one = measure(bed, route, messages, probe)
                 runs.setdefault(route.name, []).append(one)
                 print(
@@ -379,7 +385,7 @@ def run(messages: int, repeats: int, dirs: PeerDirs, probe: int = PROBE) -> list
             if "warning" in line and "milter" in line
         ]
     results = []
-    for route in bed.routes:
+    for route in routes:
         cell = runs[route.name]
         timings = [t * 1000 for one in cell for t in one.timings]
         results.append(
@@ -426,19 +432,23 @@ def targets(results: list[Result]) -> str:
     """The two targets: each by msg/s (what the issue asks) and by CPU per message."""
     by_name = {r.name: r for r in results}
     plain, auth = by_name[PROXY_PLAIN], by_name[PROXY_AUTH]
+    proxy = auth.rate / plain.rate
+    lines = [
+        f"SMTP proxy: auth {proxy:.2f} of no plugins by msg/s, "
+        f"{plain.cpu_total_ms / auth.cpu_total_ms:.2f} by CPU per message "
+        f"(target >= {TARGET_PROXY}: {'met' if proxy >= TARGET_PROXY else 'MISSED'})",
+    ]
+    if POSTFIX_OPEN not in by_name:  # --only proxy
+        return "\n".join(lines)
     mailgate, theirs = by_name[POSTFIX_MAILGATE], by_name[POSTFIX_OPEN]
     alone = by_name[POSTFIX_ALONE]
-    proxy = auth.rate / plain.rate
     milter = mailgate.rate / theirs.rate
 
     def checks_cpu(r: Result) -> float:
         # What the checks cost on top of Postfix alone (Postfix's own share differs little).
         return r.cpu_total_ms - alone.cpu_total_ms
 
-    lines = [
-        f"SMTP proxy: auth {proxy:.2f} of no plugins by msg/s, "
-        f"{plain.cpu_total_ms / auth.cpu_total_ms:.2f} by CPU per message "
-        f"(target >= {TARGET_PROXY}: {'met' if proxy >= TARGET_PROXY else 'MISSED'})",
+    lines += [
         f"Postfix milters: mailgate {milter:.2f}x opendkim + opendmarc by msg/s; "
         f"checks' CPU per message {checks_cpu(mailgate):.2f} ms against "
         f"{checks_cpu(theirs):.2f} ms "
@@ -469,6 +479,71 @@ def profile(dirs: PeerDirs, route_name: str, messages: int, seconds_top: int = 1
     return format_hotspots(own, total, samples, seconds_top)
 
 
+PARTS = ("spf", "dkim", "arc", "dmarc", "Received-SPF", "Authentication-Results")
+
+
+def parts(dirs: PeerDirs, messages: int) -> dict[str, float]:
+    """CPU ms per message of each check, in this process: the plugins' hooks called one after
+    the other on the benchmark's message, as the SMTP proxy calls them (keys and records in
+    the DNS cache after a first round, as under load)."""
+    from mailgate.authentication_results import (
+        AuthenticationResultsSettings,
+        apply_authentication_results,
+    )
+    from mailgate.dns import DnsSettings
+    from mailgate.logging import LoggingSettings, configure_logging
+    from mailgate.plugins.arc.plugin import Arc
+    from mailgate.plugins.dkim import Dkim
+    from mailgate.plugins.dmarc import Dmarc, DmarcSettings
+    from mailgate.plugins.spf import Spf, SpfSettings
+    from mailgate.session import Address
+    from mailgate.testing.builders import make_session, make_transaction
+
+    configure_logging(LoggingSettings(level="warning"))
+    dns = DnsServer().start()
+    try:
+        key = make_key(dirs.new("dkim-key"), DOMAIN, SELECTOR)
+        dns.add_zone(ZONE + key.zone_line() + "\n")
+        message = signed_message(key)
+        settings = DnsSettings(nameservers=[f"{dns.host}:{dns.port}"])
+        spf = Spf(SpfSettings(skip_networks=[]), dns=settings)
+        dkim_ = Dkim(dns=settings)
+        arc = Arc(dns=settings)
+        dmarc = Dmarc(DmarcSettings(skip_networks=[]), dns=settings)
+        header = AuthenticationResultsSettings(authserv_id="mx.bench.test")
+        session = make_session("127.0.0.1", helo="bench.test")
+        spent = dict.fromkeys(PARTS, 0.0)
+
+        async def one() -> None:
+            tx = make_transaction(SENDER, [RECIPIENT], message=message)
+            m = tx.message
+            assert m is not None
+            started = time.process_time()
+            await spf.on_mail(session, tx, Address(SENDER))
+            spent["spf"] += time.process_time() - started
+            for name, plugin in (("dkim", dkim_), ("arc", arc), ("dmarc", dmarc)):
+                started = time.process_time()
+                await plugin.on_message(session, tx, m)
+                spent[name] += time.process_time() - started
+            started = time.process_time()
+            spf.on_message(tx)
+            spent["Received-SPF"] += time.process_time() - started
+            started = time.process_time()
+            apply_authentication_results(session, tx, header)
+            spent["Authentication-Results"] += time.process_time() - started
+
+        async def rounds(count: int) -> None:
+            for _ in range(count):
+                await one()
+
+        asyncio.run(rounds(20))
+        spent.update(dict.fromkeys(PARTS, 0.0))
+        asyncio.run(rounds(messages))
+    finally:
+        dns.stop()
+    return {name: seconds * 1000 / messages for name, seconds in spent.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: run the benchmark and print the table; exit 1 if a message was lost."""
     parser = argparse.ArgumentParser(prog="python -m tests.bench.bench_auth")
@@ -476,6 +551,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--probe", type=int, default=PROBE, help="latency probe messages")
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--only", choices=["proxy"], help="measure the two SMTP proxy routes alone")
+    parser.add_argument(
+        "--parts",
+        action="store_true",
+        help="instead: CPU ms per message of each check, called in this process",
+    )
     parser.add_argument(
         "--profile",
         choices=["proxy", "milter"],
@@ -485,11 +566,16 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     base = create_base()
     try:
+        if args.parts:
+            found = parts(PeerDirs(base), args.messages)
+            print(" | ".join(f"{name} {ms:.3f}" for name, ms in found.items()))
+            print(f"total {sum(found.values()):.3f} ms per message")
+            return 0
         if args.profile:
             name = PROXY_AUTH if args.profile == "proxy" else POSTFIX_MAILGATE
             print(profile(PeerDirs(base), name, args.messages))
             return 0
-        results = run(args.messages, args.repeats, PeerDirs(base), args.probe)
+        results = run(args.messages, args.repeats, PeerDirs(base), args.probe, args.only or "")
     finally:
         if not os.environ.get("MAILGATE_KEEP_PEERS"):
             shutil.rmtree(base, ignore_errors=True)

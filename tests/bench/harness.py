@@ -390,16 +390,18 @@ def mailgate_executable() -> str:
 
 
 def mailgate(
-    plugin_files: dict[str, str], core: str = ""
+    plugin_files: dict[str, str], core: str = "", *, workers: int = 1, sockets: str = "reuseport"
 ) -> Callable[[int, SmtpSink, Path], list[str]]:
     """Command builder for `mailgate serve` on a fresh config dir holding `plugin_files`;
-    `core` is added to its ``mailgate.toml`` (``{config}`` is replaced by the dir)."""
+    `core` is added to its ``mailgate.toml`` (``{config}`` is replaced by the dir). One
+    process unless `workers` says more (then sharing the port as `sockets` says)."""
 
     def command(port: int, sink: SmtpSink, workdir: Path) -> list[str]:
         config = Path(tempfile.mkdtemp(prefix="conf-", dir=workdir))
         # Relay control keeps its default, which lets 127.0.0.0/8 relay.
         (config / "mailgate.toml").write_text(
             '[mailgate]\nhostname = "mailgate.bench.test"\n'
+            + f'workers = {workers}\nworker_sockets = "{sockets}"\n'
             + core.replace("{config}", str(config))
             + os.environ.get("MAILGATE_BENCH_CONF", "")
         )
@@ -472,6 +474,10 @@ SYSTEMS: dict[str, Callable[[], System]] = {
     "smtp-sink": lambda: SinkSystem("smtp-sink", lambda port, sink, workdir: []),
     "minimal-relay": lambda: System("minimal-relay", minimal_relay),
     "mailgate": lambda: System("mailgate", mailgate({})),
+    "mailgate-w2": lambda: System("mailgate-w2", mailgate({}, workers=2)),
+    "mailgate-w2-shared": lambda: System(
+        "mailgate-w2-shared", mailgate({}, workers=2, sockets="shared")
+    ),
     "mailgate+header": lambda: System(
         "mailgate+header", mailgate({"10-add_header.toml": ADD_HEADER_CONF})
     ),
@@ -798,7 +804,7 @@ def format_targets(results: Sequence[Measurement], system: str = "mailgate") -> 
     return "\n".join(lines)
 
 
-COMPARE_SYSTEMS = ("smtp-sink", "postfix", "haraka", "mailgate", "minimal-relay")
+COMPARE_SYSTEMS = ("smtp-sink", "postfix", "haraka", "mailgate-w2", "mailgate", "minimal-relay")
 """The systems a user would pick instead of mailgate, beside it (issue 14's one table)."""
 
 COMPARE_PLAN = BenchPlan(sizes_kib=(1, 10), sessions=(20,))
@@ -823,6 +829,27 @@ def format_comparison(results: Sequence[Measurement]) -> str:
 
 COMPARE_TARGETS = {"postfix": 1.0, "haraka": 2.5}
 """Issue 14's targets: mailgate's msg/s as a multiple of each rival's, same run and cell."""
+
+WORKERS_TARGET = ("mailgate-w2", "mailgate", 1.6)
+"""Issue 14: two workers at least 1.6x one worker's msg/s, same run and cell."""
+
+
+def format_workers_target(results: Sequence[Measurement]) -> str:
+    """Whether two workers meet `WORKERS_TARGET` against one, cell by cell."""
+    two, one, target = WORKERS_TARGET
+    cells = {(m.system, m.size_kib, m.sessions): m for m in results}
+    lines = []
+    for (name, size_kib, sessions), m in cells.items():
+        base = cells.get((one, size_kib, sessions))
+        if name != two or base is None or not base.rate:
+            continue
+        ratio = m.rate / base.rate
+        verdict = "met" if ratio >= target else "NOT MET"
+        lines.append(
+            f"{two} {size_kib} KiB x{sessions}: {ratio:.2f}x {one}'s msg/s "
+            f"(target >= {target:.1f}x: {verdict})"
+        )
+    return "\n".join(lines)
 
 
 def format_compare_targets(results: Sequence[Measurement], system: str = "mailgate") -> str:

@@ -68,7 +68,7 @@ networks = ["192.0.2.0/24"]
     assert config.mailgate.hostname == "gate.example.net"
     assert (config.logging.level, config.logging.format) == ("debug", "console")
     assert config.listeners[0].settings.max_recipients == 10
-    assert (config.relay.address, config.relay.pool_size) == ("127.0.0.1:10025", 2)
+    assert (config.relay.address.default, config.relay.pool_size) == ("127.0.0.1:10025", 2)
     assert config.relay_control is not None
     assert config.relay_control.settings.domains == ["example.org", ".example.net"]
 

@@ -15,6 +15,7 @@ from mailgate.config import (
     Dynamic,
     HostPort,
     Networks,
+    fixed_dynamics,
     is_host_port,
     load_settings,
     split_host_port,
@@ -145,6 +146,31 @@ def test_dynamic_rules() -> None:
     tx = Transaction(Address("a@example.org"))
     assert s.threshold.value(Session(client_ip="198.51.100.1"), tx) == 3.0
     assert s.threshold.value(Session(client_ip="198.51.100.1"), None) == 5.0
+
+
+def test_dynamic_values_map_and_equality() -> None:
+    s = load({"threshold": [{"if": "tls", "then": 10}, {"else": 5}]})
+    assert s.threshold.values() == [10.0, 5.0]
+    doubled = s.threshold.map(lambda v: v * 2)
+    assert doubled.values() == [20.0, 10.0] and not doubled.is_fixed
+    assert doubled.value(Session(client_ip="192.0.2.1", tls=True)) == 20.0
+    assert Dynamic.fixed(3) == 3 and hash(Dynamic.fixed(3)) == hash(3)
+    assert s.threshold != 5.0  # rules are not their else value
+
+
+@dataclass
+class WithDynamic:
+    limit: Dynamic[int] = field(default=Dynamic.fixed(1))
+
+    def __post_init__(self) -> None:
+        fixed_dynamics(self)
+
+
+def test_fixed_dynamics_wraps_plain_values_given_by_code() -> None:
+    made = WithDynamic(limit=7)  # type: ignore[arg-type]
+    assert isinstance(made.limit, Dynamic) and made.limit.is_fixed and made.limit.default == 7
+    rules = Dynamic.fixed(9)
+    assert WithDynamic(limit=rules).limit is rules
 
 
 @pytest.mark.parametrize(

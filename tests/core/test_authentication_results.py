@@ -19,7 +19,7 @@ from mailgate.authentication_results import (
     header_value,
     results_of,
 )
-from mailgate.authentication_results.header import WIDTH
+from mailgate.authentication_results.header import WIDTH, fold
 from mailgate.authentication_results.parse import claimed_id, parse
 from mailgate.authentication_results.syntax import SyntaxProblem, clean, is_token, pvalue
 from mailgate.config import ConfigError
@@ -416,3 +416,26 @@ def test_bad_settings_name_the_file_and_key(tmp_path: Path, text: str, key: str)
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path)
     assert str(info.value).startswith(f"{tmp_path / 'mailgate.toml'}: {key}:")
+
+
+def _fold_by_characters(line: str, taken: int) -> str:
+    """The folding rule one character at a time (as `fold` first did), to compare with."""
+    pieces: list[str] = []
+    start, column, fold_at = 0, taken, -1
+    for i, char in enumerate(line):
+        if char == " " and i > start and line[i - 1] != " ":
+            fold_at = i
+        column += 1
+        if column > WIDTH and fold_at > start:
+            pieces.append(line[start:fold_at])
+            start, column, fold_at = fold_at, i - fold_at + 1, -1
+    pieces.append(line[start:])
+    return "\r\n".join(pieces)
+
+
+@given(
+    line=st.text(alphabet=st.sampled_from(["a", "b", " ", " ", "=", '"']), max_size=400),
+    taken=st.integers(0, 90),
+)
+def test_fold_folds_as_the_character_by_character_rule(line: str, taken: int) -> None:
+    assert fold(line, taken) == _fold_by_characters(line, taken)

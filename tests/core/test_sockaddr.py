@@ -9,6 +9,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from mailgate.config import Dynamic
 from mailgate.relay import RelaySettings
 from mailgate.smtp.settings import SmtpListenerSettings
 from mailgate.sockaddr import SocketAddress, is_host_port, parse_host_port
@@ -177,5 +178,5 @@ def test_listener_and_relay_settings_name_their_address_key() -> None:
     with pytest.raises(ValueError, match=r"^address must be HOST:PORT or \[IPV6\]:PORT"):
         _ = SmtpListenerSettings(address="nohost").host_port
     with pytest.raises(ValueError, match=r"^address must be HOST:PORT or \[IPV6\]:PORT"):
-        RelaySettings(address="nohost")
+        RelaySettings(address=Dynamic.fixed("nohost"))
     assert SmtpListenerSettings(address="[::1]:0").host_port == ("::1", 0)

@@ -11,6 +11,7 @@ import io
 from mailgate import Address, Message, Session, Transaction
 from mailgate.authentication_results.collect import results_of
 from mailgate.authentication_results.header import header_value
+from mailgate.config import Dynamic
 from mailgate.dns import DnsSettings
 from mailgate.message import parse_header_block
 from mailgate.pipeline import EnabledPlugin, Pipeline
@@ -30,7 +31,13 @@ def pipeline(nameserver: str) -> Pipeline:
     return Pipeline(
         [
             EnabledPlugin(
-                "spf", Spf(SpfSettings(reject=[], tempfail=[], skip_networks=[]), dns=dns)
+                "spf",
+                Spf(
+                    SpfSettings(
+                        reject=Dynamic.fixed([]), tempfail=Dynamic.fixed([]), skip_networks=[]
+                    ),
+                    dns=dns,
+                ),
             ),
             EnabledPlugin("dkim", Dkim(DkimSettings(), dns=dns)),
             EnabledPlugin("arc", Arc(ArcSettings(), dns=dns)),

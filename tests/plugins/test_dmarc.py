@@ -5,6 +5,7 @@ plugin giving the SPF and DKIM results, and with the real spf plugin from conf.d
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import smtplib
 import subprocess
@@ -428,6 +429,12 @@ async def test_the_evaluation_has_what_an_aggregate_report_needs(zone: DnsServer
         "organizational_domain": "sampled.test",
     }
     assert tx.results["dmarc"].details["evaluation"] == record
+    assert record == dataclasses.asdict(evaluation(tx))  # as_dict is a faster asdict
+    published = evaluation(tx).policy_published
+    assert published is not None
+    rua = dataclasses.replace(published, rua=("mailto:a@b.test",))
+    with_rua = dataclasses.replace(evaluation(tx), policy_published=rua, spf=None)
+    assert with_rua.as_dict() == dataclasses.asdict(with_rua)
 
 
 async def test_null_sender_uses_the_helo_identity_of_spf(zone: DnsServer) -> None:

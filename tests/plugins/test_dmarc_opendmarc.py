@@ -15,6 +15,7 @@ import re
 import pytest
 
 from mailgate import Address, Message, Session, Transaction, Verdict, VerdictKind, hookimpl
+from mailgate.config import Dynamic
 from mailgate.dns import DnsSettings
 from mailgate.message import parse_header_block
 from mailgate.pipeline import EnabledPlugin, Pipeline
@@ -186,7 +187,9 @@ def our_outcome(tx: Transaction) -> Outcome:
 def pipelines(peer: OpenDmarc) -> tuple[Pipeline, Pipeline]:
     """opendmarc through the milter bridge, and spf + dmarc asking the same DNS."""
     dns = DnsSettings(nameservers=[f"{peer.dns.host}:53"], timeout=2.0)
-    spf = Spf(SpfSettings(reject=[], tempfail=[], skip_networks=[]), dns=dns)
+    spf = Spf(
+        SpfSettings(reject=Dynamic.fixed([]), tempfail=Dynamic.fixed([]), skip_networks=[]), dns=dns
+    )
     dmarc = Dmarc(DmarcSettings(skip_networks=[]), dns=dns)
     ours = Pipeline(
         [

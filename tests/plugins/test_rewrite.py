@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from mailgate import Address, Message, Session, Transaction
 from mailgate.app import App
-from mailgate.config import ConfigError
+from mailgate.config import ConfigError, Dynamic
 from mailgate.loader import load_config
 from mailgate.message import Header, new_spool
 from mailgate.plugins.rewrite import (
@@ -181,7 +181,7 @@ def test_known_recipients_file(tmp_path: Path) -> None:
     known = tmp_path / "known"
     known.write_text("# the real users\nbob@x.example\n\n  carol@x.example  \n")
     settings = RewriteSettings(
-        catch_all={"@x.example": "pm@x.example"}, known_recipients_file=known
+        catch_all=Dynamic.fixed({"@x.example": "pm@x.example"}), known_recipients_file=known
     )
     r = Rewriter(settings)
     assert r.recipient("carol@x.example") is None
@@ -333,11 +333,13 @@ def milter_gate(peer_dirs: PeerDirs) -> Iterator[Gate]:
 
 def test_postfix_applies_the_rewritten_envelope(milter_gate: Gate) -> None:
     settings = RewriteSettings(
-        sender={"@example.com": "@bounces.local.test"},
-        recipients={
-            "old@local.test": "new@local.test",
-            "list@local.test": ["ann@local.test", "joe@local.test"],
-        },
+        sender=Dynamic.fixed({"@example.com": "@bounces.local.test"}),
+        recipients=Dynamic.fixed(
+            {
+                "old@local.test": "new@local.test",
+                "list@local.test": ["ann@local.test", "joe@local.test"],
+            }
+        ),
         strip_subaddress=True,
         rewrite_headers=True,
     )

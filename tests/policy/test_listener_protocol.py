@@ -17,7 +17,7 @@ import structlog
 
 from mailgate import Address, Session, Transaction, Verdict, hookimpl
 from mailgate.app import App
-from mailgate.config import ConfigError
+from mailgate.config import ConfigError, Dynamic
 from mailgate.loader import load_config
 from mailgate.metrics import Metrics
 from mailgate.pipeline import EnabledPlugin, Pipeline, declared_reads
@@ -372,7 +372,9 @@ async def test_sessions_and_messages_are_counted(serve: Any) -> None:
 async def test_relay_control_leaves_relaying_to_postfix_unless_check_policy(
     serve: Any, check_policy: bool, action: str
 ) -> None:
-    settings = RelayControlSettings(domains=["local.test"], check_policy=check_policy)
+    settings = RelayControlSettings(
+        domains=Dynamic.fixed(["local.test"]), check_policy=check_policy
+    )
     pipeline = pipeline_of(RelayControl(settings))
     client = await serve(lambda: pipeline)
     answer = await client.ask(**rcpt("1", "i1", "victim@elsewhere.test"))
@@ -437,7 +439,9 @@ async def test_serve_with_the_policy_option_answers_postfix_requests() -> None:
 async def test_the_operators_log_has_one_outcome_per_transaction_and_who_refused(
     serve: Callable[..., Any], captured_logs: list[dict[str, Any]]
 ) -> None:
-    control = RelayControl(RelayControlSettings(domains=["local.test"], check_policy=True))
+    control = RelayControl(
+        RelayControlSettings(domains=Dynamic.fixed(["local.test"]), check_policy=True)
+    )
     chain = Pipeline([EnabledPlugin("relay_control", control)])
     client = await serve(lambda: chain)
     assert (await client.ask(**rcpt("4000", "i1", "x@elsewhere.test"))).startswith("554")

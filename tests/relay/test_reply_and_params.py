@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from aiosmtplib.response import SMTPResponse
 
+from mailgate.config import Dynamic
 from mailgate.relay.params import mail_params, rcpt_params, with_size
 from mailgate.relay.reply import reply_from_response
 from mailgate.relay.settings import RelaySettings
@@ -43,9 +44,9 @@ def test_size_is_replaced_by_the_real_size() -> None:
 
 
 def test_address_is_split_into_host_and_port() -> None:
-    relay = RelaySettings(address="[::1]:2525")
+    relay = RelaySettings(address=Dynamic.fixed("[::1]:2525"))
     assert (relay.host, relay.port) == ("::1", 2525)
-    assert RelaySettings(address="mx.example:25").host == "mx.example"
+    assert RelaySettings(address=Dynamic.fixed("mx.example:25")).host == "mx.example"
 
 
 @pytest.mark.parametrize(

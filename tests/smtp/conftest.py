@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from mailgate.config import Dynamic
 from mailgate.egress import Egress
 from mailgate.relay import RelayEgress, RelaySettings
 from tests.logs import captured_logs
@@ -39,7 +40,7 @@ def relay_to(host: str, port: int, quarantine_dir: Path | str) -> RelayEgress:
     """The real relay egress pointed at a test peer."""
     return RelayEgress(
         RelaySettings(
-            address=f"{host}:{port}",
+            address=Dynamic.fixed(f"{host}:{port}"),
             helo_name="mailgate.test",
             connect_timeout=5.0,
             command_timeout=10.0,

@@ -11,6 +11,7 @@ import sys
 
 import structlog
 
+from mailgate.config import Dynamic
 from mailgate.pipeline import Pipeline
 from mailgate.relay import RelayEgress, RelaySettings
 from mailgate.smtp.listener import SmtpListener
@@ -20,7 +21,9 @@ from tests import event_loops
 
 async def main(relay: str, quarantine_dir: str) -> None:
     egress = RelayEgress(
-        RelaySettings(address=relay, helo_name="mailgate.test", quarantine_dir=quarantine_dir)
+        RelaySettings(
+            address=Dynamic.fixed(relay), helo_name="mailgate.test", quarantine_dir=quarantine_dir
+        )
     )
     pipeline = Pipeline([])
     listener = SmtpListener(

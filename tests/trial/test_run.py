@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mailgate import Address, Verdict, hookimpl
+from mailgate.config import Dynamic
 from mailgate.pipeline import EnabledPlugin, Pipeline
 from mailgate.smtp.settings import SmtpListenerSettings
 from mailgate.trial.inputs import Client, Envelope, Limits
@@ -34,7 +35,7 @@ class RefusesSpam:
 
 
 def trial(rcpts: list[str], max_recipients: int = 1000) -> Trial:
-    listener = SmtpListenerSettings(max_recipients=max_recipients)
+    listener = SmtpListenerSettings(max_recipients=Dynamic.fixed(max_recipients))
     limits = Limits("mx.test", listener, "127.0.0.1:25", "/nonexistent")
     return Trial(Client(), Envelope("a@example.com", rcpts), limits)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mailgate.config import Dynamic
 from mailgate.dns import DnsSettings
 from mailgate.relay import RelayEgress, RelaySettings
 from tests.peers.dns import DnsServer
@@ -121,7 +122,7 @@ def through_milter(smtp_sink: SmtpSink, tmp_path: Path) -> Iterator[Relay]:
     def relay(address: str, data: bytes) -> bytes:
         egress = RelayEgress(
             RelaySettings(
-                address=f"{smtp_sink.host}:{smtp_sink.port}",
+                address=Dynamic.fixed(f"{smtp_sink.host}:{smtp_sink.port}"),
                 helo_name="mailgate.test",
                 quarantine_dir=str(tmp_path / "quarantine"),
             )

@@ -3,6 +3,7 @@ make them), keys in a real DNS server, one result per signature."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import time
@@ -304,3 +305,48 @@ async def test_a_strict_key_refuses_a_subdomain_identity(dkim_dns: DnsServer, ke
     [entry] = entries(await verify(plugin(dkim_dns), data))
     assert entry["result"] == "permerror"
     assert entry["reason"].startswith("key is strict (t=s)")
+
+
+async def test_keys_in_the_cache_give_the_same_results_without_a_lookup(
+    dkim_dns: DnsServer, keys: Keys, signed: bytes
+) -> None:
+    """The second time, every key is in the DNS cache: the plugin verifies in the event loop
+    (no worker thread, no query) and every result and reason is the same as the first time."""
+    p = plugin(dkim_dns)
+    cases = [
+        signed,
+        signed.replace(b"see you", b"pay me"),
+        signed.replace(b"verify me", b"wire money"),
+        dkimpy_sign(keys.weak, MESSAGE),
+        dkimpy_sign(keys.rsa, MESSAGE, length=True) + b"appended\r\n",
+        dkimpy_sign(as_selector(keys.rsa, "nosuchkey"), MESSAGE),
+    ]
+    first = [entries(await verify(p, data)) for data in cases]
+    queries = len(dkim_dns.queries)
+    again = [entries(await verify(p, data)) for data in cases]
+    assert again == first
+    assert len(dkim_dns.queries) == queries
+    assert [e[0]["result"] for e in first] == [
+        "pass",
+        "fail",
+        "fail",
+        "fail",
+        "policy",
+        "permerror",
+    ]
+
+
+async def test_a_cached_key_needs_no_worker_thread(
+    dkim_dns: DnsServer, signed: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = plugin(dkim_dns)
+    first = entries(await verify(p, signed))  # the key is looked up, in a worker thread
+
+    async def no_thread(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a worker thread was used")
+
+    monkeypatch.setattr(asyncio, "to_thread", no_thread)
+    assert entries(await verify(p, signed)) == first
+    too_large = signed + b"x" * 200_000 + b"\r\n"  # over the in-loop limit: a thread
+    with pytest.raises(AssertionError, match="worker thread"):
+        await verify(p, too_large)

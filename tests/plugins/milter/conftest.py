@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mailgate.config import load_settings
+from mailgate.config import Dynamic, load_settings
 from mailgate.pipeline import EnabledPlugin
 from mailgate.plugins.milter import MilterPlugin, MilterSettings
 from mailgate.relay import RelayEgress, RelaySettings
@@ -83,7 +83,7 @@ def bridge_factory(smtp_sink: SmtpSink, tmp_path: Path) -> Iterator[BridgeFactor
     def factory(*plugins: EnabledPlugin, **settings: Any) -> Gateway:
         egress = RelayEgress(
             RelaySettings(
-                address=f"{smtp_sink.host}:{smtp_sink.port}",
+                address=Dynamic.fixed(f"{smtp_sink.host}:{smtp_sink.port}"),
                 helo_name="mailgate.test",
                 quarantine_dir=str(tmp_path / "quarantine"),
             )

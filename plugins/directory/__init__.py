@@ -1,0 +1,1 @@
+"""Directory backends (SQL, LDAP) and the plugins that use the directory: see docs/directory.md."""

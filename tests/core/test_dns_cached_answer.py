@@ -1,0 +1,97 @@
+"""`cached_answer`: what the resolver would answer from the shared cache, never asking a server;
+and the spf and dkim plugins, which check in the event loop when every answer is cached."""
+
+from __future__ import annotations
+
+import asyncio
+
+import dns.resolver
+import pytest
+
+from mailgate.dns import CacheMiss, async_resolver, cached_answer, sync_resolver
+from mailgate.plugins.spf import Spf, SpfSettings
+from tests.core.test_dns_cache import LONG_LIVED, SHORT_LIVED, asked, settings_for
+from tests.peers.dns import DnsServer
+
+
+@pytest.fixture
+def zones(dns_server: DnsServer) -> DnsServer:
+    dns_server.add_zone(SHORT_LIVED)
+    dns_server.add_zone(LONG_LIVED + '@ IN TXT "v=spf1 ip4:192.0.2.0/24 -all"\n')
+    return dns_server
+
+
+async def test_a_cached_answer_is_the_resolvers_and_asks_nobody(zones: DnsServer) -> None:
+    resolver = sync_resolver(settings_for(zones))
+    with pytest.raises(CacheMiss):
+        cached_answer(resolver, "mail.long.test.", "A")
+    first = await asyncio.to_thread(resolver.resolve, "mail.long.test.", "A")
+    again = cached_answer(resolver, "mail.long.test", "A")  # relative: the same name
+    assert [r.address for r in again] == [r.address for r in first] == ["192.0.2.30"]
+    assert asked(zones, "mail.long.test.") == 1
+
+
+async def test_cached_negative_answers_raise_as_the_resolver_does(zones: DnsServer) -> None:
+    resolver = async_resolver(settings_for(zones))
+    with pytest.raises(CacheMiss):
+        cached_answer(resolver, "missing.long.test.", "TXT")
+    with pytest.raises(dns.resolver.NXDOMAIN):
+        await resolver.resolve("missing.long.test.", "A")
+    with pytest.raises(dns.resolver.NoAnswer):
+        await resolver.resolve("mail.long.test.", "MX")
+    with pytest.raises(dns.resolver.NXDOMAIN):
+        cached_answer(resolver, "missing.long.test.", "TXT")  # NXDOMAIN is for every type
+    with pytest.raises(dns.resolver.NoAnswer):
+        cached_answer(resolver, "mail.long.test.", "MX")
+    with pytest.raises(CacheMiss):
+        cached_answer(resolver, "mail.long.test.", "TXT")  # no data for MX says nothing of TXT
+
+
+async def test_an_expired_answer_is_a_miss(zones: DnsServer) -> None:
+    resolver = async_resolver(settings_for(zones))
+    await resolver.resolve("mail.short.test.", "A")
+    cached_answer(resolver, "mail.short.test.", "A")
+    await asyncio.sleep(1.1)
+    with pytest.raises(CacheMiss):
+        cached_answer(resolver, "mail.short.test.", "A")
+
+
+def test_without_a_cache_everything_is_a_miss(zones: DnsServer) -> None:
+    resolver = sync_resolver(settings_for(zones, cache_size=0))
+    resolver.resolve("mail.long.test.", "A")
+    with pytest.raises(CacheMiss):
+        cached_answer(resolver, "mail.long.test.", "A")
+
+
+async def test_spf_gives_the_same_outcome_from_the_cache(zones: DnsServer) -> None:
+    spf = Spf(SpfSettings(skip_networks=[]), dns=settings_for(zones))
+    first = await spf.check("192.0.2.7", "alice@long.test", "helo.test")
+    queries = len(zones.queries)
+    assert spf._check_cached("192.0.2.7", "alice@long.test", "helo.test") == first
+    assert await spf.check("192.0.2.7", "alice@long.test", "helo.test") == first
+    assert first.result == "pass"
+    assert len(zones.queries) == queries  # answered from the cache, in the event loop
+
+
+async def test_spf_leaves_a_check_with_an_uncached_answer_to_the_thread(
+    zones: DnsServer,
+) -> None:
+    spf = Spf(SpfSettings(skip_networks=[]), dns=settings_for(zones))
+    assert spf._check_cached("192.0.2.7", "bob@long.test", "helo.test") is None
+    assert not zones.queries  # it asked nobody
+    outcome = await spf.check("198.51.100.1", "bob@long.test", "helo.test")
+    assert outcome.result == "fail"
+    assert spf._check_cached("198.51.100.1", "bob@long.test", "helo.test") == outcome
+
+
+async def test_spf_with_cached_answers_needs_no_worker_thread(
+    zones: DnsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spf = Spf(SpfSettings(skip_networks=[]), dns=settings_for(zones))
+    first = await spf.check("192.0.2.7", "alice@long.test", "helo.test")
+
+    async def no_thread(*args: object, **kwargs: object) -> object:
+        raise AssertionError("a worker thread was used")
+
+    monkeypatch.setattr(asyncio, "to_thread", no_thread)
+    assert await spf.check("192.0.2.7", "alice@long.test", "helo.test") == first

@@ -1,0 +1,140 @@
+"""directory_sql on SQLite and on a real PostgreSQL, through real SMTP sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailgate.app import App
+from mailgate.config import ConfigError
+from mailgate.loader import load_config
+from tests.directory.conftest import (
+    auth_code,
+    mail_from_code,
+    rcpt_codes,
+    rcpt_reply,
+    send,
+    sha512_crypt,
+)
+from tests.peers.postgres import Postgres
+from tests.peers.smtp_sink import SmtpSink
+
+SCHEMA = [
+    "CREATE TABLE mailboxes (login TEXT PRIMARY KEY, address TEXT NOT NULL, password TEXT)",
+    "CREATE TABLE aliases (source TEXT NOT NULL, target TEXT NOT NULL)",
+]
+QUERIES = """
+recipient_query = \"\"\"
+  SELECT address FROM mailboxes WHERE address = :address
+  UNION SELECT target FROM aliases WHERE source = :address\"\"\"
+senders_query = \"\"\"
+  SELECT address FROM mailboxes WHERE login = :login
+  UNION SELECT a.source FROM aliases a JOIN mailboxes m ON a.target = m.address
+  WHERE m.login = :login\"\"\"
+password_query = "SELECT password FROM mailboxes WHERE login = :login"
+domains = ["example.org"]
+"""
+
+
+def rows() -> list[tuple[str, tuple[str, ...]]]:
+    alice, bob = sha512_crypt("alicepw"), "{SSHA512}" + "not base64!"
+    return [
+        ("INSERT INTO mailboxes VALUES (?, ?, ?)", ("alice", "alice@example.org", alice)),
+        ("INSERT INTO mailboxes VALUES (?, ?, ?)", ("bob", "bob@example.org", bob)),
+        ("INSERT INTO aliases VALUES (?, ?)", ("sales@example.org", "alice@example.org")),
+        ("INSERT INTO aliases VALUES (?, ?)", ("team@example.org", "alice@example.org")),
+        ("INSERT INTO aliases VALUES (?, ?)", ("team@example.org", "bob@example.org")),
+    ]
+
+
+def sqlite_url(tmp_path: Path) -> str:
+    path = tmp_path / "users.db"
+    with sqlite3.connect(path) as db:
+        for statement in SCHEMA:
+            db.execute(statement)
+        for statement, values in rows():
+            db.execute(statement, values)
+    return f"sqlite:///{path}"
+
+
+def postgres_url(postgres: Postgres, name: str) -> str:
+    dsn = postgres.create_database(name)
+    commands = list(SCHEMA)
+    for statement, values in rows():
+        quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+        commands.append(
+            statement.replace("(?, ?, ?)", f"({quoted})").replace("(?, ?)", f"({quoted})")
+        )
+    postgres.psql(*commands, database=name)
+    return dsn
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path)
+    postgres: Postgres = request.getfixturevalue("postgres")
+    return postgres_url(postgres, f"dir_{request.node.name.split('[')[0][-20:]}")
+
+
+async def test_recipients_aliases_senders_and_auth(
+    database_url: str, start_gate: Callable[..., Any], smtp_sink: SmtpSink
+) -> None:
+    app: App = await start_gate("directory_sql", f'url = "{database_url}"\n{QUERIES}')
+    port = app.ports[0]
+    codes = await asyncio.to_thread(
+        rcpt_codes, port, ["alice@example.org", "alice+x@example.org", "ghost@example.org"]
+    )
+    assert codes == [250, 250, 550]
+    code, text = await asyncio.to_thread(rcpt_reply, port, "ghost@example.org")
+    assert (code, text[:5]) == (550, b"5.1.1")
+
+    await asyncio.to_thread(send, port, ["team@example.org"])
+    (tx,) = await asyncio.to_thread(smtp_sink.wait_for_messages, 1)
+    assert sorted(tx.rcpts) == ["alice@example.org", "bob@example.org"]
+
+    assert await asyncio.to_thread(auth_code, port, "alice", "alicepw") == 235
+    assert await asyncio.to_thread(auth_code, port, "alice", "alicepw2") == 535
+    assert await asyncio.to_thread(auth_code, port, "carol", "x") == 535  # unknown login
+    assert await asyncio.to_thread(auth_code, port, "bob", "x") == 454  # unusable hash
+    login = ("alice", "alicepw")
+    assert await asyncio.to_thread(mail_from_code, port, login, "sales@example.org") == 250
+    assert await asyncio.to_thread(mail_from_code, port, login, "bob@example.org") == 553
+
+
+async def test_a_database_that_is_gone_tempfails(
+    tmp_path: Path, start_gate: Callable[..., Any]
+) -> None:
+    url = sqlite_url(tmp_path)
+    app: App = await start_gate("directory_sql", f'url = "{url}"\n{QUERIES}')
+    (tmp_path / "users.db").unlink()
+    (tmp_path / "users.db").mkdir()  # unreadable as a database
+    code, text = await asyncio.to_thread(rcpt_reply, app.ports[0], "ghost@example.org")
+    assert (code, text[:5]) == (451, b"4.3.0")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('url = "mysql://x/y"\nrecipient_query = "SELECT 1"', "url"),
+        ('url = "sqlite:///x.db"\nrecipient_query = "DELETE FROM x"', "recipient_query"),
+        (
+            'url = "sqlite:///x.db"\nsenders_query = "SELECT a FROM t WHERE b = :user"',
+            "senders_query",
+        ),
+        ('url = "sqlite:///x.db"', "recipient_query"),
+        (
+            'url = "sqlite:///x.db"\nrecipient_query = "SELECT 1"\nlookup_timeout = 0',
+            "lookup_timeout",
+        ),
+    ],
+)
+def test_bad_settings_stop_start_up(tmp_path: Path, text: str, key: str) -> None:
+    (tmp_path / "05-directory_sql.toml").write_text(text)
+    with pytest.raises(ConfigError, match=key):
+        load_config(tmp_path)
