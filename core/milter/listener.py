@@ -10,6 +10,7 @@ connection is a `MilterStream` protocol, not a pair of asyncio streams: less wor
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 
 import structlog
@@ -43,11 +44,14 @@ class MilterListener(SocketListener):
     async def open_server(self, addr: SocketAddress) -> asyncio.Server:
         """A server whose connections are `MilterStream` protocols (no asyncio streams)."""
         loop = asyncio.get_running_loop()
+        factory = functools.partial(MilterStream, self.serve)
+        if self.sock is not None:  # a worker serving its master's socket
+            if addr.is_unix:
+                return await loop.create_unix_server(factory, sock=self.sock)
+            return await loop.create_server(factory, sock=self.sock)
         if addr.is_unix:
-            return await loop.create_unix_server(lambda: MilterStream(self.serve), path=addr.path)
-        return await loop.create_server(
-            lambda: MilterStream(self.serve), addr.host, addr.port, reuse_address=True
-        )
+            return await loop.create_unix_server(factory, path=addr.path)
+        return await loop.create_server(factory, addr.host, addr.port, reuse_address=True)
 
     async def serve(self, stream: MilterStream) -> None:
         """One MTA connection: the milter protocol with this moment's plugin chain."""

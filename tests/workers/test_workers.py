@@ -258,3 +258,31 @@ def test_policy_listeners_on_tcp_and_unix_are_served_by_both_workers(
                 assert client.recv(4096).startswith(b"action=")
         assert unix.stat().st_mode & 0o777 == PolicyListenerSettings().socket_mode
     assert not unix.exists()
+
+
+def test_a_milter_listener_is_served_by_both_workers(
+    conf: Path, tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    smtp, milter = free_port(), free_port()
+    write_config(
+        conf,
+        smtp,
+        smtp_sink.address,
+        f'[[listener]]\ntype = "milter"\naddress = "inet:127.0.0.1:{milter}"\n',
+    )
+    # SMFIC_OPTNEG: protocol version 6, every action, no protocol steps left out.
+    optneg = b"O" + (6).to_bytes(4, "big") + (0x1FF).to_bytes(4, "big") + bytes(4)
+    frame = len(optneg).to_bytes(4, "big") + optneg
+    with serving(conf, tmp_path / "log", smtp) as server:
+        pids = server.worker_pids()
+        clients = [connect(milter) for _ in range(16)]
+        owners = set()
+        for client in clients:
+            client.sendall(frame)
+            reply = client.recv(4096)
+            assert reply[4:5] == b"O", reply
+            inode = server_side_inode(client)
+            owners |= {n for n, pid in pids.items() if inode in socket_inodes(pid)}
+        assert owners == {1, 2}
+        for client in clients:
+            client.close()
