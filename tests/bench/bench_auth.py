@@ -280,7 +280,8 @@ def _wait_for_sink(sink: SmtpSink, expected: int, timeout: float = 60.0) -> int:
 
 
 def _count(sink: SmtpSink) -> int:
-    return sum(1 for _ in sink.dump_dir.iterdir())
+    """Finished transactions only: smtp-sink creates a dump at MAIL, before the message."""
+    return len(sink.messages())
 
 
 _RESULT = re.compile(r"\b(dkim|spf|dmarc|arc)=(\w+)")
@@ -288,12 +289,11 @@ _RESULT = re.compile(r"\b(dkim|spf|dmarc|arc)=(\w+)")
 
 def delivered_results(sink: SmtpSink) -> str:
     """``method=result`` of every Authentication-Results of the newest delivered message."""
-    newest = max(sink.dump_dir.iterdir(), key=lambda p: p.stat().st_mtime_ns, default=None)
-    if newest is None:
+    finished = sink.messages()
+    if not finished:
         return ""
-    # A dump is smtp-sink's X- lines and Received:, then the message (LF line ends).
-    head = newest.read_bytes().partition(b"\n\n")[0].decode("latin-1")
-    unfolded = re.sub(r"\n[ \t]+", " ", head)
+    head = finished[-1].data.partition(b"\r\n\r\n")[0].decode("latin-1")
+    unfolded = re.sub(r"\r\n[ \t]+", " ", head)
     found = []
     for line in unfolded.splitlines():
         if line.lower().startswith("authentication-results:"):
