@@ -265,17 +265,21 @@ TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
 
 
-class MetricsServer:
-    """``GET /metrics`` over HTTP/1.0 on `address` (``host:port``), served by the running loop.
+class MetricsEndpoint:
+    """``GET /metrics`` over HTTP/1.0 on `address` (``host:port``, or ``unix:/path``), served
+    by the running loop; what it answers is `body`.
 
     One request per connection; anything but ``/metrics`` is 404, any method but GET and HEAD
     is 405.
     """
 
-    def __init__(self, metrics: Metrics, address: str) -> None:
-        self.metrics = metrics
+    def __init__(self, address: str) -> None:
         self.address = address
         self._server: asyncio.Server | None = None
+
+    async def body(self) -> bytes:
+        """The exposition to answer with."""
+        raise NotImplementedError
 
     @property
     def port(self) -> int:
@@ -312,13 +316,11 @@ class MetricsServer:
         ):
             async with asyncio.timeout(_REQUEST_TIMEOUT):
                 request = await _read_request(reader)
-                if request is not None and request[1].partition("?")[0] == "/metrics":
-                    await self.metrics.refresh()
-                writer.write(self._response(request))
+                writer.write(await self._response(request))
                 await writer.drain()
         writer.close()
 
-    def _response(self, request: tuple[str, str] | None) -> bytes:
+    async def _response(self, request: tuple[str, str] | None) -> bytes:
         if request is None:
             return _http(400, b"bad request\n")
         method, path = request
@@ -326,8 +328,21 @@ class MetricsServer:
             return _http(404, b"not found: try /metrics\n")
         if method not in ("GET", "HEAD"):
             return _http(405, b"method not allowed\n", allow=True)
-        body = self.metrics.exposition()
+        body = await self.body()
         return _http(200, body, content_type=TEXT_FORMAT, head=method == "HEAD")
+
+
+class MetricsServer(MetricsEndpoint):
+    """The node's (or one worker's) `Metrics` on its ``/metrics``."""
+
+    def __init__(self, metrics: Metrics, address: str) -> None:
+        super().__init__(address)
+        self.metrics = metrics
+
+    async def body(self) -> bytes:
+        """The registry's exposition, its gauges refreshed first."""
+        await self.metrics.refresh()
+        return self.metrics.exposition()
 
 
 async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str] | None:

@@ -13,19 +13,16 @@ master before any worker sees it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
-from mailgate.config import split_host_port
-from mailgate.metrics import TEXT_FORMAT, _http, _read_request
+from mailgate.metrics import MetricsEndpoint
 
 log = structlog.get_logger("mailgate.workers")
 
 _SCRAPE_TIMEOUT = 1.0
-_REQUEST_TIMEOUT = 10.0
 _SAME_IN_EVERY_WORKER = frozenset({"mailgate_build_info"})
 
 SampleKey = tuple[str, tuple[tuple[str, str], ...]]
@@ -97,7 +94,7 @@ async def scrape(path: str) -> str:
     return body.decode("utf-8")
 
 
-class NodeMetricsServer:
+class NodeMetricsServer(MetricsEndpoint):
     """``GET /metrics`` on `address` (``host:port``), answered with every worker's sum.
 
     `paths` gives the metrics sockets of the workers running now.
@@ -106,34 +103,12 @@ class NodeMetricsServer:
     def __init__(
         self, address: str, paths: Callable[[], list[str]], own: Callable[[], bytes] | None = None
     ) -> None:
-        self.address = address
+        super().__init__(address)
         self.paths = paths
         self.own = own
         """The master's own metrics (its reload counts), which replace the workers'."""
-        self._server: asyncio.Server | None = None
 
-    @property
-    def port(self) -> int:
-        """The bound port."""
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def start(self) -> None:
-        """Bind and start answering."""
-        host, port = split_host_port(self.address)
-        self._server = await asyncio.start_server(
-            self._serve, host or None, port, reuse_address=True
-        )
-        log.info("metrics listening", address=f"{host}:{self.port}")
-
-    async def stop(self) -> None:
-        """Stop answering."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    async def exposition(self) -> bytes:
+    async def body(self) -> bytes:
         """The summed metrics of every worker that answers."""
         paths = self.paths()
         results = await asyncio.gather(
@@ -148,24 +123,3 @@ class NodeMetricsServer:
                 texts.append(result)
         own = self.own().decode("utf-8") if self.own is not None else ""
         return merge(texts, own).encode("utf-8")
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(
-            TimeoutError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError
-        ):
-            async with asyncio.timeout(_REQUEST_TIMEOUT):
-                request = await _read_request(reader)
-                writer.write(await self._response(request))
-                await writer.drain()
-        writer.close()
-
-    async def _response(self, request: tuple[str, str] | None) -> bytes:
-        if request is None:
-            return _http(400, b"bad request\n")
-        method, path = request
-        if path.partition("?")[0] != "/metrics":
-            return _http(404, b"not found: try /metrics\n")
-        if method not in ("GET", "HEAD"):
-            return _http(405, b"method not allowed\n", allow=True)
-        body = await self.exposition()
-        return _http(200, body, content_type=TEXT_FORMAT, head=method == "HEAD")
