@@ -19,6 +19,18 @@ _DRIVERS = {
 }
 
 
+def database_url(text: str) -> URL:
+    """`text` as a URL with the asyncio driver SQLAlchemy uses (aiosqlite, asyncpg); a
+    ValueError (``url: ...``) for anything but SQLite and PostgreSQL."""
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        raise ValueError("url: expected sqlite:///PATH or postgresql://...") from None
+    if url.drivername not in _DRIVERS:
+        raise ValueError("url: expected sqlite:///PATH or postgresql://... (asyncpg)")
+    return url.set(drivername=_DRIVERS[url.drivername])
+
+
 @dataclass(slots=True)
 class StoreSettings:
     """The ``[store]`` table of ``mailgate.toml``: one database for the queue (and, later, the
@@ -39,12 +51,7 @@ class StoreSettings:
     """PostgreSQL: connections kept open per node."""
 
     def __post_init__(self) -> None:
-        try:
-            url = make_url(self.url)
-        except ArgumentError:
-            raise ValueError("url: expected sqlite:///PATH or postgresql://...") from None
-        if url.drivername not in _DRIVERS:
-            raise ValueError("url: expected sqlite:///PATH or postgresql://... (asyncpg)")
+        url = database_url(self.url)
         if self.dialect == "sqlite" and not url.database:
             raise ValueError("url: a file path (sqlite:////var/lib/mailgate/mailgate.db)")
         if self.busy_timeout <= 0 or self.transaction_timeout <= 0 or self.pool_size < 1:
@@ -57,8 +64,7 @@ class StoreSettings:
 
     def async_url(self) -> URL:
         """The URL with the asyncio driver SQLAlchemy uses (aiosqlite, asyncpg)."""
-        url = make_url(self.url)
-        return url.set(drivername=_DRIVERS[url.drivername])
+        return database_url(self.url)
 
     def sqlite_path(self) -> Path | None:
         """The database file of a SQLite store; None for PostgreSQL."""

@@ -21,22 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from mailgate.directory import NOT_FOUND, Entry, Question, passwords
 from mailgate.directory.cache import CacheSettings
 from mailgate.plugin import hookimpl
 from mailgate.plugins.directory.backend import Backend, expansion, parts
+from mailgate.store.settings import database_url
 
-_DRIVERS = {
-    "sqlite": "sqlite+aiosqlite",
-    "sqlite+aiosqlite": "sqlite+aiosqlite",
-    "postgresql": "postgresql+asyncpg",
-    "postgres": "postgresql+asyncpg",
-    "postgresql+asyncpg": "postgresql+asyncpg",
-}
 _PARAM = re.compile(r"(?<!:):([A-Za-z_]\w*)")
 PARAMETERS = frozenset({"address", "local", "domain", "login"})
 
@@ -58,12 +50,7 @@ class DirectorySqlSettings(CacheSettings):
     """Recipients of other domains get no opinion; empty: every domain."""
 
     def __post_init__(self) -> None:
-        try:
-            url = make_url(self.url)
-        except ArgumentError:
-            raise ValueError("url: expected sqlite:///PATH or postgresql://...") from None
-        if url.drivername not in _DRIVERS:
-            raise ValueError("url: expected sqlite:///PATH or postgresql://... (asyncpg)")
+        database_url(self.url)
         for key in ("recipient_query", "senders_query", "password_query"):
             query = getattr(self, key)
             if not query:
@@ -101,8 +88,7 @@ class DirectorySql:
     def __init__(self, settings: DirectorySqlSettings) -> None:
         self.settings = settings
         self.backend = Backend(settings, settings.domains)
-        url = make_url(settings.url)
-        self._url = url.set(drivername=_DRIVERS[url.drivername])
+        self._url = database_url(settings.url)
         self._engine: AsyncEngine | None = None
         self._queries = {
             Question.RECIPIENT: settings.recipient_query,
