@@ -14,48 +14,30 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-_HIGH_WATER = 1 << 18
-"""Bytes kept before reading pauses (the frame decoder holds at most one frame more)."""
+from mailgate.protocol_stream import HIGH_WATER, ProtocolStream
 
 
-class MilterStream(asyncio.Protocol):
+class MilterStream(ProtocolStream):
     """One connection's input and output; `serve` runs as the connection's task."""
 
     def __init__(
         self,
         serve: Callable[[MilterStream], Coroutine[Any, Any, None]],
         *,
-        high_water: int = _HIGH_WATER,
+        high_water: int = HIGH_WATER,
     ) -> None:
-        self._serve = serve
-        self._high_water = high_water
-        self.transport: asyncio.Transport | None = None
-        self.task: asyncio.Task[None] | None = None
+        super().__init__(serve, high_water=high_water)
         self._chunks: list[bytes] = []
         self._size = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._drain: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
         self._error: Exception | None = None
-        self._eof = False
-        self._lost = False
-        self._reading_paused = False
-        self._writing_paused = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.task = asyncio.get_running_loop().create_task(self._serve(self))
 
     def data_received(self, data: bytes) -> None:
         self._chunks.append(data)
         self._size += len(data)
-        if self._size > self._high_water and not self._reading_paused:
-            assert self.transport is not None
-            self.transport.pause_reading()
-            self._reading_paused = True
-        self._wake()
+        self._received(self._size)
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -63,26 +45,11 @@ class MilterStream(asyncio.Protocol):
         return True  # half-open: what is already queued still goes out
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._eof = self._lost = True
         if exc is not None:
             self._error = exc
-        self._wake()
-        for future in (self._drain, self._closed):
-            if future is not None and not future.done():
-                future.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        super().connection_lost(exc)
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
 
     # -- the connection's side -------------------------------------------------------------------
 
@@ -123,12 +90,7 @@ class MilterStream(asyncio.Protocol):
         """Wait while the transport's buffer is over its limit; raise if the connection is lost."""
         if self._error is not None:
             raise self._error
-        if self._writing_paused and not self._lost:
-            self._drain = asyncio.get_running_loop().create_future()
-            try:
-                await self._drain
-            finally:
-                self._drain = None
+        await self._writable()
         if self._lost:
             raise ConnectionResetError("Connection lost")
 

@@ -16,51 +16,31 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-_HIGH_WATER = 1 << 18
-"""Bytes buffered before reading pauses (a DATA chunk is at most this, plus one read)."""
+from mailgate.protocol_stream import HIGH_WATER, ProtocolStream
 
 
 class StreamClosed(Exception):
     """The client closed the connection or it was lost."""
 
 
-class SmtpStream(asyncio.Protocol):
+class SmtpStream(ProtocolStream):
     """One connection's input buffer and output batch; `serve` runs as the connection's task."""
 
     def __init__(
         self,
         serve: Callable[[SmtpStream], Coroutine[Any, Any, None]],
         *,
-        high_water: int = _HIGH_WATER,
+        high_water: int = HIGH_WATER,
     ) -> None:
-        self._serve = serve
-        self._high_water = high_water
-        self.transport: asyncio.Transport | None = None
-        self.task: asyncio.Task[None] | None = None
+        super().__init__(serve, high_water=high_water)
         self._buffer = bytearray()
         self._out: list[bytes] = []
-        self._waiter: asyncio.Future[None] | None = None
-        self._drain: asyncio.Future[None] | None = None
-        self._eof = False
-        self._lost = False
-        self._reading_paused = False
-        self._writing_paused = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._serve(self))
-        # else: uvloop calls it again with the TLS transport after STARTTLS.
-
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        if len(self._buffer) > self._high_water and not self._reading_paused:
-            assert self.transport is not None
-            self.transport.pause_reading()
-            self._reading_paused = True
-        self._wake()
+        self._received(len(self._buffer))
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -68,20 +48,6 @@ class SmtpStream(asyncio.Protocol):
         # Keep the transport open: the replies to what was sent still go out (a TLS transport
         # closes on its own, and says so if asked to stay open).
         return self.extra("ssl_object") is None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._eof = self._lost = True
-        self._wake()
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -167,10 +133,6 @@ class SmtpStream(asyncio.Protocol):
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.resume_reading()
 
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
     # -- writing ---------------------------------------------------------------------------------
 
     def queue(self, data: bytes) -> None:
@@ -190,9 +152,7 @@ class SmtpStream(asyncio.Protocol):
         data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
         self._out.clear()
         self.transport.write(data)
-        if self._writing_paused and not self._lost:
-            self._drain = asyncio.get_running_loop().create_future()
-            await self._drain
+        await self._writable()
         if self._lost:
             raise StreamClosed
 
