@@ -340,6 +340,10 @@ def _fields(fields: Sequence[tuple[str, str]]) -> str:
             break_long_words=False,
             break_on_hyphens=False,
         )
+        if len(lines) > 1 and lines[0] == f"{name}:":
+            # A value too long for the first line still starts there: a field whose first
+            # line is only its name is read with a leading space by some parsers.
+            lines[0:2] = [f"{name}: {lines[1].lstrip()}"]
         out.append("\r\n".join(lines))
     return "".join(line + "\r\n" for line in out)
 
