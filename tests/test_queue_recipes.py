@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from mailgate.app import App
+from tests.apps import started_apps
 from tests.peers.ports import free_port
 from tests.peers.postfix import PostfixFactory
 from tests.peers.smtp_sink import SmtpSink
@@ -87,20 +88,15 @@ MailgateStarter = Callable[[str], Awaitable[App]]
 
 @pytest.fixture
 async def start_mailgate(tmp_path: Path) -> AsyncIterator[MailgateStarter]:
-    apps: list[App] = []
+    async with started_apps() as apps:
 
-    async def start(toml: str) -> App:
-        directory = tmp_path / f"mailgate{len(apps)}"
-        directory.mkdir()
-        (directory / "mailgate.toml").write_text(toml)
-        app = App(directory, configure_logs=False)
-        await app.start()
-        apps.append(app)
-        return app
+        async def start(toml: str) -> App:
+            directory = tmp_path / f"mailgate{len(apps)}"
+            directory.mkdir()
+            (directory / "mailgate.toml").write_text(toml)
+            return await apps.start(directory)
 
-    yield start
-    for app in apps:
-        await app.stop()
+        yield start
 
 
 async def test_a_mailgate_queue_in_front_of_postfix(

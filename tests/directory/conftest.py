@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mailgate.app import App
+from tests.apps import started_apps
 from tests.peers.smtp_sink import SmtpSink
 
 MAILGATE_TOML = """
@@ -56,19 +57,14 @@ async def start_gate(
     tmp_path: Path, smtp_sink: SmtpSink
 ) -> AsyncIterator[Callable[[str, str], object]]:
     """Start a mailgate with one directory backend (its name and its conf.d text)."""
-    apps: list[App] = []
+    async with started_apps() as apps:
 
-    async def start(backend: str, text: str) -> App:
-        conf = write_conf(tmp_path / f"conf{len(apps)}", backend, text)
-        host, port = smtp_sink.address
-        app = App(conf, relay=f"{host}:{port}", configure_logs=False)
-        await app.start()
-        apps.append(app)
-        return app
+        async def start(backend: str, text: str) -> App:
+            conf = write_conf(tmp_path / f"conf{len(apps)}", backend, text)
+            host, port = smtp_sink.address
+            return await apps.start(conf, relay=f"{host}:{port}")
 
-    yield start
-    for app in apps:
-        await app.stop()
+        yield start
 
 
 def rcpt_codes(port: int, rcpts: list[str], login: tuple[str, str] | None = None) -> list[int]:

@@ -9,6 +9,7 @@ import pytest
 
 from mailgate.app import App
 from mailgate.config_dump import toml_value
+from tests.apps import started_apps
 from tests.queue.conftest import store_url
 
 __all__ = ["store_url"]
@@ -49,15 +50,10 @@ def write_conf(directory: Path, store_url: str, relay: str, **quarantine: object
 @pytest.fixture
 async def node(tmp_path: Path, holder_installed: Path) -> AsyncIterator[Node]:
     """``await node(store_url, relay)``: a started `App` (stopped after the test)."""
-    apps: list[App] = []
+    async with started_apps() as apps:
 
-    async def start(store_url: str, relay: str, **quarantine: object) -> App:
-        conf = write_conf(tmp_path / f"conf{len(apps)}", store_url, relay, **quarantine)
-        app = App(conf, configure_logs=False)
-        await app.start()
-        apps.append(app)
-        return app
+        async def start(store_url: str, relay: str, **quarantine: object) -> App:
+            conf = write_conf(tmp_path / f"conf{len(apps)}", store_url, relay, **quarantine)
+            return await apps.start(conf)
 
-    yield start
-    for app in apps:
-        await app.stop()
+        yield start

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from mailgate.app import App
+from tests.apps import started_apps
 from tests.queue.helpers import write_config
 
 _databases = itertools.count(1)
@@ -31,18 +32,13 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 async def queue_app(tmp_path: Path) -> AsyncIterator[AppFactory]:
     """``await queue_app(store_url, next_hop, queue={...}, store={...})``: a started `App`
     whose listener queues; stopped after the test."""
-    apps: list[App] = []
+    async with started_apps() as apps:
 
-    async def factory(store_url: str, next_hop: str, **tables: Any) -> App:
-        plugin_files = tables.pop("plugin_files", {})
-        directory = write_config(tmp_path / f"conf{len(apps)}", store_url, next_hop, **tables)
-        for name, text in plugin_files.items():
-            (directory / name).write_text(text)
-        app = App(directory, configure_logs=False)
-        await app.start()
-        apps.append(app)
-        return app
+        async def factory(store_url: str, next_hop: str, **tables: Any) -> App:
+            plugin_files = tables.pop("plugin_files", {})
+            directory = write_config(tmp_path / f"conf{len(apps)}", store_url, next_hop, **tables)
+            for name, text in plugin_files.items():
+                (directory / name).write_text(text)
+            return await apps.start(directory)
 
-    yield factory
-    for app in apps:
-        await app.stop()
+        yield factory

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mailgate.app import App
+from tests.apps import started_apps
 from tests.peers.smtp_sink import SmtpSink
 
 Gateway = Callable[..., Awaitable[App]]
@@ -19,24 +20,16 @@ Gateway = Callable[..., Awaitable[App]]
 async def gateway(tmp_path: Path, smtp_sink: SmtpSink) -> AsyncIterator[Gateway]:
     """Start mailgate apps on loopback (each its own conf.d), relaying to smtp-sink; all are
     stopped after the test."""
-    apps: list[App] = []
-    numbers = itertools.count(1)
+    async with started_apps() as apps:
+        numbers = itertools.count(1)
 
-    async def start(plugin_toml: str, core_toml: str = "", name: str = "15-limits.toml") -> App:
-        conf = tmp_path / f"conf{next(numbers)}"
-        conf.mkdir()
-        (conf / "mailgate.toml").write_text(core_toml)
-        (conf / name).write_text(plugin_toml)
-        app = App(
-            conf,
-            listen="127.0.0.1:0",
-            relay=f"{smtp_sink.host}:{smtp_sink.port}",
-            configure_logs=False,
-        )
-        await app.start()
-        apps.append(app)
-        return app
+        async def start(plugin_toml: str, core_toml: str = "", name: str = "15-limits.toml") -> App:
+            conf = tmp_path / f"conf{next(numbers)}"
+            conf.mkdir()
+            (conf / "mailgate.toml").write_text(core_toml)
+            (conf / name).write_text(plugin_toml)
+            return await apps.start(
+                conf, listen="127.0.0.1:0", relay=f"{smtp_sink.host}:{smtp_sink.port}"
+            )
 
-    yield start
-    for app in apps:
-        await app.stop()
+        yield start

@@ -10,6 +10,7 @@ import pytest
 
 from mailgate.app import App
 from mailgate.plugins.reports import ReportingService, Reports
+from tests.apps import started_apps
 from tests.peers.dns import DnsServer
 from tests.queue.conftest import store_url
 from tests.queue.helpers import toml_value, write_config
@@ -63,28 +64,25 @@ def reports_zone(dns_server: DnsServer) -> DnsServer:
 async def reporting_node(tmp_path: Path, reports_zone: DnsServer) -> AsyncIterator[NodeFactory]:
     """``await reporting_node(store_url, next_hop, dkim=TOML, **reports_settings)``: a started
     `App` (with the dkim plugin configured by `dkim`, when given)."""
-    apps: list[App] = []
+    async with started_apps() as apps:
 
-    async def factory(store_url: str, next_hop: str, *, dkim: str = "", **reports: object) -> App:
-        directory = write_config(tmp_path / f"conf{len(apps)}", store_url, next_hop)
-        dns = f"{reports_zone.host}:{reports_zone.port}"
-        with (directory / "mailgate.toml").open("a") as core:
-            core.write(f'[dns]\nnameservers = ["{dns}"]\n')
-        (directory / "80-spf.toml").write_text("skip_networks = []\nreject = []\n")
-        (directory / "90-dmarc.toml").write_text("skip_networks = []\n")
-        if dkim:
-            (directory / "85-dkim.toml").write_text(dkim)
-        table = {**REPORTS_TOML, **reports}
-        lines = [f"{k} = {toml_value(v)}" for k, v in table.items()]
-        (directory / "95-reports.toml").write_text("\n".join(lines) + "\n")
-        app = App(directory, configure_logs=False)
-        await app.start()
-        apps.append(app)
-        return app
+        async def factory(
+            store_url: str, next_hop: str, *, dkim: str = "", **reports: object
+        ) -> App:
+            directory = write_config(tmp_path / f"conf{len(apps)}", store_url, next_hop)
+            dns = f"{reports_zone.host}:{reports_zone.port}"
+            with (directory / "mailgate.toml").open("a") as core:
+                core.write(f'[dns]\nnameservers = ["{dns}"]\n')
+            (directory / "80-spf.toml").write_text("skip_networks = []\nreject = []\n")
+            (directory / "90-dmarc.toml").write_text("skip_networks = []\n")
+            if dkim:
+                (directory / "85-dkim.toml").write_text(dkim)
+            table = {**REPORTS_TOML, **reports}
+            lines = [f"{k} = {toml_value(v)}" for k, v in table.items()]
+            (directory / "95-reports.toml").write_text("\n".join(lines) + "\n")
+            return await apps.start(directory)
 
-    yield factory
-    for app in apps:
-        await app.stop()
+        yield factory
 
 
 def service_of(app: App) -> ReportingService:
