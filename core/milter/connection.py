@@ -36,6 +36,7 @@ from mailgate.milter.stream import MilterStream
 from mailgate.milter.translate import actions, ungranted, verdict_reply
 from mailgate.pipeline import Pipeline
 from mailgate.session import Address, Transaction
+from mailgate.smtp import replies
 from mailgate.verdict import Verdict, VerdictKind
 
 log = structlog.get_logger("mailgate.milter")
@@ -81,6 +82,8 @@ class MilterConnection:
         self.closing = False
         self.connect_verdict: Verdict | None = None
         self._header_bytes = 0
+        self._data_seen = False
+        """`on_data` ran for this transaction (at DATA, or late: see `data_if_skipped`)."""
         self._macro_bytes = 0
         self._deadline = 0.0
         self._reading = False
@@ -272,6 +275,7 @@ class MilterConnection:
 
     async def _data(self, frame: c.Data) -> None:
         flow, _ = await self.current()
+        self._data_seen = True
         self.answer(Command.DATA, await flow.data())
 
     def _header(self, frame: c.Header) -> None:
@@ -279,7 +283,8 @@ class MilterConnection:
 
     async def _end_of_headers(self, frame: c.EndOfHeaders) -> None:
         flow, _ = await self.current()
-        self.answer(Command.EOH, await flow.headers(self.headers))
+        refused = await self.data_if_skipped(flow)
+        self.answer(Command.EOH, refused or await flow.headers(self.headers))
 
     def _body(self, frame: c.Body) -> None:
         assert self.agreed is not None
@@ -407,6 +412,12 @@ class MilterConnection:
         then the final reply."""
         assert self.agreed is not None
         flow, tx = await self.current()
+        refused = await self.data_if_skipped(flow)
+        if refused is not None:
+            await flow.finish(refused, replies.from_verdict(refused))
+            self.reply(verdict_reply(refused, end_of_message=True))
+            self.end_transaction()
+            return
         if tx.message is None:
             withheld = self.agreed.withheld
             # A body the MTA does not send stays empty: no spool file object for it.
@@ -420,6 +431,15 @@ class MilterConnection:
             verdict = ending.verdict if ending.verdict.plugin else None
         self.reply(verdict_reply(verdict, end_of_message=True))
         self.end_transaction()
+
+    async def data_if_skipped(self, flow: SessionFlow) -> Verdict | None:
+        """`on_data` for an MTA that sent no DATA step (milter protocol 2 has none), run
+        before the headers' or the message's step; its refusal, to answer that step with."""
+        if self._data_seen or not self.pipeline.implements("on_data"):
+            return None
+        self._data_seen = True
+        verdict = await flow.data()
+        return verdict if verdict is not None and verdict.is_refusal else None
 
     def hand_back(self, tx: Transaction) -> Reply | None:
         """The MTA takes the message back: the plugins' changes as milter actions, or a
@@ -478,6 +498,7 @@ class MilterConnection:
             self.spool = None
         self.headers = []
         self._header_bytes = 0
+        self._data_seen = False
 
     async def end_session(self) -> None:
         """The SMTP session is over: the flow closes it (`on_disconnect` once)."""

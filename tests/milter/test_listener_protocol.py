@@ -520,3 +520,81 @@ async def test_the_operators_log_has_every_session_and_message(
     )
     (refused,) = events(captured_logs, "recipient refused")
     assert (refused["rcpt"], refused["code"], refused["by"]) == ("spam@example.com", 550, "refuser")
+
+
+class DataGate:
+    """Refuses at DATA when the sender is ``spam@example.com``; records the hooks it saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    @hookimpl
+    def on_data(self, transaction: Transaction) -> Verdict | None:
+        """Refuse the one sender."""
+        self.seen.append("data")
+        if transaction.sender is not None and transaction.sender.address == "spam@example.com":
+            return Verdict.reject(text="no DATA from you")
+        return None
+
+    @hookimpl
+    def on_headers(self, headers: list[Header]) -> None:
+        """Only recorded: it must come after `on_data`."""
+        self.seen.append("headers")
+
+
+async def _v2_transaction(client: Client, sender: bytes) -> c.Frame:
+    """MAIL to the end of headers on a v2 link, every step answered; the EOH reply."""
+    for frame in (
+        c.Mail(b"<" + sender + b">"),
+        c.Rcpt(b"<b@example.com>"),
+        c.Header(b"Subject", b"hi"),
+    ):
+        await client.send(frame)
+        assert await client.read() == c.Continue(), frame
+    await client.send(c.EndOfHeaders())
+    return await client.read()
+
+
+async def test_a_v2_mta_sends_no_data_step_yet_on_data_runs_before_the_headers() -> None:
+    gate = DataGate()
+    listener = await serve(Pipeline([EnabledPlugin("gate", gate)]))
+    try:
+        client = await connect(listener)
+        await client.send(c.OptNeg(2, int(V2_ACTIONS), 0))
+        await client.read()
+        await client.send(c.Connect(b"client.test", b"4", 4000, b"192.0.2.1"))
+        assert await client.read() == c.Continue()
+        refused = await _v2_transaction(client, b"spam@example.com")
+        assert refused == c.ReplyCode(b"550 5.7.1 no DATA from you"), refused
+        assert gate.seen == ["data"]  # refused at DATA: the headers are never offered
+        await client.send(c.Abort())
+        assert await _v2_transaction(client, b"a@example.com") == c.Continue()
+        await client.send(c.Body(b"body\r\n"))
+        assert await client.read() == c.Continue()
+        await client.send(c.EndOfMessage())
+        assert await client.read() == c.Continue()
+        assert gate.seen == ["data", "data", "headers"]
+    finally:
+        await listener.stop()
+
+
+async def test_on_data_refuses_at_the_end_of_message_when_the_mta_sends_no_eoh_either() -> None:
+    class DataOnly:
+        @hookimpl
+        def on_data(self) -> Verdict:
+            """Refuse every message."""
+            return Verdict.reject(text="no DATA at all")
+
+    listener = await serve(Pipeline([EnabledPlugin("gate", DataOnly())]))
+    try:
+        client = await connect(listener)
+        await client.send(c.OptNeg(2, int(V2_ACTIONS), int(V2_STEPS)))
+        reply = await client.read()
+        assert isinstance(reply, c.OptNegReply) and Step(reply.protocol) & Step.NOEOH
+        for frame in (c.Mail(b"<a@example.com>"), c.Rcpt(b"<b@example.com>")):
+            await client.send(frame)
+            assert await client.read() == c.Continue(), frame
+        await client.send(c.EndOfMessage())
+        assert await client.read() == c.ReplyCode(b"550 5.7.1 no DATA at all")
+    finally:
+        await listener.stop()
