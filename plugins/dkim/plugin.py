@@ -10,7 +10,6 @@ from typing import Any
 
 from mailgate import Message, Session, Transaction, hookimpl
 from mailgate.dns import CacheMiss, DnsSettings, sync_resolver
-from mailgate.plugins.dkim.keys import PrivateKey
 from mailgate.plugins.dkim.settings import DkimSettings
 from mailgate.plugins.dkim.sign import header_list, sign_message
 from mailgate.plugins.dkim.verify import overall, verify_message
@@ -85,7 +84,7 @@ class Dkim:
 
     async def sign(self, transaction: Transaction, message: Message) -> None:
         """Add one DKIM-Signature per key of the From domain, above the other headers."""
-        domain, keys = self._keys_for(_from_domain(message))
+        domain, keys = self.settings.keys_for(_from_domain(message))
         if not keys:
             return
         settings = self.settings
@@ -99,16 +98,6 @@ class Dkim:
             transaction.insert_header(0, "DKIM-Signature", value)
         signed: list[dict[str, Any]] = transaction.notes.setdefault(SIGNED_NOTE, [])
         signed += [{"d": domain, "s": s, "a": k.algorithm} for s, k in keys]
-
-    def _keys_for(self, domain: str) -> tuple[str, list[tuple[str, PrivateKey]]]:
-        """The keys of `domain`, or of its nearest parent domain that has keys."""
-        labels = domain.split(".")
-        for i in range(len(labels) - 1):
-            candidate = ".".join(labels[i:])
-            keys = self.settings.keys.get(candidate)
-            if keys:
-                return candidate, [(k.selector, k.key) for k in keys]
-        return domain, []
 
 
 def _from_domain(message: Message) -> str:

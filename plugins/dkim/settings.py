@@ -116,3 +116,14 @@ class DkimSettings:
             if len(set(selectors)) != len(selectors):
                 raise ValueError(f"keys {domain!r} names a selector twice")
         self.keys = {domain.lower().rstrip("."): keys for domain, keys in self.keys.items()}
+
+    def keys_for(self, domain: str) -> tuple[str, list[tuple[str, PrivateKey]]]:
+        """The signing domain and its keys: `domain`'s, or its nearest parent's that has keys
+        (`domain` itself with no keys when none has)."""
+        labels = domain.lower().rstrip(".").split(".")
+        for i in range(len(labels) - 1):
+            candidate = ".".join(labels[i:])
+            keys = self.keys.get(candidate)
+            if keys:
+                return candidate, [(k.selector, k.key) for k in keys]
+        return domain, []

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from mailgate.message import parse_header_block
 from mailgate.plugins.dkim import DkimSettings
-from mailgate.plugins.dkim.keys import PrivateKey
 from mailgate.plugins.dkim.sign import header_list, sign_message
 
 
@@ -21,19 +20,9 @@ class ReportSigner:
     def __init__(self, settings: DkimSettings) -> None:
         self.settings = settings
 
-    def keys_for(self, domain: str) -> tuple[str, list[tuple[str, PrivateKey]]]:
-        """The signing domain and its keys: `domain`'s, or its nearest parent's that has."""
-        labels = domain.lower().rstrip(".").split(".")
-        for i in range(len(labels) - 1):
-            candidate = ".".join(labels[i:])
-            keys = self.settings.keys.get(candidate)
-            if keys:
-                return candidate, [(k.selector, k.key) for k in keys]
-        return domain, []
-
     def sign(self, content: bytes, sender_domain: str) -> bytes:
         """`content` with DKIM-Signature fields on top; unchanged when there is no key."""
-        domain, keys = self.keys_for(sender_domain)
+        domain, keys = self.settings.keys_for(sender_domain)
         if not keys:
             return content
         headers = parse_header_block(content[: content.index(b"\r\n\r\n") + 2])
