@@ -25,18 +25,15 @@ from tests.apps import started_apps
 from tests.peers.ports import free_port
 from tests.peers.postfix import PostfixFactory
 from tests.peers.smtp_sink import SmtpSink
+from tests.recipes import recipe_block as read_recipe_block
 
 RECIPE = Path(__file__).parents[1] / "contrib" / "postfix" / "queue.md"
 STORE = "sqlite:////var/lib/mailgate/mailgate.db"
 
 
 def recipe_block(name: str) -> str:
-    """The code block after ``<!-- recipe: NAME -->`` in contrib/postfix/queue.md."""
-    text = RECIPE.read_text()
-    start = text.index(f"<!-- recipe: {name} -->")
-    block = text[text.index("```", start) :]
-    block = block[block.index("\n") + 1 :]
-    return block[: block.index("```")]
+    """The code block after ``<!-- recipe: NAME -->`` in the recipe."""
+    return read_recipe_block(RECIPE, name)
 
 
 def replaced(text: str, replacements: dict[str, str]) -> str:

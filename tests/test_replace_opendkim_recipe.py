@@ -32,6 +32,7 @@ from tests.peers.opendkim import DkimKey, OpenDkimFactory, make_key
 from tests.peers.postfix import DeliveredMessage, Postfix, PostfixFactory
 from tests.peers.process import Daemon, start_daemon
 from tests.peers.workdir import PeerDirs
+from tests.recipes import recipe_block as read_recipe_block
 
 RECIPE = Path(__file__).parents[1] / "contrib" / "postfix" / "replace-opendkim-opendmarc.md"
 MAILGATE = Path(sys.executable).parent / "mailgate"
@@ -44,11 +45,7 @@ OUTSIDE = "203.0.113.9"  # in nobody's
 
 def recipe_block(name: str) -> str:
     """The code block after ``<!-- recipe: NAME -->`` in the recipe."""
-    text = RECIPE.read_text()
-    start = text.index(f"<!-- recipe: {name} -->")
-    block = text[text.index("```", start) :]
-    block = block[block.index("\n") + 1 :]
-    return block[: block.index("```")]
+    return read_recipe_block(RECIPE, name)
 
 
 def recipe_main_cf() -> dict[str, str]:
