@@ -31,7 +31,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailgate import preflight, reloading
@@ -42,7 +41,7 @@ from mailgate.console.web import Node
 from mailgate.dns import keep_cache
 from mailgate.egress import Egress
 from mailgate.loader import Config, load_config
-from mailgate.logging import Level, configure_logging
+from mailgate.logging import Level, configure_logging, get_logger
 from mailgate.metrics import Metrics, MetricsServer
 from mailgate.pipeline import Observer, Pipeline
 from mailgate.plugin import PluginContext
@@ -54,7 +53,7 @@ from mailgate.relay import RelayEgress
 from mailgate.smtp.listener import SmtpListener
 from mailgate.store import Store
 
-log = structlog.get_logger("mailgate.app")
+log = get_logger("mailgate.app")
 
 
 class Listener(Protocol):

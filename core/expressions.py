@@ -40,12 +40,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import cel
-import structlog
 
+from mailgate.logging import get_logger
 from mailgate.session import Address, Session, Transaction
 from mailgate.syntax import ascii_number
 
-log = structlog.get_logger("mailgate.expressions")
+log = get_logger("mailgate.expressions")
 
 current_recipient: contextvars.ContextVar[Address | None] = contextvars.ContextVar(
     "current_recipient", default=None

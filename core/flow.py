@@ -23,6 +23,7 @@ failure is a 4xx for the client and a warning line.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from mailgate.authentication_results import apply_authentication_results
 from mailgate.config.dynamic import Dynamic
 from mailgate.egress import DownstreamTransaction, Egress, Reply
 from mailgate.expressions import current_recipient
+from mailgate.logging import get_logger
 from mailgate.message import Header
 from mailgate.metrics import Metrics, metrics_of
 from mailgate.pipeline import Pipeline
@@ -43,7 +45,7 @@ from mailgate.smtp import replies
 from mailgate.smtp.trace import count_received, received_header
 from mailgate.verdict import Verdict, VerdictKind, aborted
 
-log = structlog.get_logger("mailgate.flow")
+log = get_logger("mailgate.flow")
 
 T = TypeVar("T")
 
@@ -380,16 +382,17 @@ class SessionFlow:
     async def _report(
         self, tx: Transaction, verdict: Verdict, reply: Reply | None, size: int
     ) -> None:
-        log.info(
-            "message outcome",
-            sender=tx.sender.address,
-            rcpts=len(tx.recipients),
-            size=max(size, 0),
-            verdict=verdict.kind.value,
-            reason=verdict.reason,
-            reply=reply.smtp_reply() if reply is not None else "",
-            elapsed_ms=round((time.monotonic() - self._tx_started) * 1000, 2),
-        )
+        if log.enabled(logging.INFO):  # the fields cost more than the check
+            log.info(
+                "message outcome",
+                sender=tx.sender.address,
+                rcpts=len(tx.recipients),
+                size=max(size, 0),
+                verdict=verdict.kind.value,
+                reason=verdict.reason,
+                reply=reply.smtp_reply() if reply is not None else "",
+                elapsed_ms=round((time.monotonic() - self._tx_started) * 1000, 2),
+            )
         await self.pipeline.outcome(self.session, tx, verdict)
 
     async def _forget(self) -> None:

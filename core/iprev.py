@@ -19,12 +19,12 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 import dns.reversename
-import structlog
 
 from mailgate.dns import DnsSettings, async_resolver
+from mailgate.logging import get_logger
 from mailgate.session import Session
 
-log = structlog.get_logger("mailgate.iprev")
+log = get_logger("mailgate.iprev")
 
 IPREV_NOTE = "iprev"
 """`Session.notes` key holding the session's `IprevResult`."""

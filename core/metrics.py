@@ -15,7 +15,6 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-import structlog
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -26,6 +25,7 @@ from prometheus_client import (
 
 from mailgate import __version__
 from mailgate.config import split_host_port
+from mailgate.logging import get_logger
 from mailgate.pipeline import CallStatus, HookCall, Pipeline
 from mailgate.session import Session, Transaction
 from mailgate.verdict import Verdict, VerdictKind
@@ -33,7 +33,7 @@ from mailgate.verdict import Verdict, VerdictKind
 if TYPE_CHECKING:
     from mailgate.console.activity import Activity
 
-log = structlog.get_logger("mailgate.metrics")
+log = get_logger("mailgate.metrics")
 
 CALL_SECONDS_BUCKETS = (
     0.0001,

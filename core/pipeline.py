@@ -17,11 +17,11 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
-import structlog
 
 from mailgate import hookspecs
 from mailgate.directory import DirectoryUnavailable, Entry, Question, active_lookup
 from mailgate.expressions import current_recipient
+from mailgate.logging import get_logger
 from mailgate.message import Header
 from mailgate.modifications import Modification
 from mailgate.plugin import PROJECT
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from mailgate.authentication_results import AuthenticationResultsSettings
     from mailgate.iprev import ClientNames
 
-log = structlog.get_logger("mailgate.pipeline")
+log = get_logger("mailgate.pipeline")
 
 
 class ErrorPolicy(enum.Enum):

@@ -14,11 +14,10 @@ import os
 import socket
 import stat
 
-import structlog
-
+from mailgate.logging import get_logger
 from mailgate.sockaddr import SocketAddress
 
-log = structlog.get_logger("mailgate.listener")
+log = get_logger("mailgate.listener")
 
 
 class SocketListener:

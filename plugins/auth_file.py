@@ -30,11 +30,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
-
+from mailgate.logging import get_logger
 from mailgate.plugin import hookimpl
 
-log = structlog.get_logger("mailgate.plugins.auth_file")
+log = get_logger("mailgate.plugins.auth_file")
 
 DEFAULT_N, DEFAULT_R, DEFAULT_P = 16384, 8, 1
 """Cost of new hashes: 16 MiB and about 50 ms per check here (OWASP's scrypt minimum is

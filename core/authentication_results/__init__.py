@@ -15,13 +15,12 @@ import socket
 from dataclasses import dataclass
 from typing import Literal
 
-import structlog
-
 from mailgate import modifications as m
 from mailgate.authentication_results import syntax
 from mailgate.authentication_results.collect import results_of
 from mailgate.authentication_results.forged import forged_headers
 from mailgate.authentication_results.header import ARC_HEADER, HEADER, AuthResult, header_value
+from mailgate.logging import get_logger
 from mailgate.session import Session, Transaction
 
 __all__ = [
@@ -34,7 +33,7 @@ __all__ = [
     "results_of",
 ]
 
-log = structlog.get_logger("mailgate.authentication_results")
+log = get_logger("mailgate.authentication_results")
 
 ARC_RESULT_KEY = "arc"
 """`Transaction.results` key of the ARC check: ``pass`` there means the chain validated."""

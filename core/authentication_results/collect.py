@@ -18,13 +18,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import structlog
-
 from mailgate.authentication_results.header import AuthResult
 from mailgate.iprev import IPREV_NOTE, IprevResult
+from mailgate.logging import get_logger
 from mailgate.session import PluginResult, Session, Transaction
 
-log = structlog.get_logger("mailgate.authentication_results")
+log = get_logger("mailgate.authentication_results")
 
 
 def results_of(session: Session, transaction: Transaction) -> list[AuthResult]:

@@ -7,14 +7,14 @@ import contextlib
 import ssl
 from collections.abc import Iterator
 
-import structlog
 import uvicorn
 
 from mailgate.console.settings import ConsoleSettings
 from mailgate.console.web import Node, build
+from mailgate.logging import get_logger
 from mailgate.sockaddr import parse_host_port
 
-log = structlog.get_logger("mailgate.console")
+log = get_logger("mailgate.console")
 
 
 class _Server(uvicorn.Server):

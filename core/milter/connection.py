@@ -15,10 +15,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import IO, Any, TypeVar
 
-import structlog
-
 from mailgate.egress import MtaEgress, Reply
 from mailgate.flow import SessionFlow
+from mailgate.logging import get_logger
 from mailgate.message import Header, Message, new_spool
 from mailgate.milter import codec as c
 from mailgate.milter.macros import (
@@ -39,7 +38,7 @@ from mailgate.session import Address, Transaction
 from mailgate.smtp import replies
 from mailgate.verdict import Verdict, VerdictKind
 
-log = structlog.get_logger("mailgate.milter")
+log = get_logger("mailgate.milter")
 
 _QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)
 """TCP_QUICKACK where the system has it (Linux), else 0."""

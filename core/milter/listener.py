@@ -13,8 +13,7 @@ import asyncio
 import functools
 from collections.abc import Callable
 
-import structlog
-
+from mailgate.logging import get_logger
 from mailgate.milter.connection import MilterConnection
 from mailgate.milter.settings import MilterListenerSettings
 from mailgate.milter.stream import MilterStream
@@ -22,7 +21,7 @@ from mailgate.pipeline import Pipeline
 from mailgate.sockaddr import SocketAddress
 from mailgate.socket_listener import SocketListener
 
-log = structlog.get_logger("mailgate.listener")
+log = get_logger("mailgate.listener")
 
 
 class MilterListener(SocketListener):

@@ -11,9 +11,8 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import IO
 
-import structlog
-
 from mailgate import modifications as m
+from mailgate.logging import get_logger
 from mailgate.message import Message, new_spool
 from mailgate.milter import codec as c
 from mailgate.milter.options import Negotiated
@@ -21,8 +20,8 @@ from mailgate.milter.protocol import BODY_CHUNK, Action, Command
 from mailgate.session import Transaction
 from mailgate.verdict import Verdict, VerdictKind
 
-log = structlog.get_logger("mailgate.milter")
-_bridge_log = structlog.get_logger("mailgate.plugins.milter")
+log = get_logger("mailgate.milter")
+_bridge_log = get_logger("mailgate.plugins.milter")
 
 # -------------------------------------------------------------------------------------------
 # verdicts and modifications to replies and actions (the listener)

@@ -24,11 +24,10 @@ import io
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import structlog
-
 from mailgate import modifications as m
 from mailgate.egress import MtaEgress
 from mailgate.flow import SessionFlow
+from mailgate.logging import get_logger
 from mailgate.message import Message
 from mailgate.pipeline import HookCall, Pipeline
 from mailgate.policy.protocol import (
@@ -45,7 +44,7 @@ from mailgate.smtp import replies
 from mailgate.syntax import ascii_number, ascii_port
 from mailgate.verdict import Verdict, VerdictKind, aborted
 
-log = structlog.get_logger("mailgate.policy")
+log = get_logger("mailgate.policy")
 
 _READ_SIZE = 65536
 _ORDER = {"CONNECT": 0, "HELO": 1, "EHLO": 1, "MAIL": 2, "RCPT": 3, "DATA": 4, "END-OF-MESSAGE": 5}

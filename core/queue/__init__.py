@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import socket
 
-import structlog
-
 from mailgate.dns import DnsSettings
+from mailgate.logging import get_logger
 from mailgate.queue.delivery import DeliveryWorker
 from mailgate.queue.egress import QueueEgress
 from mailgate.queue.settings import QueueSettings
 from mailgate.relay.settings import RelaySettings
 from mailgate.store import GroupCommit, Store, StoreSettings
 
-log = structlog.get_logger("mailgate.queue")
+log = get_logger("mailgate.queue")
 
 __all__ = ["DeliveryWorker", "Queue", "QueueEgress", "QueueSettings"]
 

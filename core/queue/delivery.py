@@ -32,10 +32,9 @@ import time
 from collections.abc import Callable
 from io import BytesIO
 
-import structlog
-
 from mailgate.dns import DnsSettings, async_resolver
 from mailgate.egress import Reply
+from mailgate.logging import get_logger
 from mailgate.message import Message, parse_header_block
 from mailgate.queue import records
 from mailgate.queue.destinations import Destination, Destinations
@@ -53,7 +52,7 @@ from mailgate.relay.settings import RelaySettings
 from mailgate.store import GroupCommit, Store
 from mailgate.store.schema import BOUNCED, DEFERRED, DELIVERED
 
-log = structlog.get_logger("mailgate.queue")
+log = get_logger("mailgate.queue")
 
 
 def router(settings: QueueSettings, relay: RelaySettings) -> Router:

@@ -18,8 +18,8 @@ import ssl
 from collections.abc import AsyncIterator, Iterator
 
 import dns.asyncresolver
-import structlog
 
+from mailgate.logging import get_logger
 from mailgate.queue.mx import MailHost, mail_hosts
 from mailgate.queue.routes import Route
 from mailgate.relay import reply as replies
@@ -27,7 +27,7 @@ from mailgate.relay.connection import DownstreamConnection, DownstreamError, Tls
 from mailgate.relay.pool import ConnectionPool
 from mailgate.sockaddr import parse_host_port
 
-log = structlog.get_logger("mailgate.queue")
+log = get_logger("mailgate.queue")
 
 MAX_IDLE_DESTINATIONS = 1000
 """Destinations kept while nothing is sent to them (their idle connections close with them)."""

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import structlog
-
 from mailgate.egress import Reply
+from mailgate.logging import get_logger
 from mailgate.queue.records import NewMessage
 from mailgate.session import Address, Session, Transaction
 from mailgate.store import GroupCommit
 
-log = structlog.get_logger("mailgate.queue")
+log = get_logger("mailgate.queue")
 
 ACCEPTED_MAIL = Reply(250, "2.1.0", "Ok")
 ACCEPTED_RCPT = Reply(250, "2.1.5", "Ok")

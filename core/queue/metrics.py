@@ -16,14 +16,14 @@ from __future__ import annotations
 import asyncio
 import time
 
-import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from mailgate.logging import get_logger
 from mailgate.queue import admin
 from mailgate.store import Store
 from mailgate.store.schema import BOUNCED, DEFERRED, DELIVERED, PENDING
 
-log = structlog.get_logger("mailgate.queue")
+log = get_logger("mailgate.queue")
 
 RESULTS = (DELIVERED, DEFERRED, BOUNCED)
 

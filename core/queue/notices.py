@@ -20,8 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-import structlog
-
+from mailgate.logging import get_logger
 from mailgate.queue.dsn import (
     Action,
     Event,
@@ -36,7 +35,7 @@ from mailgate.queue.schedule import Schedule
 from mailgate.session import Address
 from mailgate.store.schema import BOUNCED, DEFERRED, DELIVERED
 
-log = structlog.get_logger("mailgate.queue")
+log = get_logger("mailgate.queue")
 
 _ACTIONS = {
     Event.FAILURE: Action.FAILED,

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import re
 
-import structlog
-
 from mailgate.egress import Reply
+from mailgate.logging import get_logger
 from mailgate.relay import reply as replies
 from mailgate.relay.connection import DownstreamConnection, DownstreamError
 from mailgate.relay.pool import ConnectionPool
@@ -22,7 +21,7 @@ from mailgate.relay.xforward import client_identity, xclient_command
 from mailgate.relay.xforward import commands as xforward_commands
 from mailgate.session import Address, Session, Transaction
 
-log = structlog.get_logger("mailgate.relay")
+log = get_logger("mailgate.relay")
 
 _Key = tuple[str, tuple[str, ...]]
 

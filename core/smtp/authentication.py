@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-import structlog
-
 from mailgate.egress import Reply
 from mailgate.flow import SessionFlow
+from mailgate.logging import get_logger
 from mailgate.pipeline import AuthenticationUnavailable
 from mailgate.smtp import replies
 from mailgate.smtp.auth import (
@@ -23,7 +22,7 @@ from mailgate.smtp.auth import (
 )
 from mailgate.smtp.settings import SmtpListenerSettings
 
-log = structlog.get_logger("mailgate.smtp")
+log = get_logger("mailgate.smtp")
 
 
 class ResponseTooLong(Exception):

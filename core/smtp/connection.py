@@ -14,10 +14,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import overload
 
-import structlog
-
 from mailgate.egress import Egress, Reply
 from mailgate.flow import FlowSettings, SessionFlow, Trace
+from mailgate.logging import get_logger
 from mailgate.message import Header, Message
 from mailgate.pipeline import Pipeline
 from mailgate.quarantine import Quarantine
@@ -36,7 +35,7 @@ from mailgate.smtp.trace import PROTOCOL_NOTE, protocol_name
 from mailgate.syntax import ascii_number, valid_orcpt, valid_utf8, valid_xtext
 from mailgate.verdict import Verdict, VerdictKind
 
-log = structlog.get_logger("mailgate.smtp")
+log = get_logger("mailgate.smtp")
 
 _BODY_VALUES = ("7BIT", "8BITMIME")
 _MAX_ENVID = 100

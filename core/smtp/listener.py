@@ -11,9 +11,8 @@ import socket
 import ssl
 from collections.abc import Callable
 
-import structlog
-
 from mailgate.egress import Egress
+from mailgate.logging import get_logger
 from mailgate.pipeline import Pipeline
 from mailgate.quarantine import Quarantine
 from mailgate.smtp.connection import ListenerState, SmtpConnection
@@ -22,7 +21,7 @@ from mailgate.smtp.stream import SmtpStream
 from mailgate.sockaddr import SocketAddress
 from mailgate.socket_listener import SocketListener
 
-log = structlog.get_logger("mailgate.smtp")
+log = get_logger("mailgate.smtp")
 
 _SHUTDOWN = b"421 4.3.2 Service shutting down\r\n"
 _BACKLOG = 512

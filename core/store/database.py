@@ -18,16 +18,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import structlog
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from mailgate.logging import get_logger
 from mailgate.store.settings import StoreSettings
 
-log = structlog.get_logger("mailgate.store")
+log = get_logger("mailgate.store")
 
 T = TypeVar("T")
 

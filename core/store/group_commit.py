@@ -22,13 +22,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import structlog
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from mailgate.logging import get_logger
 from mailgate.store.database import Store
 
-log = structlog.get_logger("mailgate.store")
+log = get_logger("mailgate.store")
 
 T = TypeVar("T")
 Work = Callable[[AsyncConnection], Awaitable[Any]]

@@ -21,11 +21,10 @@ import json
 import os
 from typing import Any
 
-import structlog
-
+from mailgate.logging import get_logger
 from mailgate.plugins.limits.counters import MemoryCounters
 
-log = structlog.get_logger("mailgate.workers")
+log = get_logger("mailgate.workers")
 
 MAX_LINE = 64 * 1024
 """Longest request line; a longer one closes the connection (keys are expression results)."""

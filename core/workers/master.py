@@ -31,19 +31,18 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import structlog
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from mailgate import reloading
 from mailgate.config import ConfigError
 from mailgate.loader import Config, load_config
-from mailgate.logging import Level, configure_logging, name_process
+from mailgate.logging import Level, configure_logging, get_logger, name_process
 from mailgate.plugins.limits.node_counters import ENVIRONMENT as NODE_COUNTERS
 from mailgate.workers.counters import CounterServer
 from mailgate.workers.metrics import NodeMetricsServer
 from mailgate.workers.sockets import NodeSockets, bind_all
 
-log = structlog.get_logger("mailgate.workers")
+log = get_logger("mailgate.workers")
 
 RELOAD_TIMEOUT = 30.0
 """How long the master waits for each worker to answer a SIGHUP."""

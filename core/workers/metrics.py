@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
+from mailgate.logging import get_logger
 from mailgate.metrics import MetricsEndpoint
 
-log = structlog.get_logger("mailgate.workers")
+log = get_logger("mailgate.workers")
 
 _SCRAPE_TIMEOUT = 1.0
 _SAME_IN_EVERY_WORKER = frozenset({"mailgate_build_info"})

@@ -8,16 +8,15 @@ import functools
 import socket
 from typing import Any
 
-import structlog
-
 from mailgate import Message, Session, Transaction, hookimpl
 from mailgate.authentication_results import results_of
 from mailgate.dns import DnsSettings, sync_resolver
+from mailgate.logging import get_logger
 from mailgate.plugins.arc.chain import HEADER_NAMES, Validation, validate
 from mailgate.plugins.arc.seal import SealRefused, seal_message
 from mailgate.plugins.arc.settings import ArcSettings
 
-log = structlog.get_logger("mailgate.plugins.arc")
+log = get_logger("mailgate.plugins.arc")
 
 RESULT_KEY = "arc"
 """The key of this plugin's entry in ``transaction.results``."""

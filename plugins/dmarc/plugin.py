@@ -14,12 +14,12 @@ from typing import Literal
 
 import dns.exception
 import dns.resolver
-import structlog
 
 from mailgate import Message, Session, Transaction, Verdict, hookimpl
 from mailgate.config import Dynamic, Networks
 from mailgate.dns import CacheMiss, DnsSettings, async_resolver, cached_answer
 from mailgate.expressions import ip_in
+from mailgate.logging import get_logger
 from mailgate.plugins.dmarc.domains import normalize, organizational_domain
 from mailgate.plugins.dmarc.evaluation import (
     DkimSignature,
@@ -33,7 +33,7 @@ from mailgate.plugins.dmarc.evaluation import (
 )
 from mailgate.plugins.dmarc.record import DmarcRecord, RecordError, is_dmarc, parse_record
 
-log = structlog.get_logger("mailgate.plugins.dmarc")
+log = get_logger("mailgate.plugins.dmarc")
 
 RESULT_KEY = "dmarc"
 """The key of this plugin's entry in ``transaction.results``."""

@@ -14,9 +14,8 @@ plugin's ``on_error`` applies (``tempfail`` by default).
 
 from __future__ import annotations
 
-import structlog
-
 from mailgate.expressions import ip_in
+from mailgate.logging import get_logger
 from mailgate.plugin import hookimpl
 from mailgate.plugins.greylist.redis_state import RedisState
 from mailgate.plugins.greylist.settings import GreylistSettings
@@ -27,7 +26,7 @@ from mailgate.session import Address, Session, Transaction
 from mailgate.store import StoreSettings
 from mailgate.verdict import Verdict
 
-log = structlog.get_logger("mailgate.plugins.greylist")
+log = get_logger("mailgate.plugins.greylist")
 
 COUNTED_NOTE = "greylist.counted"
 """``transaction.notes[COUNTED_NOTE]``: this message already counted towards the client's

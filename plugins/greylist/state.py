@@ -14,18 +14,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import structlog
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from mailgate.logging import get_logger
 from mailgate.plugins.greylist.triplet import Decision, Timing, Triplet, TripletState, decide
 from mailgate.plugins.greylist.triplet import whitelisted as is_whitelisted
 from mailgate.plugins.limits.loop_resources import close_with_loop
 from mailgate.store import GroupCommit, Store, StoreSettings
 from mailgate.store.schema import greylist_clients, greylist_triplets
 
-log = structlog.get_logger("mailgate.plugins.greylist")
+log = get_logger("mailgate.plugins.greylist")
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-import structlog
+from mailgate.logging import get_logger
 
-log = structlog.get_logger("mailgate.plugins")
+log = get_logger("mailgate.plugins")
 
 _keepers: set[asyncio.Task[None]] = set()
 

@@ -31,8 +31,7 @@ import socket
 import weakref
 from collections.abc import Callable, Iterable
 
-import structlog
-
+from mailgate.logging import get_logger
 from mailgate.message import Message
 from mailgate.plugin import hookimpl
 from mailgate.plugins.limits.counters import Counters, Hit, MemoryCounters
@@ -45,7 +44,7 @@ from mailgate.session import Address, Session, Transaction
 from mailgate.syntax import ascii_number
 from mailgate.verdict import Verdict
 
-log = structlog.get_logger("mailgate.plugins.limits")
+log = get_logger("mailgate.plugins.limits")
 
 SLOTS_NOTE = "limits.slots"
 """``session.notes[SLOTS_NOTE]``: the concurrent slots this session holds, released at the end."""

@@ -17,9 +17,8 @@ from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
-import structlog
-
 from mailgate import Address, Message, Session, Transaction, Verdict
+from mailgate.logging import get_logger
 from mailgate.milter import codec as c
 from mailgate.milter.options import Negotiated
 from mailgate.milter.protocol import BODY_CHUNK, Command, Step
@@ -42,7 +41,7 @@ from mailgate.plugins.milter.macros import (
 from mailgate.plugins.milter.settings import STAGES, MilterEntry
 from mailgate.sockaddr import SocketAddress
 
-log = structlog.get_logger("mailgate.plugins.milter")
+log = get_logger("mailgate.plugins.milter")
 
 _ORDER: dict[str, int] = {name: i for i, name in enumerate(STAGES)}
 _BODY_GROUP = 1 << 20

@@ -14,10 +14,9 @@ import asyncio
 import time
 from collections.abc import Awaitable
 
-import structlog
-
 from mailgate import Address, Message, Session, Transaction, Verdict, hookimpl
 from mailgate.dns import DnsSettings
+from mailgate.logging import get_logger
 from mailgate.plugin import PluginContext
 from mailgate.plugins.dkim import Dkim
 from mailgate.plugins.dmarc import EVALUATION_NOTE, Evaluation
@@ -28,7 +27,7 @@ from mailgate.plugins.reports.settings import ReportsSettings
 from mailgate.plugins.reports.signing import ReportSigner
 from mailgate.verdict import VerdictKind
 
-log = structlog.get_logger("mailgate.plugins.reports")
+log = get_logger("mailgate.plugins.reports")
 
 INCOMING_NOTE = "reports.incoming"
 """``transaction.notes[INCOMING_NOTE]``: the recipients that are report addresses."""

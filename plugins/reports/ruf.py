@@ -14,8 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 import dns.asyncresolver
-import structlog
 
+from mailgate.logging import get_logger
 from mailgate.plugins.dmarc import Evaluation
 from mailgate.plugins.reports.destinations import (
     VerificationUnavailable,
@@ -26,7 +26,7 @@ from mailgate.plugins.reports.destinations import (
 from mailgate.plugins.reports.failure import FailureReport, wanted
 from mailgate.plugins.reports.settings import ReportsSettings
 
-log = structlog.get_logger("mailgate.plugins.reports")
+log = get_logger("mailgate.plugins.reports")
 
 Queue = Callable[[str, bytes], Awaitable[str]]
 """Queues one mail to an address; returns the queue id."""

@@ -25,13 +25,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailgate.dns import DnsSettings, async_resolver
+from mailgate.logging import get_logger
 from mailgate.plugins.reports import records
 from mailgate.plugins.reports.aggregate import AggregateWriter, Metadata, ReportTooLarge
 from mailgate.plugins.reports.destinations import (
@@ -51,7 +51,7 @@ from mailgate.session import Address, Transaction
 from mailgate.store import GroupCommit, Rows, Store, StoreSettings
 from mailgate.store.schema import dmarc_received, dmarc_reports
 
-log = structlog.get_logger("mailgate.plugins.reports")
+log = get_logger("mailgate.plugins.reports")
 
 
 class ReportMetrics:

@@ -14,8 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import structlog
-
+from mailgate.logging import get_logger
 from mailgate.plugins.rewrite.lookup import is_address
 from mailgate.plugins.rewrite.rule_expressions import (
     BARE,
@@ -25,7 +24,7 @@ from mailgate.plugins.rewrite.rule_expressions import (
 )
 from mailgate.plugins.rewrite.template import BUILTIN_FIELDS, Template, parse_template
 
-log = structlog.get_logger("mailgate.plugins.rewrite")
+log = get_logger("mailgate.plugins.rewrite")
 
 MAX_ADDRESS = 254
 """The longest address a rule may make (RFC 5321's 256-octet path, less the brackets)."""

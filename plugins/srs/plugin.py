@@ -6,14 +6,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import structlog
-
 from mailgate import Address, Session, Transaction, Verdict, hookimpl
+from mailgate.logging import get_logger
 from mailgate.plugins.rewrite.lookup import with_orcpt
 from mailgate.plugins.srs.codec import SrsError, is_srs
 from mailgate.plugins.srs.settings import SrsSettings
 
-log = structlog.get_logger("mailgate.plugins.srs")
+log = get_logger("mailgate.plugins.srs")
 
 NOTE = "srs"
 """``transaction.notes["srs"]``: ``{"sender": [old, new] or None, "recipients": {srs: orig}}``."""

@@ -3,11 +3,18 @@
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
 
-from mailgate.logging import LoggingSettings, bind_ids, configure_logging, unbind_ids
+from mailgate.logging import (
+    LoggingSettings,
+    bind_ids,
+    configure_logging,
+    get_logger,
+    unbind_ids,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -36,3 +43,53 @@ def test_json_lines_carry_session_and_tx_ids(tmp_path: Path) -> None:
     line = json.loads(log_file.read_text().splitlines()[-1])
     assert line["session"] == "s1" and line["tx"] == "t2"
     assert line["event"] == "message outcome" and line["level"] == "info"
+
+
+def test_lines_below_the_level_are_dropped_before_structlog_and_the_rest_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log_file = tmp_path / "mailgate.log"
+    configure_logging(LoggingSettings(level="warning", file=str(log_file)))
+    log = get_logger("mailgate.test")
+    bound: list[str] = []
+    real_bind = structlog.get_logger("mailgate.test").__class__.bind
+
+    def counting_bind(self: Any, **values: Any) -> Any:
+        bound.append("bind")
+        return real_bind(self, **values)
+
+    monkeypatch.setattr(structlog.get_logger("mailgate.test").__class__, "bind", counting_bind)
+    log.info("below the level", n=1)
+    log.debug("below the level", n=2)
+    assert bound == [] and not log.enabled(logging.INFO) and log.enabled(logging.WARNING)
+    log.warning("at the level", n=3)
+    log.error("above the level", n=4)
+    assert len(bound) == 2
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert [(line["event"], line["level"]) for line in lines] == [
+        ("at the level", "warning"),
+        ("above the level", "error"),
+    ]
+
+
+def test_a_reload_to_a_lower_level_writes_what_was_dropped(tmp_path: Path) -> None:
+    log_file = tmp_path / "mailgate.log"
+    configure_logging(LoggingSettings(level="error", file=str(log_file)))
+    log = get_logger("mailgate.test")
+    log.info("dropped")
+    configure_logging(LoggingSettings(level="info", file=str(log_file)))  # SIGHUP
+    log.info("written")
+    events = [json.loads(line)["event"] for line in log_file.read_text().splitlines()]
+    assert events == ["written"]
+
+
+def test_a_test_capturing_lines_sees_every_level_whatever_was_configured(tmp_path: Path) -> None:
+    configure_logging(LoggingSettings(level="error", file=str(tmp_path / "mailgate.log")))
+    log = get_logger("mailgate.test")
+    with structlog.testing.capture_logs() as captured:
+        log.info("kept", n=1)
+        log.debug("kept too", n=2)
+    assert [(c["event"], c["log_level"]) for c in captured] == [
+        ("kept", "info"),
+        ("kept too", "debug"),
+    ]
