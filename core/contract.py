@@ -59,6 +59,9 @@ def check_plugin_class(cls: type) -> None:
     concurrent = getattr(cls, "concurrent", False)
     if not isinstance(concurrent, bool):
         raise ContractError("concurrent", f"must be True or False, not {concurrent!r}")
+    answers = getattr(cls, "answers", None)
+    if answers is not None and not callable(answers):
+        raise ContractError("answers", f"must be a method answers(hook, ingress), not {answers!r}")
     _check_hooks(cls)
 
 

@@ -92,6 +92,14 @@ class PluginClass(Protocol):
     - ``concurrent``: True for a scanner that may run at the same time as its concurrent
       neighbours at the end of data (see :func:`on_message`); the ``conf.d`` key of the same
       name overrides it. Default: False. Anything else than True or False is an error.
+    - ``answers``: a method ``answers(self, hook, ingress) -> bool``, False when the plugin's
+      `hook` never gives a verdict for sessions that come in through `ingress` (``"smtp"``,
+      ``"milter"``, ``"policy"``), though it is still called. The milter listener then tells
+      the MTA not to wait for a reply at that step when no other plugin answers there: a
+      round trip less per message. Relay control says so of milter recipients, which Postfix
+      has already checked. Default: every hook it implements may answer. A refusal given
+      where the plugin said it would not cannot reach the MTA in time: the message is
+      tempfailed at its end instead, and the log names the plugin.
     - ``__init__``: called once per enabled ``conf.d`` file (and again on SIGHUP), with the
       ``Settings`` instance as its one positional argument (with no argument when there is no
       ``Settings``). When it has a keyword parameter named ``dns``, it is also given the core
@@ -125,6 +133,9 @@ class PluginClass(Protocol):
 
     def __init__(self, settings: Any = ..., /, *, dns: DnsSettings | None = None) -> None:
         """Build the plugin from its ``conf.d`` settings (and the ``[dns]`` table, if asked)."""
+
+    def answers(self, hook: str, ingress: str) -> bool:
+        """False if `hook` never gives a verdict for sessions from `ingress` (see above)."""
 
 
 # -------------------------------------------------------------------------------------------

@@ -238,6 +238,17 @@ class Pipeline:
         """True if some enabled plugin implements `hook_name` (ingress may skip work if not)."""
         return bool(self._calls.get(hook_name))
 
+    def answers(self, hook_name: str, ingress: str) -> bool:
+        """True if some plugin's `hook_name` may answer (give a verdict) for sessions that come
+        in through `ingress`: one that implements it and does not say otherwise with its
+        optional ``answers(hook, ingress)`` method. The milter listener asks the MTA not to
+        wait for a reply at a step where this is False."""
+        for call in self._calls.get(hook_name, ()):
+            says = getattr(call.plugin.instance, "answers", None)
+            if says is None or says(hook_name, ingress):
+                return True
+        return False
+
     def reads(self, part: str) -> bool:
         """True if some plugin whose hooks see the message reads `part` of it.
 

@@ -134,14 +134,21 @@ class RelayControl:
         )
         return ip_in(session.client_ip, networks)
 
+    def answers(self, hook: str, ingress: str) -> bool:
+        """Whether `on_rcpt` may refuse for sessions from `ingress` (the milter and policy
+        listeners' recipients are the MTA's to check, unless ``check_milter``/``check_policy``)."""
+        if ingress == "milter":
+            return self.settings.check_milter
+        if ingress == "policy":
+            return self.settings.check_policy
+        return True
+
     @hookimpl
     def on_rcpt(
         self, session: Session, transaction: Transaction, recipient: Address
     ) -> Verdict | None:
         """Refuse a recipient outside `domains` from a client that may not relay."""
-        if session.ingress == "milter" and not self.settings.check_milter:
-            return None
-        if session.ingress == "policy" and not self.settings.check_policy:
+        if not self.answers("on_rcpt", session.ingress):
             return None
         if self.may_relay(session, transaction):
             return None

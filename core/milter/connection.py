@@ -83,6 +83,8 @@ class MilterConnection:
         self._header_bytes = 0
         self._data_seen = False
         """`on_data` ran for this transaction (at DATA, or late: see `data_if_skipped`)."""
+        self._owed: tuple[Command, Verdict] | None = None
+        """A refusal given at a step the MTA did not wait for, and where (see `answer`)."""
         self._macro_bytes = 0
         self._deadline = 0.0
         self._reading = False
@@ -204,10 +206,15 @@ class MilterConnection:
 
     def answer(self, command: Command, verdict: Verdict | None) -> None:
         """Reply to a step, unless the MTA agreed not to wait for one. A quarantine given
-        before the end of message is the flow's to apply there (the MTA holds only then)."""
+        before the end of message is the flow's to apply there (the MTA holds only then).
+
+        A refusal at a step the MTA does not wait for (a plugin whose ``answers`` said it
+        would not give one there) is owed: the message is tempfailed at its end."""
         assert self.agreed is not None
         if self.agreed.replies_to(command):
             self.reply(verdict_reply(verdict, end_of_message=False))
+        elif verdict is not None and verdict.is_refusal and self._owed is None:
+            self._owed = (command, verdict)
 
     async def handle(self, frame: c.MilterCommand) -> None:
         """Act on one frame from the MTA."""
@@ -410,6 +417,9 @@ class MilterConnection:
         """End of message: the flow decides; the changes go back as actions (`hand_back`),
         then the final reply."""
         assert self.agreed is not None
+        if self._owed is not None:
+            await self._tempfail_owed(*self._owed)
+            return
         flow, tx = await self.current()
         refused = await self.data_if_skipped(flow)
         if refused is not None:
@@ -429,6 +439,24 @@ class MilterConnection:
             # No plugin decided: CONTINUE, as libmilter filters answer.
             verdict = ending.verdict if ending.verdict.plugin else None
         self.reply(verdict_reply(verdict, end_of_message=True))
+        self.end_transaction()
+
+    async def _tempfail_owed(self, step: Command, owed: Verdict) -> None:
+        """End the message with a tempfail for a refusal the MTA never heard (`answer`): what
+        a plugin refused is not delivered, and the sender tries again."""
+        log.error(
+            "plugin refused at a step the MTA does not wait for: message tempfailed",
+            plugin=owed.plugin,
+            step=step.name,
+            refusal=replies.from_verdict(owed).smtp_reply(),
+        )
+        tempfail = replies.to_verdict(
+            replies.LOCAL_ERROR, reason=f"{owed.plugin} refused at {step.name}, unheard"
+        )
+        flow = self.flow
+        if flow is not None and flow.tx is not None:
+            await flow.finish(tempfail, replies.LOCAL_ERROR)
+        self.reply(verdict_reply(tempfail, end_of_message=True))
         self.end_transaction()
 
     async def data_if_skipped(self, flow: SessionFlow) -> Verdict | None:
@@ -498,9 +526,12 @@ class MilterConnection:
         self.headers = []
         self._header_bytes = 0
         self._data_seen = False
+        if self._owed is not None and self._owed[0] not in _SESSION_STEPS:
+            self._owed = None
 
     async def end_session(self) -> None:
         """The SMTP session is over: the flow closes it (`on_disconnect` once)."""
+        self._owed = None
         self.end_transaction()
         flow, self.flow = self.flow, None
         if flow is not None:
@@ -510,6 +541,9 @@ class MilterConnection:
 
 
 _NO_MACROS: Mapping[str, str] = MappingProxyType({})
+
+_SESSION_STEPS = frozenset({Command.CONNECT, Command.HELO})
+"""Steps whose owed refusal holds for every message of the session (see `answer`)."""
 
 _ENCODED_OPTNEG: dict[c.OptNegReply, bytes] = {}
 """The OPTNEG answer on the wire: the same few answers on every connection."""

@@ -39,11 +39,12 @@ def wanted_steps(pipeline: Pipeline) -> Step:
     """The protocol flags the listener would like for this plugin chain.
 
     The envelope steps always come (plugins read the session and envelope at later stages),
-    but without a reply when no plugin decides there. Headers and body come only when a plugin
-    with `on_headers`/`on_message` declares it reads them (``reads``: `Pipeline.reads`); EOH
-    and DATA only when a plugin has a hook there; the recipients the MTA refused
-    (``RCPT_REJ``) only when a plugin has `on_rcpt_refused`; unknown SMTP commands only when a
-    plugin has `on_unknown`. End of message always comes:
+    but without a reply when no plugin may answer there for a milter session
+    (`Pipeline.answers`: relay control, for one, leaves milter recipients to the MTA).
+    Headers and body come only when a plugin with `on_headers`/`on_message` declares it reads
+    them (``reads``: `Pipeline.reads`); EOH and DATA only when a plugin has a hook there; the
+    recipients the MTA refused (``RCPT_REJ``) only when a plugin has `on_rcpt_refused`;
+    unknown SMTP commands only when a plugin has `on_unknown`. End of message always comes:
     modifications (add a header, a recipient) and the final verdict are sent then, content or
     not.
     """
@@ -56,7 +57,7 @@ def wanted_steps(pipeline: Pipeline) -> Step:
         ("on_mail", Step.NR_MAIL),
         ("on_rcpt", Step.NR_RCPT),
     ):
-        if not pipeline.implements(hook):
+        if not pipeline.answers(hook, "milter"):
             steps |= flag
     if pipeline.implements("on_rcpt_refused"):
         steps |= Step.RCPT_REJ

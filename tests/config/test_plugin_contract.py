@@ -199,6 +199,10 @@ class ConcurrentString:
     concurrent = "yes"
 
 
+class AnswersNotAMethod:
+    answers = False
+
+
 class NoSettingsArgument:
     Settings = TagSettings
 
@@ -216,6 +220,7 @@ class NoSettingsArgument:
         (Faraway, "hook on_quit: no such hook (the hooks are on_connect, on_helo,"),
         (SettingsNotADataclass, "Settings: must be a dataclass (or None), not <class"),
         (ConcurrentString, "concurrent: must be True or False, not 'yes'"),
+        (AnswersNotAMethod, "answers: must be a method answers(hook, ingress), not False"),
         (NoSettingsArgument, "__init__: cannot be called with its Settings as its one argument"),
     ],
 )

@@ -19,8 +19,11 @@ from mailgate.config import Dynamic
 from mailgate.pipeline import ErrorPolicy
 from mailgate.plugins.add_header import AddHeader, AddHeaderSettings
 from mailgate.plugins.relay_control import RelayControl, RelayControlSettings
+from tests.logs import captured_logs, events
 from tests.milter.gate import Gate, LoopThread, Route, open_gate, start_listener
 from tests.peers.workdir import PeerDirs
+
+__all__ = ["captured_logs"]
 
 
 @pytest.fixture(scope="module")
@@ -472,6 +475,41 @@ def test_relay_control_leaves_postfix_accepted_mail_alone(gate: Gate, routes: li
     gate.chain.use(RelayControl(RelayControlSettings(check_milter=True)))
     sent = gate.send(route, extra=outside)
     assert "554 5.7.1 Relay access denied" in sent.output
+
+
+class SaysSilentButRefuses(OnRcpt):
+    """Declares that `on_rcpt` never answers for milter sessions, then refuses ``no*`` anyway."""
+
+    def answers(self, hook: str, ingress: str) -> bool:
+        """Never, for milter sessions (which is not true)."""
+        return ingress != "milter"
+
+
+def test_a_refusal_at_a_step_postfix_does_not_wait_for_tempfails_the_message(
+    gate: Gate, routes: list[Route], captured_logs: list[dict[str, Any]]
+) -> None:
+    """Protocol 6: Postfix is told not to wait at RCPT, so the refusal cannot reach it there;
+    the whole message is tempfailed at its end and nothing is delivered. Protocol 2 has no
+    such flag: the refusal is the RCPT's reply, as usual."""
+    gate.chain.use(SaysSilentButRefuses())
+    for route in routes:
+        sent = gate.send(route, to=["nobody@local.test", "yes@local.test"])
+        if route.protocol == 6:
+            assert "451 4.3.0 Local error, try again later" in sent.replies(), route.name
+            assert "452 4.2.2 Mailbox full, says the plugin" not in sent.replies()
+            assert gate.delivered(sent, timeout=0.5) == []
+        else:
+            assert "452 4.2.2 Mailbox full, says the plugin" in sent.replies(), route.name
+            (copy,) = gate.delivered(sent)
+            assert copy.delivered_to == "yes@local.test"
+    unheard = events(
+        captured_logs, "plugin refused at a step the MTA does not wait for: message tempfailed"
+    )
+    assert len(unheard) == 2 and {line["step"] for line in unheard} == {"RCPT"}
+    assert unheard[0]["refusal"].startswith("452 4.2.2")
+
+    sent = gate.send(routes[0], to=["yes@local.test"])  # the next message is not affected
+    assert sent.returncode == 0 and len(gate.delivered(sent)) == 1
 
 
 # -- PROGRESS through a long end-of-message scan -----------------------------------------------

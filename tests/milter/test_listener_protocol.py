@@ -16,6 +16,7 @@ from mailgate.milter import codec as c
 from mailgate.milter.protocol import ALL_ACTIONS, V2_ACTIONS, V2_STEPS, Action, Step
 from mailgate.pipeline import EnabledPlugin, Pipeline, declared_reads
 from mailgate.plugins.add_header import AddHeader
+from mailgate.plugins.relay_control import RelayControl, RelayControlSettings
 from mailgate.sockaddr import SocketAddress
 from tests.logs import captured_logs, events
 
@@ -112,6 +113,22 @@ async def test_envelope_only_chain_gets_no_content() -> None:
         steps = Step(reply.protocol)
         assert steps & Step.NOBODY and steps & Step.NOHDRS
         assert not steps & Step.NR_RCPT
+    finally:
+        await listener.stop()
+
+
+@pytest.mark.parametrize(("check_milter", "waits_at_rcpt"), [(False, False), (True, True)])
+async def test_relay_control_makes_the_mta_wait_at_rcpt_only_when_it_checks_milter_mail(
+    check_milter: bool, waits_at_rcpt: bool
+) -> None:
+    relay = RelayControl(RelayControlSettings(check_milter=check_milter))
+    listener = await serve(Pipeline([EnabledPlugin("relay_control", relay)]))
+    try:
+        client = await connect(listener)
+        await client.send(c.OptNeg(6, int(ALL_ACTIONS), int(EVERYTHING)))
+        reply = await client.read()
+        assert isinstance(reply, c.OptNegReply)
+        assert bool(Step(reply.protocol) & Step.NR_RCPT) is not waits_at_rcpt
     finally:
         await listener.stop()
 
