@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
@@ -42,6 +41,7 @@ log = get_logger("mailgate.milter")
 
 _QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)
 """TCP_QUICKACK where the system has it (Linux), else 0."""
+_TCP = (socket.AF_INET, socket.AF_INET6)
 _PROGRESS = c.encode(c.Progress())
 _PROGRESS_VERSION = 6
 """SMFIR_PROGRESS exists from milter protocol 6 on."""
@@ -95,16 +95,10 @@ class MilterConnection:
         self._decoded_macros: Mapping[str, str] = _NO_MACROS
         self._watchdog: asyncio.TimerHandle | None = None
         self._quickack: socket.socket | None = None
-        """Our own handle on the TCP socket, to re-arm TCP_QUICKACK after each read: the
-        transport's (uvloop's pseudo-socket) makes and drops a socket object per call."""
-        sock = stream.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            own = socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
-            own.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if _QUICKACK:
-                self._quickack = own
-            else:
-                own.close()
+        """Our own handle on the transport's TCP socket while `run` runs (the same descriptor,
+        detached before the transport closes it), to re-arm TCP_QUICKACK after each read: the
+        transport's (uvloop's pseudo-socket) makes and drops a socket object per call. The
+        event loop has already set TCP_NODELAY."""
 
     async def run(self) -> None:
         """Serve the connection until QUIT, EOF, a timeout or a protocol error."""
@@ -118,6 +112,9 @@ class MilterConnection:
         handlers = _HANDLERS
         at_once = _AT_ONCE
         try:
+            sock = self.stream.get_extra_info("socket")
+            if _QUICKACK and sock is not None and sock.family in _TCP:
+                self._quickack = socket.socket(sock.family, sock.type, sock.proto, sock.fileno())
             while not self.closing:
                 self._deadline = loop.time() + idle
                 self._reading = True
@@ -164,7 +161,7 @@ class MilterConnection:
             if self._watchdog is not None:
                 self._watchdog.cancel()
             if self._quickack is not None:
-                self._quickack.close()
+                self._quickack.detach()  # the descriptor is the transport's to close
                 self._quickack = None
             await self.end_session()
             self.stream.close()
