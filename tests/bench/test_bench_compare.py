@@ -22,7 +22,9 @@ from .harness import (
     System,
     format_compare_targets,
     format_comparison,
+    format_workers_target,
     run_benchmark,
+    workers_ceiling,
 )
 
 pytestmark = [pytest.mark.bench, pytest.mark.peer]
@@ -144,3 +146,18 @@ def test_an_interrupted_install_is_not_taken_for_a_good_one(tmp_path: Path) -> N
     (prefix / "node_modules/.bin").mkdir()
     (prefix / "node_modules/.bin/haraka").write_text("")
     assert installed_version(prefix) == HARAKA_VERSION
+
+
+def test_workers_ceiling_counts_the_load_generator_beside_the_workers() -> None:
+    """Two workers at 0.6 ms/msg and a load generator at 0.27 ms/msg share two cores: at most
+    2 / 0.87 ms = 2,299 msg/s, so against one worker's 1,545 the ratio cannot pass 1.49."""
+    one = Measurement("mailgate", 1, 20, 100, 1545.0, 1.0, 2.0, 1.0, 50.0, 100, 100)
+    one.cpu_ms_per_msg = 0.64
+    two = Measurement("mailgate-w2", 1, 20, 100, 2200.0, 1.0, 2.0, 1.3, 50.0, 100, 100)
+    two.cpu_ms_per_msg, two.load_cpu_ms_per_msg = 0.60, 0.27
+    assert workers_ceiling(two, one, cores=2) == pytest.approx(2000 / 0.87 / 1545)
+    (line,) = format_workers_target([one, two], cores=2).splitlines()
+    assert line.startswith("mailgate-w2 1 KiB x20: 1.42x mailgate's msg/s (target >= 1.6x: NOT")
+    assert line.endswith(
+        "ceiling on 2 cores with the load generator's 0.27 ms/msg beside mailgate-w2's 0.60: 1.49x"
+    )
