@@ -8,7 +8,8 @@ private Postfix that relays to smtp-sink; one smtpd port per configuration:
 - mailgate with one header-adding plugin (``add_header``), over TCP and a unix socket;
 - the same plugin made to declare it reads headers and body (as every plugin did before
   ``reads``), over TCP: Postfix then sends the whole message over the milter socket;
-- a minimal pymilter milter that adds a header at the end of the message, over TCP.
+- a minimal pymilter milter that adds a header at the end of the message, over TCP and over a
+  unix socket (over TCP it waits out delayed ACKs: see docs/milter.md).
 
 ``python -m tests.bench.bench_milter [--messages N] [--repeats R]`` prints the table; the
 order of the configurations rotates between repeats and the table shows medians.
@@ -36,7 +37,14 @@ from tests.bench.harness import CLOCK_TICKS, process_tree
 from tests.bench.profile import format_hotspots, hotspots
 from tests.peers.ports import free_port
 from tests.peers.postfix import Postfix
-from tests.peers.process import Daemon, banner_probe, connect_probe, start_daemon, stop_all
+from tests.peers.process import (
+    Daemon,
+    Probe,
+    banner_probe,
+    connect_probe,
+    start_daemon,
+    stop_all,
+)
 from tests.peers.workdir import PeerDirs, create_base
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,18 +137,38 @@ def _mailgate(
     return daemon, f"inet:127.0.0.1:{port}", f"unix:{sock}"
 
 
-def _pymilter(dirs: PeerDirs) -> tuple[Daemon, str]:
-    port = free_port()
-    work = dirs.new("pymilter")
+def _pymilter(dirs: PeerDirs, *, unix: bool = False) -> tuple[Daemon, str]:
+    """The minimal pymilter milter on TCP, or on a unix socket (no TCP ACK timing there)."""
+    work = dirs.new("pymilter-unix" if unix else "pymilter")
+    if unix:
+        path = work / "pymilter.sock"
+        os.chmod(work, 0o755)
+        spec, address, probe = f"unix:{path}", f"unix:{path}", _socket_file_probe(path)
+    else:
+        port = free_port()
+        spec, address = f"inet:{port}@127.0.0.1", f"inet:127.0.0.1:{port}"
+        probe = connect_probe("127.0.0.1", port)
     daemon = start_daemon(
         "pymilter-minimal",
-        [sys.executable, "-m", "tests.bench.bench_milter", "--pymilter", f"inet:{port}@127.0.0.1"],
+        [sys.executable, "-m", "tests.bench.bench_milter", "--pymilter", spec],
         workdir=work,
-        probe=connect_probe("127.0.0.1", port),
+        probe=probe,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
         grace=0.5,
     )
-    return daemon, f"inet:127.0.0.1:{port}"
+    return daemon, address
+
+
+def _socket_file_probe(path: Path) -> Probe:
+    """Ready once the socket file exists (made reachable for Postfix's smtpd)."""
+
+    def probe() -> bool:
+        if not path.exists():
+            return False
+        os.chmod(path, 0o666)  # Postfix's smtpd runs as postfix
+        return True
+
+    return probe
 
 
 @contextmanager
@@ -160,7 +188,8 @@ def milter_testbed(dirs: PeerDirs) -> Iterator[tuple[Postfix, list[Route]]]:
         header, header_tcp, header_unix = _mailgate(dirs, add_header=True)
         full, full_tcp, _ = _mailgate(dirs, add_header=True, reads_all=True)
         pym, pym_tcp = _pymilter(dirs)
-        daemons = [sink, plain, header, full, pym]
+        pym_u, pym_unix = _pymilter(dirs, unix=True)
+        daemons = [sink, plain, header, full, pym, pym_u]
         stack.callback(stop_all, daemons)
         before: list[tuple[str, str, int]] = []
         if BASELINE is not None:
@@ -179,6 +208,7 @@ def milter_testbed(dirs: PeerDirs) -> Iterator[tuple[Postfix, list[Route]]]:
             ("mailgate + add_header, unix", header_unix, header.pid),
             ("mailgate + add_header reading all, TCP", full_tcp, full.pid),
             ("pymilter + header, TCP", pym_tcp, pym.pid),
+            ("pymilter + header, unix", pym_unix, pym_u.pid),
             *before,
         ):
             routes.append(Route(name, postfix.add_listener([milter]), pid))
