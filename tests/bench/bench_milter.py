@@ -6,6 +6,9 @@ private Postfix that relays to smtp-sink; one smtpd port per configuration:
 - Postfix with no milter (the baseline);
 - mailgate's milter listener with no plugins (relay control only), over TCP and a unix socket;
 - mailgate with one header-adding plugin (``add_header``), over TCP and a unix socket;
+- the same plugin with the core's Authentication-Results switched off (``no A-R``), over TCP
+  and a unix socket: then mailgate does what the pymilter milter does, one header, and Postfix
+  sends no headers;
 - the same plugin made to declare it reads headers and body (as every plugin did before
   ``reads``), over TCP: Postfix then sends the whole message over the milter socket;
 - a minimal pymilter milter that adds a header at the end of the message, over TCP and over a
@@ -113,14 +116,23 @@ BASELINE: Path | None = None
 
 
 def _mailgate(
-    dirs: PeerDirs, add_header: bool, reads_all: bool = False, executable: Path = MAILGATE
+    dirs: PeerDirs,
+    add_header: bool,
+    reads_all: bool = False,
+    executable: Path = MAILGATE,
+    *,
+    authentication_results: bool = True,
 ) -> tuple[Daemon, str, str]:
-    """Start ``mailgate serve`` with a TCP and a unix milter listener; return their addresses."""
+    """Start ``mailgate serve`` with a TCP and a unix milter listener; return their addresses.
+
+    Without `authentication_results` the core's Authentication-Results header is switched off,
+    so mailgate does what the minimal pymilter milter does: one header, no headers read."""
     conf = dirs.new("mailgate-conf")
     sock = dirs.new("mailgate-sock") / "milter.sock"
     port = free_port()
     (conf / "mailgate.toml").write_text(
         f'[mailgate]\nevent_loop = "{EVENT_LOOP}"\n[logging]\nlevel = "warning"\n'
+        f"[authentication_results]\nheader = {str(authentication_results).lower()}\n"
         f'[[listener]]\ntype = "milter"\naddress = "inet:127.0.0.1:{port}"\n'
         f'[[listener]]\ntype = "milter"\naddress = "unix:{sock}"\nsocket_mode = 0o666\n'
     )
@@ -187,9 +199,12 @@ def milter_testbed(dirs: PeerDirs) -> Iterator[tuple[Postfix, list[Route]]]:
         plain, plain_tcp, plain_unix = _mailgate(dirs, add_header=False)
         header, header_tcp, header_unix = _mailgate(dirs, add_header=True)
         full, full_tcp, _ = _mailgate(dirs, add_header=True, reads_all=True)
+        alone, alone_tcp, alone_unix = _mailgate(
+            dirs, add_header=True, authentication_results=False
+        )
         pym, pym_tcp = _pymilter(dirs)
         pym_u, pym_unix = _pymilter(dirs, unix=True)
-        daemons = [sink, plain, header, full, pym, pym_u]
+        daemons = [sink, plain, header, full, alone, pym, pym_u]
         stack.callback(stop_all, daemons)
         before: list[tuple[str, str, int]] = []
         if BASELINE is not None:
@@ -207,6 +222,8 @@ def milter_testbed(dirs: PeerDirs) -> Iterator[tuple[Postfix, list[Route]]]:
             ("mailgate + add_header, TCP", header_tcp, header.pid),
             ("mailgate + add_header, unix", header_unix, header.pid),
             ("mailgate + add_header reading all, TCP", full_tcp, full.pid),
+            ("mailgate + add_header, no A-R, TCP", alone_tcp, alone.pid),
+            ("mailgate + add_header, no A-R, unix", alone_unix, alone.pid),
             ("pymilter + header, TCP", pym_tcp, pym.pid),
             ("pymilter + header, unix", pym_unix, pym_u.pid),
             *before,
