@@ -398,8 +398,9 @@ class MilterConnection:
             raise c.MilterProtocolError(
                 f"headers over the limit ({s.max_headers} fields, {s.max_header_bytes} bytes)"
             )
-        text = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        raw = text.decode("utf-8", "surrogateescape")
+        if b"\n" in value:  # folded: the MTA sends LF (Postfix) or CRLF between the lines
+            value = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        raw = value.decode("utf-8", "surrogateescape")
         key = name.decode("utf-8", "surrogateescape")
         self.headers.append(Header(key, raw) if self.agreed.leading_space else Header.new(key, raw))
         self.answer(Command.HEADER, None)
