@@ -220,6 +220,8 @@ class Pipeline:
             n for n in dir(hookspecs) if n.startswith(("on_", "authenticate", "directory"))
         ):
             self._calls[hook_name] = self._collect(hook_name)
+        self._lookup = self.directory if self._calls["directory"] else None
+        """What `mailgate.directory.ask` calls during this chain's hooks (None: no backend)."""
 
     def _collect(self, hook_name: str) -> list[_Call]:
         caller: pluggy.HookCaller = getattr(self.pm.hook, hook_name)
@@ -376,7 +378,7 @@ class Pipeline:
         calls = self._calls[hook_name]
         if not calls:
             return None
-        active_lookup.set(self.directory if self._calls["directory"] else None)
+        active_lookup.set(self._lookup)
         kwargs["session"] = session
         kwargs["transaction"] = tx
         for call in calls:
@@ -416,7 +418,7 @@ class Pipeline:
             "login": login,
             "secret": secret,
         }
-        active_lookup.set(self.directory if self._calls["directory"] else None)
+        active_lookup.set(self._lookup)
         for call in self._calls["authenticate"]:
             ok, result = await self._invoke(call, kwargs, session, None)
             if not ok:
