@@ -96,6 +96,8 @@ class Gate:
     postfix: Postfix
     chain: Chain
     routes: list[Route] = field(default_factory=list)
+    loop: LoopThread | None = None
+    """The loop the listeners (and so the plugins) run in."""
 
     def send(
         self,
@@ -177,7 +179,7 @@ def open_gate(postfix_dir: Path, listeners: Sequence[tuple[str, str]]) -> Iterat
     loop = LoopThread()
     chain = Chain()
     started = [(name, start_listener(loop, chain, address)) for name, address in listeners]
-    gate = Gate(Postfix(postfix_dir), chain)
+    gate = Gate(Postfix(postfix_dir), chain, loop=loop)
     for name, listener in started:
         for protocol in (6, 2):
             port = gate.postfix.add_listener([listener.address], protocol=protocol)

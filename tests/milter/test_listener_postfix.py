@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import sqlite3
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +20,8 @@ from mailgate import Address, Message, Session, Transaction, Verdict, hookimpl
 from mailgate.config import Dynamic
 from mailgate.pipeline import ErrorPolicy
 from mailgate.plugins.add_header import AddHeader, AddHeaderSettings
+from mailgate.plugins.directory.sql import DirectorySql, DirectorySqlSettings
+from mailgate.plugins.directory.verify import RecipientVerify, RecipientVerifySettings
 from mailgate.plugins.relay_control import RelayControl, RelayControlSettings
 from tests.logs import captured_logs, events
 from tests.milter.gate import Gate, LoopThread, Route, open_gate, start_listener
@@ -510,6 +514,37 @@ def test_a_refusal_at_a_step_postfix_does_not_wait_for_tempfails_the_message(
 
     sent = gate.send(routes[0], to=["yes@local.test"])  # the next message is not affected
     assert sent.returncode == 0 and len(gate.delivered(sent)) == 1
+
+
+def test_the_directory_verifies_recipients_behind_postfix(
+    gate: Gate, routes: list[Route], tmp_path: Path
+) -> None:
+    """recipient_verify asking an SQLite directory, on milter sessions: an unknown local
+    recipient gets 550 5.1.1 through Postfix, a known one and an alias are delivered."""
+    db = tmp_path / "users.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE mailboxes (address TEXT PRIMARY KEY)")
+        conn.executemany("INSERT INTO mailboxes VALUES (?)", [("alice@local.test",)])
+    directory = DirectorySql(
+        DirectorySqlSettings(
+            url=f"sqlite:///{db}",
+            recipient_query="SELECT address FROM mailboxes WHERE address = :address",
+            domains=["local.test"],
+        )
+    )
+    gate.chain.use(directory, RecipientVerify(RecipientVerifySettings(domains=["local.test"])))
+    try:
+        for route in routes:
+            sent = gate.send(route, to=["nobody@local.test", "alice+tag@local.test"])
+            assert "550 5.1.1 Recipient address rejected: User unknown" in sent.replies(), (
+                route.name,
+                sent.output,
+            )
+            (copy,) = gate.delivered(sent)
+            assert copy.delivered_to == "alice+tag@local.test"
+    finally:
+        assert gate.loop is not None
+        gate.loop.run(directory.stop())
 
 
 # -- PROGRESS through a long end-of-message scan -----------------------------------------------
