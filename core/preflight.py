@@ -100,8 +100,22 @@ def check(config: Config, *, probe_ports: bool = True) -> list[ConfigError]:
     for lc in config.listeners:
         _check_tls(lc)
     warnings += _check_relay(config.relay, core_source(config))
+    warnings += _check_queued_relay_rules(config, core_source(config))
     warnings += _check_quarantine(config, core_source(config))
     return warnings
+
+
+def _check_queued_relay_rules(config: Config, source: str) -> list[ConfigError]:
+    """A warning when `[relay] address` has rules and mail is queued without `[queue]
+    next_hop`: the queue routes with `[[queue.route]]` and takes the rules' ``else``."""
+    if config.queue is None or config.queue.next_hop or config.relay.address.is_fixed:
+        return []
+    fallback = config.relay.address.default
+    hint = (
+        f"queued mail goes to {fallback} (the rules' else); "
+        "route it with [[queue.route]] tables and their when"
+    )
+    return [ConfigError(source, "relay.address", "rules", "one address for queued mail", hint)]
 
 
 def core_source(config: Config) -> str:

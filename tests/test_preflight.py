@@ -278,3 +278,29 @@ def test_serve_refuses_a_certificate_that_does_not_load(tmp_path: Path) -> None:
     result = run("serve", "--config", str(tmp_path))
     assert result.returncode == 1
     assert f"{tmp_path}/mailgate.toml: listener[0].tls_cert" in result.stderr
+
+
+RELAY_RULES = """
+[relay]
+address = [
+    { if = 'sender.domain == "news.example.org"', then = "127.0.0.1:10026" },
+    { else = "127.0.0.1:10025" },
+]
+"""
+QUEUED = '[[listener]]\ntype = "smtp"\naddress = "127.0.0.1:0"\negress = "queue"\n'
+
+
+def test_relay_rules_with_a_queue_are_a_warning_naming_where_queued_mail_goes(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "mailgate.toml").write_text(QUEUED + RELAY_RULES)
+    (warning,) = [w for w in preflight.check(load_config(tmp_path)) if w.key == "relay.address"]
+    assert "expected one address for queued mail" in str(warning)
+    assert "queued mail goes to 127.0.0.1:10025 (the rules' else)" in str(warning)
+
+    (tmp_path / "mailgate.toml").write_text(
+        QUEUED + RELAY_RULES + '[queue]\nnext_hop = "127.0.0.1:10027"\n'
+    )
+    assert not [w for w in preflight.check(load_config(tmp_path)) if w.key == "relay.address"]
+    (tmp_path / "mailgate.toml").write_text(RELAY_RULES)  # no queue: the rules are the relay's
+    assert not [w for w in preflight.check(load_config(tmp_path)) if w.key == "relay.address"]
