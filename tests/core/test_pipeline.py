@@ -285,3 +285,59 @@ async def test_a_failing_authenticator_is_not_a_wrong_password() -> None:
     pipeline = Pipeline([EnabledPlugin("dir", BrokenDirectory()), EnabledPlugin("yes", Yes())])
     with pytest.raises(AuthenticationUnavailable):
         await pipeline.authenticate(Session("192.0.2.1"), "PLAIN", "alice", "secret")
+
+
+class Stages:
+    """An async `on_rcpt` that works without waiting, then waits `wait` seconds (if any),
+    keeping what happened to it."""
+
+    def __init__(self, wait: float | None) -> None:
+        self.wait = wait
+        self.seen: list[str] = []
+
+    @hookimpl
+    async def on_rcpt(self, recipient: Address) -> Verdict | None:
+        self.seen.append("first step")
+        if self.wait is not None:
+            try:
+                await asyncio.sleep(self.wait)
+            except asyncio.CancelledError:
+                self.seen.append("cancelled")
+                raise
+            finally:
+                self.seen.append("cleaned up")
+        return Verdict.reject(550, "5.1.1", f"refused by {recipient.address}")
+
+
+@pytest.mark.parametrize("wait", [None, 0.0, 0.01])
+async def test_an_async_hook_answers_whether_or_not_it_waits(wait: float | None) -> None:
+    plugin = Stages(wait)
+    pipeline = Pipeline([EnabledPlugin("stages", plugin, timeout=1.0)])
+    verdict = await pipeline.rcpt(Session("192.0.2.1"), small_transaction(), Address("x@e.org"))
+    assert verdict is not None and verdict.text == "refused by x@e.org"
+    assert plugin.seen == ["first step"] + ([] if wait is None else ["cleaned up"])
+
+
+async def test_what_an_async_hook_waits_for_after_its_first_step_still_times_out() -> None:
+    plugin = Stages(wait=5.0)
+    pipeline = Pipeline(
+        [EnabledPlugin("stages", plugin, timeout=0.05, on_error=ErrorPolicy.REJECT)]
+    )
+    started = time.monotonic()
+    verdict = await pipeline.rcpt(Session("192.0.2.1"), small_transaction(), Address("x@e.org"))
+    assert time.monotonic() - started < 1.0
+    assert verdict is not None and (verdict.code, verdict.status) == (554, "5.3.0")
+    assert plugin.seen == ["first step", "cancelled", "cleaned up"]
+
+
+async def test_cancelling_the_session_reaches_an_async_hook_that_is_waiting() -> None:
+    plugin = Stages(wait=5.0)
+    pipeline = Pipeline([EnabledPlugin("stages", plugin, timeout=10.0)])
+    task = asyncio.ensure_future(
+        pipeline.rcpt(Session("192.0.2.1"), small_transaction(), Address("x@e.org"))
+    )
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert plugin.seen == ["first step", "cancelled", "cleaned up"]
