@@ -24,6 +24,9 @@ _DOMAIN = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-
 _ADDRESS = re.compile(rf"(?:{_DOT_ATOM})?@{_DOMAIN}")
 """The unquoted ``[ [ local-part ] "@" ] domain-name`` form of a pvalue (RFC 8601 2.2)."""
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+"""The characters `clean` turns into spaces: C0 controls and DEL."""
+
 WHITESPACE = " \t\r\n"
 
 
@@ -40,7 +43,7 @@ def is_keyword(text: str) -> bool:
 
 def clean(text: str) -> str:
     """`text` with every control character (CR, LF, TAB, NUL, DEL, ...) made a space."""
-    return "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text)
+    return _CONTROL.sub(" ", text)
 
 
 def quoted(text: str) -> str:
