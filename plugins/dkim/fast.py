@@ -133,17 +133,15 @@ def _signed_bytes(
 ) -> bytes:
     """What the signature signs: the fields named by ``h=`` (each name takes the last field of
     that name not taken yet), then the signature itself with ``b=`` empty and no final CRLF."""
+    untaken: dict[bytes, list[int]] = {}
+    for i, (name, _) in enumerate(fields):
+        untaken.setdefault(name.lower(), []).append(i)
     parts: list[bytes] = []
-    taken: dict[bytes, int] = {}
     for wanted in names:
-        i = taken.get(wanted, len(fields))
-        while i > 0:
-            i -= 1
-            if fields[i][0].lower() == wanted:
-                name, value = canonical_field(fields[i], algorithm)
-                parts += (name, b":", value)
-                break
-        taken[wanted] = i
+        positions = untaken.get(wanted)
+        if positions:
+            name, value = canonical_field(fields[positions.pop()], algorithm)
+            parts += (name, b":", value)
     unsigned = (signature[0], without_b(signature[1]))
     name, value = canonical_field(unsigned, algorithm)
     parts += (name, b":", value.rstrip())
