@@ -7,11 +7,21 @@ import asyncio
 import contextlib
 from typing import Any
 
+import dns.name
 import dns.resolver
 import pytest
 import spf as spf_library
+from hypothesis import given
+from hypothesis import strategies as st
 
-from mailgate.dns import CacheMiss, async_resolver, cache_entry, cached_answer, sync_resolver
+from mailgate.dns import (
+    CacheMiss,
+    _name,
+    async_resolver,
+    cache_entry,
+    cached_answer,
+    sync_resolver,
+)
 from mailgate.plugins.spf import Spf, SpfSettings
 from tests.core.test_dns_cache import LONG_LIVED, SHORT_LIVED, asked, settings_for
 from tests.peers.dns import DnsServer
@@ -175,3 +185,23 @@ def test_cache_entry_is_the_entry_cached_answer_read(zones: DnsServer) -> None:
             cached_answer(resolver, name, rdtype, entries=entries)
         assert len(entries) == 1
         assert cache_entry(resolver, name, rdtype) is entries[0]
+
+
+LABELS = st.lists(st.text(alphabet="aAbB-_9", min_size=1, max_size=6), min_size=1, max_size=4)
+
+
+@given(one=LABELS, other=LABELS)
+def test_a_lookup_name_is_the_same_name_as_dnspython_says(one: list[str], other: list[str]) -> None:
+    text, other_text = ".".join(one) + ".", ".".join(other) + "."
+    looked_up, plain = _name(text), dns.name.from_text(text)
+    other_name = dns.name.from_text(other_text)
+    assert hash(looked_up) == hash(plain)
+    assert (looked_up == other_name) == (plain == other_name) == (other_name == looked_up)
+    assert (looked_up != other_name) == (plain != other_name)
+    assert looked_up == plain and looked_up.to_text() == plain.to_text()
+
+
+def test_a_name_in_other_case_finds_the_cached_answer(zones: DnsServer) -> None:
+    resolver = sync_resolver(settings_for(zones))
+    resolver.resolve("mail.long.test.", "A")
+    assert [r.address for r in cached_answer(resolver, "MAIL.Long.test.", "A")] == ["192.0.2.30"]
