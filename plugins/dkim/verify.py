@@ -29,7 +29,7 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 import mailgate.plugins.dkim.speedups  # noqa: F401  (faster RSA, cached keys in dkimpy)
 from mailgate.dns import CacheMiss, cached_answer
 from mailgate.plugins.dkim.canonical import split_message
-from mailgate.plugins.dkim.fast import BodyHashes, verifies
+from mailgate.plugins.dkim.fast import BodyHashes, tag_list, verifies
 
 SignatureOutcome = Literal["pass", "fail", "neutral", "temperror", "permerror", "policy"]
 
@@ -374,7 +374,7 @@ def _key_tags(record: bytes | None) -> dict[bytes, bytes]:
 
 def _tags(value: bytes) -> dict[bytes, bytes]:
     try:
-        return dict(parse_tag_value(value))
+        return tag_list(value)
     except (InvalidTagValueList, ValueError):
         return {}
 

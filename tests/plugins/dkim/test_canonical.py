@@ -10,6 +10,7 @@ import dkim
 import nacl.signing
 import pytest
 from dkim.canonicalization import CanonicalizationPolicy, Relaxed, Simple
+from dkim.util import InvalidTagValueList, parse_tag_value
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +21,7 @@ from mailgate.plugins.dkim.canonical import (
     canonical_field,
     split_message,
 )
-from mailgate.plugins.dkim.fast import BodyHashes, _signed_bytes, verifies, without_b
+from mailgate.plugins.dkim.fast import BodyHashes, _signed_bytes, tag_list, verifies, without_b
 from mailgate.plugins.dkim.keys import generate
 
 
@@ -95,6 +96,26 @@ B64 = _over(b"aZ09+/= \t\r\n;b", 40)
 def test_b_removal_is_dkimpys(parts: list[bytes]) -> None:
     value = b"".join(parts)
     assert without_b(value) == dkim.RE_BTAG.sub(b"\\1", value)
+
+
+TAGS = _over(b"ab1_ =;\t\r\n\x0b.:", 50)
+
+
+@settings(max_examples=500)
+@given(
+    value=TAGS
+    | st.lists(st.sampled_from([b"v=1", b" a = x ", b";", b"b=", b"1=", b"=v"])).map(b"".join)
+)
+def test_tag_lists_are_read_as_dkimpy_reads_them(value: bytes) -> None:
+    try:
+        expected: dict[bytes, bytes] | type[Exception] = parse_tag_value(value)
+    except InvalidTagValueList as exc:
+        expected = type(exc)
+    try:
+        found: dict[bytes, bytes] | type[Exception] = tag_list(value)
+    except InvalidTagValueList as exc:
+        found = type(exc)
+    assert found == expected
 
 
 def _signed_by_scanning(fields: list[Field], names: list[bytes], algorithm: Algorithm) -> bytes:
