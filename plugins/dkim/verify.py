@@ -384,7 +384,7 @@ def _result(tags: dict[bytes, bytes], result: SignatureOutcome, reason: str) -> 
         return tags.get(name, b"").decode("utf-8", "replace").strip()
 
     domain = text(b"d")
-    b = re.sub(r"\s+", "", text(b"b"))
+    b = "".join(text(b"b").split())  # str.split's white space is the \s of str patterns
     return SignatureResult(
         result=result,
         reason=reason,
