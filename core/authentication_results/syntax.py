@@ -46,8 +46,10 @@ def clean(text: str) -> str:
     return _CONTROL.sub(" ", text)
 
 
+@functools.lru_cache(maxsize=4096)
 def quoted(text: str) -> str:
-    """`text` as an RFC 2045 quoted string (cleaned; ``"`` and ``\\`` escaped)."""
+    """`text` as an RFC 2045 quoted string (cleaned; ``"`` and ``\\`` escaped). Remembered, as
+    `pvalue`: most reasons and property values come again with the next message."""
     escaped = clean(text).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
 
@@ -57,6 +59,7 @@ def value(text: str) -> str:
     return text if is_token(text) else quoted(text)
 
 
+@functools.lru_cache(maxsize=4096)
 def pvalue(text: str) -> str:
     """A property value: a token or an address (``user@example.com``, ``@example.com``) as is,
     anything else quoted."""
