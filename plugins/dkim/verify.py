@@ -152,9 +152,7 @@ class KeyLookup:
         except dns.exception.DNSException as exc:  # a name that cannot be a DNS name
             self.bad_name = _one_line(str(exc))
             return None
-        records = [b"".join(rdata.strings) for rdata in answer]
-        # RFC 6376 3.6.2.2: several records at one name are ambiguous; prefer a DKIM1 key.
-        self.record = next((r for r in records if r.lstrip().startswith(b"v=DKIM1")), records[0])
+        self.record = _key_record(answer)
         return self.record
 
     def _cached(self, qname: str) -> dns.resolver.Answer:
@@ -358,6 +356,16 @@ def _key_problem(record: bytes, key: dict[bytes, bytes], tags: dict[bytes, bytes
     if not algorithm.startswith(f"{kind}-"):
         return f"key type {kind} does not match a={algorithm}"
     return ""
+
+
+@functools.lru_cache(maxsize=1024)
+def _key_record(answer: dns.resolver.Answer) -> bytes:
+    """The key record of a TXT answer, remembered by the answer itself (the same cached answer
+    comes with every message of a signer until its TTL runs out, and then the same bytes object
+    finds dkimpy's parsed key at once)."""
+    records = [b"".join(rdata.strings) for rdata in answer]
+    # RFC 6376 3.6.2.2: several records at one name are ambiguous; prefer a DKIM1 key.
+    return next((r for r in records if r.lstrip().startswith(b"v=DKIM1")), records[0])
 
 
 @functools.lru_cache(maxsize=1024)
