@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import ipaddress
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import spf
 
 from mailgate import Address, Session, Transaction, Verdict, hookimpl
 from mailgate.config import Dynamic, Networks, fixed_dynamics
-from mailgate.dns import CacheMiss, DnsSettings, cached_answer, sync_resolver
+from mailgate.dns import CacheMiss, DnsSettings, cache_entry, cached_answer, sync_resolver
 
 RESULT_KEY = "spf"
 """The key of this plugin's entry in ``transaction.results``."""
@@ -31,15 +32,38 @@ SpfResult = Literal["pass", "fail", "softfail", "neutral", "none", "permerror", 
 
 _HEADER_NOTE = "spf.received_spf"
 
+REUSED_OUTCOMES = 4096
+"""Outcomes of checks answered from the DNS cache that are kept, per (client address, sender,
+HELO), to be given again while every DNS answer they read is still the same cache entry."""
+
+_TIME_MACRO = re.compile(rb"%\{t", re.IGNORECASE)
+"""The SPF macro of the current time (RFC 7208 7.2), which only explanations may hold."""
+
 # pyspf calls its module-level `DNSLookup` for every query. It is replaced once, at import, by
 # `_lookup`, which uses the resolver of the check running in this context and otherwise does
 # exactly what pyspf's own function did: other users of pyspf in the process are unaffected.
 _resolver: contextvars.ContextVar[dns.resolver.Resolver] = contextvars.ContextVar("spf_resolver")
-_cache_only: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+
+
+class _CacheOnly:
+    """A check run in the event loop: its lookups answer from the DNS cache alone. It lists
+    each lookup the cache could not answer (pyspf swallows some exceptions, so the list says
+    it) and the cache entries the others came from, which `Spf` keeps to reuse the outcome."""
+
+    __slots__ = ("entries", "lookups", "missed", "timestamped")
+
+    def __init__(self) -> None:
+        self.missed: list[str] = []
+        self.lookups: list[tuple[str, str]] = []
+        self.entries: list[object] = []
+        self.timestamped = False
+        """A TXT record read has the ``%{t}`` macro (the time of the check): not reusable."""
+
+
+_cache_only: contextvars.ContextVar[_CacheOnly | None] = contextvars.ContextVar(
     "spf_cache_only", default=None
 )
-"""Set for a check run in the event loop: lookups answer from the cache alone, and each one the
-cache cannot answer is listed here (pyspf swallows some exceptions, so the list says it)."""
+"""Set for a check run in the event loop (`_CacheOnly`)."""
 _pyspf_lookup: Callable[..., list[tuple[tuple[str, str], Any]]] = spf.DNSLookup
 
 
@@ -50,14 +74,14 @@ def _lookup(
     resolver = _resolver.get(None)
     if resolver is None:
         return _pyspf_lookup(name, qtype, strict, timeout)
-    missed = _cache_only.get()
+    cache_only = _cache_only.get()
     try:
-        if missed is None:
+        if cache_only is None:
             answer = resolver.resolve(
                 name, qtype, lifetime=min(timeout, resolver.lifetime), search=False
             )
         else:
-            answer = _cached(resolver, name, qtype, missed)
+            answer = _cached(resolver, name, qtype, cache_only)
     except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
         return []
     except dns.exception.DNSException as exc:  # timeout, no server answered, malformed reply
@@ -66,13 +90,20 @@ def _lookup(
 
 
 def _cached(
-    resolver: dns.resolver.Resolver, name: str, qtype: str, missed: list[str]
+    resolver: dns.resolver.Resolver, name: str, qtype: str, check: _CacheOnly
 ) -> dns.resolver.Answer:
+    entries = len(check.entries)
     try:
-        return cached_answer(resolver, name, qtype)
+        answer = cached_answer(resolver, name, qtype, entries=check.entries)
     except CacheMiss:
-        missed.append(f"{name} {qtype}")
+        check.missed.append(f"{name} {qtype}")
         raise
+    finally:
+        if len(check.entries) > entries:
+            check.lookups.append((name, qtype))
+    if qtype == "TXT" and any(_TIME_MACRO.search(b"".join(r.strings)) for r in answer):
+        check.timestamped = True
+    return answer
 
 
 def _value(qtype: str, rdata: Any) -> Any:
@@ -129,6 +160,23 @@ class SpfOutcome:
     header: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Reusable:
+    """The outcome of a check answered from the DNS cache, and the lookups it made with the
+    cache entry that answered each."""
+
+    outcome: SpfOutcome
+    lookups: tuple[tuple[str, str], ...]
+    entries: tuple[object, ...]
+
+    def still_answered(self, resolver: dns.resolver.Resolver) -> bool:
+        """True while every lookup would be answered by the same cache entry."""
+        return all(
+            cache_entry(resolver, name, qtype) is entry
+            for (name, qtype), entry in zip(self.lookups, self.entries, strict=True)
+        )
+
+
 class Spf:
     """Checks the MAIL FROM (or, for ``<>``, the HELO) identity of each transaction."""
 
@@ -141,6 +189,7 @@ class Spf:
         self.resolver = sync_resolver(dns or DnsSettings())
         self.receiver = self.settings.receiver or socket.getfqdn()
         self._skip = [ipaddress.ip_network(n, strict=False) for n in self.settings.skip_networks]
+        self._reusable: dict[tuple[str, str, str], _Reusable] = {}
 
     @hookimpl
     async def on_mail(
@@ -189,16 +238,36 @@ class Spf:
             return SpfOutcome("temperror", reason, identity, domain, "")
 
     def _check_cached(self, ip: str, sender: str, helo: str) -> SpfOutcome | None:
-        """The check with the cached DNS answers alone, or None if one is not cached."""
-        missed: list[str] = []
-        token = _cache_only.set(missed)
+        """The check with the cached DNS answers alone, or None if one is not cached.
+
+        pyspf's outcome depends only on the identities and on the DNS answers it read (and on
+        the time, through the ``%{t}`` macro of an explanation): an earlier check of the same
+        identities whose answers are all still the same cache entries gave this outcome, so
+        it is given again without running pyspf."""
+        key = (ip, sender, helo)
+        earlier = self._reusable.get(key)
+        if earlier is not None and earlier.still_answered(self.resolver):
+            return earlier.outcome
+        check = _CacheOnly()
+        token = _cache_only.set(check)
         try:
             outcome = self._check(ip, sender, helo)
         except CacheMiss:
             return None
         finally:
             _cache_only.reset(token)
-        return None if missed else outcome
+        if check.missed:
+            return None
+        if not check.timestamped:
+            self._keep(key, _Reusable(outcome, tuple(check.lookups), tuple(check.entries)))
+        return outcome
+
+    def _keep(self, key: tuple[str, str, str], reusable: _Reusable) -> None:
+        reusables = self._reusable
+        reusables.pop(key, None)
+        if len(reusables) >= REUSED_OUTCOMES:
+            del reusables[next(iter(reusables))]  # the oldest
+        reusables[key] = reusable
 
     def _check(self, ip: str, sender: str, helo: str) -> SpfOutcome:
         """The blocking check, in a worker thread (its own copy of the context), or in the

@@ -11,7 +11,6 @@ them after the authserv-id, one per line::
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from mailgate.authentication_results import syntax
@@ -24,9 +23,6 @@ WIDTH = 78
 
 _FIRST_LINE_TAKEN = len(HEADER) + 2
 """``Authentication-Results: `` before the value on its first line."""
-
-_FOLD_POINT = re.compile(r"(?<! ) ")
-"""A space that begins a run of spaces: where a line may be folded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,21 +87,36 @@ def fold(line: str, taken: int) -> str:
     long."""
     if taken + len(line) <= WIDTH:
         return line
-    points = [m.start() for m in _FOLD_POINT.finditer(line, 1)]
     pieces: list[str] = []
-    start, room, k = 0, WIDTH - taken, 0
-    while True:
-        # The first character past the width is at start + room; fold at the last point
-        # before it, or, if there is none, at the first one after it.
+    start, room = 0, WIDTH - taken
+    while start + room < len(line):
+        # The first character past the width is at start + room; fold at the last fold
+        # point before it (after start), or, if there is none, at the first one after it.
         over = start + room
-        while k < len(points) and points[k] <= start:
-            k += 1
-        if k == len(points) or over >= len(line):
-            break
-        last = k
-        while last + 1 < len(points) and points[last + 1] <= over:
-            last += 1
-        pieces.append(line[start : points[last]])
-        start, room, k = points[last], WIDTH, last + 1
+        point = _last_fold_point(line, start, over)
+        if point < 0:
+            point = _next_fold_point(line, max(start, over))
+            if point < 0:
+                break
+        pieces.append(line[start:point])
+        start, room = point, WIDTH
     pieces.append(line[start:])
     return "\r\n".join(pieces)
+
+
+def _last_fold_point(line: str, start: int, over: int) -> int:
+    """The last space after `start`, at `over` at most, that begins a run of spaces; -1."""
+    if over <= start:  # (a first line that starts past the width)
+        return -1
+    space = line.rfind(" ", start + 1, over + 1)
+    while space > start and line[space - 1] == " ":
+        space -= 1
+    return space if space > start else -1
+
+
+def _next_fold_point(line: str, after: int) -> int:
+    """The first space after `after` that begins a run of spaces; -1."""
+    space = line.find(" ", after + 1)
+    while space > 0 and line[space - 1] == " ":
+        space = line.find(" ", space + 1)
+    return space

@@ -24,6 +24,9 @@ _DOMAIN = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-
 _ADDRESS = re.compile(rf"(?:{_DOT_ATOM})?@{_DOMAIN}")
 """The unquoted ``[ [ local-part ] "@" ] domain-name`` form of a pvalue (RFC 8601 2.2)."""
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+"""The characters `clean` turns into spaces: C0 controls and DEL."""
+
 WHITESPACE = " \t\r\n"
 
 
@@ -40,11 +43,13 @@ def is_keyword(text: str) -> bool:
 
 def clean(text: str) -> str:
     """`text` with every control character (CR, LF, TAB, NUL, DEL, ...) made a space."""
-    return "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text)
+    return _CONTROL.sub(" ", text)
 
 
+@functools.lru_cache(maxsize=4096)
 def quoted(text: str) -> str:
-    """`text` as an RFC 2045 quoted string (cleaned; ``"`` and ``\\`` escaped)."""
+    """`text` as an RFC 2045 quoted string (cleaned; ``"`` and ``\\`` escaped). Remembered, as
+    `pvalue`: most reasons and property values come again with the next message."""
     escaped = clean(text).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
 
@@ -54,6 +59,7 @@ def value(text: str) -> str:
     return text if is_token(text) else quoted(text)
 
 
+@functools.lru_cache(maxsize=4096)
 def pvalue(text: str) -> str:
     """A property value: a token or an address (``user@example.com``, ``@example.com``) as is,
     anything else quoted."""

@@ -82,7 +82,8 @@ def canonical_field(field: Field, algorithm: Algorithm) -> Field:
         return field
     name, value = field
     if b"\n" in value:
-        value = _LINE_BREAK.sub(b"", value)
+        # Removes each CRLF, then each bare LF: what removing every match of \r?\n removes.
+        value = value.replace(b"\r\n", b"").replace(b"\n", b"")
     if b"\t" in value or b"  " in value:
         value = _WSP.sub(b" ", value)
     return name.lower().rstrip(), value.strip() + b"\r\n"

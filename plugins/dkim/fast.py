@@ -22,7 +22,7 @@ import nacl.exceptions
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from dkim.util import parse_tag_value
+from dkim.util import DuplicateTag, InvalidTagSpec
 
 from mailgate.plugins.dkim.canonical import Algorithm, Field, canonical_body, canonical_field
 
@@ -61,6 +61,26 @@ class BodyHashes:
         return found
 
 
+def tag_list(value: bytes) -> dict[bytes, bytes]:
+    """The tags of a DKIM tag=value list (RFC 6376 3.2), as dkimpy's ``parse_tag_value`` reads
+    them (each tag name must start with a letter; values and names stripped; a final ``;``
+    allowed), raising its `InvalidTagSpec` and `DuplicateTag` where it raises them; without
+    its regular expression per tag, which the module-level ``re.match`` looks up each time."""
+    tags: dict[bytes, bytes] = {}
+    specs = value.strip().split(b";")
+    if not specs[-1]:
+        specs.pop()
+    for spec in specs:
+        name, equals, text = spec.partition(b"=")
+        name = name.strip()
+        if not equals or not name[:1].isalpha():
+            raise InvalidTagSpec(spec)
+        if name in tags:
+            raise DuplicateTag(name)
+        tags[name] = text.strip()
+    return tags
+
+
 def verifies(
     fields: list[Field],
     signature: Field,
@@ -71,7 +91,7 @@ def verifies(
 ) -> bool:
     """Whether `signature` (one of `fields`) verifies, where that is simple to tell; False
     means "ask dkimpy", not "fails". `tags`: the signature's tags, if already parsed (with
-    dkimpy's ``parse_tag_value``)."""
+    `tag_list`)."""
     try:
         return _verifies(fields, signature, bodies, lookup, min_rsa_bits, tags)
     except Exception:
@@ -86,7 +106,7 @@ def _verifies(
     min_rsa_bits: int,
     parsed: dict[bytes, bytes] | None,
 ) -> bool:
-    tags = parse_tag_value(signature[1]) if parsed is None else parsed
+    tags = tag_list(signature[1]) if parsed is None else parsed
     dkim.validate_signature_fields(tags)
     algorithm = tags[b"a"]
     if algorithm not in (b"rsa-sha256", b"ed25519-sha256"):
@@ -133,17 +153,15 @@ def _signed_bytes(
 ) -> bytes:
     """What the signature signs: the fields named by ``h=`` (each name takes the last field of
     that name not taken yet), then the signature itself with ``b=`` empty and no final CRLF."""
+    untaken: dict[bytes, list[int]] = {}
+    for i, (name, _) in enumerate(fields):
+        untaken.setdefault(name.lower(), []).append(i)
     parts: list[bytes] = []
-    taken: dict[bytes, int] = {}
     for wanted in names:
-        i = taken.get(wanted, len(fields))
-        while i > 0:
-            i -= 1
-            if fields[i][0].lower() == wanted:
-                name, value = canonical_field(fields[i], algorithm)
-                parts += (name, b":", value)
-                break
-        taken[wanted] = i
+        positions = untaken.get(wanted)
+        if positions:
+            name, value = canonical_field(fields[positions.pop()], algorithm)
+            parts += (name, b":", value)
     unsigned = (signature[0], without_b(signature[1]))
     name, value = canonical_field(unsigned, algorithm)
     parts += (name, b":", value.rstrip())

@@ -29,7 +29,7 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 import mailgate.plugins.dkim.speedups  # noqa: F401  (faster RSA, cached keys in dkimpy)
 from mailgate.dns import CacheMiss, cached_answer
 from mailgate.plugins.dkim.canonical import split_message
-from mailgate.plugins.dkim.fast import BodyHashes, verifies
+from mailgate.plugins.dkim.fast import BodyHashes, tag_list, verifies
 
 SignatureOutcome = Literal["pass", "fail", "neutral", "temperror", "permerror", "policy"]
 
@@ -152,9 +152,7 @@ class KeyLookup:
         except dns.exception.DNSException as exc:  # a name that cannot be a DNS name
             self.bad_name = _one_line(str(exc))
             return None
-        records = [b"".join(rdata.strings) for rdata in answer]
-        # RFC 6376 3.6.2.2: several records at one name are ambiguous; prefer a DKIM1 key.
-        self.record = next((r for r in records if r.lstrip().startswith(b"v=DKIM1")), records[0])
+        self.record = _key_record(answer)
         return self.record
 
     def _cached(self, qname: str) -> dns.resolver.Answer:
@@ -361,6 +359,16 @@ def _key_problem(record: bytes, key: dict[bytes, bytes], tags: dict[bytes, bytes
 
 
 @functools.lru_cache(maxsize=1024)
+def _key_record(answer: dns.resolver.Answer) -> bytes:
+    """The key record of a TXT answer, remembered by the answer itself (the same cached answer
+    comes with every message of a signer until its TTL runs out, and then the same bytes object
+    finds dkimpy's parsed key at once)."""
+    records = [b"".join(rdata.strings) for rdata in answer]
+    # RFC 6376 3.6.2.2: several records at one name are ambiguous; prefer a DKIM1 key.
+    return next((r for r in records if r.lstrip().startswith(b"v=DKIM1")), records[0])
+
+
+@functools.lru_cache(maxsize=1024)
 def _key_tags(record: bytes | None) -> dict[bytes, bytes]:
     """The tags of a key record (remembered: the same key comes with every message of a
     signer; callers only read the dict)."""
@@ -374,7 +382,7 @@ def _key_tags(record: bytes | None) -> dict[bytes, bytes]:
 
 def _tags(value: bytes) -> dict[bytes, bytes]:
     try:
-        return dict(parse_tag_value(value))
+        return tag_list(value)
     except (InvalidTagValueList, ValueError):
         return {}
 
@@ -384,7 +392,7 @@ def _result(tags: dict[bytes, bytes], result: SignatureOutcome, reason: str) -> 
         return tags.get(name, b"").decode("utf-8", "replace").strip()
 
     domain = text(b"d")
-    b = re.sub(r"\s+", "", text(b"b"))
+    b = "".join(text(b"b").split())  # str.split's white space is the \s of str patterns
     return SignatureResult(
         result=result,
         reason=reason,

@@ -8,6 +8,7 @@ check, with no DNS, so it can be tested on its own.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -116,20 +117,21 @@ class Evaluation:
 
     def as_dict(self) -> dict[str, Any]:
         """A plain dict (JSON-ready) of this evaluation, as ``dataclasses.asdict`` makes it
-        (every value here is immutable, so nothing needs its deep copies)."""
-        plain: dict[str, Any] = _plain(self)
+        (every value here is immutable, so nothing needs its deep copies, nor a walk through
+        values that hold no dataclass)."""
+        plain = _fields(self)
+        plain["spf"] = None if self.spf is None else _fields(self.spf)
+        plain["dkim"] = [_fields(s) for s in self.dkim]
+        published = self.policy_published
+        plain["policy_published"] = None if published is None else _fields(published)
+        plain["reasons"] = [_fields(r) for r in self.reasons]
         return plain
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_plain(v) for v in value)
-    names = _FIELDS.get(type(value))
-    if names is None:
-        return value
-    return {name: _plain(getattr(value, name)) for name in names}
+def _fields(value: Any) -> dict[str, Any]:
+    """The fields of a dataclass of this module and their values, as they are."""
+    names = _FIELDS[type(value)]
+    return dict(zip(names, _GETTERS[type(value)](value), strict=True))
 
 
 def align(evaluation: Evaluation, record: DmarcRecord) -> None:
@@ -196,3 +198,7 @@ _FIELDS: dict[type, tuple[str, ...]] = {
     for cls in (SpfIdentity, DkimSignature, PolicyPublished, OverrideReason, Evaluation)
 }
 """The field names of the dataclasses an `Evaluation` holds, for `Evaluation.as_dict`."""
+_GETTERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {
+    cls: operator.attrgetter(*names) for cls, names in _FIELDS.items()
+}
+"""Each one's values, all at once, in the order of `_FIELDS` (each has more than one field)."""

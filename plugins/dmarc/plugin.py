@@ -186,8 +186,7 @@ class Dmarc:
             return []
         except dns.exception.DNSException as exc:
             raise _TempError(f"looking up {name} TXT: {exc}") from exc
-        texts = [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
-        return [t for t in texts if is_dmarc(t)]
+        return list(_dmarc_texts(answer))
 
     async def _exists(self, domain: str) -> bool:
         """DMARCbis: a domain exists unless A, AAAA and MX all find nothing (NXDOMAIN or
@@ -261,6 +260,14 @@ def _author_domain(values: tuple[str, ...]) -> tuple[str, str]:
     if len(domains) > 1:
         return "", f"From: has addresses in {len(domains)} domains"
     return domains.pop(), ""
+
+
+@functools.lru_cache(maxsize=1024)
+def _dmarc_texts(answer: dns.resolver.Answer) -> tuple[str, ...]:
+    """The DMARC records of a TXT answer, remembered by the answer itself (the same cached
+    answer comes with every message from a domain until its TTL runs out)."""
+    texts = (b"".join(r.strings).decode("utf-8", "replace") for r in answer)
+    return tuple(t for t in texts if is_dmarc(t))
 
 
 @functools.lru_cache(maxsize=1024)

@@ -130,6 +130,12 @@ def test_control_characters_from_outside_never_end_the_header() -> None:
     assert parse(value).results[0].reason == "evil  X-Injected: yes "
 
 
+@given(st.text(st.characters(exclude_categories=["Cs"])))
+def test_clean_makes_every_control_character_a_space_and_nothing_else(text: str) -> None:
+    by_character = "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text)
+    assert clean(text) == by_character
+
+
 @pytest.mark.parametrize(
     "result",
     [

@@ -4,11 +4,24 @@ and the spf and dkim plugins, which check in the event loop when every answer is
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import Any
 
+import dns.name
 import dns.resolver
 import pytest
+import spf as spf_library
+from hypothesis import given
+from hypothesis import strategies as st
 
-from mailgate.dns import CacheMiss, async_resolver, cached_answer, sync_resolver
+from mailgate.dns import (
+    CacheMiss,
+    _name,
+    async_resolver,
+    cache_entry,
+    cached_answer,
+    sync_resolver,
+)
 from mailgate.plugins.spf import Spf, SpfSettings
 from tests.core.test_dns_cache import LONG_LIVED, SHORT_LIVED, asked, settings_for
 from tests.peers.dns import DnsServer
@@ -95,3 +108,100 @@ async def test_spf_with_cached_answers_needs_no_worker_thread(
 
     monkeypatch.setattr(asyncio, "to_thread", no_thread)
     assert await spf.check("192.0.2.7", "alice@long.test", "helo.test") == first
+
+
+class _CountedQuery(spf_library.query):  # type: ignore[misc]
+    """pyspf's query, counting the checks that really ran (the reused ones make none)."""
+
+    made = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        type(self).made += 1
+        super().__init__(*args, **kwargs)
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> type[_CountedQuery]:
+    monkeypatch.setattr(_CountedQuery, "made", 0)
+    monkeypatch.setattr(spf_library, "query", _CountedQuery)
+    return _CountedQuery
+
+
+async def test_spf_reuses_an_outcome_while_its_answers_are_the_same_cache_entries(
+    zones: DnsServer, counted: type[_CountedQuery]
+) -> None:
+    spf = Spf(SpfSettings(skip_networks=[]), dns=settings_for(zones))
+    # The first check runs twice: with the cache alone (a miss), then in a thread.
+    first = await spf.check("192.0.2.7", "alice@long.test", "helo.test")
+    second = await spf.check("192.0.2.7", "alice@long.test", "helo.test")  # from the cache
+    assert counted.made == 3
+    for _ in range(3):
+        assert await spf.check("192.0.2.7", "alice@long.test", "helo.test") == first == second
+    assert counted.made == 3  # pyspf did not run again
+    other = await spf.check("198.51.100.1", "alice@long.test", "helo.test")
+    assert (other.result, counted.made) == ("fail", 4)  # other identities: a check of their own
+
+
+async def test_spf_checks_again_once_an_answer_it_read_expired(
+    dns_server: DnsServer, counted: type[_CountedQuery]
+) -> None:
+    record = SHORT_LIVED + '@ IN TXT "v=spf1 ip4:192.0.2.0/24 -all"\n'
+    dns_server.add_zone(record)
+    spf = Spf(SpfSettings(skip_networks=[]), dns=settings_for(dns_server))
+    await spf.check("192.0.2.7", "alice@short.test", "helo.test")
+    cached = await spf.check("192.0.2.7", "alice@short.test", "helo.test")
+    assert cached.result == "pass"
+    dns_server.add_zone(SHORT_LIVED + '@ IN TXT "v=spf1 -all"\n')
+    await asyncio.sleep(1.1)
+    assert spf._check_cached("192.0.2.7", "alice@short.test", "helo.test") is None
+    fresh = await spf.check("192.0.2.7", "alice@short.test", "helo.test")
+    assert fresh.result == "fail"
+    assert spf._check_cached("192.0.2.7", "alice@short.test", "helo.test") == fresh
+
+
+async def test_spf_never_reuses_an_explanation_that_tells_the_time(
+    dns_server: DnsServer, counted: type[_CountedQuery]
+) -> None:
+    dns_server.add_zone(
+        LONG_LIVED + '@ IN TXT "v=spf1 -all exp=why.long.test"\nwhy IN TXT "refused at %{T}"\n'
+    )
+    spf = Spf(SpfSettings(skip_networks=[]), dns=settings_for(dns_server))
+    first = await spf.check("192.0.2.7", "alice@long.test", "helo.test")
+    assert first.result == "fail" and first.explanation.startswith("refused at ")
+    for _ in range(3):
+        assert (await spf.check("192.0.2.7", "alice@long.test", "helo.test")).result == "fail"
+    assert counted.made == 2 + 3  # each check ran pyspf: %{t} is the time of that check
+
+
+def test_cache_entry_is_the_entry_cached_answer_read(zones: DnsServer) -> None:
+    resolver = sync_resolver(settings_for(zones))
+    assert cache_entry(resolver, "mail.long.test.", "A") is None
+    resolver.resolve("mail.long.test.", "A")
+    with pytest.raises(dns.resolver.NXDOMAIN):
+        resolver.resolve("missing.long.test.", "A")
+    for name, rdtype in (("mail.long.test.", "A"), ("missing.long.test.", "TXT")):
+        entries: list[object] = []
+        with contextlib.suppress(dns.resolver.NXDOMAIN):
+            cached_answer(resolver, name, rdtype, entries=entries)
+        assert len(entries) == 1
+        assert cache_entry(resolver, name, rdtype) is entries[0]
+
+
+LABELS = st.lists(st.text(alphabet="aAbB-_9", min_size=1, max_size=6), min_size=1, max_size=4)
+
+
+@given(one=LABELS, other=LABELS)
+def test_a_lookup_name_is_the_same_name_as_dnspython_says(one: list[str], other: list[str]) -> None:
+    text, other_text = ".".join(one) + ".", ".".join(other) + "."
+    looked_up, plain = _name(text), dns.name.from_text(text)
+    other_name = dns.name.from_text(other_text)
+    assert hash(looked_up) == hash(plain)
+    assert (looked_up == other_name) == (plain == other_name) == (other_name == looked_up)
+    assert (looked_up != other_name) == (plain != other_name)
+    assert looked_up == plain and looked_up.to_text() == plain.to_text()
+
+
+def test_a_name_in_other_case_finds_the_cached_answer(zones: DnsServer) -> None:
+    resolver = sync_resolver(settings_for(zones))
+    resolver.resolve("mail.long.test.", "A")
+    assert [r.address for r in cached_answer(resolver, "MAIL.Long.test.", "A")] == ["192.0.2.30"]

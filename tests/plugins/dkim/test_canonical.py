@@ -10,11 +10,18 @@ import dkim
 import nacl.signing
 import pytest
 from dkim.canonicalization import CanonicalizationPolicy, Relaxed, Simple
+from dkim.util import InvalidTagValueList, parse_tag_value
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mailgate.plugins.dkim.canonical import canonical_body, canonical_field, split_message
-from mailgate.plugins.dkim.fast import BodyHashes, verifies, without_b
+from mailgate.plugins.dkim.canonical import (
+    Algorithm,
+    Field,
+    canonical_body,
+    canonical_field,
+    split_message,
+)
+from mailgate.plugins.dkim.fast import BodyHashes, _signed_bytes, tag_list, verifies, without_b
 from mailgate.plugins.dkim.keys import generate
 
 
@@ -89,6 +96,60 @@ B64 = _over(b"aZ09+/= \t\r\n;b", 40)
 def test_b_removal_is_dkimpys(parts: list[bytes]) -> None:
     value = b"".join(parts)
     assert without_b(value) == dkim.RE_BTAG.sub(b"\\1", value)
+
+
+TAGS = _over(b"ab1_ =;\t\r\n\x0b.:", 50)
+
+
+@settings(max_examples=500)
+@given(
+    value=TAGS
+    | st.lists(st.sampled_from([b"v=1", b" a = x ", b";", b"b=", b"1=", b"=v"])).map(b"".join)
+)
+def test_tag_lists_are_read_as_dkimpy_reads_them(value: bytes) -> None:
+    try:
+        expected: dict[bytes, bytes] | type[Exception] = parse_tag_value(value)
+    except InvalidTagValueList as exc:
+        expected = type(exc)
+    try:
+        found: dict[bytes, bytes] | type[Exception] = tag_list(value)
+    except InvalidTagValueList as exc:
+        found = type(exc)
+    assert found == expected
+
+
+def _signed_by_scanning(fields: list[Field], names: list[bytes], algorithm: Algorithm) -> bytes:
+    """RFC 6376 5.4.2 as written: for each name, the last field of that name above the one
+    that name took before."""
+    parts: list[bytes] = []
+    below: dict[bytes, int] = {}
+    for wanted in names:
+        i = below.get(wanted, len(fields))
+        while i > 0:
+            i -= 1
+            if fields[i][0].lower() == wanted:
+                parts += canonical_field(fields[i], algorithm)[0], b":"
+                parts.append(canonical_field(fields[i], algorithm)[1])
+                break
+        below[wanted] = i
+    return b"".join(parts)
+
+
+@settings(max_examples=300)
+@given(
+    fields=st.lists(st.tuples(NAME, VALUE.map(lambda v: v + b"\r\n")), max_size=8),
+    names=st.lists(
+        st.sampled_from([b"from", b"to", b"subject", b"x-a", b"a b", b"cc"]), max_size=8
+    ),
+    algorithm=st.sampled_from(["simple", "relaxed"]),
+)
+def test_signed_fields_are_taken_last_first_as_rfc6376_says(
+    fields: list[Field], names: list[bytes], algorithm: Algorithm
+) -> None:
+    signature = (b"DKIM-Signature", b" v=1; b=abc\r\n")
+    signed = _signed_bytes(fields, names, signature, algorithm)
+    own = canonical_field((signature[0], without_b(signature[1])), algorithm)
+    assert signed == _signed_by_scanning(fields, names, algorithm) + own[0] + b":" + own[1].rstrip()
 
 
 # -- whole signatures ----------------------------------------------------------------------
