@@ -152,6 +152,16 @@ class Logger:
         if not self._below_level(logging.ERROR):
             self._logger.exception(event, **fields)
 
+    def critical(self, event: str, **fields: Any) -> None:
+        """A line at critical level."""
+        if not self._below_level(logging.CRITICAL):
+            self._logger.critical(event, **fields)
+
+    def bind(self, **fields: Any) -> Any:
+        """structlog's logger with `fields` on every line it writes (it filters by level as
+        structlog does: for a hot path, keep using this logger and pass the fields)."""
+        return self._logger.bind(**fields)
+
 
 def get_logger(name: str) -> Logger:
     """The logger for module `name` (``mailgate.flow`` ...)."""

@@ -93,3 +93,18 @@ def test_a_test_capturing_lines_sees_every_level_whatever_was_configured(tmp_pat
         ("kept", "info"),
         ("kept too", "debug"),
     ]
+
+
+def test_critical_and_bound_lines_are_written_with_their_fields(tmp_path: Path) -> None:
+    log_file = tmp_path / "mailgate.log"
+    configure_logging(LoggingSettings(level="warning", file=str(log_file)))
+    log = get_logger("mailgate.test")
+    log.critical("disk full", path="/var/spool")
+    log.bind(plugin="greylist").warning("store slow", ms=250)
+    log.bind(plugin="greylist").info("below the level")
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert [(line["event"], line["level"]) for line in lines] == [
+        ("disk full", "critical"),
+        ("store slow", "warning"),
+    ]
+    assert lines[0]["path"] == "/var/spool" and lines[1]["plugin"] == "greylist"
