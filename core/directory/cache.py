@@ -54,7 +54,11 @@ class DirectoryCache:
         self._entries: OrderedDict[Key, tuple[float, Entry]] = OrderedDict()
         self._pending: dict[Key, asyncio.Future[Entry]] = {}
         self.hits = 0
+        """Lookups answered from the cache."""
         self.misses = 0
+        """Lookups asked of the backend (or joined to one already asked)."""
+        self.failures = 0
+        """Lookups asked of the backend that failed (an error or the timeout)."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -102,6 +106,7 @@ class DirectoryCache:
             async with asyncio.timeout(self.settings.lookup_timeout):
                 entry = await fetch()
         except BaseException as exc:
+            self.failures += 1
             future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
             future.exception()  # retrieved: no "never retrieved" warning when nobody waited
             raise

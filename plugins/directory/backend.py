@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable
 
 from mailgate.directory import Entry, Question
 from mailgate.directory.cache import CacheSettings, DirectoryCache
+from mailgate.directory.metrics import DirectoryMetrics, directory_metrics
+from mailgate.plugin import PluginContext
 
 
 def parts(subject: str) -> dict[str, str]:
@@ -35,6 +37,19 @@ class Backend:
         settings.check()
         self.cache = DirectoryCache(settings)
         self.domains = frozenset(d.lower().strip(".") for d in domains)
+        self._metrics: DirectoryMetrics | None = None
+
+    def count_in(self, context: PluginContext, kind: str) -> None:
+        """Show this backend's cache on ``/metrics`` (when ``[metrics]`` is set) as `kind`."""
+        if context.registry is not None:
+            self._metrics = directory_metrics(context.registry)
+            self._metrics.add(self.cache, kind)
+
+    def stop_counting(self) -> None:
+        """Take this backend's cache off ``/metrics`` (what it counted stays in the totals)."""
+        if self._metrics is not None:
+            self._metrics.remove(self.cache)
+            self._metrics = None
 
     def serves(self, question: Question, subject: str) -> bool:
         """False for a recipient outside `domains` (when domains are set)."""

@@ -25,7 +25,7 @@ from ldap3.utils.conv import escape_filter_chars
 
 from mailgate.directory import NOT_FOUND, Entry, Question
 from mailgate.directory.cache import CacheSettings
-from mailgate.plugin import hookimpl
+from mailgate.plugin import PluginContext, hookimpl
 from mailgate.plugins.directory.backend import Backend, expansion, parts
 
 
@@ -187,8 +187,13 @@ class DirectoryLdap:
         """The answer from LDAP, in a worker thread."""
         return await asyncio.to_thread(self.fetch_blocking, question, subject)
 
+    async def start(self, context: PluginContext) -> None:
+        """Show the cache on ``/metrics``."""
+        self.backend.count_in(context, "ldap")
+
     async def stop(self) -> None:
         """Close the search connection."""
+        self.backend.stop_counting()
         with self._lock:
             if self._conn is not None:
                 self._conn.unbind()

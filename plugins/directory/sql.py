@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from mailgate.directory import NOT_FOUND, Entry, Question, passwords
 from mailgate.directory.cache import CacheSettings
-from mailgate.plugin import hookimpl
+from mailgate.plugin import PluginContext, hookimpl
 from mailgate.plugins.directory.backend import Backend, expansion, parts
 from mailgate.store.settings import database_url
 
@@ -104,8 +104,13 @@ class DirectorySql:
             self._engine = create_async_engine(self._url, pool_pre_ping=True, **args)
         return self._engine
 
+    async def start(self, context: PluginContext) -> None:
+        """Show the cache on ``/metrics``."""
+        self.backend.count_in(context, "sql")
+
     async def stop(self) -> None:
         """Close the database connections."""
+        self.backend.stop_counting()
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None

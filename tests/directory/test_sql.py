@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.registry import CollectorRegistry
 
 from mailgate.app import App
 from mailgate.config import ConfigError
+from mailgate.directory import Entry, Question
+from mailgate.directory.cache import CacheSettings, DirectoryCache
+from mailgate.directory.metrics import directory_metrics
 from mailgate.loader import load_config
+from tests.apps import started_apps
 from tests.directory.conftest import (
     auth_code,
     mail_from_code,
@@ -20,7 +26,9 @@ from tests.directory.conftest import (
     rcpt_reply,
     send,
     sha512_crypt,
+    write_conf,
 )
+from tests.peers.ports import free_port
 from tests.peers.postgres import Postgres
 from tests.peers.smtp_sink import SmtpSink
 
@@ -138,3 +146,65 @@ def test_bad_settings_stop_start_up(tmp_path: Path, text: str, key: str) -> None
     (tmp_path / "05-directory_sql.toml").write_text(text)
     with pytest.raises(ConfigError, match=key):
         load_config(tmp_path)
+
+
+async def test_the_cache_is_counted_on_metrics(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    """Lookups by outcome and the answers kept, on a real ``/metrics`` endpoint."""
+    conf = write_conf(
+        tmp_path / "conf", "directory_sql", f'url = "{sqlite_url(tmp_path)}"\n{QUERIES}'
+    )
+    metrics_port = free_port()
+    with (conf / "mailgate.toml").open("a") as toml:
+        toml.write(f'\n[metrics]\naddress = "127.0.0.1:{metrics_port}"\n')
+    host, port = smtp_sink.address
+    async with started_apps() as apps:
+        app = await apps.start(conf, relay=f"{host}:{port}")
+        rcpts = ["alice@example.org", "alice@example.org", "ghost@example.org"]
+        assert await asyncio.to_thread(rcpt_codes, app.ports[0], rcpts) == [250, 250, 550]
+        text = await asyncio.to_thread(_scrape, metrics_port)
+    samples = dict(
+        (line.rsplit(" ", 1)[0], float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith("mailgate_directory_")
+    )
+    lookups = 'mailgate_directory_lookups_total{backend="sql",outcome="%s"}'
+    assert samples[lookups % "miss"] == 2  # alice and ghost, each asked of the database once
+    assert samples[lookups % "hit"] >= 2  # rewrite and recipient_verify ask alike
+    assert samples[lookups % "failed"] == 0
+    assert samples['mailgate_directory_cache_entries{backend="sql"}'] == 2
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def test_a_stopped_backend_keeps_its_counts_in_the_totals() -> None:
+    registry = CollectorRegistry()
+    metrics = directory_metrics(registry)
+    assert directory_metrics(registry) is metrics  # one collector a registry
+    old, new = DirectoryCache(CacheSettings()), DirectoryCache(CacheSettings())
+    metrics.add(old, "sql")
+    metrics.add(new, "sql")  # a reload starts the new instance first
+    old.hits, old.misses, old.failures = 5, 3, 1
+    new.hits = 2
+    metrics.remove(old)
+    new.misses = 1
+    got = {
+        sample.labels["outcome"]: sample.value
+        for family in registry.collect()
+        if family.name == "mailgate_directory_lookups"
+        for sample in family.samples
+    }
+    assert got == {"hit": 7, "miss": 4, "failed": 1}
+
+
+async def test_a_failed_lookup_is_counted_and_not_kept() -> None:
+    cache = DirectoryCache(CacheSettings())
+
+    async def broken() -> Entry:
+        raise ConnectionError("database gone")
+
+    with pytest.raises(ConnectionError):
+        await cache.lookup(Question.RECIPIENT, "a@example.org", broken)
+    assert (cache.hits, cache.misses, cache.failures, len(cache)) == (0, 1, 1, 0)
