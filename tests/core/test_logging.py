@@ -32,6 +32,11 @@ def _restore_root_logging() -> object:
     root.setLevel(level)
 
 
+def logged(log_file: Path) -> list[dict[str, Any]]:
+    """The JSON lines written to `log_file`, in order."""
+    return [json.loads(line) for line in log_file.read_text().splitlines()]
+
+
 def test_json_lines_carry_session_and_tx_ids(tmp_path: Path) -> None:
     log_file = tmp_path / "mailgate.log"
     configure_logging(LoggingSettings(file=str(log_file)))
@@ -65,8 +70,7 @@ def test_lines_below_the_level_are_dropped_before_structlog_and_the_rest_written
     log.warning("at the level", n=3)
     log.error("above the level", n=4)
     assert len(bound) == 2
-    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
-    assert [(line["event"], line["level"]) for line in lines] == [
+    assert [(line["event"], line["level"]) for line in logged(log_file)] == [
         ("at the level", "warning"),
         ("above the level", "error"),
     ]
@@ -79,8 +83,7 @@ def test_a_reload_to_a_lower_level_writes_what_was_dropped(tmp_path: Path) -> No
     log.info("dropped")
     configure_logging(LoggingSettings(level="info", file=str(log_file)))  # SIGHUP
     log.info("written")
-    events = [json.loads(line)["event"] for line in log_file.read_text().splitlines()]
-    assert events == ["written"]
+    assert [line["event"] for line in logged(log_file)] == ["written"]
 
 
 def test_a_test_capturing_lines_sees_every_level_whatever_was_configured(tmp_path: Path) -> None:
@@ -102,7 +105,7 @@ def test_critical_and_bound_lines_are_written_with_their_fields(tmp_path: Path) 
     log.critical("disk full", path="/var/spool")
     log.bind(plugin="greylist").warning("store slow", ms=250)
     log.bind(plugin="greylist").info("below the level")
-    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    lines = logged(log_file)
     assert [(line["event"], line["level"]) for line in lines] == [
         ("disk full", "critical"),
         ("store slow", "warning"),
