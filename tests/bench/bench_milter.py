@@ -38,11 +38,11 @@ from pathlib import Path
 
 from tests.bench.harness import CLOCK_TICKS, process_tree
 from tests.bench.profile import format_hotspots, hotspots
+from tests.peers.milter_probe import optneg_probe
 from tests.peers.ports import free_port
 from tests.peers.postfix import Postfix
 from tests.peers.process import (
     Daemon,
-    Probe,
     banner_probe,
     connect_probe,
     start_daemon,
@@ -153,34 +153,19 @@ def _pymilter(dirs: PeerDirs, *, unix: bool = False) -> tuple[Daemon, str]:
     """The minimal pymilter milter on TCP, or on a unix socket (no TCP ACK timing there)."""
     work = dirs.new("pymilter-unix" if unix else "pymilter")
     if unix:
-        path = work / "pymilter.sock"
-        os.chmod(work, 0o755)
-        spec, address, probe = f"unix:{path}", f"unix:{path}", _socket_file_probe(path)
+        spec = address = f"unix:{work / 'pymilter.sock'}"
     else:
         port = free_port()
         spec, address = f"inet:{port}@127.0.0.1", f"inet:127.0.0.1:{port}"
-        probe = connect_probe("127.0.0.1", port)
     daemon = start_daemon(
         "pymilter-minimal",
         [sys.executable, "-m", "tests.bench.bench_milter", "--pymilter", spec],
         workdir=work,
-        probe=probe,
+        probe=lambda: optneg_probe(address),
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
         grace=0.5,
     )
     return daemon, address
-
-
-def _socket_file_probe(path: Path) -> Probe:
-    """Ready once the socket file exists (made reachable for Postfix's smtpd)."""
-
-    def probe() -> bool:
-        if not path.exists():
-            return False
-        os.chmod(path, 0o666)  # Postfix's smtpd runs as postfix
-        return True
-
-    return probe
 
 
 @contextmanager
@@ -333,6 +318,7 @@ def _pymilter_main(socket_spec: str) -> None:
 
     Milter.factory = AddHeader
     Milter.set_flags(Milter.ADDHDRS)
+    os.umask(0)  # a unix socket Postfix's smtpd (user postfix) may connect to
     Milter.runmilter("bench-pymilter", socket_spec, 30)
 
 
