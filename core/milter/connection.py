@@ -421,9 +421,7 @@ class MilterConnection:
         flow, tx = await self.current()
         refused = await self.data_if_skipped(flow)
         if refused is not None:
-            await flow.finish(refused, replies.from_verdict(refused))
-            self.reply(verdict_reply(refused, end_of_message=True))
-            self.end_transaction()
+            await self._refuse_message(refused, replies.from_verdict(refused))
             return
         if tx.message is None:
             withheld = self.agreed.withheld
@@ -451,10 +449,15 @@ class MilterConnection:
         tempfail = replies.to_verdict(
             replies.LOCAL_ERROR, reason=f"{owed.plugin} refused at {step.name}, unheard"
         )
+        await self._refuse_message(tempfail, replies.LOCAL_ERROR)
+
+    async def _refuse_message(self, verdict: Verdict, reply: Reply) -> None:
+        """End the message at its end with `verdict` (a refusal): the transaction, if one is
+        open, finishes with it, and it is the MTA's final reply."""
         flow = self.flow
         if flow is not None and flow.tx is not None:
-            await flow.finish(tempfail, replies.LOCAL_ERROR)
-        self.reply(verdict_reply(tempfail, end_of_message=True))
+            await flow.finish(verdict, reply)
+        self.reply(verdict_reply(verdict, end_of_message=True))
         self.end_transaction()
 
     async def data_if_skipped(self, flow: SessionFlow) -> Verdict | None:
