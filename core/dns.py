@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 import dns.asyncresolver
 import dns.name
@@ -183,6 +184,12 @@ def cached_answer(
     if entry.rrset is None:
         raise dns.resolver.NoAnswer(response=entry.response)  # type: ignore[no-untyped-call]
     return entry
+
+
+def txt_strings(answer: Iterable[Any]) -> list[bytes]:
+    """Each TXT record of `answer` as one byte string: its character-strings joined, as SPF
+    (RFC 7208 3.3), DKIM keys (RFC 6376 3.6.2.2) and DMARC records (RFC 7489 6.6.3) read them."""
+    return [b"".join(rdata.strings) for rdata in answer]
 
 
 def cache_entry(resolver: dns.resolver.BaseResolver, name: str, rdtype: str) -> object | None:

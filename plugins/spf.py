@@ -23,7 +23,14 @@ import spf
 
 from mailgate import Address, Session, Transaction, Verdict, hookimpl
 from mailgate.config import Dynamic, Networks, fixed_dynamics
-from mailgate.dns import CacheMiss, DnsSettings, cache_entry, cached_answer, sync_resolver
+from mailgate.dns import (
+    CacheMiss,
+    DnsSettings,
+    cache_entry,
+    cached_answer,
+    sync_resolver,
+    txt_strings,
+)
 
 RESULT_KEY = "spf"
 """The key of this plugin's entry in ``transaction.results``."""
@@ -101,7 +108,7 @@ def _cached(
     finally:
         if len(check.entries) > entries:
             check.lookups.append((name, qtype))
-    if qtype == "TXT" and any(_TIME_MACRO.search(b"".join(r.strings)) for r in answer):
+    if qtype == "TXT" and any(_TIME_MACRO.search(text) for text in txt_strings(answer)):
         check.timestamped = True
     return answer
 

@@ -27,7 +27,7 @@ from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizatio
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 import mailgate.plugins.dkim.speedups  # noqa: F401  (faster RSA, cached keys in dkimpy)
-from mailgate.dns import CacheMiss, cached_answer
+from mailgate.dns import CacheMiss, cached_answer, txt_strings
 from mailgate.plugins.dkim.canonical import split_message
 from mailgate.plugins.dkim.fast import BodyHashes, tag_list, verifies
 
@@ -363,7 +363,7 @@ def _key_record(answer: dns.resolver.Answer) -> bytes:
     """The key record of a TXT answer, remembered by the answer itself (the same cached answer
     comes with every message of a signer until its TTL runs out, and then the same bytes object
     finds dkimpy's parsed key at once)."""
-    records = [b"".join(rdata.strings) for rdata in answer]
+    records = txt_strings(answer)
     # RFC 6376 3.6.2.2: several records at one name are ambiguous; prefer a DKIM1 key.
     return next((r for r in records if r.lstrip().startswith(b"v=DKIM1")), records[0])
 

@@ -17,7 +17,7 @@ import dns.resolver
 
 from mailgate import Message, Session, Transaction, Verdict, hookimpl
 from mailgate.config import Dynamic, Networks
-from mailgate.dns import CacheMiss, DnsSettings, async_resolver, cached_answer
+from mailgate.dns import CacheMiss, DnsSettings, async_resolver, cached_answer, txt_strings
 from mailgate.expressions import ip_in
 from mailgate.logging import get_logger
 from mailgate.plugins.dmarc.domains import normalize, organizational_domain
@@ -266,7 +266,7 @@ def _author_domain(values: tuple[str, ...]) -> tuple[str, str]:
 def _dmarc_texts(answer: dns.resolver.Answer) -> tuple[str, ...]:
     """The DMARC records of a TXT answer, remembered by the answer itself (the same cached
     answer comes with every message from a domain until its TTL runs out)."""
-    texts = (b"".join(r.strings).decode("utf-8", "replace") for r in answer)
+    texts = (text.decode("utf-8", "replace") for text in txt_strings(answer))
     return tuple(t for t in texts if is_dmarc(t))
 
 

@@ -18,6 +18,7 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
+from mailgate.dns import txt_strings
 from mailgate.plugins.dmarc.domains import normalize, organizational_domain
 from mailgate.plugins.dmarc.record import is_dmarc
 
@@ -81,5 +82,5 @@ async def verify(
         return False
     except dns.exception.DNSException as exc:
         raise VerificationUnavailable(f"looking up {name} TXT: {exc}") from exc
-    texts = (b"".join(r.strings).decode("utf-8", "replace") for r in answer)
+    texts = (text.decode("utf-8", "replace") for text in txt_strings(answer))
     return any(is_dmarc(t) for t in texts)
