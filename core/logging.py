@@ -127,35 +127,35 @@ class Logger:
         this before working out fields that cost something."""
         return not self._below_level(level)
 
+    def _line(self, level: int, method: str, event: str, fields: dict[str, Any]) -> None:
+        # structlog's method is looked up only for a line that is written: on its lazy
+        # logger the lookup itself binds a logger.
+        if not self._below_level(level):
+            getattr(self._logger, method)(event, **fields)
+
     def debug(self, event: str, **fields: Any) -> None:
         """A line at debug level."""
-        if not self._below_level(logging.DEBUG):
-            self._logger.debug(event, **fields)
+        self._line(logging.DEBUG, "debug", event, fields)
 
     def info(self, event: str, **fields: Any) -> None:
         """A line at info level."""
-        if not self._below_level(logging.INFO):
-            self._logger.info(event, **fields)
+        self._line(logging.INFO, "info", event, fields)
 
     def warning(self, event: str, **fields: Any) -> None:
         """A line at warning level."""
-        if not self._below_level(logging.WARNING):
-            self._logger.warning(event, **fields)
+        self._line(logging.WARNING, "warning", event, fields)
 
     def error(self, event: str, **fields: Any) -> None:
         """A line at error level."""
-        if not self._below_level(logging.ERROR):
-            self._logger.error(event, **fields)
+        self._line(logging.ERROR, "error", event, fields)
 
     def exception(self, event: str, **fields: Any) -> None:
         """A line at error level with the exception being handled."""
-        if not self._below_level(logging.ERROR):
-            self._logger.exception(event, **fields)
+        self._line(logging.ERROR, "exception", event, fields)
 
     def critical(self, event: str, **fields: Any) -> None:
         """A line at critical level."""
-        if not self._below_level(logging.CRITICAL):
-            self._logger.critical(event, **fields)
+        self._line(logging.CRITICAL, "critical", event, fields)
 
     def bind(self, **fields: Any) -> Any:
         """structlog's logger with `fields` on every line it writes (it filters by level as
