@@ -7,15 +7,16 @@ given (the directory checks it; mailgate never reads ``userPassword``).
 
 ldap3 is pure Python and blocking: each lookup runs in a worker thread, bounded by the
 backend's ``lookup_timeout`` (ldap3's own connect and receive timeouts are set to it too, so the
-thread does not outlive it by much). One connection is kept for searches and opened again
-when it breaks; a bind to check a password uses a connection of its own.
+thread does not outlive it by much). Up to ``connections`` search connections are kept open
+(`ConnectionPool`), so lookups that miss the cache run side by side; one that breaks is closed
+and the search tried once more on a new one. A bind to check a password uses a connection of
+its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +28,7 @@ from mailgate.directory import NOT_FOUND, Entry, Question
 from mailgate.directory.cache import CacheSettings
 from mailgate.plugin import PluginContext, hookimpl
 from mailgate.plugins.directory.backend import Backend, expansion, parts
+from mailgate.plugins.directory.ldap_pool import ConnectionPool
 
 
 @dataclass(slots=True)
@@ -51,6 +53,9 @@ class DirectoryLdapSettings(CacheSettings):
     """The entry's addresses it may send as."""
     login_filter: str = "(|(uid={login})(mail={login}))"
     """Finds the entry to bind as for SMTP AUTH; empty: no opinion on credentials."""
+    connections: int = 4
+    """Search connections kept open at most: this many lookups that miss the cache run at
+    once; more wait for a free one (within ``lookup_timeout``)."""
 
     def __post_init__(self) -> None:
         scheme = urlsplit(self.url).scheme
@@ -58,6 +63,8 @@ class DirectoryLdapSettings(CacheSettings):
             raise ValueError("url: expected ldap://host[:port]/ or ldaps://host[:port]/")
         if not self.base:
             raise ValueError("base: the search base (dc=example,dc=org) is required")
+        if not 1 <= self.connections <= 64:
+            raise ValueError("connections must be between 1 and 64")
         for key in ("recipient_filter", "senders_filter", "login_filter"):
             value = getattr(self, key)
             if value and not (value.startswith("(") and value.endswith(")")):
@@ -99,8 +106,7 @@ class DirectoryLdap:
         self._host = url.hostname or ""
         self._port = url.port or (636 if url.scheme == "ldaps" else 389)
         self._ssl = url.scheme == "ldaps"
-        self._lock = threading.Lock()
-        self._conn: ldap3.Connection | None = None
+        self.pool = ConnectionPool(settings.connections, self._search_connection)
         self._searches = {
             Question.RECIPIENT: (settings.recipient_filter, settings.recipient_attributes),
             Question.SENDERS: (settings.senders_filter, settings.sender_attributes),
@@ -125,37 +131,41 @@ class DirectoryLdap:
             raise_exceptions=False,
         )
 
+    def _search_connection(self) -> ldap3.Connection:
+        conn = self._connection(self.settings.bind_dn, self.settings.bind_password)
+        if not conn.bind():
+            conn.unbind()
+            raise ConnectionError(f"LDAP bind failed: {conn.result}")
+        return conn
+
     def search(self, question: Question, subject: str) -> list[tuple[str, dict[str, Any]]]:
-        """Run the question's filter (blocking); the entries' DNs and attributes."""
+        """Run the question's filter (blocking); the entries' DNs and attributes. A pooled
+        connection that fails (the server closed it while idle) is closed and the search
+        tried once more on a new one."""
         template, attributes = self._searches[question]
         values = {k: escape_filter_chars(v) for k, v in parts(subject).items()}
         query = template.format(**values)
-        with self._lock:
-            for attempt in (1, 2):
-                conn = self._conn
-                try:
-                    if conn is None:
-                        conn = self._connection(self.settings.bind_dn, self.settings.bind_password)
-                        if not conn.bind():
-                            raise ConnectionError(f"LDAP bind failed: {conn.result}")
-                        self._conn = conn
-                    conn.search(
-                        self.settings.base, query, ldap3.SUBTREE, attributes=attributes or []
-                    )
-                    if conn.result.get("result") not in (0, 32):  # success, noSuchObject
-                        raise ConnectionError(f"LDAP search failed: {conn.result}")
-                    return [
-                        (r["dn"], dict(r.get("attributes", {})))
-                        for r in conn.response or []
-                        if r.get("type") == "searchResEntry"
-                    ]
-                except Exception:
-                    self._conn = None
-                    if conn is not None:
-                        conn.unbind()
-                    if attempt == 2:
-                        raise
-        raise AssertionError("unreachable")
+        wait = self.settings.lookup_timeout
+        try:
+            with self.pool.connection(wait) as conn:
+                return self._run(conn, query, attributes)
+        except TimeoutError:
+            raise
+        except Exception:
+            with self.pool.connection(wait, fresh=True) as conn:
+                return self._run(conn, query, attributes)
+
+    def _run(
+        self, conn: ldap3.Connection, query: str, attributes: list[str]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        conn.search(self.settings.base, query, ldap3.SUBTREE, attributes=attributes or [])
+        if conn.result.get("result") not in (0, 32):  # success, noSuchObject
+            raise ConnectionError(f"LDAP search failed: {conn.result}")
+        return [
+            (r["dn"], dict(r.get("attributes", {})))
+            for r in conn.response or []
+            if r.get("type") == "searchResEntry"
+        ]
 
     def bind_as(self, dn: str, secret: str) -> bool:
         """True if binding as `dn` with `secret` works; False for invalid credentials."""
@@ -192,12 +202,9 @@ class DirectoryLdap:
         self.backend.count_in(context, "ldap")
 
     async def stop(self) -> None:
-        """Close the search connection."""
+        """Close the search connections."""
         self.backend.stop_counting()
-        with self._lock:
-            if self._conn is not None:
-                self._conn.unbind()
-                self._conn = None
+        self.pool.close()
 
     @hookimpl
     async def directory(self, question: Question, subject: str) -> Entry | None:
