@@ -195,7 +195,11 @@ def _proxy(dirs: PeerDirs, dns: DnsServer, sink: SmtpSink, plugins: bool) -> tup
     return start_daemon(name, argv, workdir=conf, probe=probe, grace=3.0), port
 
 
-def _milter(dirs: PeerDirs, dns: DnsServer, plugins: bool = True) -> tuple[Daemon, str]:
+def _milter(
+    dirs: PeerDirs, dns: DnsServer, plugins: bool = True, workers: int = 0
+) -> tuple[Daemon, str]:
+    """A mailgate milter listener on a unix socket (and TCP, to see it is up), with `workers`
+    processes (0: ``$MAILGATE_WORKERS``, which is 1 in the benchmarks)."""
     sock = dirs.new("mailgate-sock") / "milter.sock"
     port = free_port()  # a TCP listener too, only to see that it is up
     listeners = (
@@ -206,7 +210,8 @@ def _milter(dirs: PeerDirs, dns: DnsServer, plugins: bool = True) -> tuple[Daemo
     argv = [str(MAILGATE), "serve", "--config", str(conf)]
     probe = connect_probe("127.0.0.1", port)
     name = "mailgate-milter" if plugins else "mailgate-milter-plain"
-    daemon = start_daemon(name, argv, workdir=conf, probe=probe, grace=3.0)
+    env = {**os.environ, "MAILGATE_WORKERS": str(workers)} if workers else None
+    daemon = start_daemon(name, argv, workdir=conf, probe=probe, grace=3.0, env=env)
     return daemon, f"unix:{sock}"
 
 
@@ -223,8 +228,9 @@ class Testbed:
 
 
 @contextmanager
-def auth_testbed(dirs: PeerDirs) -> Iterator[Testbed]:
-    """DNS, the signed message, smtp-sink, three mailgates, opendkim, opendmarc, Postfix."""
+def auth_testbed(dirs: PeerDirs, milter_workers: int = 0) -> Iterator[Testbed]:
+    """DNS, the signed message, smtp-sink, four mailgates, opendkim, opendmarc, Postfix; the
+    mailgate milters run `milter_workers` processes (0: one, as every benchmark mailgate)."""
     with ExitStack() as stack:
         dns = start_port53_dns()
         stack.callback(dns.stop)
@@ -238,8 +244,8 @@ def auth_testbed(dirs: PeerDirs) -> Iterator[Testbed]:
         stack.callback(sink.stop)
         plain, plain_port = _proxy(dirs, dns, sink, plugins=False)
         auth, auth_port = _proxy(dirs, dns, sink, plugins=True)
-        milter, milter_address = _milter(dirs, dns)
-        listener, listener_address = _milter(dirs, dns, plugins=False)
+        milter, milter_address = _milter(dirs, dns, workers=milter_workers)
+        listener, listener_address = _milter(dirs, dns, plugins=False, workers=milter_workers)
         stack.callback(stop_all, [plain, auth, milter, listener])
         opendkim = UnixOpenDkim(
             dirs.new("opendkim"), "v", key, dns, extra={"QueryCache": "yes"}
@@ -368,13 +374,18 @@ def measure(bed: Testbed, route: Route, messages: int, probe: int) -> _Run:
 
 
 def run(
-    messages: int, repeats: int, dirs: PeerDirs, probe: int = PROBE, only: str = ""
+    messages: int,
+    repeats: int,
+    dirs: PeerDirs,
+    probe: int = PROBE,
+    only: str = "",
+    milter_workers: int = 0,
 ) -> list[Result]:
     """Measure every route `repeats` times in rotated order; medians per route. `only`
     ``"proxy"``: the two SMTP proxy routes alone; ``"milter"``: the two Postfix routes through
     mailgate's milter listener alone (with and without the checks)."""
     runs: dict[str, list[_Run]] = {}
-    with auth_testbed(dirs) as bed:
+    with auth_testbed(dirs, milter_workers) as bed:
         routes = [r for r in bed.routes if not only or r.name in ONLY[only]]
         for repeat in range(repeats):
             shift = repeat % len(routes)
@@ -568,6 +579,13 @@ def main(argv: list[str] | None = None) -> int:
         help="measure the two SMTP proxy routes alone, or the two through the milter listener",
     )
     parser.add_argument(
+        "--milter-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="workers of the mailgate milters (default: one process, as every benchmark mailgate)",
+    )
+    parser.add_argument(
         "--parts",
         action="store_true",
         help="instead: CPU ms per message of each check, called in this process",
@@ -590,7 +608,14 @@ def main(argv: list[str] | None = None) -> int:
             name = PROXY_AUTH if args.profile == "proxy" else POSTFIX_MAILGATE
             print(profile(PeerDirs(base), name, args.messages))
             return 0
-        results = run(args.messages, args.repeats, PeerDirs(base), args.probe, args.only or "")
+        results = run(
+            args.messages,
+            args.repeats,
+            PeerDirs(base),
+            args.probe,
+            args.only or "",
+            args.milter_workers,
+        )
     finally:
         if not os.environ.get("MAILGATE_KEEP_PEERS"):
             shutil.rmtree(base, ignore_errors=True)
