@@ -196,6 +196,7 @@ def test_auth_bench_runs_every_route(peer_dirs: PeerDirs) -> None:
         bench_auth.POSTFIX_ALONE,
         bench_auth.POSTFIX_LISTENER,
         bench_auth.POSTFIX_MAILGATE,
+        bench_auth.POSTFIX_MAILGATE_W2,
         bench_auth.POSTFIX_OPEN,
     ]
     for r in results:
@@ -205,8 +206,9 @@ def test_auth_bench_runs_every_route(peer_dirs: PeerDirs) -> None:
     said = {r.name: r.results for r in results}
     mailgate = "spf=pass dkim=pass arc=none dmarc=pass"
     assert said[bench_auth.PROXY_AUTH] == said[bench_auth.POSTFIX_MAILGATE] == mailgate
+    assert said[bench_auth.POSTFIX_MAILGATE_W2] == mailgate
     assert set(said[bench_auth.POSTFIX_OPEN].split()) == {"dkim=pass", "spf=pass", "dmarc=pass"}
     for name in (bench_auth.PROXY_PLAIN, bench_auth.POSTFIX_ALONE, bench_auth.POSTFIX_LISTENER):
         assert said[name] == "(no Authentication-Results)"
     assert len(bench_auth.table(results).splitlines()) == 2 + len(results)
-    assert len(bench_auth.targets(results).splitlines()) == 2
+    assert len(bench_auth.targets(results).splitlines()) == 3
