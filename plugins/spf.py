@@ -14,7 +14,7 @@ import ipaddress
 import re
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import dns.exception
@@ -41,10 +41,15 @@ _HEADER_NOTE = "spf.received_spf"
 
 REUSED_OUTCOMES = 4096
 """Outcomes of checks answered from the DNS cache that are kept, per (client address, sender,
-HELO), to be given again while every DNS answer they read is still the same cache entry."""
+HELO), to be given again while every DNS answer they read is still the same cache entry; and
+as many per (client address, sender's domain, HELO) when no record read looks at the local
+part."""
 
 _TIME_MACRO = re.compile(rb"%\{t", re.IGNORECASE)
 """The SPF macro of the current time (RFC 7208 7.2), which only explanations may hold."""
+_LOCAL_PART_MACRO = re.compile(rb"%\{[sl]", re.IGNORECASE)
+"""The SPF macros of the sender (``s``) and its local part (``l``) (RFC 7208 7.2): the only
+way a check's outcome depends on the local part of the sender."""
 
 # pyspf calls its module-level `DNSLookup` for every query. It is replaced once, at import, by
 # `_lookup`, which uses the resolver of the check running in this context and otherwise does
@@ -57,7 +62,7 @@ class _CacheOnly:
     each lookup the cache could not answer (pyspf swallows some exceptions, so the list says
     it) and the cache entries the others came from, which `Spf` keeps to reuse the outcome."""
 
-    __slots__ = ("entries", "lookups", "missed", "timestamped")
+    __slots__ = ("entries", "local_part", "lookups", "missed", "timestamped")
 
     def __init__(self) -> None:
         self.missed: list[str] = []
@@ -65,6 +70,8 @@ class _CacheOnly:
         self.entries: list[object] = []
         self.timestamped = False
         """A TXT record read has the ``%{t}`` macro (the time of the check): not reusable."""
+        self.local_part = False
+        """A TXT record read has ``%{s}`` or ``%{l}``: reusable for this very sender only."""
 
 
 _cache_only: contextvars.ContextVar[_CacheOnly | None] = contextvars.ContextVar(
@@ -108,8 +115,11 @@ def _cached(
     finally:
         if len(check.entries) > entries:
             check.lookups.append((name, qtype))
-    if qtype == "TXT" and any(_TIME_MACRO.search(text) for text in txt_strings(answer)):
-        check.timestamped = True
+    if qtype == "TXT":
+        for text in txt_strings(answer):
+            if b"%" in text:
+                check.timestamped = check.timestamped or bool(_TIME_MACRO.search(text))
+                check.local_part = check.local_part or bool(_LOCAL_PART_MACRO.search(text))
     return answer
 
 
@@ -175,6 +185,8 @@ class _Reusable:
     outcome: SpfOutcome
     lookups: tuple[tuple[str, str], ...]
     entries: tuple[object, ...]
+    sender: str
+    """The sender the outcome was found for (its Received-SPF header names it)."""
 
     def still_answered(self, resolver: dns.resolver.Resolver) -> bool:
         """True while every lookup would be answered by the same cache entry."""
@@ -182,6 +194,18 @@ class _Reusable:
             cache_entry(resolver, name, qtype) is entry
             for (name, qtype), entry in zip(self.lookups, self.entries, strict=True)
         )
+
+    def for_sender(self, sender: str) -> SpfOutcome | None:
+        """The outcome for another local part of the same domain: the same, but for the
+        header's ``envelope-from``; None if the header does not name the sender as expected."""
+        if sender == self.sender:
+            return self.outcome
+        old = f" envelope-from={spf.quote_value(self.sender)};"
+        header = self.outcome.header
+        if header.count(old) != 1:
+            return None
+        new = f" envelope-from={spf.quote_value(sender)};"
+        return replace(self.outcome, header=header.replace(old, new))
 
 
 class Spf:
@@ -197,6 +221,7 @@ class Spf:
         self.receiver = self.settings.receiver or socket.getfqdn()
         self._skip = [ipaddress.ip_network(n, strict=False) for n in self.settings.skip_networks]
         self._reusable: dict[tuple[str, str, str], _Reusable] = {}
+        self._reusable_by_domain: dict[tuple[str, str, str], _Reusable] = {}
 
     @hookimpl
     async def on_mail(
@@ -250,11 +275,20 @@ class Spf:
         pyspf's outcome depends only on the identities and on the DNS answers it read (and on
         the time, through the ``%{t}`` macro of an explanation): an earlier check of the same
         identities whose answers are all still the same cache entries gave this outcome, so
-        it is given again without running pyspf."""
+        it is given again without running pyspf. The sender's local part counts only through
+        the ``%{s}`` and ``%{l}`` macros: a check whose records have neither serves every
+        sender of the domain (with its own ``envelope-from`` in the header)."""
         key = (ip, sender, helo)
         earlier = self._reusable.get(key)
         if earlier is not None and earlier.still_answered(self.resolver):
             return earlier.outcome
+        domain_key = _domain_key(ip, sender, helo)
+        if domain_key is not None:
+            shared = self._reusable_by_domain.get(domain_key)
+            if shared is not None and shared.still_answered(self.resolver):
+                outcome = shared.for_sender(sender)
+                if outcome is not None:
+                    return outcome
         check = _CacheOnly()
         token = _cache_only.set(check)
         try:
@@ -266,15 +300,11 @@ class Spf:
         if check.missed:
             return None
         if not check.timestamped:
-            self._keep(key, _Reusable(outcome, tuple(check.lookups), tuple(check.entries)))
+            reusable = _Reusable(outcome, tuple(check.lookups), tuple(check.entries), sender)
+            _keep(self._reusable, key, reusable)
+            if domain_key is not None and not check.local_part:
+                _keep(self._reusable_by_domain, domain_key, reusable)
         return outcome
-
-    def _keep(self, key: tuple[str, str, str], reusable: _Reusable) -> None:
-        reusables = self._reusable
-        reusables.pop(key, None)
-        if len(reusables) >= REUSED_OUTCOMES:
-            del reusables[next(iter(reusables))]  # the oldest
-        reusables[key] = reusable
 
     def _check(self, ip: str, sender: str, helo: str) -> SpfOutcome:
         """The blocking check, in a worker thread (its own copy of the context), or in the
@@ -320,6 +350,24 @@ class Spf:
         if outcome.result in self.settings.tempfail.value(session, transaction):
             return Verdict.tempfail(451, "4.7.24", text)
         return None
+
+
+def _keep(
+    reusables: dict[tuple[str, str, str], _Reusable], key: tuple[str, str, str], kept: _Reusable
+) -> None:
+    reusables.pop(key, None)
+    if len(reusables) >= REUSED_OUTCOMES:
+        del reusables[next(iter(reusables))]  # the oldest
+    reusables[key] = kept
+
+
+def _domain_key(ip: str, sender: str, helo: str) -> tuple[str, str, str] | None:
+    """The key under which a check serves every local part of the sender's domain, or None
+    for a sender that is not one plain ``local@domain`` (the null sender checks the HELO)."""
+    local, at, domain = sender.partition("@")
+    if not local or not at or not domain or "@" in domain:
+        return None
+    return (ip, domain, helo)
 
 
 def _reply_text(outcome: SpfOutcome) -> str:

@@ -11,7 +11,7 @@ import dns.name
 import dns.resolver
 import pytest
 import spf as spf_library
-from hypothesis import given
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from mailgate.dns import (
@@ -205,3 +205,85 @@ def test_a_name_in_other_case_finds_the_cached_answer(zones: DnsServer) -> None:
     resolver = sync_resolver(settings_for(zones))
     resolver.resolve("mail.long.test.", "A")
     assert [r.address for r in cached_answer(resolver, "MAIL.Long.test.", "A")] == ["192.0.2.30"]
+
+
+async def test_spf_reuses_an_outcome_for_every_local_part_of_the_domain(
+    zones: DnsServer, counted: type[_CountedQuery]
+) -> None:
+    spf = Spf(SpfSettings(skip_networks=[], receiver="gate.test"), dns=settings_for(zones))
+    await spf.check("198.51.100.1", "alice@long.test", "helo.test")  # thread: fills the cache
+    alice = await spf.check("198.51.100.1", "alice@long.test", "helo.test")  # kept
+    made = counted.made
+    carol = await spf.check("198.51.100.1", "carol.o'neil@long.test", "helo.test")
+    assert counted.made == made  # pyspf did not run for carol
+    fresh = await Spf(
+        SpfSettings(skip_networks=[], receiver="gate.test"), dns=settings_for(zones)
+    ).check("198.51.100.1", "carol.o'neil@long.test", "helo.test")
+    assert carol == fresh  # what a check of her own gives, header included
+    assert 'envelope-from="carol.o\'neil@long.test";' in carol.header
+    assert (carol.result, alice.result) == ("fail", "fail")
+    other_domain = await spf.check("198.51.100.1", "carol@short.test", "helo.test")
+    assert counted.made > made + 1 and other_domain.domain == "short.test"
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        '@ IN TXT "v=spf1 exists:%{l}.users.long.test -all"\n',
+        '@ IN TXT "v=spf1 exists:%{S}.senders.long.test -all"\n',
+    ],
+)
+async def test_spf_checks_each_sender_when_a_record_reads_the_local_part(
+    dns_server: DnsServer, records: str
+) -> None:
+    dns_server.add_zone(
+        LONG_LIVED
+        + records
+        + "alice.users IN A 127.0.0.2\n"
+        + "alice%40long.test.senders IN A 127.0.0.2\n"
+        + "alice@long.test.senders IN A 127.0.0.2\n"
+    )
+    spf = Spf(SpfSettings(skip_networks=[]), dns=settings_for(dns_server))
+    for _ in range(3):  # the thread, then the cache: alice's outcome is kept
+        assert (await spf.check("192.0.2.7", "alice@long.test", "helo.test")).result == "pass"
+    assert (await spf.check("192.0.2.7", "bob@long.test", "helo.test")).result == "fail"
+    assert (await spf.check("192.0.2.7", "alice@long.test", "helo.test")).result == "pass"
+
+
+async def test_spf_explains_to_each_sender_when_the_explanation_names_it(
+    dns_server: DnsServer,
+) -> None:
+    dns_server.add_zone(
+        LONG_LIVED + '@ IN TXT "v=spf1 -all exp=why.long.test"\nwhy IN TXT "%{l} may not"\n'
+    )
+    spf = Spf(SpfSettings(skip_networks=[]), dns=settings_for(dns_server))
+    for _ in range(3):
+        alice = await spf.check("192.0.2.7", "alice@long.test", "helo.test")
+    bob = await spf.check("192.0.2.7", "bob@long.test", "helo.test")
+    assert (alice.explanation, bob.explanation) == ("alice may not", "bob may not")
+
+
+@given(local=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1))
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_a_reused_outcome_is_what_a_check_of_that_sender_gives(
+    zones: DnsServer, local: str
+) -> None:
+    """Any local part: the outcome kept for alice, with its header rewritten for the sender,
+    equals a fresh check of that sender (the zone never changes between examples)."""
+    sender = f"{local.replace('@', '')}@long.test"
+    assume(not sender.startswith("@"))
+
+    def plugin() -> Spf:
+        return Spf(SpfSettings(skip_networks=[], receiver="gate.test"), dns=settings_for(zones))
+
+    async def both() -> tuple[object, object]:
+        spf = plugin()
+        for _ in range(2):
+            await spf.check("192.0.2.7", "alice@long.test", "helo.test")
+        reused = await spf.check("192.0.2.7", sender, "helo.test")
+        return reused, await plugin().check("192.0.2.7", sender, "helo.test")
+
+    reused, fresh = asyncio.run(both())
+    assert reused == fresh
