@@ -516,6 +516,9 @@ def profile(dirs: PeerDirs, route_name: str, messages: int, seconds_top: int = 1
 
 
 PARTS = ("spf", "dkim", "arc", "dmarc", "Received-SPF", "Authentication-Results")
+OTHER_SENDER = "spf, another sender of the domain"
+"""Not a part of the message's checks (not in the total): the spf check of a sender seen for
+the first time, from a domain whose records are cached (most mail in production)."""
 
 
 def parts(dirs: PeerDirs, messages: int) -> dict[str, float]:
@@ -549,6 +552,8 @@ def parts(dirs: PeerDirs, messages: int) -> dict[str, float]:
         header = AuthenticationResultsSettings(authserv_id="mx.bench.test")
         session = make_session("127.0.0.1", helo="bench.test")
         spent = dict.fromkeys(PARTS, 0.0)
+        spent[OTHER_SENDER] = 0.0
+        senders = iter(range(1 << 30))
 
         async def one() -> None:
             tx = make_transaction(SENDER, [RECIPIENT], message=message)
@@ -557,6 +562,10 @@ def parts(dirs: PeerDirs, messages: int) -> dict[str, float]:
             started = time.process_time()
             await spf.on_mail(session, tx, Address(SENDER))
             spent["spf"] += time.process_time() - started
+            other = Address(f"user{next(senders)}@{DOMAIN}")
+            started = time.process_time()
+            await spf.on_mail(session, make_transaction(other.address, [RECIPIENT]), other)
+            spent[OTHER_SENDER] += time.process_time() - started
             for name, plugin in (("dkim", dkim_), ("arc", arc), ("dmarc", dmarc)):
                 started = time.process_time()
                 await plugin.on_message(session, tx, m)
@@ -573,7 +582,7 @@ def parts(dirs: PeerDirs, messages: int) -> dict[str, float]:
                 await one()
 
         asyncio.run(rounds(20))
-        spent.update(dict.fromkeys(PARTS, 0.0))
+        spent.update(dict.fromkeys(spent, 0.0))
         asyncio.run(rounds(messages))
     finally:
         dns.stop()
@@ -609,7 +618,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.parts:
             found = parts(PeerDirs(base), args.messages)
             print(" | ".join(f"{name} {ms:.3f}" for name, ms in found.items()))
-            print(f"total {sum(found.values()):.3f} ms per message")
+            total = sum(ms for name, ms in found.items() if name in PARTS)
+            print(f"total {total:.3f} ms per message (the parts, {OTHER_SENDER!r} apart)")
             return 0
         if args.profile:
             name = PROXY_AUTH if args.profile == "proxy" else POSTFIX_MAILGATE
