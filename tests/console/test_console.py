@@ -11,13 +11,18 @@ import smtplib
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.wait import WebDriverWait
 
 from mailgate.app import App
@@ -52,20 +57,39 @@ def console_url(app: App, path: str = "/") -> str:
     return f"http://127.0.0.1:{app.console.port}{path}"
 
 
+def gone(element: WebElement) -> Callable[[webdriver.Chrome], bool]:
+    """True once `element` has left the page (the click led to the next one). Selenium's
+    `staleness_of` knows only the stale-element error; Chromium, caught mid-navigation, may
+    answer "Node with given id does not belong to the document" instead, which means the same."""
+
+    def left(_: webdriver.Chrome) -> bool:
+        try:
+            element.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+
+    return left
+
+
 def sign_in(browser: webdriver.Chrome, app: App, password: str = PASSWORD) -> None:
     browser.get(console_url(app, "/sign-in"))
     browser.find_element(By.ID, "login").send_keys(LOGIN)
     browser.find_element(By.ID, "password").send_keys(password)
     form = browser.find_element(By.TAG_NAME, "form")
     browser.find_element(By.ID, "sign-in").click()
-    WebDriverWait(browser, 15).until(staleness_of(form))
+    WebDriverWait(browser, 15).until(gone(form))
 
 
 def click_and_wait(browser: webdriver.Chrome, element_id: str) -> None:
     """Click, then wait for the page the click leads to."""
     page = browser.find_element(By.TAG_NAME, "main")
     browser.find_element(By.ID, element_id).click()
-    WebDriverWait(browser, 15).until(staleness_of(page))
+    WebDriverWait(browser, 15).until(gone(page))
 
 
 def no_alert(browser: webdriver.Chrome) -> None:
