@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -382,15 +383,12 @@ def measure(bed: Testbed, route: Route, messages: int, probe: int) -> _Run:
 
 
 def run(
-    messages: int,
-    repeats: int,
-    dirs: PeerDirs,
-    probe: int = PROBE,
-    only: str = "",
+    messages: int, repeats: int, dirs: PeerDirs, probe: int = PROBE, only: str = ""
 ) -> list[Result]:
     """Measure every route `repeats` times in rotated order; medians per route. `only`
-    ``"proxy"``: the two SMTP proxy routes alone; ``"milter"``: the two Postfix routes through
-    mailgate's milter listener alone (with and without the checks)."""
+    ``"proxy"``: the two SMTP proxy routes alone; ``"milter"``: the three Postfix routes through
+    mailgate's milter listener alone (without the checks, with them, with them on two
+    workers)."""
     runs: dict[str, list[_Run]] = {}
     with auth_testbed(dirs) as bed:
         routes = [r for r in bed.routes if not only or r.name in ONLY[only]]
@@ -553,7 +551,7 @@ def parts(dirs: PeerDirs, messages: int) -> dict[str, float]:
         session = make_session("127.0.0.1", helo="bench.test")
         spent = dict.fromkeys(PARTS, 0.0)
         spent[OTHER_SENDER] = 0.0
-        senders = iter(range(1 << 30))
+        senders = itertools.count()
 
         async def one() -> None:
             tx = make_transaction(SENDER, [RECIPIENT], message=message)
@@ -625,13 +623,7 @@ def main(argv: list[str] | None = None) -> int:
             name = PROXY_AUTH if args.profile == "proxy" else POSTFIX_MAILGATE
             print(profile(PeerDirs(base), name, args.messages))
             return 0
-        results = run(
-            args.messages,
-            args.repeats,
-            PeerDirs(base),
-            args.probe,
-            args.only or "",
-        )
+        results = run(args.messages, args.repeats, PeerDirs(base), args.probe, args.only or "")
     finally:
         if not os.environ.get("MAILGATE_KEEP_PEERS"):
             shutil.rmtree(base, ignore_errors=True)
