@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from tests.directory.conftest import (
 from tests.peers.ports import free_port
 from tests.peers.postgres import Postgres
 from tests.peers.smtp_sink import SmtpSink
+from tests.test_metrics import scrape, value
 
 SCHEMA = [
     "CREATE TABLE mailboxes (login TEXT PRIMARY KEY, address TEXT NOT NULL, password TEXT)",
@@ -161,22 +161,16 @@ async def test_the_cache_is_counted_on_metrics(tmp_path: Path, smtp_sink: SmtpSi
         app = await apps.start(conf, relay=f"{host}:{port}")
         rcpts = ["alice@example.org", "alice@example.org", "ghost@example.org"]
         assert await asyncio.to_thread(rcpt_codes, app.ports[0], rcpts) == [250, 250, 550]
-        text = await asyncio.to_thread(_scrape, metrics_port)
-    samples = dict(
-        (line.rsplit(" ", 1)[0], float(line.rsplit(" ", 1)[1]))
-        for line in text.splitlines()
-        if line.startswith("mailgate_directory_")
-    )
-    lookups = 'mailgate_directory_lookups_total{backend="sql",outcome="%s"}'
-    assert samples[lookups % "miss"] == 2  # alice and ghost, each asked of the database once
-    assert samples[lookups % "hit"] >= 2  # rewrite and recipient_verify ask alike
-    assert samples[lookups % "failed"] == 0
-    assert samples['mailgate_directory_cache_entries{backend="sql"}'] == 2
+        samples = await asyncio.to_thread(scrape, metrics_port)
 
+    def lookups(outcome: str) -> float | None:
+        return value(samples, "mailgate_directory_lookups_total", backend="sql", outcome=outcome)
 
-def _scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        return str(response.read().decode())
+    assert lookups("miss") == 2  # alice and ghost, each asked of the database once
+    hits = lookups("hit")
+    assert hits is not None and hits >= 2  # rewrite and recipient_verify ask alike
+    assert lookups("failed") == 0
+    assert value(samples, "mailgate_directory_cache_entries", backend="sql") == 2
 
 
 def test_a_stopped_backend_keeps_its_counts_in_the_totals() -> None:
