@@ -40,10 +40,10 @@ SpfResult = Literal["pass", "fail", "softfail", "neutral", "none", "permerror", 
 _HEADER_NOTE = "spf.received_spf"
 
 REUSED_OUTCOMES = 4096
-"""Outcomes of checks answered from the DNS cache that are kept, per (client address, sender,
-HELO), to be given again while every DNS answer they read is still the same cache entry; and
-as many per (client address, sender's domain, HELO) when no record read looks at the local
-part."""
+"""Outcomes of checks answered from the DNS cache that are kept, to be given again while every
+DNS answer they read is still the same cache entry: per (client address, sender's domain,
+HELO) when no record read looks at the local part, else per (client address, sender, HELO);
+at most this many of each."""
 
 _TIME_MACRO = re.compile(rb"%\{t", re.IGNORECASE)
 """The SPF macro of the current time (RFC 7208 7.2), which only explanations may hold."""
@@ -278,10 +278,6 @@ class Spf:
         it is given again without running pyspf. The sender's local part counts only through
         the ``%{s}`` and ``%{l}`` macros: a check whose records have neither serves every
         sender of the domain (with its own ``envelope-from`` in the header)."""
-        key = (ip, sender, helo)
-        earlier = self._reusable.get(key)
-        if earlier is not None and earlier.still_answered(self.resolver):
-            return earlier.outcome
         domain_key = _domain_key(ip, sender, helo)
         if domain_key is not None:
             shared = self._reusable_by_domain.get(domain_key)
@@ -289,6 +285,10 @@ class Spf:
                 outcome = shared.for_sender(sender)
                 if outcome is not None:
                     return outcome
+        key = (ip, sender, helo)
+        earlier = self._reusable.get(key)
+        if earlier is not None and earlier.still_answered(self.resolver):
+            return earlier.outcome
         check = _CacheOnly()
         token = _cache_only.set(check)
         try:
@@ -301,9 +301,10 @@ class Spf:
             return None
         if not check.timestamped:
             reusable = _Reusable(outcome, tuple(check.lookups), tuple(check.entries), sender)
-            _keep(self._reusable, key, reusable)
             if domain_key is not None and not check.local_part:
                 _keep(self._reusable_by_domain, domain_key, reusable)
+            else:
+                _keep(self._reusable, key, reusable)
         return outcome
 
     def _check(self, ip: str, sender: str, helo: str) -> SpfOutcome:
