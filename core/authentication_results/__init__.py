@@ -19,7 +19,13 @@ from mailgate import modifications as m
 from mailgate.authentication_results import syntax
 from mailgate.authentication_results.collect import results_of
 from mailgate.authentication_results.forged import forged_headers
-from mailgate.authentication_results.header import ARC_HEADER, HEADER, AuthResult, header_value
+from mailgate.authentication_results.header import (
+    ARC_HEADER,
+    HEADER,
+    AuthResult,
+    checked_header_value,
+    header_value,
+)
 from mailgate.logging import get_logger
 from mailgate.session import Session, Transaction
 
@@ -78,7 +84,7 @@ def apply_authentication_results(
         transaction.delete_header(name, occurrence)
     if doomed:
         log.info("incoming Authentication-Results removed", count=len(doomed))
-    value = header_value(authserv_id, results_of(session, transaction))
+    value = checked_header_value(authserv_id, results_of(session, transaction))
     transaction.insert_header(0, HEADER, value)
 
 

@@ -15,8 +15,8 @@ is left out with a warning, not written half-right.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeGuard
 
 from mailgate.authentication_results.header import AuthResult
 from mailgate.iprev import IPREV_NOTE, IprevResult
@@ -33,7 +33,9 @@ def results_of(session: Session, transaction: Transaction) -> list[AuthResult]:
     iprev = session.notes.get(IPREV_NOTE)
     if isinstance(iprev, IprevResult):
         found.append(_iprev(iprev))
-    from_plugins = [r for plugin, pr in transaction.results.items() for r in _of(plugin, pr)]
+    from_plugins: list[AuthResult] = []
+    for plugin, result in transaction.results.items():
+        _add(from_plugins, plugin, result)
     if session.auth_login and not any(r.method.lower() == "auth" for r in from_plugins):
         found.append(AuthResult("auth", "pass", properties={"smtp.auth": session.auth_login}))
     found += from_plugins
@@ -45,14 +47,15 @@ def _iprev(iprev: IprevResult) -> AuthResult:
     return AuthResult("iprev", iprev.result, reason, {"policy.iprev": iprev.ip}, iprev.name)
 
 
-def _of(plugin: str, result: PluginResult) -> Iterator[AuthResult]:
+def _add(found: list[AuthResult], plugin: str, result: PluginResult) -> None:
+    """Append the results `plugin` recorded in `result` that can be written."""
     details = result.details
     many = details.get("auth_results")
     if isinstance(many, list):
         for entry in many:
-            made = _from_dict(plugin, entry) if isinstance(entry, Mapping) else None
+            made = _from_dict(plugin, entry) if _is_mapping(entry) else None
             if made is not None:
-                yield made
+                found.append(made)
     elif isinstance(details.get("auth_method"), str):
         made = _checked(
             plugin,
@@ -64,7 +67,7 @@ def _of(plugin: str, result: PluginResult) -> Iterator[AuthResult]:
             ),
         )
         if made is not None:
-            yield made
+            found.append(made)
 
 
 def _from_dict(plugin: str, entry: Mapping[str, Any]) -> AuthResult | None:
@@ -80,9 +83,14 @@ def _from_dict(plugin: str, entry: Mapping[str, Any]) -> AuthResult | None:
 
 
 def _properties(value: object) -> dict[str, str]:
-    if not isinstance(value, Mapping):
+    if not _is_mapping(value):
         return {}
     return {str(k): str(v) for k, v in value.items()}
+
+
+def _is_mapping(value: object) -> TypeGuard[Mapping[Any, Any]]:
+    # A plain dict is what plugins record: skip the slower abstract-class check for it.
+    return type(value) is dict or isinstance(value, Mapping)
 
 
 def _checked(plugin: str, result: AuthResult) -> AuthResult | None:

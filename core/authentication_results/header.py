@@ -11,6 +11,7 @@ them after the authserv-id, one per line::
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from mailgate.authentication_results import syntax
@@ -45,8 +46,7 @@ class AuthResult:
         if not syntax.is_keyword(self.method) or not syntax.is_keyword(self.result):
             return f"method and result must be keywords: {self.method!r}={self.result!r}"
         for key in self.properties:
-            ptype, dot, prop = key.partition(".")
-            if not dot or not syntax.is_keyword(ptype) or not syntax.is_keyword(prop):
+            if not _is_property_name(key):
                 return f"property {key!r} is not ptype.property"
         return ""
 
@@ -61,6 +61,13 @@ class AuthResult:
         return " ".join(parts)
 
 
+@functools.lru_cache(maxsize=256)
+def _is_property_name(key: str) -> bool:
+    """True for ``ptype.property`` made of two keywords (the same few names on every message)."""
+    ptype, dot, prop = key.partition(".")
+    return bool(dot) and syntax.is_keyword(ptype) and syntax.is_keyword(prop)
+
+
 def header_value(authserv_id: str, results: list[AuthResult]) -> str:
     """The header's value (without the name and the colon): ``authserv-id; none`` when
     nothing was checked. Lines are joined by CRLF and folded at `WIDTH` where a space
@@ -69,6 +76,12 @@ def header_value(authserv_id: str, results: list[AuthResult]) -> str:
         problem = result.problem()
         if problem:
             raise ValueError(problem)
+    return checked_header_value(authserv_id, results)
+
+
+def checked_header_value(authserv_id: str, results: list[AuthResult]) -> str:
+    """`header_value` for results already checked (each `AuthResult.problem` empty), as
+    `collect.results_of` gives them."""
     head = syntax.value(authserv_id)
     if not results:
         return fold(f"{head}; none", _FIRST_LINE_TAKEN)
