@@ -13,7 +13,9 @@ DMARC record (``p=reject``). Everything is delivered to one smtp-sink. The route
   socket; Postfix with opendkim (verifying) and opendmarc (checking SPF itself and DMARC, with
   opendkim's result) as milters over unix sockets (target: mailgate at least 1.5x their rate);
   and, to tell the listener's own cost from the checks', Postfix with a mailgate milter
-  listener that has no plugins (and writes no Authentication-Results).
+  listener that has no plugins (and writes no Authentication-Results), and Postfix with the
+  floor milter (tests/bench/floor_milter.py), which takes the steps of the mailgate doing the
+  checks and sends the same two headers, but does no work: the ceiling of the milter route.
 
 Every benchmark mailgate is one process (tests/bench/__init__.py), and so is each of opendkim
 and opendmarc. The shipped default is one worker per core, so the milter doing the checks runs
@@ -35,8 +37,9 @@ its Authentication-Results said.
 
 ``python -m tests.bench.bench_auth [--messages N] [--repeats R]`` prints the table (medians;
 the order of the routes rotates between repeats); ``--only proxy`` measures the two SMTP proxy
-routes alone, ``--only milter`` the three Postfix routes through mailgate's milter listener
-(without the checks, with them, and with them on two workers), ``--parts`` each check's CPU
+routes alone, ``--only milter`` the Postfix routes through the floor milter and mailgate's
+milter listener (without the checks, with them, and with them on two workers), ``--parts``
+each check's CPU
 per message called in-process (no routes), and ``--profile proxy|milter`` samples mailgate
 with py-spy.
 ``test_auth_bench_runs_every_route`` in test_bench_smoke.py is the short run CI makes.
@@ -108,13 +111,14 @@ AUTH_PLUGINS = {
 PROXY_PLAIN = "SMTP proxy: mailgate, no plugins"
 PROXY_AUTH = "SMTP proxy: mailgate + spf, dkim, arc, dmarc, A-R"
 POSTFIX_ALONE = "Postfix alone"
+POSTFIX_FLOOR = "Postfix + floor milter (mailgate's steps, no work), unix"
 POSTFIX_LISTENER = "Postfix + mailgate milter, no plugins, unix"
 POSTFIX_MAILGATE = "Postfix + mailgate milter (same checks), unix"
 POSTFIX_MAILGATE_W2 = "Postfix + mailgate milter (same checks), 2 workers, unix"
 POSTFIX_OPEN = "Postfix + opendkim + opendmarc, unix"
 ONLY = {
     "proxy": (PROXY_PLAIN, PROXY_AUTH),
-    "milter": (POSTFIX_LISTENER, POSTFIX_MAILGATE, POSTFIX_MAILGATE_W2),
+    "milter": (POSTFIX_FLOOR, POSTFIX_LISTENER, POSTFIX_MAILGATE, POSTFIX_MAILGATE_W2),
 }
 """The routes ``--only`` measures."""
 
@@ -222,6 +226,19 @@ def _milter(
     return daemon, f"unix:{sock}"
 
 
+def _floor(dirs: PeerDirs, dns: DnsServer) -> tuple[Daemon, str]:
+    """The floor milter (`tests.bench.floor_milter`) taking the steps of the mailgate with the
+    checks: the same negotiation, no work."""
+    conf = _mailgate_conf(dirs, dns, True, "")
+    sock = dirs.new("floor-sock") / "milter.sock"
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.bench.floor_milter", str(sock), str(port), str(conf)]
+    probe = connect_probe("127.0.0.1", port)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    daemon = start_daemon("floor-milter", argv, workdir=conf, probe=probe, grace=3.0, env=env)
+    return daemon, f"unix:{sock}"
+
+
 @dataclass(slots=True)
 class Testbed:
     """Everything started: the routes, and what a run reads (sink, Postfix, DNS)."""
@@ -253,7 +270,8 @@ def auth_testbed(dirs: PeerDirs) -> Iterator[Testbed]:
         milter, milter_address = _milter(dirs, dns)
         two, two_address = _milter(dirs, dns, workers=2)
         listener, listener_address = _milter(dirs, dns, plugins=False)
-        stack.callback(stop_all, [plain, auth, milter, two, listener])
+        floor, floor_address = _floor(dirs, dns)
+        stack.callback(stop_all, [plain, auth, milter, two, listener, floor])
         opendkim = UnixOpenDkim(
             dirs.new("opendkim"), "v", key, dns, extra={"QueryCache": "yes"}
         ).start()
@@ -262,6 +280,7 @@ def auth_testbed(dirs: PeerDirs) -> Iterator[Testbed]:
         stack.callback(opendmarc.stop)
         assert opendkim.daemon is not None and opendmarc.daemon is not None
         postfix = Postfix(dirs.new("postfix"), ("127.0.0.1", sink.port))
+        with_floor = postfix.add_listener([floor_address])
         with_listener = postfix.add_listener([listener_address])
         with_mailgate = postfix.add_listener([milter_address])
         with_two = postfix.add_listener([two_address])
@@ -274,6 +293,7 @@ def auth_testbed(dirs: PeerDirs) -> Iterator[Testbed]:
             Route(PROXY_PLAIN, plain_port, (("mailgate", plain.pid),), False),
             Route(PROXY_AUTH, auth_port, (("mailgate", auth.pid),), False),
             Route(POSTFIX_ALONE, postfix.port, (master,), True),
+            Route(POSTFIX_FLOOR, with_floor, (master, ("floor milter", floor.pid)), True),
             Route(POSTFIX_LISTENER, with_listener, (master, ("mailgate", listener.pid)), True),
             Route(POSTFIX_MAILGATE, with_mailgate, (master, ("mailgate", milter.pid)), True),
             Route(POSTFIX_MAILGATE_W2, with_two, (master, ("mailgate", two.pid)), True),
@@ -460,7 +480,8 @@ def targets(results: list[Result]) -> str:
         two = by_name[POSTFIX_MAILGATE_W2]
         return (
             f"mailgate milter: the checks cost {extra:.2f} ms of its CPU per message; "
-            f"2 workers: {two.rate / checks.rate:.2f}x the rate of one"
+            f"2 workers: {two.rate / checks.rate:.2f}x the rate of one; the floor milter: "
+            f"{by_name[POSTFIX_FLOOR].rate / checks.rate:.2f}x"
         )
     plain, auth = by_name[PROXY_PLAIN], by_name[PROXY_AUTH]
     proxy = auth.rate / plain.rate
@@ -473,6 +494,7 @@ def targets(results: list[Result]) -> str:
         return "\n".join(lines)
     mailgate, theirs = by_name[POSTFIX_MAILGATE], by_name[POSTFIX_OPEN]
     two = by_name[POSTFIX_MAILGATE_W2]
+    floor = by_name[POSTFIX_FLOOR]
     alone = by_name[POSTFIX_ALONE]
     milter = mailgate.rate / theirs.rate
 
@@ -481,14 +503,24 @@ def targets(results: list[Result]) -> str:
         return r.cpu_total_ms - alone.cpu_total_ms
 
     lines += [
-        f"Postfix milters: mailgate {milter:.2f}x opendkim + opendmarc by msg/s; "
+        f"Postfix milters: mailgate {milter:.2f}x opendkim + opendmarc by msg/s "
+        f"({_spread(mailgate, theirs)}); "
         f"checks' CPU per message {checks_cpu(mailgate):.2f} ms against "
         f"{checks_cpu(theirs):.2f} ms "
         f"(target >= {TARGET_MILTER}: {'met' if milter >= TARGET_MILTER else 'MISSED'})",
         f"  with 2 workers (one per core, the default): {two.rate / theirs.rate:.2f}x by msg/s, "
         f"checks' CPU per message {checks_cpu(two):.2f} ms",
+        f"  the floor milter (mailgate's steps, no work): {floor.rate / theirs.rate:.2f}x by "
+        f"msg/s, CPU per message {checks_cpu(floor):.2f} ms (the ceiling of any milter here)",
     ]
     return "\n".join(lines)
+
+
+def _spread(ours: Result, theirs: Result) -> str:
+    """The lowest and highest of the ratios of the two routes' rates within one repeat: how far
+    the machine moved the figure during this run."""
+    ratios = [a / b for a, b in zip(ours.rates, theirs.rates, strict=True)]
+    return f"{min(ratios):.2f}-{max(ratios):.2f} within a repeat"
 
 
 def profile(dirs: PeerDirs, route_name: str, messages: int, seconds_top: int = 120) -> str:

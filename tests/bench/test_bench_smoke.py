@@ -194,6 +194,7 @@ def test_auth_bench_runs_every_route(peer_dirs: PeerDirs) -> None:
         bench_auth.PROXY_PLAIN,
         bench_auth.PROXY_AUTH,
         bench_auth.POSTFIX_ALONE,
+        bench_auth.POSTFIX_FLOOR,
         bench_auth.POSTFIX_LISTENER,
         bench_auth.POSTFIX_MAILGATE,
         bench_auth.POSTFIX_MAILGATE_W2,
@@ -210,5 +211,7 @@ def test_auth_bench_runs_every_route(peer_dirs: PeerDirs) -> None:
     assert set(said[bench_auth.POSTFIX_OPEN].split()) == {"dkim=pass", "spf=pass", "dmarc=pass"}
     for name in (bench_auth.PROXY_PLAIN, bench_auth.POSTFIX_ALONE, bench_auth.POSTFIX_LISTENER):
         assert said[name] == "(no Authentication-Results)"
+    # The floor milter's header names no check: it checks nothing.
+    assert said[bench_auth.POSTFIX_FLOOR] == "(no Authentication-Results)"
     assert len(bench_auth.table(results).splitlines()) == 2 + len(results)
-    assert len(bench_auth.targets(results).splitlines()) == 3
+    assert len(bench_auth.targets(results).splitlines()) == 4
