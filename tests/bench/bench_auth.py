@@ -406,9 +406,9 @@ def run(
     messages: int, repeats: int, dirs: PeerDirs, probe: int = PROBE, only: str = ""
 ) -> list[Result]:
     """Measure every route `repeats` times in rotated order; medians per route. `only`
-    ``"proxy"``: the two SMTP proxy routes alone; ``"milter"``: the three Postfix routes through
-    mailgate's milter listener alone (without the checks, with them, with them on two
-    workers)."""
+    ``"proxy"``: the two SMTP proxy routes alone; ``"milter"``: the Postfix routes through the
+    floor milter and mailgate's milter listener alone (without the checks, with them, with them
+    on two workers)."""
     runs: dict[str, list[_Run]] = {}
     with auth_testbed(dirs) as bed:
         routes = [r for r in bed.routes if not only or r.name in ONLY[only]]
