@@ -7,6 +7,7 @@ import asyncio
 import smtplib
 from email import message_from_bytes, policy
 from email.message import EmailMessage, Message
+from email.parser import HeaderParser
 from pathlib import Path
 from typing import cast
 
@@ -59,9 +60,19 @@ def split(got: list[SinkTransaction]) -> tuple[list[SinkTransaction], list[SinkT
 
 
 def field_blocks(part: Message) -> list[dict[str, str]]:
-    """The header-style field blocks of a ``message/delivery-status`` part."""
+    """The header-style field blocks of a ``message/delivery-status`` part, or of a
+    ``message/global-delivery-status`` one (RFC 6533: the same blocks)."""
     blocks = part.get_payload()
     assert isinstance(blocks, list)
+    if part.get_content_type() == "message/global-delivery-status":
+        # Python's parser splits only message/delivery-status into its blocks; it reads the
+        # global form as one message: the first block its header, the others its body.
+        [whole] = blocks
+        body = cast(Message, whole).get_payload()
+        assert isinstance(body, str)
+        parser = HeaderParser(policy=policy.default)
+        rest = [parser.parsestr(block) for block in body.split("\r\n\r\n") if block.strip()]
+        blocks = [whole, *rest]
     return [dict(cast(Message, b).items()) for b in blocks]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mailgate.queue.dsn import (
@@ -84,12 +84,24 @@ def _header_safe(text: str) -> bool:
     return text.isascii() and text.isprintable() and text == text.strip() != ""
 
 
+_SPACE_ORCPT = ReportedRecipient(
+    Address("0@a.example", ["ORCPT=rfc822;+20"]), Action.FAILED, "2.0.0", "smtp; ", "", 1e9
+)
+"""A recipient whose ORCPT decodes to a space: its report is message/global-delivery-status."""
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     messages(),
     st.lists(recipients(), min_size=1, max_size=5),
     st.integers(0, 3000),
     st.sampled_from(["full", "headers"]),
+)
+@example(  # hypothesis found it: the global form's blocks must be read as such
+    ReportedMessage("Q1", Address("0@a.example"), 1e9, b"Message-ID: <m@x.net>\r\n\r\n", 25),
+    [ReportedRecipient(Address("0@a.example"), Action.FAILED, "2.0.0", "smtp; "), _SPACE_ORCPT],
+    0,
+    "full",
 )
 def test_any_report_parses_as_rfc_3464(
     message: ReportedMessage, rcpts: list[ReportedRecipient], cap: int, default: str
