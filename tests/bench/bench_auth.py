@@ -39,9 +39,8 @@ its Authentication-Results said.
 the order of the routes rotates between repeats); ``--only proxy`` measures the two SMTP proxy
 routes alone, ``--only milter`` the Postfix routes through the floor milter and mailgate's
 milter listener (without the checks, with them, and with them on two workers), ``--parts``
-each check's CPU
-per message called in-process (no routes), and ``--profile proxy|milter`` samples mailgate
-with py-spy.
+each check's CPU per message called in-process (no routes), and ``--profile proxy|milter``
+samples mailgate with py-spy.
 ``test_auth_bench_runs_every_route`` in test_bench_smoke.py is the short run CI makes.
 """
 
@@ -477,11 +476,11 @@ def targets(results: list[Result]) -> str:
     if PROXY_PLAIN not in by_name:  # --only milter
         listener, checks = by_name[POSTFIX_LISTENER], by_name[POSTFIX_MAILGATE]
         extra = checks.cpu_ms["mailgate"] - listener.cpu_ms["mailgate"]
-        two = by_name[POSTFIX_MAILGATE_W2]
+        two, floor = by_name[POSTFIX_MAILGATE_W2], by_name[POSTFIX_FLOOR]
         return (
             f"mailgate milter: the checks cost {extra:.2f} ms of its CPU per message; "
             f"2 workers: {two.rate / checks.rate:.2f}x the rate of one; the floor milter: "
-            f"{by_name[POSTFIX_FLOOR].rate / checks.rate:.2f}x"
+            f"{floor.rate / checks.rate:.2f}x"
         )
     plain, auth = by_name[PROXY_PLAIN], by_name[PROXY_AUTH]
     proxy = auth.rate / plain.rate
@@ -493,8 +492,7 @@ def targets(results: list[Result]) -> str:
     if POSTFIX_OPEN not in by_name:  # --only proxy
         return "\n".join(lines)
     mailgate, theirs = by_name[POSTFIX_MAILGATE], by_name[POSTFIX_OPEN]
-    two = by_name[POSTFIX_MAILGATE_W2]
-    floor = by_name[POSTFIX_FLOOR]
+    two, floor = by_name[POSTFIX_MAILGATE_W2], by_name[POSTFIX_FLOOR]
     alone = by_name[POSTFIX_ALONE]
     milter = mailgate.rate / theirs.rate
 
@@ -629,7 +627,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         choices=sorted(ONLY),
-        help="measure the two SMTP proxy routes alone, or the three through the milter listener",
+        help="measure the two SMTP proxy routes alone, or the four through a milter (the floor "
+        "milter's, and mailgate's without the checks, with them, with them on two workers)",
     )
     parser.add_argument(
         "--parts",
